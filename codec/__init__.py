@@ -1,0 +1,98 @@
+"""Training-free intermediate-feature codec: SLICER, OPSC, ours (ECSQ) and baselines.
+
+Public API (names are a contract; code outside the codec relies on them)::
+
+    from codec import CodecConfig, encode, decode, predict_bytes, CodecError
+    payload = encode(x, CodecConfig(method="slicer", sparsity=0.75))   # bytes
+    y = decode(payload)                                                  # same shape, dtype
+
+Importing this package never needs Triton or a GPU.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from codec import methods as _methods
+from codec import wire as _wire
+from codec.config import METHODS, CodecConfig
+from codec.errors import CodecError
+
+__all__ = [
+    "CodecConfig",
+    "CodecError",
+    "METHODS",
+    "decode",
+    "decode_batch",
+    "encode",
+    "encode_batch",
+    "predict_bytes",
+]
+
+
+def _check_tensor(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise CodecError(f"encode takes a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _wire.DTYPE_CODES:
+        raise CodecError(f"dtype {x.dtype} not supported: allowed float32, float16, bfloat16, float64")
+    if x.dim() > _wire.MAX_NDIM:
+        raise CodecError(f"tensor has {x.dim()} dimensions, at most {_wire.MAX_NDIM} allowed")
+    if x.numel() > _wire.MAX_ELEMENTS:
+        raise CodecError(f"tensor has {x.numel()} elements, at most {_wire.MAX_ELEMENTS} allowed")
+
+
+def encode(x: torch.Tensor, cfg: CodecConfig | None = None) -> bytes:
+    """Encode ``x`` (any shape, float dtype, CPU or CUDA) into a self-describing payload."""
+    cfg = cfg or CodecConfig()
+    _check_tensor(x)
+    method = _methods.get(cfg.method)
+    if cfg.method != "raw" and x.numel() and not bool(torch.isfinite(x).all()):
+        raise CodecError(f"tensor holds NaN or Inf; method {cfg.method!r} needs finite values (use 'raw')")
+    sections = method.encode(x.detach(), cfg)
+    return _wire.pack(_methods.METHOD_IDS[cfg.method], x.dtype, tuple(x.shape), sections)
+
+
+def decode(payload: bytes, device: torch.device | str | None = None) -> torch.Tensor:
+    """Decode a payload into a tensor of its shape and dtype. Raises ``CodecError`` (and
+    nothing else) on any bad payload."""
+    frame = _wire.unpack(payload)
+    name, method = _methods.get_by_id(frame.method_id)
+    try:
+        y = method.decode(frame)
+    except CodecError:
+        raise
+    except Exception as e:  # a defect the method's own checks missed: still one error type
+        raise CodecError(f"{name} payload could not be decoded: {type(e).__name__}: {e}") from e
+    if tuple(y.shape) != frame.shape:
+        raise CodecError(f"{name} payload decoded to shape {tuple(y.shape)}, header says {frame.shape}")
+    y = y.to(frame.dtype)
+    return y.to(device) if device is not None else y
+
+
+def predict_bytes(shape: Sequence[int], cfg: CodecConfig | None = None, dtype: torch.dtype = torch.float32) -> int:
+    """Upper bound of ``len(encode(x, cfg))`` for every ``x`` of this shape and dtype
+    (SLICER's B^UB, headers included); exact when the method's rate does not depend on
+    the data (SLICER with ABQ off and a fixed index coding, the fixed-rate baselines)."""
+    cfg = cfg or CodecConfig()
+    shape = tuple(int(d) for d in shape)
+    body = int(_methods.get(cfg.method).predict_bytes(shape, dtype, cfg))
+    # The header's section-length varints depend on the section sizes; bound them by
+    # the body size (each section length ≤ body).
+    nsec_bound = _methods.get(cfg.method).max_sections(cfg) if hasattr(_methods.get(cfg.method), "max_sections") else 8
+    return body + _wire.header_nbytes(shape, [body] * nsec_bound)
+
+
+def encode_batch(xs: Sequence[torch.Tensor], cfg: CodecConfig | None = None) -> list[bytes]:
+    """Encode several features (e.g. one per session of a server batch)."""
+    return [encode(x, cfg) for x in xs]
+
+
+def decode_batch(payloads: Sequence[bytes], device: torch.device | str | None = None) -> list[torch.Tensor]:
+    return [decode(p, device) for p in payloads]
+
+
+def bits_per_element(payload: bytes, numel: int) -> float:
+    """Bits on the wire per feature element, all metadata included."""
+    return len(payload) * 8 / max(1, numel)

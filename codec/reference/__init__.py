@@ -1,0 +1,1 @@
+"""Torch/numpy reference implementations: the spec, and the CPU path."""

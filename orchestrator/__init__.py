@@ -1,0 +1,1 @@
+"""Entry points: CLI, workload spec, cluster bootstrap, runner, tracing/metrics, views."""

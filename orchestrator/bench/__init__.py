@@ -1,0 +1,1 @@
+"""`slicer bench <name>` benchmarks, one module each (see orchestrator/cli.py)."""

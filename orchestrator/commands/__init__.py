@@ -1,0 +1,1 @@
+"""`slicer <name>` subcommands, one module each (see orchestrator/cli.py)."""
