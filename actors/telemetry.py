@@ -1,0 +1,181 @@
+"""Tracing in every process of a run: one OpenTelemetry ``TracerProvider`` per process.
+
+The driver, each edge actor, the server and the policy call ``init_tracing`` once with
+their ``service.name`` (and device class); spans are then made with ``span(...)``. The W3C
+trace context travels inside each actor call as a plain ``dict`` carrier (``inject()`` on
+the caller, ``span(name, carrier=...)`` on the callee): Ray's own tracing hook is
+unmaintained and injects a keyword into every call (NOTES.md), so we propagate by hand.
+
+Where spans go:
+- always, when tracing is on: an in-process buffer that the runner drains through an actor
+  method (``drain()``) and writes to ``traces.jsonl`` in the run folder, so traces come
+  back from remote nodes without a shared file system;
+- additionally, over OTLP to any collector (Jaeger, Tempo...) when
+  ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set and the optional extra ``slicer[otlp]``
+  (``opentelemetry-exporter-otlp``) is installed.
+
+When tracing is off, ``span`` yields ``None`` without touching OpenTelemetry, so the cost
+is one function call and a ``contextlib`` frame per hop.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Any, Iterator
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+#: Attribute names used on spans (a contract with `slicer traces`).
+ATTR_REQUEST = "slicer.request_id"
+ATTR_DEVICE = "slicer.device"
+ATTR_DEVICE_CLASS = "slicer.device_class"
+ATTR_BYTES = "slicer.bytes"
+ATTR_BPE = "slicer.bits_per_element"
+ATTR_SPLIT = "slicer.split"
+ATTR_SPARSITY = "slicer.sparsity"
+ATTR_TIER = "slicer.tier"
+ATTR_SESSION = "slicer.session"
+ATTR_STEP = "slicer.step"
+ATTR_POLICY = "slicer.policy"
+
+#: Span names of the hops (a contract with `slicer traces`' breakdown).
+HOPS = {
+    "edge.compute": "edge compute",
+    "edge.encode": "codec",
+    "transfer": "wire",
+    "server.queue": "queue",
+    "server.decode": "codec",
+    "server.compute": "server compute",
+    "return": "wire",
+    "policy.decide": "policy",
+}
+
+
+class _BufferExporter(SpanExporter):
+    """Keeps finished spans as plain dicts until ``drain``; bounded so a run that never
+    drains cannot grow without limit."""
+
+    def __init__(self, max_spans: int = 200_000):
+        self._lock = threading.Lock()
+        self._spans: list[dict[str, Any]] = []
+        self._max = max_spans
+        self.dropped = 0
+
+    def export(self, spans) -> SpanExportResult:
+        rows = [span_to_dict(s) for s in spans]
+        with self._lock:
+            room = self._max - len(self._spans)
+            self._spans.extend(rows[: max(0, room)])
+            self.dropped += max(0, len(rows) - max(0, room))
+        return SpanExportResult.SUCCESS
+
+    def drain(self) -> list[dict[str, Any]]:
+        with self._lock:
+            out, self._spans = self._spans, []
+        return out
+
+    def shutdown(self) -> None:
+        pass
+
+
+def span_to_dict(s: ReadableSpan) -> dict[str, Any]:
+    ctx = s.get_span_context()
+    return {
+        "name": s.name,
+        "trace_id": format(ctx.trace_id, "032x"),
+        "span_id": format(ctx.span_id, "016x"),
+        "parent_id": format(s.parent.span_id, "016x") if s.parent is not None else None,
+        "start_ns": s.start_time,
+        "end_ns": s.end_time,
+        "service": s.resource.attributes.get("service.name"),
+        "pid": os.getpid(),
+        "resource": {k: v for k, v in s.resource.attributes.items() if not k.startswith("telemetry.")},
+        "attributes": dict(s.attributes or {}),
+    }
+
+
+class _State:
+    provider: TracerProvider | None = None
+    tracer: Any = None
+    buffer: _BufferExporter | None = None
+    enabled: bool = False
+
+
+_state = _State()
+
+
+def init_tracing(service_name: str, *, enabled: bool = True, attributes: dict[str, Any] | None = None) -> None:
+    """Set up this process's tracer. Idempotent: a second call replaces the first (an
+    actor restarted in the same worker gets a fresh provider)."""
+    if _state.provider is not None:
+        _state.provider.shutdown()
+    _state.provider = _state.tracer = _state.buffer = None
+    _state.enabled = enabled
+    if not enabled:
+        return
+    res = Resource.create({"service.name": service_name, **(attributes or {})})
+    provider = TracerProvider(resource=res)
+    buf = _BufferExporter()
+    provider.add_span_processor(SimpleSpanProcessor(buf))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        try:  # optional extra: pip install "slicer[otlp]"
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        except ImportError:
+            pass
+    _state.provider, _state.buffer = provider, buf
+    _state.tracer = provider.get_tracer("slicer")
+
+
+def enabled() -> bool:
+    return _state.enabled
+
+
+def inject() -> dict[str, str]:
+    """The current trace context as a W3C carrier (``traceparent``), or ``{}``."""
+    if not _state.enabled:
+        return {}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+@contextlib.contextmanager
+def span(name: str, carrier: dict[str, str] | None = None, **attributes: Any) -> Iterator[Any]:
+    """A span named ``name``, child of the context in ``carrier`` if given (a call from
+    another process), else of the current span. Attributes whose value is None are
+    dropped. Yields the span (or None when tracing is off)."""
+    if not _state.enabled:
+        yield None
+        return
+    ctx = propagate.extract(carrier) if carrier else None
+    attrs = {k: v for k, v in attributes.items() if v is not None}
+    with _state.tracer.start_as_current_span(name, context=ctx, attributes=attrs) as s:
+        yield s
+
+
+def attach(carrier: dict[str, str] | None):
+    """Make ``carrier``'s context current (for code that spans several calls); returns a
+    token for ``detach``."""
+    if not _state.enabled or not carrier:
+        return None
+    return otel_context.attach(propagate.extract(carrier))
+
+
+def detach(token) -> None:
+    if token is not None:
+        otel_context.detach(token)
+
+
+def drain() -> list[dict[str, Any]]:
+    """Finished spans of this process since the last drain, as dicts."""
+    if _state.provider is not None:
+        _state.provider.force_flush()
+    return _state.buffer.drain() if _state.buffer is not None else []

@@ -1,0 +1,48 @@
+"""`slicer traces RUN`: per-request waterfall, time breakdown, Perfetto export."""
+from __future__ import annotations
+
+import json
+
+HELP = "show a run's traces: waterfall per request, where time goes, Perfetto export"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run", help="run folder (or its traces.jsonl)")
+    p.add_argument("--request", help="show the waterfall of this request id (default: the first and slowest)")
+    p.add_argument("--perfetto", metavar="OUT.json", help="write Chrome-trace JSON that opens in Perfetto")
+    p.add_argument("--width", type=int, default=50, help="waterfall width in characters")
+
+
+def run(args) -> int:
+    from orchestrator import traceview as tv
+
+    try:
+        spans = tv.load_spans(args.run)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"slicer traces: {e}")
+        return 2
+    traces = tv.group_traces(spans)
+    if not traces:
+        print("no spans in this run")
+        return 1
+    if args.request:
+        chosen = [t for t in traces if t.request_id == args.request or t.trace_id.startswith(args.request)]
+        if not chosen:
+            ids = ", ".join(t.request_id for t in traces[:20])
+            print(f"slicer traces: no request {args.request!r}; requests include: {ids}")
+            return 2
+    else:
+        chosen = [traces[0]] + ([max(traces, key=lambda t: t.duration_ns)] if len(traces) > 1 else [])
+    for t in chosen:
+        print(tv.format_waterfall(t, args.width))
+        print()
+    cov = sorted(t.hop_coverage() for t in traces)
+    print(f"{len(traces)} requests, {len(spans)} spans; hop coverage of request wall time: "
+          f"min {100 * cov[0]:.1f}%, median {100 * cov[len(cov) // 2]:.1f}%")
+    print()
+    print(tv.format_breakdown(tv.breakdown(traces)))
+    if args.perfetto:
+        with open(args.perfetto, "w", encoding="utf-8") as f:
+            json.dump(tv.to_chrome_trace(spans), f)
+        print(f"\nwrote {args.perfetto} (open it at ui.perfetto.dev)")
+    return 0
