@@ -316,10 +316,11 @@ def save(cfg: TrainConfig, model, tokenizer, heldout_texts, metrics: dict) -> No
 
 
 def model_card(cfg: TrainConfig, m: dict) -> str:
-    flags = [] if cfg == TrainConfig(out=cfg.out, stdlib=cfg.stdlib) else [
+    defaults = TrainConfig()
+    flags = [  # only what differs from the defaults, so the default run reads as one line
         f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}"
         for f in dataclasses.fields(cfg)
-        if f.name not in ("out", "stdlib") and getattr(cfg, f.name) != f.default
+        if f.name != "out" and getattr(cfg, f.name) != getattr(defaults, f.name)
     ]
     command = " ".join(["python examples/train_tiny_llama.py", "--out", str(cfg.out), *flags])
     return f"""# slicer-tiny
