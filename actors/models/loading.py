@@ -1,0 +1,131 @@
+"""Loading models and configs: hub names, local folders, configs, shipped configs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from actors.models.families import FAMILIES, UnsupportedModelError, family_kind, unsupported_message
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+#: Hub names and short names -> shipped config file (``configs/<file>.json``). The
+#: files are the public ``config.json`` of each model, copied by hand (see
+#: ``configs/SOURCES.md``), so profiles of these models work offline with no weights.
+ALIASES: dict[str, str] = {
+    "meta-llama/Meta-Llama-3-8B": "llama-3-8b",
+    "meta-llama/Meta-Llama-3-8B-Instruct": "llama-3-8b",
+    "meta-llama/Llama-3.1-8B": "llama-3-8b",
+    "llama-3-8b": "llama-3-8b",
+    "llama3-8b": "llama-3-8b",
+    "meta-llama/Meta-Llama-3-70B": "llama-3-70b",
+    "meta-llama/Meta-Llama-3-70B-Instruct": "llama-3-70b",
+    "llama-3-70b": "llama-3-70b",
+    "llama3-70b": "llama-3-70b",
+    "meta-llama/Llama-2-7b-hf": "llama-2-7b",
+    "meta-llama/Llama-2-7b-chat-hf": "llama-2-7b",
+    "llama-2-7b": "llama-2-7b",
+    "llama2-7b": "llama-2-7b",
+    "mistralai/Codestral-22B-v0.1": "codestral-22b",
+    "codestral-22b": "codestral-22b",
+    "Qwen/Qwen2.5-Coder-7B": "qwen2.5-coder-7b",
+    "Qwen/Qwen2.5-Coder-7B-Instruct": "qwen2.5-coder-7b",
+    "qwen2.5-coder-7b": "qwen2.5-coder-7b",
+    "meta-llama/Llama-3.2-3B": "llama-3.2-3b",
+    "meta-llama/Llama-3.2-3B-Instruct": "llama-3.2-3b",
+    "llama-3.2-3b": "llama-3.2-3b",
+    "openai-community/gpt2": "gpt2",
+    "gpt2": "gpt2",
+    "EleutherAI/pythia-160m": "pythia-160m",
+    "pythia-160m": "pythia-160m",
+    "microsoft/resnet-50": "resnet-50",
+    "resnet-50": "resnet-50",
+    "google/vit-base-patch16-224": "vit-base-patch16-224",
+    "vit-base-patch16-224": "vit-base-patch16-224",
+}
+
+
+def shipped_configs() -> list[str]:
+    """Short names of the configs shipped with slicer."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def _config_from_dict(d: dict[str, Any]):
+    from transformers import AutoConfig
+
+    d = dict(d)
+    mt = d.pop("model_type", None)
+    if mt is None:
+        raise ValueError("config dict needs a 'model_type' (e.g. 'llama'); supported: " + ", ".join(FAMILIES))
+    return AutoConfig.for_model(mt, **d)
+
+
+def resolve_config(name_or_config):
+    """A ``transformers`` config from: a config object (returned as is), a dict (with
+    ``model_type``), a shipped name or hub alias (``"meta-llama/Meta-Llama-3-70B"``,
+    ``"llama-3-70b"``), a path to a ``config.json`` or a model folder, or any hub name
+    (``AutoConfig.from_pretrained``, needs internet or the HF cache)."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    if isinstance(name_or_config, PretrainedConfig):
+        return name_or_config
+    if isinstance(name_or_config, dict):
+        return _config_from_dict(name_or_config)
+    if not isinstance(name_or_config, (str, Path)):
+        raise TypeError(f"expected a model name, path, config or dict, got {type(name_or_config).__name__}")
+    key = str(name_or_config)
+    if Path(key).is_dir():
+        return AutoConfig.from_pretrained(key)
+    short = ALIASES.get(key) or ALIASES.get(key.lower())
+    if short is None and (CONFIG_DIR / f"{key}.json").exists():
+        short = key
+    if short is not None:
+        cfg = _config_from_dict(json.loads((CONFIG_DIR / f"{short}.json").read_text()))
+        cfg._name_or_path = key
+        return cfg
+    p = Path(key)
+    if p.is_file() and p.suffix == ".json":
+        cfg = _config_from_dict(json.loads(p.read_text()))
+        cfg._name_or_path = str(p.parent)
+        return cfg
+    return AutoConfig.from_pretrained(key)
+
+
+def _auto_class(model_type: str):
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification
+
+    return AutoModelForCausalLM if family_kind(model_type) == "causal_lm" else AutoModelForImageClassification
+
+
+def load_model(name_or_path_or_config, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0):
+    """Load a model as a ``SplitModel``.
+
+    - a local folder or hub name with weights: ``from_pretrained`` (weights loaded);
+    - a config object, a dict with ``model_type``, or a shipped config name: the
+      architecture with random weights (``torch.manual_seed(seed)``), for tests.
+
+    Raises ``UnsupportedModelError`` (listing the supported architectures) for others."""
+    from transformers import PretrainedConfig
+
+    from actors.models.split import SplitModel
+
+    src = name_or_path_or_config
+    if isinstance(src, (PretrainedConfig, dict)):
+        cfg = resolve_config(src)
+        if cfg.model_type not in FAMILIES:
+            raise UnsupportedModelError(unsupported_message(cfg.model_type))
+        torch.manual_seed(seed)
+        with torch.device(device):
+            hf = _auto_class(cfg.model_type).from_config(cfg, dtype=dtype)
+        name = getattr(cfg, "_name_or_path", "") or f"{cfg.model_type}-random"
+    else:
+        # Check the architecture from the config first (offline for shipped names), so
+        # an unsupported model fails before any weights are fetched.
+        cfg = resolve_config(src)
+        if cfg.model_type not in FAMILIES:
+            raise UnsupportedModelError(unsupported_message(cfg.model_type))
+        hf = _auto_class(cfg.model_type).from_pretrained(str(src), dtype=dtype).to(device)
+        name = str(src)
+    return SplitModel(hf, name=name)

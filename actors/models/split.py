@@ -1,0 +1,219 @@
+"""`SplitModel`: a loaded model as a list of split units; any segment ``[a, b)`` runs
+with its own KV cache, alone or batched over sessions of different lengths."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from actors.models.cache import SegmentCache, _BatchCache
+from actors.models.families import DecoderAdapter, Unit, adapter_for
+
+
+class SplitModel:
+    """A model cut into ``num_units`` split units (see ``actors.models`` for the unit
+    layout). Built by ``load_model``; holds the Hugging Face model in ``.hf``."""
+
+    def __init__(self, hf_model: nn.Module, name: str = ""):
+        hf_model.eval()
+        self.hf = hf_model
+        self.name = name or getattr(hf_model.config, "_name_or_path", "") or hf_model.config.model_type
+        self.adapter = adapter_for(hf_model)
+        self.units: list[Unit] = self.adapter.units()
+        self._profile = None
+
+    # --- facts ---------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.hf.config
+
+    @property
+    def kind(self) -> str:
+        """``"causal_lm"`` or ``"vision"``."""
+        return self.adapter.kind
+
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def num_units(self) -> int:
+        return len(self.units)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def profile(self):
+        """``policies.profile.ModelProfile`` of this model (parameters counted from the
+        loaded modules, FLOPs analytic; see ``actors.models.profiling``)."""
+        if self._profile is None:
+            from actors.models.profiling import profile_of
+
+            self._profile = profile_of(self)
+        return self._profile
+
+    def attn_layers(self, a: int, b: int) -> tuple[int, ...]:
+        """The model's attention-layer indices inside units ``[a, b)``."""
+        return tuple(u.attn_layer for u in self.units[a:b] if u.attn_layer is not None)
+
+    def new_cache(self, a: int, b: int) -> SegmentCache:
+        """An empty KV cache for the segment ``[a, b)`` (only that segment's layers)."""
+        self._check_segment(a, b)
+        return SegmentCache(a, b, self.attn_layers(a, b))
+
+    def _check_segment(self, a: int, b: int) -> None:
+        if not (isinstance(a, int) and isinstance(b, int) and 0 <= a < b <= self.num_units):
+            raise ValueError(f"segment [a={a}, b={b}) is invalid: need 0 <= a < b <= num_units={self.num_units}")
+
+    # --- execution -------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, a: int, b: int, x: torch.Tensor, cache: SegmentCache | None = None, *, position: int | None = None) -> torch.Tensor:
+        """Run units ``[a, b)`` on ``x``.
+
+        LLMs: ``x`` is token ids ``(B, T)`` when ``a == 0``, else hidden states
+        ``(B, T, H)``; returns the hidden states after unit ``b-1`` ``(B, T, H)``, or
+        logits ``(B, T, V)`` when ``b == num_units``. ``cache`` (from ``new_cache(a,
+        b)``) is read and extended; ``position`` is the absolute position of ``x[:, 0]``
+        (default: ``cache.length``, or 0 without a cache) and must equal
+        ``cache.length`` when the segment has attention layers.
+
+        Vision: ``x`` is ``pixel_values`` ``(B, 3, H, W)`` when ``a == 0``, else the
+        feature of unit ``a-1``; no cache, no position."""
+        self._check_segment(a, b)
+        if self.kind == "vision":
+            for i in range(a, b):
+                x = self.adapter.run_unit(i, x)
+            return x
+        if cache is not None and (cache.a, cache.b) != (a, b):
+            raise ValueError(f"cache is for segment [{cache.a}, {cache.b}), not [{a}, {b})")
+        if position is None:
+            position = cache.length if cache is not None else 0
+        if cache is not None and cache.layer_ids and position != cache.length:
+            raise ValueError(f"position={position} but the cache holds {cache.length} tokens; they must be equal")
+        B, T = x.shape[0], x.shape[1]
+        past = cache.length if (cache is not None and cache.layer_ids) else 0
+        out = self._forward(
+            a, b, x, cache,
+            past_lens=[past] * B, past_max=past, new_lens=[T] * B, positions=[position] * B,
+        )
+        if cache is not None:
+            cache.length = position + T
+        return out
+
+    @torch.no_grad()
+    def run_batch(
+        self,
+        a: int,
+        b: int,
+        xs: Sequence[torch.Tensor],
+        caches: Sequence[SegmentCache],
+        positions: Sequence[int] | None = None,
+    ) -> list[torch.Tensor]:
+        """Run ``[a, b)`` for several sessions at once (the server's batched step).
+
+        ``xs[i]`` is session i's input ``(1, T_i, H)`` (or ids ``(1, T_i)`` when
+        ``a == 0``), ``caches[i]`` its own cache (extended in place), ``positions[i]``
+        its absolute position (default ``caches[i].length``). Sessions may differ in
+        history and in new-token count: caches are right-padded and stacked, inputs
+        right-padded, and the attention mask hides every pad. Returns one output per
+        session, ``(1, T_i, ...)``, equal (to float tolerance) to running them one by
+        one."""
+        self._check_segment(a, b)
+        if self.kind == "vision":
+            return [self.run(a, b, x) for x in xs]
+        n = len(xs)
+        if len(caches) != n:
+            raise ValueError(f"{n} inputs but {len(caches)} caches")
+        if n == 0:
+            return []
+        for i, (x, c) in enumerate(zip(xs, caches)):
+            if x.shape[0] != 1:
+                raise ValueError(f"xs[{i}] has batch {x.shape[0]}; run_batch takes one session per entry (batch 1)")
+            if (c.a, c.b) != (a, b):
+                raise ValueError(f"caches[{i}] is for segment [{c.a}, {c.b}), not [{a}, {b})")
+        positions = [c.length for c in caches] if positions is None else list(positions)
+        layer_ids = self.attn_layers(a, b)
+        if layer_ids:
+            for i, (p, c) in enumerate(zip(positions, caches)):
+                if p != c.length:
+                    raise ValueError(f"positions[{i}]={p} but caches[{i}] holds {c.length} tokens")
+        new_lens = [int(x.shape[1]) for x in xs]
+        t_max = max(new_lens)
+        padded = []
+        for x in xs:
+            pad = t_max - x.shape[1]
+            if pad:
+                fill = x[:, -1:].expand(x.shape[0], pad, *x.shape[2:])  # repeat the last row: finite values
+                x = torch.cat([x, fill], 1)
+            padded.append(x)
+        xb = torch.cat(padded, 0)  # (n, T_max[, H])
+        bc = _BatchCache(list(caches), layer_ids)
+        past_lens = bc.past_lens if layer_ids else [0] * n
+        out = self._forward(a, b, xb, bc, past_lens=past_lens, past_max=bc.past_max if layer_ids else 0,
+                            new_lens=new_lens, positions=positions)
+        if layer_ids:
+            bc.scatter_back(new_lens)
+        else:
+            for c, p, t in zip(caches, positions, new_lens):
+                c.length = p + t
+        return [out[i : i + 1, : new_lens[i]] for i in range(n)]
+
+    # --- the one code path of both ---------------------------------------------------
+    def _forward(self, a, b, x, cache, *, past_lens, past_max, new_lens, positions):
+        ad: DecoderAdapter = self.adapter
+        B, T = x.shape[0], x.shape[1]
+        dev = x.device
+        t_idx = torch.arange(T, device=dev)
+        new_lens_t = torch.tensor(new_lens, device=dev)
+        # Pad rows (t >= T_i) reuse the session's last real position, so learned
+        # position tables (GPT-2) are never indexed past their end.
+        pos_base = torch.tensor(positions, device=dev)[:, None]  # (B, 1)
+        rel = torch.minimum(t_idx[None, :], (new_lens_t - 1).clamp(min=0)[:, None])  # (B, T)
+        position_ids = pos_base + rel  # (B, T)
+        n_units = self.num_units
+        has_blocks = any(u.attn_layer is not None for u in self.units[a:b])
+        if a == 0:
+            h = ad.embed(x, position_ids)  # (B, T, H)
+        else:
+            h = x.to(self.dtype)
+        mask = pos_emb = None
+        if has_blocks:
+            mask = self._mask(past_lens, past_max, new_lens, positions, T, h.dtype, dev)
+            pos_emb = ad.position_embeddings(h, position_ids)
+        for i in range(max(a, 1), min(b, n_units - 1)):
+            blk = i - 1
+            h = ad.call_block(blk, h, mask, position_ids, pos_emb, cache)
+        if b == n_units:
+            h = ad.head(h)  # (B, T, V)
+        return h
+
+    def _mask(self, past_lens, past_max, new_lens, positions, T, dtype, dev):
+        """Attention mask ``(B, 1, T, past_max + T)``: query t of session i sees cached
+        key s < past_i and new key j <= t with j < T_i (and, with a sliding window,
+        only keys less than ``window`` positions back)."""
+        ad = self.adapter
+        past = torch.tensor(past_lens, device=dev)[:, None, None]  # (B, 1, 1)
+        newl = torch.tensor(new_lens, device=dev)[:, None, None]
+        q = torch.arange(T, device=dev)[None, :, None]  # (1, T, 1)
+        s = torch.arange(past_max + T, device=dev)[None, None, :]  # (1, 1, S)
+        is_new = s >= past_max
+        j = s - past_max
+        valid = torch.where(is_new, (j <= q) & (j < newl), s < past)  # (B, T, S)
+        win = ad.sliding_window
+        if win:
+            pos0 = torch.tensor(positions, device=dev)[:, None, None]
+            q_abs = pos0 + q
+            k_abs = torch.where(is_new, pos0 + j, s)
+            valid = valid & (q_abs - k_abs < win)
+        valid = valid[:, None]  # (B, 1, T, S)
+        impl = getattr(self.config, "_attn_implementation", "eager")
+        if impl == "eager":
+            return torch.zeros(valid.shape, dtype=dtype, device=dev).masked_fill(~valid, torch.finfo(dtype).min)
+        return valid
