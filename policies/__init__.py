@@ -1,5 +1,32 @@
 """Pure planning functions: link model, device profiles, latency/memory models, split
 selection, the three-tier SLICER-SEARCH, OPSC joint optimisation and baseline policies.
 
-Nothing here imports Ray; everything is a function of snapshots.
+Nothing here imports Ray; everything is a function of snapshots::
+
+    from policies import plan, Budgets, LinkState, get_device
+    p = plan("slicer", model_profile, get_device("jetson-orin-agx"),
+             LinkState.from_mbps(20), Budgets(latency_s=0.2, memory_bytes=8e9))
+    p.split, p.offload_step, p.codec_spec, p.reason
 """
+from policies.link import LinkState, comm_latency_s, db_to_linear, outage_probability, transmissions
+from policies.profile import LayerProfile, ModelProfile
+from policies.schema import PRECISION_BYTES, Budgets, SplitPlan, canonical_precision
+from policies.devices import DeviceProfile, MeasuredTimings, get_device, load_device_catalog
+
+__all__ = [
+    "Budgets",
+    "DeviceProfile",
+    "LayerProfile",
+    "LinkState",
+    "MeasuredTimings",
+    "ModelProfile",
+    "PRECISION_BYTES",
+    "SplitPlan",
+    "canonical_precision",
+    "comm_latency_s",
+    "db_to_linear",
+    "get_device",
+    "load_device_catalog",
+    "outage_probability",
+    "transmissions",
+]
