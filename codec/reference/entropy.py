@@ -125,14 +125,14 @@ def _check_alphabet(alphabet_size: int) -> None:
         raise CodecError(f"alphabet_size={alphabet_size!r} invalid: allowed 1..{MAX_ALPHABET}")
 
 
-def encode_symbols(symbols: np.ndarray, alphabet_size: int) -> bytes:
-    """Entropy-code ``symbols`` (non-negative ints, each < ``alphabet_size``) with a
-    static model carried in the stream. Near the empirical entropy for n ≥ a few
-    thousand; for tiny n it falls back to plain bit packing when that is smaller."""
+def _plan(symbols: np.ndarray, alphabet_size: int):
+    """Choose the stream mode: (bytes, mode, sym int64, lo, span, width, table_bits, codes).
+    ``bytes`` is exact for modes 0 and 1 and the model's cross-entropy estimate (+ 2 words
+    of ANS state) for mode 2."""
     _check_alphabet(alphabet_size)
     sym = np.asarray(symbols).reshape(-1)
     if sym.size == 0:
-        return b""
+        return 0, -1, sym, 0, 0, 0, 0, None
     if sym.dtype.kind not in "iu":
         raise CodecError(f"symbols must be integers, got dtype {sym.dtype}")
     sym = sym.astype(np.int64, copy=False)
@@ -140,33 +140,50 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int) -> bytes:
     if lo < 0 or hi >= alphabet_size:
         raise CodecError(f"symbols span [{lo}, {hi}], outside the alphabet 0..{alphabet_size - 1}")
     if lo == hi:
-        return bytes((0,)) + _varint(lo)
+        return 1 + len(_varint(lo)), 0, sym, lo, 0, 0, 0, None
     span = hi - lo
     width = span.bit_length()
     n = sym.size
-    best_bytes = 1 + len(_varint(lo)) + 1 + packed_nbytes(n, width)
-    best: tuple | None = None  # (table_bits, codes)
-    counts = np.bincount(sym - lo, minlength=span + 1)
+    best = (1 + len(_varint(lo)) + 1 + packed_nbytes(n, width), 1, sym, lo, span, width, 0, None)
     head = 1 + len(_varint(lo)) + len(_varint(span)) + 1
+    if head + packed_nbytes(span + 1, min(TABLE_BITS)) >= best[0]:
+        return best  # the model table alone costs more than packing: rANS cannot win
+    counts = np.bincount(sym - lo, minlength=span + 1)
+    used = counts > 0
     for b in TABLE_BITS:
         codes = _table_codes(counts, b)
         w = _weights(codes, b)
-        p = w / w.sum()
-        used = counts > 0
-        xent_bits = float(-(counts[used] * np.log2(p[used])).sum())
+        xent_bits = float(-(counts[used] * np.log2(w[used] / w.sum())).sum())
         # ANS words are 32 bits; the final state adds up to 64 bits (2 words).
         est = head + packed_nbytes(span + 1, b) + 4 * (math.ceil(xent_bits / 32) + 2)
-        if est < best_bytes:
-            best_bytes, best = est, (b, codes)
-    if best is None:
+        if est < best[0]:
+            best = (est, 2, sym, lo, span, width, b, codes)
+    return best
+
+
+def estimate_nbytes(symbols: np.ndarray, alphabet_size: int) -> int:
+    """Bytes ``encode_symbols`` will write (exact unless it chooses rANS, then the model's
+    cross-entropy rounded up to words + 8 bytes: the real stream is within a few bytes)."""
+    return _plan(symbols, alphabet_size)[0]
+
+
+def encode_symbols(symbols: np.ndarray, alphabet_size: int) -> bytes:
+    """Entropy-code ``symbols`` (non-negative ints, each < ``alphabet_size``) with a
+    static model carried in the stream. Near the empirical entropy for n ≥ a few
+    thousand; for tiny n it falls back to plain bit packing when that is smaller."""
+    _, mode, sym, lo, span, width, b, codes = _plan(symbols, alphabet_size)
+    if mode == -1:
+        return b""
+    if mode == 0:
+        return bytes((0,)) + _varint(lo)
+    if mode == 1:
         return bytes((1,)) + _varint(lo) + bytes((width,)) + pack_bits(sym - lo, width)
-    b, codes = best
     c = _constriction()
     model = c.stream.model.Categorical(_weights(codes, b), perfect=False)
     coder = c.stream.stack.AnsCoder()
     coder.encode_reverse((sym - lo).astype(np.int32), model)
     words = coder.get_compressed().astype("<u4")
-    return (bytes((2,)) + _varint(lo) + _varint(span) + bytes((b,)) + pack_bits(codes, b) + words.tobytes())
+    return bytes((2,)) + _varint(lo) + _varint(span) + bytes((b,)) + pack_bits(codes, b) + words.tobytes()
 
 
 def decode_symbols(buf: bytes | memoryview, n: int, alphabet_size: int) -> np.ndarray:
