@@ -1,0 +1,276 @@
+"""AR modes of split inference as an edge half and a server half exchanging bytes.
+
+``EdgeSession`` runs on the device, ``ServerSession`` on the server; they share nothing
+but payload bytes (edge -> server) and token ids (server -> edge), so a runtime can put
+them in different processes or Ray actors. ``generate`` drives both in one process.
+
+Modes (seed 001 §2.1, ``../shared/DESIGN.md`` "The path of one request"):
+
+- ``per-token``: the edge runs units ``[0, ell)`` on the prompt, then on each new token,
+  and encodes ``x_ell`` every step; the server runs ``[ell, n)`` with its own cache.
+- ``offload`` (SLICER's local-then-offload ``(w, ell)``, Eq. 5-6): the edge decodes the
+  first ``w - 1`` tokens alone with its whole model, keeping its layer-``ell`` features;
+  at step ``w`` it runs ``[0, ell)`` on the newest token and sends the encoded features
+  of *all* tokens so far in one payload; the server builds its ``[ell, n)`` cache from
+  them and the request goes on as ``per-token``. ``w = 1`` is ``per-token``.
+- ``edge-only``: the edge runs everything; the server does nothing.
+- ``cloud-only``: the edge sends the raw token ids (int32); the server runs ``[0, n)``.
+
+Decoding is greedy (argmax of the last position's logits).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import torch
+
+import codec
+from codec import CodecConfig
+
+MODES = ("per-token", "offload", "edge-only", "cloud-only")
+
+_IDS_MAGIC = b"SLTK"
+_IDS_VERSION = 1
+
+
+def encode_ids(ids: torch.Tensor) -> bytes:
+    """Token ids ``(1, T)`` as bytes: magic ``SLTK``, version byte, uint32 count, then
+    int32 little-endian ids (4 bytes per token, the profile's ``input_bytes_per_token``)."""
+    flat = ids.reshape(-1).to(torch.int32)
+    return _IDS_MAGIC + bytes([_IDS_VERSION]) + struct.pack("<I", flat.numel()) + flat.numpy().astype("<i4").tobytes()
+
+
+def decode_ids(payload: bytes) -> torch.Tensor:
+    """Inverse of ``encode_ids``; ``ValueError`` on a malformed payload."""
+    if len(payload) < 9 or payload[:4] != _IDS_MAGIC or payload[4] != _IDS_VERSION:
+        raise ValueError("not a token-id payload (bad magic/version)")
+    (n,) = struct.unpack("<I", payload[5:9])
+    if len(payload) != 9 + 4 * n:
+        raise ValueError(f"token-id payload says {n} ids but holds {len(payload) - 9} bytes of ids")
+    import numpy as np
+
+    return torch.from_numpy(np.frombuffer(payload[9:], dtype="<i4").astype("int64")).reshape(1, n)
+
+
+@dataclass
+class EdgeStep:
+    """What the edge produced for one decoding step."""
+
+    payload: bytes | None
+    """Bytes for the server (None: the edge produced the token itself)."""
+    token: int | None = None
+    """The edge's own next token when it ran the whole model (edge-only, offload's
+    local steps)."""
+    elements: int = 0
+    """Elements of the feature the payload carries (0 for token ids)."""
+    tokens_in_payload: int = 0
+    """Token positions covered by the payload (prompt length at prefill, all tokens
+    so far at an offload handoff, 1 per decode step)."""
+    handoff: bool = False
+    """True for the offload handoff (the server builds its cache from this payload)."""
+
+
+class EdgeSession:
+    """The device half of one request.
+
+    ``model`` is the edge's copy (possibly with a quantized front, see
+    ``actors.models.quant``); the edge only ever runs its units ``[0, ell)`` (and
+    ``[ell, n)`` in edge-only mode and in offload's local steps)."""
+
+    def __init__(self, model, split: int, codec_cfg: CodecConfig | None = None, *, mode: str = "per-token", offload_step: int | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is invalid: allowed {', '.join(MODES)}")
+        n = model.num_units
+        if mode in ("per-token", "offload") and not (1 <= split <= n - 1):
+            raise ValueError(f"split={split} is invalid for mode {mode!r}: need 1 <= split <= {n - 1}")
+        if mode == "offload" and (offload_step is None or offload_step < 1):
+            raise ValueError(f"offload_step={offload_step!r} is invalid: mode 'offload' needs an int >= 1")
+        self.model = model
+        self.mode = mode
+        self.split = {"edge-only": n, "cloud-only": 0}.get(mode, split)
+        self.offload_step = offload_step if mode == "offload" else None
+        self.codec_cfg = codec_cfg or CodecConfig(method="raw")
+        self.front = model.new_cache(0, self.split) if self.split > 0 else None
+        # offload: the back half runs locally until the handoff
+        local = mode == "edge-only" or (mode == "offload" and offload_step > 1)
+        self.back = model.new_cache(self.split, n) if (local and self.split < n) else None
+        self.history: list[torch.Tensor] = []  # offload: x_ell of every token so far
+        self.steps = 0
+        self.offloaded = mode == "per-token"
+
+    def _encode(self, h: torch.Tensor) -> bytes:
+        return codec.encode(h, self.codec_cfg)
+
+    def _local(self, ids: torch.Tensor) -> EdgeStep:
+        n = self.model.num_units
+        h = self.model.run(0, self.split, ids, self.front)  # (1, T, H) or logits when split == n
+        if self.split < n:
+            if self.mode == "offload":
+                self.history.append(h)
+            h = self.model.run(self.split, n, h, self.back)  # (1, T, V)
+        return EdgeStep(payload=None, token=int(h[0, -1].argmax()))
+
+    def _step(self, ids: torch.Tensor) -> EdgeStep:
+        self.steps += 1
+        if self.mode == "cloud-only":
+            return EdgeStep(encode_ids(ids), tokens_in_payload=ids.shape[1])
+        if self.mode == "edge-only":
+            return self._local(ids)
+        if self.mode == "offload" and not self.offloaded:
+            if self.steps < self.offload_step:
+                return self._local(ids)
+            # step w: partial pass, then hand over the features of all tokens so far
+            h = self.model.run(0, self.split, ids, self.front)  # (1, T, H)
+            feats = torch.cat(self.history + [h], 1)  # (1, P + w - 1, H)
+            self.history, self.back, self.offloaded = [], None, True
+            return EdgeStep(self._encode(feats), elements=feats.numel(), tokens_in_payload=feats.shape[1], handoff=True)
+        h = self.model.run(0, self.split, ids, self.front)  # (1, T, H)
+        return EdgeStep(self._encode(h), elements=h.numel(), tokens_in_payload=h.shape[1])
+
+    def begin(self, prompt_ids: torch.Tensor) -> EdgeStep:
+        """Step 1: the prompt ``(1, P)`` (prefill)."""
+        if prompt_ids.dim() != 2 or prompt_ids.shape[0] != 1:
+            raise ValueError(f"prompt_ids must be (1, P), got {tuple(prompt_ids.shape)}")
+        if self.steps:
+            raise RuntimeError("begin() was already called for this session")
+        return self._step(prompt_ids)
+
+    def next(self, token: int) -> EdgeStep:
+        """The next step, after ``token`` came back (from the server or the edge)."""
+        return self._step(torch.tensor([[int(token)]]))
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(c.nbytes for c in (self.front, self.back) if c is not None)
+
+
+class ServerSession:
+    """The server half of one request: units ``[split, n)`` with this session's cache.
+    ``split == 0`` is cloud-only (payloads are token ids)."""
+
+    def __init__(self, model, split: int):
+        n = model.num_units
+        if not 0 <= split <= n - 1:
+            raise ValueError(f"split={split} is invalid for a server session: need 0 <= split <= {n - 1}")
+        self.model = model
+        self.split = split
+        self.cache = model.new_cache(split, n)
+
+    def decode_payload(self, payload: bytes) -> torch.Tensor:
+        if self.split == 0:
+            return decode_ids(payload)  # (1, T)
+        return codec.decode(payload)  # (1, T, H)
+
+    def step_logits(self, payload: bytes) -> torch.Tensor:
+        """Run one step; return the logits of every position of the payload ``(1, T, V)``."""
+        x = self.decode_payload(payload)
+        return self.model.run(self.split, self.model.num_units, x, self.cache)
+
+    def step(self, payload: bytes) -> int:
+        """Run one step; return the greedy next token."""
+        return int(self.step_logits(payload)[0, -1].argmax())
+
+    @staticmethod
+    def step_batch(sessions: list["ServerSession"], payloads: list[bytes]) -> list[int]:
+        """One batched step over many sessions (same model and split): the server's
+        batched decode. Same tokens as calling ``step`` on each."""
+        if not sessions:
+            return []
+        m, a = sessions[0].model, sessions[0].split
+        if any(s.model is not m or s.split != a for s in sessions):
+            raise ValueError("step_batch needs sessions of one model and one split")
+        xs = [s.decode_payload(p) for s, p in zip(sessions, payloads)]
+        outs = m.run_batch(a, m.num_units, xs, [s.cache for s in sessions])
+        return [int(o[0, -1].argmax()) for o in outs]
+
+
+@dataclass
+class GenerationResult:
+    """Tokens of one request and what crossed the wire."""
+
+    tokens: list[int]
+    """Generated token ids (``max_new_tokens`` of them)."""
+    payload_bytes: list[int] = field(default_factory=list)
+    """Bytes of every edge -> server payload, in order."""
+    payload_elements: list[int] = field(default_factory=list)
+    """Feature elements of every payload (0 for token ids)."""
+    server_steps: int = 0
+    """Steps the server ran."""
+    logits: list[torch.Tensor] = field(default_factory=list)
+    """Logits ``(V,)`` that produced each token (when ``return_logits``)."""
+
+    @property
+    def bits_per_element(self) -> float:
+        el = sum(self.payload_elements)
+        return sum(b for b, e in zip(self.payload_bytes, self.payload_elements) if e) * 8 / el if el else 0.0
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt_ids: torch.Tensor,
+    max_new_tokens: int,
+    mode: str = "per-token",
+    split: int | None = None,
+    offload_step: int | None = None,
+    codec_cfg: CodecConfig | None = None,
+    *,
+    edge_model=None,
+    return_logits: bool = False,
+) -> GenerationResult:
+    """Greedy generation of ``max_new_tokens`` with the edge and server halves in one
+    process. ``edge_model`` (default ``model``) is the edge's copy, e.g. with a
+    quantized front; the server always runs ``model``."""
+    edge_model = edge_model or model
+    n = model.num_units
+    if split is None:
+        split = {"edge-only": n, "cloud-only": 0}.get(mode, 1)
+    edge = EdgeSession(edge_model, split, codec_cfg, mode=mode, offload_step=offload_step)
+    server = ServerSession(model, edge.split) if edge.split < n else None
+    res = GenerationResult(tokens=[])
+    step = edge.begin(prompt_ids)
+    for i in range(max_new_tokens):
+        if step.payload is not None:
+            res.payload_bytes.append(len(step.payload))
+            res.payload_elements.append(step.elements)
+            logits = server.step_logits(step.payload)[0, -1]  # (V,)
+            tok = int(logits.argmax())
+            res.server_steps += 1
+            if return_logits:
+                res.logits.append(logits)
+        else:
+            tok = step.token
+            if return_logits:
+                res.logits.append(None)
+        res.tokens.append(tok)
+        if i + 1 < max_new_tokens:
+            step = edge.next(tok)
+    if return_logits and any(l is None for l in res.logits):
+        res.logits = _fill_local_logits(edge_model, prompt_ids, res)
+    return res
+
+
+def _fill_local_logits(model, prompt_ids, res):
+    # The edge's local steps keep only the token; recompute their logits with the
+    # whole model (same math, for tests and fidelity only).
+    ids = torch.cat([prompt_ids, torch.tensor([res.tokens[:-1]], dtype=prompt_ids.dtype)], 1)
+    full = model.run(0, model.num_units, ids)[0]  # (P + N - 1, V)
+    P = prompt_ids.shape[1]
+    return [l if l is not None else full[P - 1 + i] for i, l in enumerate(res.logits)]
+
+
+@torch.no_grad()
+def reference_generate(model, prompt_ids: torch.Tensor, max_new_tokens: int) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy tokens and logits of the unsplit model (one segment ``[0, n)``, one cache):
+    the reference every split run is compared with."""
+    cache = model.new_cache(0, model.num_units)
+    logits = model.run(0, model.num_units, prompt_ids, cache)[0, -1]
+    toks, lgs = [], []
+    for i in range(max_new_tokens):
+        tok = int(logits.argmax())
+        toks.append(tok)
+        lgs.append(logits)
+        if i + 1 < max_new_tokens:
+            logits = model.run(0, model.num_units, torch.tensor([[tok]]), cache)[0, -1]
+    return toks, lgs
