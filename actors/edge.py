@@ -1,0 +1,347 @@
+"""`EdgeDevice`: one front-end device. Runs the front segment of each request in the
+plan's mode, encodes the feature, sends it to the server, measures its compute and its
+link, and reports them to the policy.
+
+Modes (``actors.protocol.plan_mode``), for a plan with split ℓ and offload step w:
+
+- ``split`` (w = 1): every step runs units ``[0, ℓ)`` here and ``[ℓ, n)`` on the
+  server; the prompt's features go in the first step (prefill).
+- ``local-then-offload`` (w > 1, SLICER Eq. 5-6): the first ``w - 1`` tokens come from
+  the whole model run here; at step w the features of every token so far cross in one
+  payload, the server builds its cache from them and the request goes on as a split.
+- ``edge-only``: the whole request runs here; the server is never called.
+- ``cloud-only`` (ℓ = 0): the edge sends token ids, the server runs everything.
+
+Emulation (stated as such in every record): ``slowdown`` sleeps ``(slowdown - 1) ×``
+each measured compute interval; ``link`` sleeps Eq. 1's ε-outage delay of the REAL
+payload size before each send; ``memory_mb`` refuses plans that need more.
+
+The server and the policy are reached through small client objects (``InProcessServer``
+/ ``InProcessPolicy`` here, the Ray ones in ``actors.ray_actors``), so this class runs
+the same in a unit test and in an actor.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from actors.protocol import encode_tokens, hop_record, now_s, plan_mode
+from codec import CodecConfig, encode
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ServerClient(Protocol):
+    def open_session(self, device_id: str, request_id: str, split: int, max_tokens: int, trace_ctx: dict) -> str: ...
+    def step(self, session_id: str, payload: bytes, position: int, trace_ctx: dict) -> dict: ...
+    def close_session(self, session_id: str, trace_ctx: dict) -> dict: ...
+
+
+class PolicyClient(Protocol):
+    def register(self, device_id: str, info: dict, trace_ctx: dict) -> dict: ...
+    def report(self, device_id: str, report: dict, trace_ctx: dict) -> dict: ...
+
+
+class InProcessServer:
+    """A ``Server`` called directly (unit tests, the in-process runner)."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None):
+        return self.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {})
+
+    def step(self, session_id, payload, position, trace_ctx=None):
+        return self.server.step_now(session_id, payload, position, trace_ctx or {})
+
+    def close_session(self, session_id, trace_ctx=None):
+        return self.server.close_session(session_id, trace_ctx or {})
+
+
+class InProcessPolicy:
+    """A ``Policy`` called directly."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def register(self, device_id, info, trace_ctx=None):
+        return self.policy.register(device_id, info, trace_ctx or {})
+
+    def report(self, device_id, report, trace_ctx=None):
+        return self.policy.report(device_id, report, trace_ctx or {})
+
+
+@dataclass
+class EdgeConfig:
+    """One device's identity, link, budgets and emulation (from a workload's group)."""
+
+    device_id: str
+    """Unique id, e.g. ``raspberry-pi-5-0``."""
+    device_class: str
+    """Device class (catalog name and node label)."""
+    link: dict = field(default_factory=dict)
+    """``orchestrator.workload.LinkSpec`` as a dict (rate_mbps, snr_db, epsilon, bandwidth_hz)."""
+    budgets: dict = field(default_factory=dict)
+    """``BudgetSpec`` as a dict (latency_ms, memory_mb)."""
+    emulation: dict = field(default_factory=dict)
+    """``EmulationSpec`` as a dict (slowdown, memory_mb, link)."""
+    link_schedule: list = field(default_factory=list)
+    """Scripted link changes: dicts with ``at_request`` and the new link fields."""
+    codec: str | None = None
+    """A codec spec forcing every feature's codec; None: the plan's."""
+    mode: str = "auto"
+    """``auto`` (the plan's) or a forced mode (see the module docstring)."""
+    precision: str | None = None
+    """Front-segment precision forced by the workload; None: the plan's."""
+    node: str = ""
+    """Node id/ip the device runs on (filled in by its actor)."""
+
+
+class EdgeDevice:
+    """One device (see the module docstring)."""
+
+    def __init__(self, cfg: EdgeConfig, model_ref: Any, server: ServerClient | None, policy: PolicyClient,
+                 *, model: Any = None):
+        """``model_ref``: what ``load_model`` takes; ``model``: an already loaded
+        ``SplitModel`` to share (tests), used for float32 fronts."""
+        from actors.models import load_model
+
+        self.cfg = cfg
+        self.model_ref = model_ref
+        self._load = load_model
+        self._models: dict[str, Any] = {}
+        if model is not None:
+            self._models[str(model.dtype).replace("torch.", "")] = model
+        self.server = server
+        self.policy = policy
+        self.link = dict(cfg.link)
+        self.emu = dict(cfg.emulation)
+        self.slowdown = float(self.emu.get("slowdown", 1.0) or 1.0)
+        self.emulate_link = bool(self.emu.get("link", False))
+        self.requests_done = 0
+        base = self.model_for("float32")
+        self.num_units = base.num_units
+        self.profile = base.profile
+        info = {"device_class": cfg.device_class, "link": self.link, "budgets": dict(cfg.budgets),
+                "memory_cap_mb": self.emu.get("memory_mb"), "node": cfg.node, "emulated": self.emulated}
+        self.plan = policy.register(cfg.device_id, info, {})
+
+    @property
+    def emulated(self) -> bool:
+        return self.slowdown != 1.0 or self.emulate_link or self.emu.get("memory_mb") is not None
+
+    def model_for(self, precision: str) -> Any:
+        """The model at a front precision (float32/float16/bfloat16; int8/int4 run as
+        float16 weights here: their memory is what the plan accounts)."""
+        key = precision if precision in _DTYPES else "float16"
+        if key not in self._models:
+            self._models[key] = self._load(self.model_ref, dtype=_DTYPES[key])
+        return self._models[key]
+
+    # ------------------------------------------------------------------ emulation
+    def _compute(self, fn, *args, **kw):
+        """Run ``fn``; returns (result, measured_s, emulated_extra_s)."""
+        t0 = time.perf_counter()
+        out = fn(*args, **kw)
+        dt = time.perf_counter() - t0
+        extra = 0.0
+        if self.slowdown > 1.0:
+            extra = (self.slowdown - 1.0) * dt
+            time.sleep(extra)
+        return out, dt, extra
+
+    def _link_delay_s(self, payload_bytes: int) -> float:
+        if not self.emulate_link:
+            return 0.0
+        from policies.link import LinkState, comm_latency_s
+
+        ls = LinkState.from_mbps(self.link.get("rate_mbps", 100.0), self.link.get("snr_db", 20.0),
+                                 self.link.get("bandwidth_hz", 20e6) / 1e6, self.link.get("epsilon", 0.01))
+        d = comm_latency_s(payload_bytes, ls)
+        return d if math.isfinite(d) else 60.0
+
+    def _memory_check(self, plan: dict, mode: str, context: int) -> float:
+        need = float(plan.get("predicted_memory_bytes") or 0.0)
+        cap = self.emu.get("memory_mb")
+        if cap is not None and need > cap * 2**20:
+            raise MemoryError(f"device {self.cfg.device_id}: plan needs {need / 2**20:.1f} MiB (split {plan['split']}, "
+                              f"{mode}), emulated memory cap is {cap} MiB")
+        return need
+
+    # ------------------------------------------------------------------ link schedule
+    def _apply_schedule(self, request_index: int) -> dict | None:
+        changes = [c for c in self.cfg.link_schedule if int(c["at_request"]) == request_index]
+        if not changes:
+            return None
+        for c in changes:
+            self.link.update({k: v for k, v in c.items() if k != "at_request" and v is not None})
+        self.plan = self.policy.report(self.cfg.device_id, {"link": dict(self.link), "reason": f"link change before request {request_index}"}, {})
+        return dict(self.link)
+
+    # ------------------------------------------------------------------ one request
+    def generate(self, request: dict, trace_ctx: dict | None = None) -> dict:
+        """Run one request ``{"request_id", "index", "prompt_ids": [...], "max_new_tokens"}``;
+        returns its record (tokens, plan, bytes, per-step hops, latency)."""
+        trace_ctx = trace_ctx or {}
+        t_start = now_s()
+        link_change = self._apply_schedule(int(request.get("index", self.requests_done)))
+        plan = dict(self.plan)
+        mode = plan_mode(plan["split"], plan.get("offload_step"), self.num_units)
+        if self.cfg.mode != "auto":
+            mode, plan = self._force_mode(self.cfg.mode, plan)
+        codec_spec = self.cfg.codec or plan.get("codec_spec") or "lossless"
+        codec = CodecConfig.parse(codec_spec)
+        if mode == "local-then-offload" and int(plan.get("offload_step") or 0) > int(request["max_new_tokens"]):
+            mode = "edge-only"  # the hand-off step lies beyond this request: it never offloads
+        precision = self.cfg.precision or plan.get("front_precision") or "float32"
+        model = self.model_for(precision)
+        ids = torch.tensor([request["prompt_ids"]], dtype=torch.long)  # (1, T)
+        n_new = int(request["max_new_tokens"])
+        max_ctx = ids.shape[1] + n_new
+        mem = float(plan.get("predicted_memory_bytes") or 0.0)
+        rec: dict[str, Any] = {
+            "request_id": request["request_id"], "device": self.cfg.device_id, "device_class": self.cfg.device_class,
+            "node": self.cfg.node, "index": request.get("index"), "prompt_tokens": int(ids.shape[1]),
+            "mode": mode, "split": plan["split"], "offload_step": plan.get("offload_step"), "codec": codec_spec,
+            "front_precision": precision, "plan_tier": plan.get("tier"), "plan_reason": plan.get("reason", ""),
+            "link": dict(self.link), "link_changed": link_change is not None, "emulated": self.emulated,
+            "emulation": dict(self.emu), "predicted_memory_bytes": mem, "t_start": t_start,
+        }
+        steps: list[dict] = []
+        try:
+            self._memory_check(plan, mode, max_ctx)
+            tokens = self._run(mode, plan, model, codec, ids, n_new, request, steps, trace_ctx)
+            rec["ok"], rec["error"] = True, None
+        except Exception as e:  # the record carries the cause; the runner reports it
+            tokens = [s["token"] for s in steps if "token" in s]
+            rec["ok"], rec["error"] = False, f"{type(e).__name__}: {e}"
+        t_end = now_s()
+        rec.update(self._totals(steps))
+        rec.update({"tokens": tokens, "new_tokens": len(tokens), "t_end": t_end,
+                    "latency_s": round(t_end - t_start, 6), "steps": steps})
+        self.requests_done += 1
+        if self.policy is not None:
+            self.plan = self.policy.report(self.cfg.device_id, {"measured": {
+                "edge_compute_s": rec["edge_compute_s"], "transfer_s": rec["transfer_s"],
+                "bytes_sent": rec["bytes_sent"], "latency_s": rec["latency_s"], "request_id": rec["request_id"]}}, {})
+        return rec
+
+    def _force_mode(self, mode: str, plan: dict) -> tuple[str, dict]:
+        n = self.num_units
+        plan = dict(plan)
+        if mode == "cloud-only":
+            plan.update(split=0, offload_step=1)
+        elif mode == "edge-only":
+            plan.update(split=n, offload_step=None)
+        elif mode == "split":
+            if not 0 < plan["split"] < n:
+                plan["split"] = max(1, min(n - 1, plan["split"]))
+            plan["offload_step"] = 1
+        elif mode == "local-then-offload":
+            if not 0 < plan["split"] < n:
+                plan["split"] = max(1, min(n - 1, plan["split"]))
+            plan["offload_step"] = max(2, int(plan.get("offload_step") or 2))
+        return mode, plan
+
+    def _run(self, mode, plan, model, codec, ids, n_new, request, steps, trace_ctx) -> list[int]:
+        n = self.num_units
+        ell = int(plan["split"])
+        w = int(plan.get("offload_step") or 0)
+        tokens: list[int] = []
+        if mode == "edge-only":
+            cache = model.new_cache(0, n)
+            x = ids
+            for i in range(n_new):
+                logits, dt, extra = self._compute(model.run, 0, n, x, cache)
+                tok = int(logits[0, -1].argmax())  # logits: (1, T, V)
+                tokens.append(tok)
+                steps.append(hop_record(step=i, kind="local", tokens=int(x.shape[1]), edge_compute_s=dt,
+                                        edge_compute_emulated_s=extra, token=tok))
+                x = torch.tensor([[tok]])
+            return tokens
+
+        sid = self.server.open_session(self.cfg.device_id, request["request_id"], ell, int(ids.shape[1]) + n_new, trace_ctx)
+        try:
+            front = model.new_cache(0, ell) if ell > 0 else None
+            back = model.new_cache(ell, n) if mode == "local-then-offload" else None
+            feats: list[torch.Tensor] = []
+            x = ids  # (1, T) ids of the tokens not yet run
+            position = 0  # server-side position of the next feature
+            for i in range(n_new):
+                local = mode == "local-then-offload" and i < w - 1
+                if ell > 0:
+                    h, dt, extra = self._compute(model.run, 0, ell, x, front)  # (1, T, H)
+                else:
+                    h, dt, extra = ids if i == 0 else x, 0.0, 0.0
+                if local:
+                    feats.append(h)
+                    logits, dt2, extra2 = self._compute(model.run, ell, n, h, back)
+                    tok = int(logits[0, -1].argmax())
+                    tokens.append(tok)
+                    steps.append(hop_record(step=i, kind="local", tokens=int(x.shape[1]), edge_compute_s=dt + dt2,
+                                            edge_compute_emulated_s=extra + extra2, token=tok))
+                    x = torch.tensor([[tok]])
+                    continue
+                if feats:  # the hand-off step: every token so far crosses at once
+                    feats.append(h)
+                    h = torch.cat(feats, 1)  # (1, T + w - 1, H)
+                    feats, back = [], None  # the local back segment's cache is freed here
+                kind = "handoff" if (mode == "local-then-offload" and i == w - 1) else ("prefill" if i == 0 else "decode")
+                t0 = time.perf_counter()
+                if ell > 0:
+                    payload = encode(h, codec)
+                    elements = int(h.numel())
+                else:
+                    payload = encode_tokens(h)
+                    elements = int(h.numel())
+                enc_s = time.perf_counter() - t0
+                delay = self._link_delay_s(len(payload))
+                if delay:
+                    time.sleep(delay)
+                send_t = now_s()
+                res = self.server.step(sid, payload, position, trace_ctx)
+                recv_t = now_s()
+                position += int(h.shape[1])
+                tok = int(res["token"])
+                tokens.append(tok)
+                steps.append(hop_record(
+                    step=i, kind=kind, tokens=int(h.shape[1]), edge_compute_s=dt, edge_compute_emulated_s=extra,
+                    encode_s=enc_s, payload_bytes=len(payload), elements=elements,
+                    bits_per_element=len(payload) * 8 / max(1, elements), transfer_emulated_s=delay,
+                    send_t=send_t, server_recv_t=res.get("server_recv_t"), queue_s=res.get("queue_s", 0.0),
+                    decode_s=res.get("decode_s"), server_compute_s=res.get("server_compute_s"),
+                    server_start_t=res.get("server_start_t"), batch_size=res.get("batch_size"),
+                    server_done_t=res.get("server_done_t"), recv_t=recv_t, token=tok))
+                x = torch.tensor([[tok]])
+            return tokens
+        finally:
+            try:
+                self.server.close_session(sid, trace_ctx)
+            except Exception:
+                pass  # the server may be gone; its sessions go with it
+
+    @staticmethod
+    def _totals(steps: list[dict]) -> dict[str, Any]:
+        sent = [s for s in steps if "payload_bytes" in s]
+        bytes_sent = sum(s["payload_bytes"] for s in sent)
+        elements = sum(s["elements"] for s in sent)
+        wire = 0.0
+        for s in sent:
+            srv = (s.get("server_done_t") or 0) - (s.get("server_recv_t") or 0)
+            wire += max(0.0, (s["recv_t"] - s["send_t"]) - srv)
+        return {
+            "bytes_sent": bytes_sent,
+            "payloads": len(sent),
+            "bits_per_element": round(bytes_sent * 8 / elements, 4) if elements else None,
+            "edge_compute_s": round(sum(s.get("edge_compute_s", 0.0) for s in steps), 6),
+            "edge_compute_emulated_s": round(sum(s.get("edge_compute_emulated_s", 0.0) for s in steps), 6),
+            "encode_s": round(sum(s.get("encode_s", 0.0) for s in sent), 6),
+            "transfer_s": round(wire, 6),
+            "transfer_emulated_s": round(sum(s.get("transfer_emulated_s", 0.0) for s in sent), 6),
+            "server_queue_s": round(sum(s.get("queue_s") or 0.0 for s in sent), 6),
+            "server_compute_s": round(sum(s.get("server_compute_s") or 0.0 for s in sent), 6),
+        }

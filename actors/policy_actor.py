@@ -1,0 +1,167 @@
+"""`Policy`: the central planner's state. Devices register and report (link, memory,
+measured times); it asks ``policies.plan`` (pure functions over snapshots) for each
+device's ``SplitPlan`` and re-plans a device when its link or memory changes. Every
+decision is logged with its tier and reason (``decisions()`` -> ``policy.jsonl``).
+
+Plans travel as ``SplitPlan.to_dict()`` dicts (plain data: keys ``split``,
+``offload_step``, ``codec_spec``, ``front_precision``, ``tier``, ``reason``...).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from actors.protocol import now_s
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """What the policy plans with (from the workload)."""
+
+    name: str = "slicer"
+    """Policy name passed to ``policies.plan``."""
+    split: int | None = None
+    """``fixed``: the split ℓ."""
+    offload_step: int | None = None
+    """``fixed``: the offload step w."""
+    replan: bool = True
+    """Re-plan on link/memory changes."""
+    codec: str | None = None
+    """A codec spec forced by the workload (the plan is then made for it); None: chosen."""
+    new_tokens: int = 8
+    """Tokens each request generates (sizes KV caches and Eq. 5)."""
+    prompt_tokens: int = 16
+    """Largest prompt length of the workload."""
+    default_latency_ms: float = 1000.0
+    """Per-token latency budget of a device whose workload gives none."""
+    extra: dict = field(default_factory=dict)
+    """Further keyword arguments for ``policies.plan``."""
+
+
+@dataclass
+class _Device:
+    device_id: str
+    device_class: str
+    link: dict
+    budgets: dict
+    memory_cap_mb: float | None
+    node: str = ""
+    emulated: bool = False
+    plan: dict | None = None
+    measured: list = field(default_factory=list)
+
+
+def _link_state(link: dict):
+    from policies.link import LinkState
+
+    return LinkState.from_mbps(float(link.get("rate_mbps", 100.0)), float(link.get("snr_db", 20.0)),
+                               float(link.get("bandwidth_hz", 20e6)) / 1e6, float(link.get("epsilon", 0.01)))
+
+
+def default_planner(cfg: PolicyConfig, profile: Any, dev: _Device) -> dict:
+    """``policies.plan`` on this device's snapshot; returns ``SplitPlan.to_dict()``."""
+    import policies
+    from policies.devices import get_device
+    from policies.schema import Budgets
+
+    device = get_device(dev.device_class)
+    mem_bytes = device.memory_bytes
+    if dev.budgets.get("memory_mb") is not None:
+        mem_bytes = min(mem_bytes, float(dev.budgets["memory_mb"]) * 2**20)
+    if dev.memory_cap_mb is not None:
+        mem_bytes = min(mem_bytes, float(dev.memory_cap_mb) * 2**20)
+    lat_ms = dev.budgets.get("latency_ms") or cfg.default_latency_ms
+    budgets = Budgets(latency_s=float(lat_ms) / 1e3, memory_bytes=float(mem_bytes),
+                      new_tokens=int(cfg.new_tokens), prompt_tokens=int(cfg.prompt_tokens))
+    kw: dict[str, Any] = dict(cfg.extra)
+    if cfg.name == "fixed":
+        kw["split"] = cfg.split
+        if cfg.offload_step is not None:
+            kw["offload_step"] = cfg.offload_step
+    if cfg.codec is not None:
+        kw["codec"] = cfg.codec
+    plan = policies.plan(cfg.name, profile, device, _link_state(dev.link), budgets, **kw)
+    d = plan.to_dict()
+    d.setdefault("device", dev.device_id)
+    return d
+
+
+class Policy:
+    """The policy actor's plain class (see the module docstring)."""
+
+    def __init__(self, cfg: PolicyConfig, profile: Any, planner: Callable[[PolicyConfig, Any, _Device], dict] | None = None):
+        self.cfg = cfg
+        self.profile = profile
+        self.planner = planner or default_planner
+        self._devices: dict[str, _Device] = {}
+        self._log: list[dict] = []
+        self._lock = threading.Lock()
+
+    def _decide(self, dev: _Device, reason: str, trigger: str) -> dict:
+        old = dev.plan
+        t0 = now_s()
+        plan = self.planner(self.cfg, self.profile, dev)
+        dev.plan = plan
+        changed = old is None or any(old.get(k) != plan.get(k) for k in ("split", "offload_step", "codec_spec", "front_precision"))
+        self._log.append({
+            "t": t0, "decide_s": round(now_s() - t0, 6), "device": dev.device_id, "device_class": dev.device_class,
+            "trigger": trigger, "reason": reason, "policy": self.cfg.name, "tier": plan.get("tier"),
+            "binding": plan.get("binding"), "plan_reason": plan.get("reason"), "feasible": plan.get("feasible"),
+            "split": plan.get("split"), "offload_step": plan.get("offload_step"), "codec": plan.get("codec_spec"),
+            "sparsity": plan.get("sparsity"), "front_precision": plan.get("front_precision"),
+            "predicted_latency_ms": plan.get("predicted_latency_ms"), "predicted_memory_mb": plan.get("predicted_memory_mb"),
+            "link": dict(dev.link), "memory_cap_mb": dev.memory_cap_mb, "changed": changed,
+            "previous": None if old is None else {k: old.get(k) for k in ("split", "offload_step", "codec_spec", "sparsity")},
+        })
+        return plan
+
+    def register(self, device_id: str, info: dict, trace_ctx: dict | None = None) -> dict:
+        """A device announces itself (class, link, budgets, memory cap, node); returns its plan."""
+        with self._lock:
+            dev = _Device(device_id, info["device_class"], dict(info.get("link") or {}), dict(info.get("budgets") or {}),
+                          info.get("memory_cap_mb"), info.get("node", ""), bool(info.get("emulated", False)))
+            self._devices[device_id] = dev
+            return self._decide(dev, "first plan of the device", "register")
+
+    def report(self, device_id: str, report: dict, trace_ctx: dict | None = None) -> dict:
+        """A device reports ``link`` (dict), ``memory_cap_mb`` and/or ``measured``
+        figures; a changed link or memory re-plans it. Returns its (new) plan."""
+        with self._lock:
+            dev = self._devices.get(device_id)
+            if dev is None:
+                raise KeyError(f"device {device_id!r} never registered with the policy")
+            if report.get("measured"):
+                dev.measured.append({"t": now_s(), **report["measured"]})
+                del dev.measured[:-64]  # the latest figures are what a planner would use
+            triggers = []
+            if report.get("link") is not None and report["link"] != dev.link:
+                old = dev.link
+                dev.link = dict(report["link"])
+                triggers.append(("link", "link changed: " + ", ".join(
+                    f"{k} {old.get(k)} -> {v}" for k, v in dev.link.items() if old.get(k) != v)))
+            if "memory_cap_mb" in report and report["memory_cap_mb"] != dev.memory_cap_mb:
+                triggers.append(("memory", f"memory cap changed: {dev.memory_cap_mb} -> {report['memory_cap_mb']} MiB"))
+                dev.memory_cap_mb = report["memory_cap_mb"]
+            if triggers and self.cfg.replan:
+                return self._decide(dev, "; ".join(r for _, r in triggers), "+".join(t for t, _ in triggers))
+            return dict(dev.plan or {})
+
+    def plan_for(self, device_id: str, trace_ctx: dict | None = None) -> dict:
+        with self._lock:
+            return dict(self._devices[device_id].plan or {})
+
+    def decisions(self) -> list[dict]:
+        """Every decision so far, oldest first (``policy.jsonl``)."""
+        with self._lock:
+            return [dict(d) for d in self._log]
+
+    def devices(self) -> dict[str, dict]:
+        with self._lock:
+            return {k: {"device_class": d.device_class, "node": d.node, "link": d.link, "plan": d.plan,
+                        "measured": d.measured[-1] if d.measured else None} for k, d in self._devices.items()}
+
+
+def finite(v: float) -> float | None:
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else None

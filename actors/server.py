@@ -1,0 +1,368 @@
+"""`Server`: the shared back end. Holds the model's back segments, one KV cache per
+session, batches decode steps of many devices, and accounts compute time per device.
+
+Plain class: the Ray shell (``actors.ray_actors.ServerActor``) makes it an async actor
+whose ``step`` coroutines queue into ``_batch_loop``; unit tests call ``step_now`` (one
+step, no batching) or drive ``step`` from an asyncio loop.
+
+A session is one request of one device at one split ℓ: the server runs units
+``[ℓ, n)`` (``ℓ = 0``: cloud-only, the whole model on token ids). Admission control:
+at most ``max_sessions`` sessions and ``max_kv_bytes`` of KV cache (reserved at open
+for the session's largest context), payloads of at most ``max_payload_bytes``; a bad
+payload fails that step with an ``AdmissionError`` naming the device and the defect,
+and the session and every other session go on.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from actors.protocol import AdmissionError, decode_tokens, now_s
+from codec import CodecError, decode
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits and batching of one server (mirrors ``orchestrator.workload.ServerSpec``)."""
+
+    max_batch: int = 16
+    """Most steps computed together."""
+    batch_window_ms: float = 2.0
+    """How long the loop waits for more steps once one is queued."""
+    batching: bool = True
+    """False: every step is computed alone (the batching benchmark's baseline)."""
+    max_sessions: int = 64
+    """Most open sessions."""
+    max_kv_bytes: int = 512 << 20
+    """Most KV-cache bytes reserved over all sessions."""
+    max_payload_bytes: int = 8 << 20
+    """Largest payload of one step."""
+    max_tokens_per_session: int = 4096
+    """Largest context a session may declare."""
+
+
+@dataclass
+class Session:
+    session_id: str
+    device_id: str
+    request_id: str
+    split: int
+    max_tokens: int
+    reserved_kv_bytes: int
+    cache: Any
+    steps: int = 0
+    tokens: int = 0
+    compute_s: float = 0.0
+    opened_t: float = field(default_factory=now_s)
+    last_t: float = field(default_factory=now_s)
+    busy: bool = False
+
+
+@dataclass
+class _Step:
+    """One queued step (the batching loop's unit of work)."""
+
+    session: Session
+    payload: bytes
+    position: int
+    recv_t: float
+    trace_ctx: dict
+    x: torch.Tensor | None = None
+    decode_s: float = 0.0
+    error: str | None = None
+
+
+class Server:
+    """The shared server (see the module docstring)."""
+
+    def __init__(self, model: Any, config: ServerConfig | None = None, name: str = "server",
+                 load_meter: Any = None, metrics: Any = None):
+        """``model``: a ``SplitModel`` (``actors.models.load_model``), loaded whole: any
+        split's back segment runs from it. ``load_meter``: an ``actors.loadmeter.LoadMeter``
+        (made here if None); ``metrics``: an ``actors.loadmeter.ServerMetrics`` or None."""
+        self.model = model
+        self.cfg = config or ServerConfig()
+        self.name = name
+        self.num_units = model.num_units
+        self.vocab_size = int(getattr(model.config, "vocab_size", 0) or 0)
+        self.profile = model.profile
+        if load_meter is None:
+            from actors.loadmeter import LoadMeter
+
+            load_meter = LoadMeter()
+        self.meter = load_meter
+        self.metrics = metrics
+        self._sessions: dict[str, Session] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._compute_lock = threading.Lock()
+        self.reserved_kv_bytes = 0
+        # Accounting over the whole run.
+        self.compute_s_by_device: dict[str, float] = defaultdict(float)
+        self.requests_by_device: dict[str, int] = defaultdict(int)
+        self.steps_by_device: dict[str, int] = defaultdict(int)
+        self.tokens_by_device: dict[str, int] = defaultdict(int)
+        self.rejected: list[dict[str, Any]] = []
+        self.batch_sizes: list[int] = []
+        # Async batching state (created lazily inside the actor's event loop).
+        self._queue: asyncio.Queue | None = None
+        self._loop_task: asyncio.Task | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ sessions
+    def open_session(self, device_id: str, request_id: str, split: int, max_tokens: int,
+                     trace_ctx: dict | None = None) -> str:
+        """Admit a session running units ``[split, n)`` for up to ``max_tokens`` tokens
+        of context. Raises ``AdmissionError`` naming the limit it would break."""
+        if not isinstance(split, int) or not 0 <= split < self.num_units:
+            raise AdmissionError(f"device {device_id}: split={split!r} is invalid: allowed 0..{self.num_units - 1}")
+        if not isinstance(max_tokens, int) or not 1 <= max_tokens <= self.cfg.max_tokens_per_session:
+            raise AdmissionError(
+                f"device {device_id}: max_tokens={max_tokens!r} is invalid: allowed 1..{self.cfg.max_tokens_per_session}")
+        kv = int(self.profile.kv_bytes_per_token(split, self.num_units)) * max_tokens
+        with self._lock:
+            if len(self._sessions) >= self.cfg.max_sessions:
+                self._reject(device_id, "sessions", f"server holds {len(self._sessions)} sessions, limit max_sessions={self.cfg.max_sessions}")
+            if self.reserved_kv_bytes + kv > self.cfg.max_kv_bytes:
+                self._reject(device_id, "kv", f"session needs {kv} KV bytes; {self.reserved_kv_bytes} of "
+                             f"max_kv_bytes={self.cfg.max_kv_bytes} already reserved")
+            sid = f"{device_id}/{request_id}/{next(self._ids)}"
+            self._sessions[sid] = Session(sid, device_id, request_id, split, max_tokens, kv,
+                                          self.model.new_cache(split, self.num_units))
+            self.reserved_kv_bytes += kv
+            self.requests_by_device[device_id] += 1
+            self.meter.sessions = len(self._sessions)
+        if self.metrics is not None:
+            self.metrics.on_request()
+        return sid
+
+    def close_session(self, session_id: str, trace_ctx: dict | None = None) -> dict[str, Any]:
+        """Release a session's KV cache; returns its totals (unknown ids: ``{}``, so a
+        retried close is harmless)."""
+        with self._lock:
+            s = self._sessions.pop(session_id, None)
+            if s is None:
+                return {}
+            self.reserved_kv_bytes -= s.reserved_kv_bytes
+            self.meter.sessions = len(self._sessions)
+            self.meter.kv_bytes = self._kv_bytes_locked()
+        return {"session_id": s.session_id, "steps": s.steps, "tokens": s.tokens, "compute_s": s.compute_s}
+
+    def _reject(self, device_id: str, what: str, msg: str) -> None:
+        self.rejected.append({"t": now_s(), "device": device_id, "what": what, "message": msg})
+        raise AdmissionError(f"server refused device {device_id}: {msg}")
+
+    def _kv_bytes_locked(self) -> int:
+        return sum(s.cache.nbytes for s in self._sessions.values())
+
+    def _get(self, session_id: str) -> Session:
+        s = self._sessions.get(session_id)
+        if s is None:
+            raise AdmissionError(f"unknown session {session_id!r} (closed, never opened, or the server restarted)")
+        return s
+
+    # ------------------------------------------------------------------ one step
+    def _prepare(self, st: _Step) -> None:
+        """Check and decode one step's payload; on any defect set ``st.error``."""
+        s = st.session
+        t0 = time.perf_counter()
+        try:
+            if not isinstance(st.payload, (bytes, bytearray, memoryview)):
+                raise AdmissionError(f"payload is {type(st.payload).__name__}, expected bytes")
+            if len(st.payload) > self.cfg.max_payload_bytes:
+                raise AdmissionError(f"payload of {len(st.payload)} bytes exceeds max_payload_bytes={self.cfg.max_payload_bytes}")
+            if st.position != s.cache.length:
+                raise AdmissionError(f"step at position {st.position} but the session holds {s.cache.length} tokens")
+            if s.split == 0:
+                x = decode_tokens(bytes(st.payload), self.vocab_size)  # (1, T) ids
+            else:
+                x = decode(bytes(st.payload))
+                h = self.profile.hidden_size or x.shape[-1]
+                if x.dim() == 2:
+                    x = x[None]  # (T, H) -> (1, T, H)
+                if x.dim() != 3 or x.shape[0] != 1 or x.shape[2] != h or x.shape[1] < 1:
+                    raise AdmissionError(f"feature of shape {tuple(x.shape)}: expected (1, T, {h})")
+                if not bool(torch.isfinite(x).all()):
+                    raise AdmissionError("feature holds NaN or Inf")
+            if s.cache.length + x.shape[1] > s.max_tokens:
+                raise AdmissionError(f"step brings the session to {s.cache.length + x.shape[1]} tokens, "
+                                     f"more than the {s.max_tokens} it was admitted for")
+            st.x = x
+        except (CodecError, AdmissionError) as e:
+            st.error = f"device {s.device_id}: bad payload at step {s.steps} (session {s.session_id}): {e}"
+        st.decode_s = time.perf_counter() - t0
+
+    def _compute(self, steps: list[_Step]) -> list[dict[str, Any]]:
+        """Decode and run a batch of steps; one result dict per step (``error`` set for
+        failed ones). Steps of the same split run in one ``run_batch``."""
+        with self._compute_lock:
+            self.meter.busy_start()
+            t_batch0 = time.perf_counter()
+            for st in steps:
+                self._prepare(st)
+            ok = [st for st in steps if st.error is None]
+            groups: dict[int, list[_Step]] = defaultdict(list)
+            for st in ok:
+                groups[st.session.split].append(st)
+            out: dict[int, tuple[int, float, float]] = {}  # id(step) -> (token, compute_s, start_t)
+            for split, grp in groups.items():
+                t0 = time.perf_counter()
+                start_t = now_s()
+                try:
+                    if len(grp) == 1:
+                        st = grp[0]
+                        logits = [self.model.run(split, self.num_units, st.x, st.session.cache, position=st.position)]
+                    else:
+                        logits = self.model.run_batch(split, self.num_units, [st.x for st in grp],
+                                                      [st.session.cache for st in grp],
+                                                      [st.position for st in grp])
+                except Exception as e:  # a defect in one group never takes the server down
+                    for st in grp:
+                        st.error = f"device {st.session.device_id}: server compute failed: {type(e).__name__}: {e}"
+                    continue
+                dt = time.perf_counter() - t0
+                tokens_in = sum(int(st.x.shape[1]) for st in grp)
+                for st, lg in zip(grp, logits):
+                    tok = int(lg[0, -1].argmax())  # lg: (1, T, V): greedy next token
+                    # Batch time is shared by new-token count: a prefill of 30 tokens
+                    # costs the batch more than a decode of 1.
+                    out[id(st)] = (tok, dt * int(st.x.shape[1]) / tokens_in, start_t)
+            busy_s = time.perf_counter() - t_batch0
+            by_dev: dict[str, float] = defaultdict(float)
+            results = []
+            n_tokens = 0
+            for st in steps:
+                s = st.session
+                s.last_t = now_s()
+                if st.error is not None or id(st) not in out:
+                    results.append({"error": st.error or "not computed", "decode_s": st.decode_s,
+                                    "server_recv_t": st.recv_t})
+                    continue
+                tok, cs, start_t = out[id(st)]
+                s.steps += 1
+                s.tokens += int(st.x.shape[1])
+                s.compute_s += cs
+                n_tokens += 1
+                by_dev[s.device_id] += cs
+                with self._lock:
+                    self.compute_s_by_device[s.device_id] += cs
+                    self.steps_by_device[s.device_id] += 1
+                    self.tokens_by_device[s.device_id] += 1
+                results.append({
+                    "token": tok, "error": None, "server_recv_t": st.recv_t, "decode_s": st.decode_s,
+                    "server_compute_s": cs, "server_start_t": start_t, "batch_size": len(ok),
+                    "server_done_t": now_s(), "position": st.position,
+                })
+            self.batch_sizes.append(len(ok))
+            self.meter.busy_end(len(ok), n_tokens, dict(by_dev))
+            with self._lock:
+                self.meter.kv_bytes = self._kv_bytes_locked()
+            if self.metrics is not None:
+                self.metrics.on_batch(len(ok), busy_s, dict(by_dev))
+                self.metrics.on_state(self._queue.qsize() if self._queue else 0, self.meter.kv_bytes, len(self._sessions))
+            return results
+
+    def _make_step(self, session_id: str, payload: bytes, position: int, trace_ctx: dict | None) -> _Step:
+        with self._lock:
+            s = self._get(session_id)
+        return _Step(s, payload, int(position), now_s(), trace_ctx or {})
+
+    def step_now(self, session_id: str, payload: bytes, position: int, trace_ctx: dict | None = None) -> dict[str, Any]:
+        """One step computed at once (no queue, no batching): the in-process path.
+        Returns ``{"token": id, "error": None, ...timings}``; raises ``AdmissionError``
+        for a bad payload or an unknown session."""
+        st = self._make_step(session_id, payload, position, trace_ctx)
+        res = self._compute([st])[0]
+        res["queue_s"] = 0.0
+        if res["error"] is not None:
+            raise AdmissionError(res["error"])
+        return res
+
+    # ------------------------------------------------------------------ batching (async)
+    async def step(self, session_id: str, payload: bytes, position: int, trace_ctx: dict | None = None) -> dict[str, Any]:
+        """Queue one step and wait for its batch. Same result and errors as ``step_now``."""
+        st = self._make_step(session_id, payload, position, trace_ctx)
+        self._ensure_loop()
+        fut = asyncio.get_running_loop().create_future()
+        await self._queue.put((st, fut))
+        self.meter.queued(self._queue.qsize())
+        res = await fut
+        if res["error"] is not None:
+            raise AdmissionError(res["error"])
+        return res
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._queue = asyncio.Queue()
+            # One compute thread: batches run one after another, while the event loop
+            # keeps accepting steps (torch releases the GIL inside its kernels).
+            self._executor = self._executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="server-compute")
+            self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        max_batch = self.cfg.max_batch if self.cfg.batching else 1
+        window_s = self.cfg.batch_window_ms / 1000.0 if self.cfg.batching else 0.0
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + window_s
+            while len(batch) < max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            self.meter.queued(self._queue.qsize())
+            # A session has at most one step in flight (the edge waits for each token),
+            # so a batch never holds two steps of one cache.
+            t_start = now_s()
+            try:
+                results = await loop.run_in_executor(self._executor, self._compute, [st for st, _ in batch])
+            except Exception as e:  # never let the loop die: fail this batch only
+                results = [{"error": f"server batch failed: {type(e).__name__}: {e}"} for _ in batch]
+            for (st, fut), res in zip(batch, results):
+                res.setdefault("queue_s", max(0.0, t_start - st.recv_t))
+                if not fut.done():
+                    fut.set_result(res)
+
+    # ------------------------------------------------------------------ reports
+    def load_sample(self) -> dict[str, Any]:
+        """One row of the load timeline (``actors.loadmeter.LoadMeter.sample``)."""
+        return self.meter.sample()
+
+    def stats(self) -> dict[str, Any]:
+        """Totals over the run: compute seconds, requests, steps per device, batch sizes."""
+        with self._lock:
+            bs = list(self.batch_sizes)
+            return {
+                "compute_s_by_device": {k: round(v, 6) for k, v in self.compute_s_by_device.items()},
+                "compute_s_total": round(sum(self.compute_s_by_device.values()), 6),
+                "requests_by_device": dict(self.requests_by_device),
+                "steps_by_device": dict(self.steps_by_device),
+                "requests": sum(self.requests_by_device.values()),
+                "batches": len(bs),
+                "batch_size_mean": round(sum(bs) / len(bs), 3) if bs else 0.0,
+                "batch_size_max": max(bs) if bs else 0,
+                "batch_size_hist": {str(k): bs.count(k) for k in sorted(set(bs))},
+                "open_sessions": len(self._sessions),
+                "reserved_kv_bytes": self.reserved_kv_bytes,
+                "rejected": list(self.rejected),
+                "config": {"max_batch": self.cfg.max_batch, "batch_window_ms": self.cfg.batch_window_ms,
+                           "batching": self.cfg.batching, "max_sessions": self.cfg.max_sessions,
+                           "max_kv_bytes": self.cfg.max_kv_bytes, "max_payload_bytes": self.cfg.max_payload_bytes},
+            }

@@ -1,0 +1,291 @@
+"""The runner: places the actors of a workload and drives its requests.
+
+``run_workload(wl, address=None, out=None)`` is what ``slicer run`` does:
+
+1. tokenize the prompts and assign them to requests (device d's i-th request always
+   gets the same prompt, so two runs of one workload under two policies compare the
+   same requests);
+2. start the embedded local cluster (``orchestrator.cluster.LocalCluster``: a server
+   node and one node per edge class, with labels) or connect to ``address``;
+3. check placement (every class has a node) and create the policy, the server and one
+   edge actor per device (``actors.ray_actors``);
+4. keep one request in flight per device, print a line per finished request, sample the
+   server's load every ``load_interval_s``;
+5. collect records, decisions and the load timeline, write the run folder, stop the
+   cluster.
+
+``run_inprocess(wl)`` runs the same plain classes in this process, no Ray (unit tests,
+debugging).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from orchestrator import results as R
+from orchestrator.workload import Workload, WorkloadError, load_prompts
+
+
+@dataclass
+class RunOutput:
+    """What a run returns besides its folder."""
+
+    run_dir: Path | None
+    summary: dict
+    records: list[dict]
+    decisions: list[dict]
+    load: list[dict] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def tokenizer_for(model_ref: str):
+    """The model folder's tokenizer, or None when it has none."""
+    p = Path(model_ref)
+    if not p.is_dir() or not any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(p))
+
+
+def make_requests(wl: Workload, model_ref: str | None = None, vocab_size: int | None = None) -> dict[str, list[dict]]:
+    """Per device id, its requests: ``{"request_id", "index", "prompt_ids", "max_new_tokens"}``."""
+    prompts = load_prompts(wl)
+    tok = None
+    ids_list: list[list[int]] = []
+    for i, rec in enumerate(prompts):
+        p = rec["prompt"]
+        if isinstance(p, str):
+            if tok is None:
+                tok = tokenizer_for(model_ref or wl.model_ref())
+                if tok is None:
+                    raise WorkloadError(f"inputs.prompts[{i}] is text but model {wl.model!r} has no tokenizer: "
+                                        "give prompts as lists of token ids")
+            ids = list(tok(p)["input_ids"])
+        else:
+            ids = [int(t) for t in p]
+        if not ids:
+            raise WorkloadError(f"inputs.prompts[{i}]={p!r} tokenizes to nothing")
+        if vocab_size and max(ids) >= vocab_size:
+            raise WorkloadError(f"inputs.prompts[{i}] holds token id {max(ids)}: allowed ids < vocab size {vocab_size}")
+        ids_list.append(ids)
+    out: dict[str, list[dict]] = {}
+    for dev_id, g in wl.all_devices():
+        n = g.requests or wl.requests
+        out[dev_id] = [{"request_id": f"{dev_id}/r{i}", "index": i, "prompt_ids": ids_list[i % len(ids_list)],
+                        "max_new_tokens": wl.max_new_tokens, "prompt_index": i % len(ids_list)} for i in range(n)]
+    return out
+
+
+def edge_config(wl: Workload, dev_id: str, g) -> dict:
+    """``actors.edge.EdgeConfig`` fields (plain data) of one device."""
+    return {
+        "device_id": dev_id, "device_class": g.device_class, "link": g.link.as_dict(),
+        "budgets": dataclasses.asdict(g.budgets), "emulation": dataclasses.asdict(g.emulation),
+        "link_schedule": [dataclasses.asdict(c) for c in g.link_schedule],
+        "codec": wl.codec.spec() if wl.codec is not None else None, "mode": wl.mode,
+        "precision": None if wl.precision == "auto" else wl.precision,
+    }
+
+
+def policy_config(wl: Workload, requests: dict[str, list[dict]]):
+    from actors.policy_actor import PolicyConfig
+
+    longest = max((len(r["prompt_ids"]) for rs in requests.values() for r in rs), default=1)
+    return PolicyConfig(name=wl.policy.name, split=wl.policy.split, offload_step=wl.policy.offload_step,
+                        replan=wl.policy.replan, codec=wl.codec.spec() if wl.codec is not None else None,
+                        new_tokens=wl.max_new_tokens, prompt_tokens=longest)
+
+
+def server_config(wl: Workload):
+    from actors.server import ServerConfig
+
+    s = wl.server
+    return ServerConfig(max_batch=s.max_batch, batch_window_ms=s.batch_window_ms, batching=s.batching,
+                        max_sessions=s.max_sessions, max_kv_bytes=int(s.max_kv_mb * 2**20),
+                        max_payload_bytes=s.max_payload_bytes)
+
+
+def check_device_classes(wl: Workload) -> None:
+    """Every device class must be in the device catalog (the policy plans with it)."""
+    from policies.devices import load_device_catalog
+
+    catalog = load_device_catalog()
+    for i, g in enumerate(wl.devices):
+        if g.device_class not in catalog:
+            raise WorkloadError(f"workload field devices[{i}].class={g.device_class!r} is not in the device catalog: "
+                                f"allowed {', '.join(sorted(catalog))}")
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+def run_inprocess(wl: Workload, *, model: Any = None, planner: Callable | None = None,
+                  progress: TextIO | None = None) -> RunOutput:
+    """Run a workload with the plain classes in this process (no Ray, one request at a
+    time). ``model``: a loaded ``SplitModel`` to use; ``planner``: a replacement for
+    ``policies.plan`` (tests)."""
+    from actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProcessServer
+    from actors.models import load_model
+    from actors.policy_actor import Policy
+    from actors.server import Server
+
+    t0 = time.perf_counter()
+    model_ref = wl.model_ref()
+    model = model or load_model(model_ref)
+    requests = make_requests(wl, model_ref, int(getattr(model.config, "vocab_size", 0) or 0))
+    server = Server(model, server_config(wl))
+    policy = Policy(policy_config(wl, requests), model.profile, planner=planner)
+    edges = {}
+    for dev_id, g in wl.all_devices():
+        edges[dev_id] = EdgeDevice(EdgeConfig(**edge_config(wl, dev_id, g), node="local"), model_ref,
+                                   InProcessServer(server), InProcessPolicy(policy), model=model)
+    records: list[dict] = []
+    total = sum(len(v) for v in requests.values())
+    longest = max(len(v) for v in requests.values())
+    for i in range(longest):  # round-robin over devices, like concurrent devices would interleave
+        for dev_id, reqs in requests.items():
+            if i < len(reqs):
+                rec = edges[dev_id].generate(reqs[i], {})
+                records.append(rec)
+                if progress is not None:
+                    R.progress_line(rec, len(records), total, progress)
+    wall = time.perf_counter() - t0
+    devices = {d: {"device_class": g.device_class, "node": "local", "emulated": g.emulation.active}
+               for d, g in wl.all_devices()}
+    decisions = policy.decisions()
+    summary = R.build_summary(wl.to_dict(), records, server.stats(), decisions, devices, wall, {"backend": "in-process"})
+    return RunOutput(None, summary, records, decisions, [server.load_sample()])
+
+
+# ----------------------------------------------------------------------------- on Ray
+
+
+def _start_cluster(wl: Workload):
+    """The embedded local cluster: a server node and a node per edge class."""
+    from orchestrator.cluster import LocalCluster
+
+    return LocalCluster(edge_classes=wl.device_classes())
+
+
+def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | None = None,
+                 trace: bool = True, progress: TextIO | None = sys.stderr, load_interval_s: float = 0.5,
+                 write: bool = True) -> RunOutput:
+    """Run a workload on Ray (see the module docstring). With ``address`` None it starts
+    and finally stops an embedded local cluster."""
+    check_device_classes(wl)
+    t_setup = time.perf_counter()
+    cluster = None
+    try:
+        if address is None:
+            cluster = _start_cluster(wl)
+            cluster.__enter__()
+        else:
+            from orchestrator.cluster import connect
+
+            connect(address)
+        return _drive(wl, out=out, trace=trace, progress=progress, load_interval_s=load_interval_s,
+                      write=write, t_setup=t_setup, cluster_info={"address": address or "embedded"})
+    finally:
+        if cluster is not None:
+            cluster.__exit__(None, None, None)
+
+
+def _drive(wl: Workload, *, out, trace, progress, load_interval_s, write, t_setup, cluster_info) -> RunOutput:
+    import ray
+
+    from actors import ray_actors as RA
+    from actors.models import profile_from_config
+
+    model_ref = wl.model_ref()
+    profile = profile_from_config(model_ref)
+    vocab = int(profile.vocab_size or 0)
+    requests = make_requests(wl, model_ref, vocab)
+    classes = wl.device_classes()
+    RA.check_placement_for(classes)
+    timeout_s = wl.server.step_timeout_s
+    policy = RA.make_policy(policy_config(wl, requests), model_ref, trace=trace)
+    server = RA.make_server(model_ref, server_config(wl), trace=trace)
+    edges = {}
+    for dev_id, g in wl.all_devices():
+        edges[dev_id] = RA.make_edge(edge_config(wl, dev_id, g), model_ref, server, policy,
+                                     timeout_s=timeout_s, trace=trace)
+    # Wait for every actor to be up (model loaded, plan received) before timing requests.
+    where = RA.get(
+        [server.where.remote()] + [e.where.remote() for e in edges.values()],
+        timeout_s=max(60.0, 10.0 * len(edges)), what="actors starting (model load, first plan)")
+    server_where, edge_where = where[0], dict(zip(edges, where[1:]))
+    if progress is not None:
+        progress.write(f"slicer: {len(edges)} devices on {len(set(w['node_id'] for w in edge_where.values()))} edge "
+                       f"node(s), server on {server_where['node_id'][:8]} (setup {time.perf_counter() - t_setup:.1f} s)\n")
+    RA.get(server.load_sample.remote(), timeout_s=30, what="server load sample")  # starts the timeline at t=0
+    total = sum(len(v) for v in requests.values())
+    next_i = {d: 0 for d in requests}
+    inflight: dict[Any, str] = {}
+    records: list[dict] = []
+    load_rows: list[dict] = []
+
+    def submit(dev_id: str) -> None:
+        i = next_i[dev_id]
+        if i < len(requests[dev_id]):
+            next_i[dev_id] += 1
+            inflight[edges[dev_id].generate.remote(requests[dev_id][i], {})] = dev_id
+
+    t0 = time.perf_counter()
+    for d in requests:
+        submit(d)
+    # Per request: prompt + tokens, each step bounded by the step timeout.
+    request_timeout_s = timeout_s * (wl.max_new_tokens + 2)
+    last_progress = time.perf_counter()
+    next_sample = time.perf_counter() + load_interval_s
+    while inflight:
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=min(load_interval_s, 1.0))
+        now = time.perf_counter()
+        if now >= next_sample:
+            load_rows.append(RA.get(server.load_sample.remote(), timeout_s=30, what="server load sample"))
+            next_sample = now + load_interval_s
+        if not ready:
+            if now - last_progress > request_timeout_s:
+                raise TimeoutError(f"no request finished for {request_timeout_s:.0f} s; in flight: "
+                                   f"{sorted(set(inflight.values()))}")
+            continue
+        last_progress = now
+        for ref in ready:
+            dev_id = inflight.pop(ref)
+            try:
+                rec = RA.get(ref, timeout_s=30, what=f"request of {dev_id}")
+            except Exception as e:  # the actor died: record the cause, never lose it silently
+                i = next_i[dev_id] - 1
+                rec = {"request_id": requests[dev_id][i]["request_id"], "device": dev_id, "index": i, "ok": False,
+                       "error": f"{type(e).__name__}: {e}", "latency_s": 0.0, "new_tokens": 0, "tokens": []}
+            rec["node"] = edge_where[dev_id]["node_id"]
+            records.append(rec)
+            if progress is not None:
+                R.progress_line(rec, len(records), total, progress)
+            submit(dev_id)
+    wall = time.perf_counter() - t0
+    load_rows.append(RA.get(server.load_sample.remote(), timeout_s=30, what="server load sample"))
+    stats = RA.get(server.stats.remote(), timeout_s=30, what="server stats")
+    stats["node"] = server_where["node_id"]
+    decisions = RA.get(policy.decisions.remote(), timeout_s=30, what="policy decisions")
+    devices = {d: {"device_class": g.device_class, "node": edge_where[d]["node_id"],
+                   "node_labels": edge_where[d].get("labels", {}), "emulated": g.emulation.active}
+               for d, g in wl.all_devices()}
+    cluster_info = {**cluster_info, "server_node": server_where, "edge_nodes": edge_where}
+    summary = R.build_summary(wl.to_dict(), records, stats, decisions, devices, wall, cluster_info)
+    run_dir = None
+    if write:
+        run_dir = R.new_run_dir(wl.name, out)
+        R.write_run(run_dir, wl.to_dict(), records, decisions, load_rows, summary)
+        if trace:
+            RA.drain_traces(run_dir, [policy, server, *edges.values()])
+    for h in [*edges.values(), server, policy]:
+        RA.kill(h)
+    return RunOutput(run_dir, summary, records, decisions, load_rows)

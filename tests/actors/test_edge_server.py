@@ -1,0 +1,192 @@
+"""EdgeDevice + Server + Policy wired in-process (no Ray)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProcessServer
+from actors.policy_actor import Policy, PolicyConfig
+from actors.protocol import AdmissionError, encode_tokens
+from actors.server import Server, ServerConfig
+from codec import CodecConfig, encode
+from tests.actors.conftest import fixed_planner, greedy_reference
+
+PROMPTS = [[1, 5, 9, 13, 2], [3, 4], [7, 8, 9, 10, 11, 12, 13]]
+
+
+def _edge(model, server, planner, device_id="dev-0", **cfg):
+    policy = Policy(PolicyConfig(name="fixed"), model.profile, planner=planner)
+    return EdgeDevice(EdgeConfig(device_id=device_id, device_class="raspberry-pi-5", **cfg), "unused",
+                      InProcessServer(server) if server is not None else None, InProcessPolicy(policy), model=model), policy
+
+
+@pytest.mark.parametrize("split,w,mode", [
+    (0, 1, "cloud-only"), (1, 1, "split"), (3, 1, "split"), (5, 1, "split"),
+    (3, 3, "local-then-offload"), (2, 2, "local-then-offload"), (6, None, "edge-only"),
+])
+def test_lossless_every_mode_gives_unsplit_greedy_tokens(tiny_model, split, w, mode):
+    server = Server(tiny_model, ServerConfig())
+    edge, _ = _edge(tiny_model, server, fixed_planner(split, w))
+    for i, prompt in enumerate(PROMPTS):
+        rec = edge.generate({"request_id": f"r{i}", "index": i, "prompt_ids": prompt, "max_new_tokens": 6})
+        assert rec["ok"], rec["error"]
+        assert rec["mode"] == mode
+        assert rec["tokens"] == greedy_reference(tiny_model, prompt, 6)
+        assert len(rec["steps"]) == 6
+    st = server.stats()
+    if mode == "edge-only":
+        assert st["requests"] == 0 and st["compute_s_total"] == 0
+    else:
+        assert st["requests"] == len(PROMPTS) and st["compute_s_total"] > 0
+        assert st["open_sessions"] == 0 and st["reserved_kv_bytes"] == 0  # every session closed
+
+
+def test_split_records_bytes_and_hops(tiny_model):
+    server = Server(tiny_model, ServerConfig())
+    edge, _ = _edge(tiny_model, server, fixed_planner(2, 1))
+    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 4})
+    sent = [s for s in rec["steps"] if "payload_bytes" in s]
+    assert [s["kind"] for s in sent] == ["prefill", "decode", "decode", "decode"]
+    assert sent[0]["tokens"] == len(PROMPTS[0]) and sent[0]["elements"] == len(PROMPTS[0]) * 32
+    # raw float32 features: 32 bits per element plus the header
+    assert all(32 < s["bits_per_element"] < 32 * 2 for s in sent)
+    assert rec["bytes_sent"] == sum(s["payload_bytes"] for s in sent)
+    for s in sent:
+        assert s["send_t"] <= s["server_recv_t"] <= s["server_done_t"] <= s["recv_t"]
+
+
+def test_local_then_offload_hands_off_once_with_all_tokens(tiny_model):
+    server = Server(tiny_model, ServerConfig())
+    edge, _ = _edge(tiny_model, server, fixed_planner(3, 4))
+    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[1], "max_new_tokens": 6})
+    kinds = [s["kind"] for s in rec["steps"]]
+    assert kinds == ["local", "local", "local", "handoff", "decode", "decode"]
+    handoff = rec["steps"][3]
+    assert handoff["tokens"] == len(PROMPTS[1]) + 3  # prompt + the 3 local tokens cross at once
+
+
+def test_lossy_codec_still_generates(tiny_model):
+    server = Server(tiny_model, ServerConfig())
+    edge, _ = _edge(tiny_model, server, fixed_planner(2, 1, codec="fp16"))
+    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[2], "max_new_tokens": 4})
+    assert rec["ok"] and rec["codec"] == "fp16"
+    assert all(15 < s["bits_per_element"] < 24 for s in rec["steps"] if "bits_per_element" in s)
+
+
+def test_batched_server_matches_one_by_one(tiny_model):
+    """Steps of several sessions of different lengths batched by the async loop give the
+    same tokens as the unsplit model."""
+    server = Server(tiny_model, ServerConfig(max_batch=8, batch_window_ms=20))
+    split = 2
+
+    async def session(prompt, n):
+        sid = server.open_session("d", f"r{len(prompt)}", split, len(prompt) + n)
+        front = tiny_model.new_cache(0, split)
+        x, pos, out = torch.tensor([prompt]), 0, []
+        for _ in range(n):
+            h = tiny_model.run(0, split, x, front)  # (1, T, H)
+            res = await server.step(sid, encode(h, CodecConfig(method="raw")), pos)
+            pos += h.shape[1]
+            out.append(res["token"])
+            x = torch.tensor([[res["token"]]])
+        server.close_session(sid)
+        return out
+
+    async def main():
+        return await asyncio.gather(*(session(p, 5) for p in PROMPTS))
+
+    got = asyncio.run(main())
+    assert got == [greedy_reference(tiny_model, p, 5) for p in PROMPTS]
+    assert server.stats()["batch_size_max"] >= 2  # steps really were batched
+
+
+def test_corrupt_payload_rejected_other_session_goes_on(tiny_model):
+    server = Server(tiny_model, ServerConfig(max_payload_bytes=4096))
+    good, _ = _edge(tiny_model, server, fixed_planner(2, 1), device_id="good")
+    sid = server.open_session("bad", "r0", 2, 16)
+    h = torch.randn(1, 3, 32)
+    payload = bytearray(encode(h, CodecConfig(method="raw")))
+    payload[20] ^= 0xFF  # flips bits inside: the checksum no longer matches
+    with pytest.raises(AdmissionError, match=r"device bad: bad payload"):
+        server.step_now(sid, bytes(payload), 0)
+    with pytest.raises(AdmissionError, match="max_payload_bytes"):
+        server.step_now(sid, b"\0" * 5000, 0)
+    with pytest.raises(AdmissionError, match=r"expected \(1, T, 32\)"):
+        server.step_now(sid, encode(torch.randn(1, 3, 31), CodecConfig(method="raw")), 0)
+    with pytest.raises(AdmissionError, match="position"):
+        server.step_now(sid, encode(h, CodecConfig(method="raw")), 5)
+    with pytest.raises(AdmissionError, match="unknown session"):
+        server.step_now("nope", encode(h, CodecConfig(method="raw")), 0)
+    # the bad device's session is still usable, and another device is unaffected
+    assert isinstance(server.step_now(sid, encode(h, CodecConfig(method="raw")), 0)["token"], int)
+    rec = good.generate({"request_id": "g", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 4})
+    assert rec["ok"] and rec["tokens"] == greedy_reference(tiny_model, PROMPTS[0], 4)
+
+
+def test_cloud_only_token_payload_checked(tiny_model):
+    server = Server(tiny_model, ServerConfig())
+    sid = server.open_session("d", "r", 0, 8)
+    with pytest.raises(AdmissionError, match="outside"):
+        server.step_now(sid, encode_tokens(torch.tensor([[1, 500]])), 0)  # vocab is 97
+    with pytest.raises(AdmissionError, match="non-integer"):
+        server.step_now(sid, encode(torch.tensor([[1.5]]), CodecConfig(method="raw")), 0)
+
+
+def test_admission_limits(tiny_model):
+    kv_per_tok = tiny_model.profile.kv_bytes_per_token(1, tiny_model.num_units)
+    server = Server(tiny_model, ServerConfig(max_sessions=2, max_kv_bytes=kv_per_tok * 20))
+    a = server.open_session("d1", "r", 1, 10)
+    with pytest.raises(AdmissionError, match="max_kv_bytes"):
+        server.open_session("d2", "r", 1, 11)
+    b = server.open_session("d2", "r", 1, 10)
+    with pytest.raises(AdmissionError, match="max_sessions=2"):
+        server.open_session("d3", "r", 3, 2)
+    server.close_session(a)
+    server.open_session("d3", "r", 3, 2)
+    assert server.stats()["rejected"][0]["device"] == "d2"
+    server.close_session(b)
+    sid = server.open_session("d4", "r", 1, 2)
+    with pytest.raises(AdmissionError, match="admitted for"):
+        server.step_now(sid, encode(torch.randn(1, 3, 32), CodecConfig(method="raw")), 0)
+
+
+def test_emulated_slowdown_and_link_are_labelled(tiny_model):
+    server = Server(tiny_model, ServerConfig())
+    edge, _ = _edge(tiny_model, server, fixed_planner(2, 1),
+                    emulation={"slowdown": 3.0, "link": True, "memory_mb": None},
+                    link={"rate_mbps": 1.0, "snr_db": 20.0, "epsilon": 0.01, "bandwidth_hz": 20e6})
+    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 3})
+    assert rec["ok"] and rec["emulated"]
+    assert rec["edge_compute_emulated_s"] == pytest.approx(2.0 * rec["edge_compute_s"], rel=1e-3)
+    # Eq. 1 at 1 Mbit/s: a (1, 5, 32) float32 payload of ~660 bytes takes >= 5 ms
+    assert rec["steps"][0]["transfer_emulated_s"] >= rec["steps"][0]["payload_bytes"] * 8 / 1e6
+    assert rec["latency_s"] >= rec["transfer_emulated_s"]
+
+
+def test_memory_cap_refuses_plan(tiny_model):
+    server = Server(tiny_model, ServerConfig())
+    edge, _ = _edge(tiny_model, server, fixed_planner(2, 1), emulation={"slowdown": 1.0, "link": False, "memory_mb": 0.5})
+    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 3})
+    assert not rec["ok"] and "memory cap" in rec["error"]
+
+
+def test_link_schedule_reports_and_replans(tiny_model):
+    calls = []
+
+    def planner(cfg, profile, dev):
+        calls.append(dict(dev.link))
+        split = 4 if dev.link["rate_mbps"] >= 10 else 2  # a worse link: a shallower split
+        return fixed_planner(split, 1)(cfg, profile, dev)
+
+    server = Server(tiny_model, ServerConfig())
+    edge, policy = _edge(tiny_model, server, planner, link={"rate_mbps": 50.0},
+                         link_schedule=[{"at_request": 1, "rate_mbps": 2.0}])
+    recs = [edge.generate({"request_id": f"r{i}", "index": i, "prompt_ids": PROMPTS[0], "max_new_tokens": 2}) for i in range(3)]
+    assert [r["split"] for r in recs] == [4, 2, 2]
+    assert [r["link_changed"] for r in recs] == [False, True, False]
+    log = policy.decisions()
+    assert [d["trigger"] for d in log] == ["register", "link"]
+    assert log[1]["changed"] and log[1]["previous"]["split"] == 4 and log[1]["split"] == 2
+    assert "rate_mbps 50.0 -> 2.0" in log[1]["reason"]
