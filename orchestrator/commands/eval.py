@@ -30,8 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload-step", type=int, default=1, help="offload step w of the 'offload' mode (SLICER's (w, ell))")
     p.add_argument("--limit", type=int, help="evaluate only the first N items")
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation length for exact-match and code tasks")
-    p.add_argument("--n-samples", type=int, default=1, help="completions per code problem (greedy gives identical ones; >1 needs --temperature)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature for code generation (0: greedy)")
     p.add_argument("--k", default="1,10,100", help="pass@k values, comma separated (reported where every problem has >= k samples)")
     p.add_argument("--timeout-s", type=float, default=3.0, help="sandbox wall-clock limit per program")
     p.add_argument("--memory-mb", type=int, default=1024, help="sandbox address-space limit per program")
