@@ -12,8 +12,31 @@ from policies.link import LinkState, comm_latency_s, db_to_linear, outage_probab
 from policies.profile import LayerProfile, ModelProfile
 from policies.schema import PRECISION_BYTES, Budgets, SplitPlan, canonical_precision
 from policies.devices import DeviceProfile, MeasuredTimings, get_device, load_device_catalog
+from policies.accuracy import AccuracyTable, accuracy_of, prior_accuracy
+from policies.models import CostModel, Estimate
+from policies.search import SearchSpace, slicer_plan
+from policies.opsc import opsc_plan
+from policies.baselines import cloud_only_plan, edge_only_plan, fixed_split_plan, neurosurgeon_plan
+from policies.api import POLICIES, PolicyState, plan, policy_names, reassess
 
 __all__ = [
+    "AccuracyTable",
+    "CostModel",
+    "Estimate",
+    "POLICIES",
+    "PolicyState",
+    "SearchSpace",
+    "accuracy_of",
+    "cloud_only_plan",
+    "edge_only_plan",
+    "fixed_split_plan",
+    "neurosurgeon_plan",
+    "opsc_plan",
+    "plan",
+    "policy_names",
+    "prior_accuracy",
+    "reassess",
+    "slicer_plan",
     "Budgets",
     "DeviceProfile",
     "LayerProfile",

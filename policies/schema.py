@@ -117,6 +117,10 @@ class SplitPlan:
     predicted_latency_s: float = 0.0
     """Per-step latency seen by the edge at the largest context (Eq. 2: edge compute + ε-outage
     transfer + codec); inf when infeasible for lack of a link."""
+    predicted_e2e_latency_s: float = 0.0
+    """Per-step latency including the server's compute of units [ℓ, n) for one token
+    (unbatched, on the server device) and the transfer: what a user waits per token.
+    Eq. 2 leaves the server out (SLICER footnote 1); this does not."""
     predicted_handoff_latency_s: float = 0.0
     """L_AR of Eq. 5 (up to and including the hand-off step); equals the single-shot L for vision."""
     predicted_memory_bytes: float = 0.0
@@ -165,6 +169,7 @@ class SplitPlan:
         d["bits"] = list(self.bits) if isinstance(self.bits, tuple) else self.bits
         d["predicted_latency_ms"] = _ms(self.predicted_latency_s)
         d["predicted_handoff_latency_ms"] = _ms(self.predicted_handoff_latency_s)
+        d["predicted_e2e_latency_ms"] = _ms(self.predicted_e2e_latency_s)
         d["predicted_memory_mb"] = self.predicted_memory_bytes / 1e6
         d["server_time_ms"] = _ms(self.server_time_s)
         d["cloud_server_time_ms"] = _ms(self.cloud_server_time_s)
@@ -186,7 +191,7 @@ class SplitPlan:
             f"policy {self.policy}: {'FEASIBLE' if self.feasible else 'INFEASIBLE'}; {where}",
             f"  codec {self.codec_spec}  (sparsity {self.sparsity:g}, blocks {self.blocks}, bits {self.bits}); "
             f"front precision {self.front_precision}; context {self.tokens} tokens",
-            f"  latency/step {_fmt_ms(self.predicted_latency_s)}  hand-off {_fmt_ms(self.predicted_handoff_latency_s)}  "
+            f"  latency/step {_fmt_ms(self.predicted_latency_s)} (with server {_fmt_ms(self.predicted_e2e_latency_s)})  hand-off {_fmt_ms(self.predicted_handoff_latency_s)}  "
             f"memory {self.predicted_memory_bytes / 1e6:,.1f} MB  bytes/token {self.bytes_per_token:,.0f}  "
             f"hand-off bytes {self.handoff_bytes:,.0f}",
             f"  server time {_fmt_ms(self.server_time_s)} vs cloud-only {_fmt_ms(self.cloud_server_time_s)} "

@@ -1,0 +1,140 @@
+"""One entry for every policy, and the small stateful wrapper the policy actor holds.
+
+    plan(policy_name, model_profile, device, link, budgets, accuracy=None, ...) -> SplitPlan
+
+``PolicyState`` keeps the latest plan and re-plans when a device reports a new link or
+memory budget, with hysteresis: a plan that still meets the budgets is kept until a
+better (deeper) one has been proposed ``patience`` times in a row; a plan that no longer
+meets them is replaced at once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from codec import CodecConfig
+
+from policies.accuracy import AccuracyTable
+from policies.baselines import cloud_only_plan, edge_only_plan, fixed_split_plan, neurosurgeon_plan
+from policies.devices import DeviceProfile
+from policies.link import LinkState
+from policies.models import CostModel
+from policies.opsc import opsc_plan
+from policies.profile import ModelProfile
+from policies.schema import Budgets, SplitPlan
+from policies.search import slicer_plan
+
+POLICIES: dict[str, Callable[..., SplitPlan]] = {
+    "slicer": slicer_plan,
+    "opsc": opsc_plan,
+    "cloud-only": cloud_only_plan,
+    "edge-only": edge_only_plan,
+    "fixed-split": fixed_split_plan,
+    "neurosurgeon": neurosurgeon_plan,
+}
+ALIASES = {"ec": "cloud-only", "cloud": "cloud-only", "edge": "edge-only", "fixed-shallow": "fixed-split",
+           "fixed": "fixed-split", "min-latency": "neurosurgeon"}
+
+
+def policy_names() -> list[str]:
+    return list(POLICIES)
+
+
+def plan(policy_name: str, model_profile: ModelProfile, device: DeviceProfile, link: LinkState, budgets: Budgets,
+         accuracy: AccuracyTable | None = None, **options: Any) -> SplitPlan:
+    """The plan of ``policy_name`` for one device at one moment. ``options`` go to the
+    policy: ``server`` (a ``DeviceProfile``; default: the edge device itself),
+    ``front_precision``, ``space`` (slicer), ``split``/``codec`` (fixed-split),
+    ``precisions``/``objective`` (opsc), ``codec_time`` and ``payload_bytes`` (injected
+    models). Never raises for budgets it cannot meet: the plan says ``feasible=False``."""
+    name = ALIASES.get(policy_name, policy_name)
+    if name not in POLICIES:
+        raise ValueError(f"policy {policy_name!r} is unknown: allowed {', '.join(POLICIES)}")
+    return POLICIES[name](model_profile, device, link, budgets, accuracy, **options)
+
+
+def reassess(p: SplitPlan, model: ModelProfile, device: DeviceProfile, link: LinkState, budgets: Budgets,
+             **options: Any) -> bool:
+    """Does the plan ``p`` (same split, hand-off step, precision and codec) still meet
+    ``budgets`` over ``link``?"""
+    if not p.feasible:
+        return False
+    cm = CostModel(model, device, link, budgets, server=options.get("server"), codec_time=options.get("codec_time"),
+                   payload_bytes=options.get("payload_bytes"))
+    cfg = None
+    if p.offload_step is not None and p.split > 0:
+        cfg = CodecConfig.parse(p.codec_spec)
+    w = p.offload_step
+    if cm.ar and w is not None:
+        w = min(w, budgets.new_tokens)
+    est = cm.evaluate(p.split, w, p.front_precision, cfg)
+    return est.feasible
+
+
+def _depth(p: SplitPlan) -> tuple:
+    # Edge work: edge-only deepest, then split, then later hand-off; infeasible lowest.
+    return (p.feasible, p.offload_step is None, p.split, p.offload_step or 0)
+
+
+@dataclass
+class PolicyState:
+    """Holds one device's latest plan; call ``update`` on every device report."""
+
+    policy: str
+    model: ModelProfile
+    device: DeviceProfile
+    budgets: Budgets
+    accuracy: AccuracyTable | None = None
+    patience: int = 2
+    """Consecutive proposals of a deeper plan needed before switching to it (upgrades
+    wait; downgrades, when the current plan stops meeting the budgets, are immediate)."""
+    options: dict | None = None
+    current: SplitPlan | None = None
+    link: LinkState | None = None
+    _pending: SplitPlan | None = None
+    _pending_count: int = 0
+    switches: int = 0
+
+    def update(self, link: LinkState | None = None, memory_bytes: float | None = None,
+               budgets: Budgets | None = None) -> SplitPlan:
+        """Re-plan for a new link state and/or memory budget; returns the plan to use."""
+        if budgets is not None:
+            self.budgets = budgets
+        if memory_bytes is not None:
+            self.budgets = replace(self.budgets, memory_bytes=memory_bytes)
+        if link is not None:
+            self.link = link
+        if self.link is None:
+            raise ValueError("PolicyState.update needs a link the first time")
+        opts = self.options or {}
+        proposal = plan(self.policy, self.model, self.device, self.link, self.budgets, self.accuracy, **opts)
+        cur = self.current
+        if cur is None or not reassess(cur, self.model, self.device, self.link, self.budgets, **opts):
+            return self._adopt(proposal)
+        if _same(proposal, cur):
+            self._pending, self._pending_count = None, 0
+            return cur
+        if _depth(proposal) > _depth(cur):
+            if self._pending is not None and _same(self._pending, proposal):
+                self._pending_count += 1
+            else:
+                self._pending, self._pending_count = proposal, 1
+            if self._pending_count >= self.patience:
+                return self._adopt(proposal)
+            return cur
+        # A shallower or equal-depth proposal while the current one still fits: keep it.
+        self._pending, self._pending_count = None, 0
+        return cur
+
+    def _adopt(self, p: SplitPlan) -> SplitPlan:
+        if self.current is not None and not _same(self.current, p):
+            self.switches += 1
+        self.current = p
+        self._pending, self._pending_count = None, 0
+        return p
+
+
+def _same(a: SplitPlan, b: SplitPlan) -> bool:
+    return (a.split, a.offload_step, a.codec_spec, a.front_precision, a.feasible) == (
+        b.split, b.offload_step, b.codec_spec, b.front_precision, b.feasible)
