@@ -29,10 +29,23 @@ from typing import Any, Protocol
 
 import torch
 
-from actors.protocol import encode_tokens, hop_record, now_s, plan_mode
-from codec import CodecConfig, encode
+from actors.models.generate import EdgeSession
+from actors.protocol import SESSION_MODES, hop_record, now_s, plan_mode
+from codec import CodecConfig
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class _TimedEdgeSession(EdgeSession):
+    """``EdgeSession`` that also times its encodes (so codec time is its own hop)."""
+
+    encode_s = 0.0
+
+    def _encode(self, h: torch.Tensor) -> bytes:
+        t0 = time.perf_counter()
+        out = super()._encode(h)
+        self.encode_s += time.perf_counter() - t0
+        return out
 
 
 class ServerClient(Protocol):
@@ -143,17 +156,6 @@ class EdgeDevice:
         return self._models[key]
 
     # ------------------------------------------------------------------ emulation
-    def _compute(self, fn, *args, **kw):
-        """Run ``fn``; returns (result, measured_s, emulated_extra_s)."""
-        t0 = time.perf_counter()
-        out = fn(*args, **kw)
-        dt = time.perf_counter() - t0
-        extra = 0.0
-        if self.slowdown > 1.0:
-            extra = (self.slowdown - 1.0) * dt
-            time.sleep(extra)
-        return out, dt, extra
-
     def _link_delay_s(self, payload_bytes: int) -> float:
         if not self.emulate_link:
             return 0.0
@@ -248,81 +250,58 @@ class EdgeDevice:
         return mode, plan
 
     def _run(self, mode, plan, model, codec, ids, n_new, request, steps, trace_ctx) -> list[int]:
-        n = self.num_units
-        ell = int(plan["split"])
-        w = int(plan.get("offload_step") or 0)
+        """Drive ``actors.models.generate.EdgeSession`` (the model execution of every
+        mode) step by step, sending its payloads to the server and timing every hop."""
+        sess = _TimedEdgeSession(model, int(plan["split"]), codec, mode=SESSION_MODES[mode],
+                                 offload_step=int(plan.get("offload_step") or 1))
+        sid = None
+        if mode != "edge-only":
+            sid = self.server.open_session(self.cfg.device_id, request["request_id"], sess.split,
+                                           int(ids.shape[1]) + n_new, trace_ctx)
         tokens: list[int] = []
-        if mode == "edge-only":
-            cache = model.new_cache(0, n)
-            x = ids
-            for i in range(n_new):
-                logits, dt, extra = self._compute(model.run, 0, n, x, cache)
-                tok = int(logits[0, -1].argmax())  # logits: (1, T, V)
-                tokens.append(tok)
-                steps.append(hop_record(step=i, kind="local", tokens=int(x.shape[1]), edge_compute_s=dt,
-                                        edge_compute_emulated_s=extra, token=tok))
-                x = torch.tensor([[tok]])
-            return tokens
-
-        sid = self.server.open_session(self.cfg.device_id, request["request_id"], ell, int(ids.shape[1]) + n_new, trace_ctx)
+        position = 0  # server-side position of the next payload's first token
         try:
-            front = model.new_cache(0, ell) if ell > 0 else None
-            back = model.new_cache(ell, n) if mode == "local-then-offload" else None
-            feats: list[torch.Tensor] = []
-            x = ids  # (1, T) ids of the tokens not yet run
-            position = 0  # server-side position of the next feature
             for i in range(n_new):
-                local = mode == "local-then-offload" and i < w - 1
-                if ell > 0:
-                    h, dt, extra = self._compute(model.run, 0, ell, x, front)  # (1, T, H)
-                else:
-                    h, dt, extra = ids if i == 0 else x, 0.0, 0.0
-                if local:
-                    feats.append(h)
-                    logits, dt2, extra2 = self._compute(model.run, ell, n, h, back)
-                    tok = int(logits[0, -1].argmax())
-                    tokens.append(tok)
-                    steps.append(hop_record(step=i, kind="local", tokens=int(x.shape[1]), edge_compute_s=dt + dt2,
-                                            edge_compute_emulated_s=extra + extra2, token=tok))
-                    x = torch.tensor([[tok]])
-                    continue
-                if feats:  # the hand-off step: every token so far crosses at once
-                    feats.append(h)
-                    h = torch.cat(feats, 1)  # (1, T + w - 1, H)
-                    feats, back = [], None  # the local back segment's cache is freed here
-                kind = "handoff" if (mode == "local-then-offload" and i == w - 1) else ("prefill" if i == 0 else "decode")
+                sess.encode_s = 0.0
                 t0 = time.perf_counter()
-                if ell > 0:
-                    payload = encode(h, codec)
-                    elements = int(h.numel())
-                else:
-                    payload = encode_tokens(h)
-                    elements = int(h.numel())
-                enc_s = time.perf_counter() - t0
+                est = sess.begin(ids) if i == 0 else sess.next(tokens[-1])
+                dt = time.perf_counter() - t0 - sess.encode_s  # edge compute, codec excluded
+                extra = 0.0
+                if self.slowdown > 1.0:  # emulated device: the compute takes slowdown x as long
+                    extra = (self.slowdown - 1.0) * dt
+                    time.sleep(extra)
+                if est.payload is None:  # the edge produced this token itself
+                    tokens.append(int(est.token))
+                    steps.append(hop_record(step=i, kind="local", tokens=int(ids.shape[1]) if i == 0 else 1,
+                                            edge_compute_s=dt, edge_compute_emulated_s=extra, token=tokens[-1]))
+                    continue
+                payload = est.payload
+                kind = "handoff" if est.handoff else ("prefill" if i == 0 else "decode")
                 delay = self._link_delay_s(len(payload))
                 if delay:
                     time.sleep(delay)
                 send_t = now_s()
                 res = self.server.step(sid, payload, position, trace_ctx)
                 recv_t = now_s()
-                position += int(h.shape[1])
-                tok = int(res["token"])
-                tokens.append(tok)
+                position += int(est.tokens_in_payload)
+                tokens.append(int(res["token"]))
+                elements = int(est.elements) or int(est.tokens_in_payload)  # token ids: one element each
                 steps.append(hop_record(
-                    step=i, kind=kind, tokens=int(h.shape[1]), edge_compute_s=dt, edge_compute_emulated_s=extra,
-                    encode_s=enc_s, payload_bytes=len(payload), elements=elements,
-                    bits_per_element=len(payload) * 8 / max(1, elements), transfer_emulated_s=delay,
-                    send_t=send_t, server_recv_t=res.get("server_recv_t"), queue_s=res.get("queue_s", 0.0),
-                    decode_s=res.get("decode_s"), server_compute_s=res.get("server_compute_s"),
-                    server_start_t=res.get("server_start_t"), batch_size=res.get("batch_size"),
-                    server_done_t=res.get("server_done_t"), recv_t=recv_t, token=tok))
-                x = torch.tensor([[tok]])
+                    step=i, kind=kind, tokens=int(est.tokens_in_payload), edge_compute_s=dt,
+                    edge_compute_emulated_s=extra, encode_s=sess.encode_s, payload_bytes=len(payload),
+                    elements=elements, bits_per_element=len(payload) * 8 / max(1, elements),
+                    transfer_emulated_s=delay, send_t=send_t, server_recv_t=res.get("server_recv_t"),
+                    queue_s=res.get("queue_s", 0.0), decode_s=res.get("decode_s"),
+                    server_compute_s=res.get("server_compute_s"), server_start_t=res.get("server_start_t"),
+                    batch_size=res.get("batch_size"), server_done_t=res.get("server_done_t"), recv_t=recv_t,
+                    token=tokens[-1]))
             return tokens
         finally:
-            try:
-                self.server.close_session(sid, trace_ctx)
-            except Exception:
-                pass  # the server may be gone; its sessions go with it
+            if sid is not None:
+                try:
+                    self.server.close_session(sid, trace_ctx)
+                except Exception:
+                    pass  # the server may be gone; its sessions went with it
 
     @staticmethod
     def _totals(steps: list[dict]) -> dict[str, Any]:

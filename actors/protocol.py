@@ -1,13 +1,12 @@
-"""What crosses between edge, server and policy: plain records and two tiny formats.
+"""What crosses between edge, server and policy: plain records and the token format.
 
 Everything here is plain data (no torch modules, no Ray), so the same calls work
 in-process (unit tests) and through Ray actor calls (``actors.ray_actors``).
 
 Payloads from devices are the codec's wire format (``codec.encode``: versioned,
-checksummed, never pickle). Token ids (cloud-only inputs) travel in the same format as a
-float32 ``(1, T)`` tensor with the lossless ``raw`` method: 4 bytes per token plus the
-header, ids up to 2**24 exactly representable, and the server checks each is an integer
-inside the vocabulary before using it.
+checksummed, never pickle) for features, and ``actors.models.generate.encode_ids``
+(magic, version, count, int32 ids) for cloud-only token ids; the server checks every
+id is inside the vocabulary before using it.
 """
 from __future__ import annotations
 
@@ -16,11 +15,8 @@ from typing import Any
 
 import torch
 
-from codec import CodecConfig, CodecError, decode, encode
-
-#: float32 represents every integer below 2**24 exactly.
-MAX_TOKEN_ID = 1 << 24
-_RAW = CodecConfig(method="raw")
+from actors.models.generate import decode_ids, encode_ids  # noqa: F401  (re-exported)
+from codec import CodecError
 
 
 class AdmissionError(RuntimeError):
@@ -34,24 +30,18 @@ def now_s() -> float:
     return time.time()
 
 
-def encode_tokens(ids: torch.Tensor) -> bytes:
-    """Token ids ``(1, T)`` (int) as a payload."""
-    if ids.dim() != 2 or ids.shape[0] != 1:
-        raise ValueError(f"token ids must be (1, T), got {tuple(ids.shape)}")
-    return encode(ids.to(torch.float32), _RAW)  # (1, T) float32
-
-
 def decode_tokens(payload: bytes, vocab_size: int) -> torch.Tensor:
-    """The inverse of ``encode_tokens``; raises ``CodecError`` on any bad payload
-    (not a (1, T) tensor, a non-integer id, an id outside ``[0, vocab_size)``)."""
-    x = decode(payload)
-    if x.dim() != 2 or x.shape[0] != 1 or x.shape[1] < 1:
-        raise CodecError(f"token payload has shape {tuple(x.shape)}: expected (1, T) with T >= 1")
-    if not bool(torch.isfinite(x).all()) or not bool((x == x.round()).all()):
-        raise CodecError("token payload holds a non-integer id")
-    if bool((x < 0).any()) or bool((x >= min(vocab_size, MAX_TOKEN_ID)).any()):
+    """Token ids ``(1, T)`` from an ``encode_ids`` payload; ``CodecError`` for a
+    malformed payload, no ids, or an id outside ``[0, vocab_size)``."""
+    try:
+        x = decode_ids(bytes(payload))  # (1, T)
+    except ValueError as e:
+        raise CodecError(str(e)) from e
+    if x.shape[1] < 1:
+        raise CodecError("token payload holds no id")
+    if bool((x < 0).any()) or bool((x >= vocab_size).any()):
         raise CodecError(f"token payload holds an id outside [0, {vocab_size})")
-    return x.to(torch.long)  # (1, T)
+    return x
 
 
 def plan_mode(split: int, offload_step: int | None, num_units: int) -> str:
@@ -62,6 +52,11 @@ def plan_mode(split: int, offload_step: int | None, num_units: int) -> str:
     if offload_step is None or split >= num_units:
         return "edge-only"
     return "split" if offload_step <= 1 else "local-then-offload"
+
+
+#: Our mode names -> ``actors.models.generate.EdgeSession`` mode names.
+SESSION_MODES = {"split": "per-token", "local-then-offload": "offload", "edge-only": "edge-only",
+                 "cloud-only": "cloud-only"}
 
 
 def hop_record(**kw: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from actors.models.generate import ServerSession
 from actors.protocol import AdmissionError, decode_tokens, now_s
 from codec import CodecError, decode
 
@@ -135,8 +136,10 @@ class Server:
                 self._reject(device_id, "kv", f"session needs {kv} KV bytes; {self.reserved_kv_bytes} of "
                              f"max_kv_bytes={self.cfg.max_kv_bytes} already reserved")
             sid = f"{device_id}/{request_id}/{next(self._ids)}"
-            self._sessions[sid] = Session(sid, device_id, request_id, split, max_tokens, kv,
-                                          self.model.new_cache(split, self.num_units))
+            # The server half of the request (``actors.models.generate``): units
+            # [split, n) with this session's own KV cache.
+            half = ServerSession(self.model, split)
+            self._sessions[sid] = Session(sid, device_id, request_id, split, max_tokens, kv, half.cache)
             self.reserved_kv_bytes += kv
             self.requests_by_device[device_id] += 1
             self.meter.sessions = len(self._sessions)

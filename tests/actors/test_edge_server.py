@@ -8,7 +8,7 @@ import torch
 
 from actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProcessServer
 from actors.policy_actor import Policy, PolicyConfig
-from actors.protocol import AdmissionError, encode_tokens
+from actors.protocol import AdmissionError, encode_ids
 from actors.server import Server, ServerConfig
 from codec import CodecConfig, encode
 from tests.actors.conftest import fixed_planner, greedy_reference
@@ -129,9 +129,12 @@ def test_cloud_only_token_payload_checked(tiny_model):
     server = Server(tiny_model, ServerConfig())
     sid = server.open_session("d", "r", 0, 8)
     with pytest.raises(AdmissionError, match="outside"):
-        server.step_now(sid, encode_tokens(torch.tensor([[1, 500]])), 0)  # vocab is 97
-    with pytest.raises(AdmissionError, match="non-integer"):
-        server.step_now(sid, encode(torch.tensor([[1.5]]), CodecConfig(method="raw")), 0)
+        server.step_now(sid, encode_ids(torch.tensor([[1, 500]])), 0)  # vocab is 97
+    with pytest.raises(AdmissionError, match="token-id payload"):
+        server.step_now(sid, encode_ids(torch.tensor([[1, 5]]))[:-2], 0)
+    with pytest.raises(AdmissionError, match="magic"):
+        server.step_now(sid, encode(torch.tensor([[1.0]]), CodecConfig(method="raw")), 0)
+    assert isinstance(server.step_now(sid, encode_ids(torch.tensor([[1, 5]])), 0)["token"], int)
 
 
 def test_admission_limits(tiny_model):
