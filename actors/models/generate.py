@@ -274,3 +274,27 @@ def reference_generate(model, prompt_ids: torch.Tensor, max_new_tokens: int) -> 
         if i + 1 < max_new_tokens:
             logits = model.run(0, model.num_units, torch.tensor([[tok]]), cache)[0, -1]
     return toks, lgs
+
+
+# --- single-shot (vision, or one forward pass of an LLM) --------------------------------
+def edge_single_shot(model, x: torch.Tensor, split: int, codec_cfg: CodecConfig | None = None) -> bytes:
+    """The edge half of a single-shot request: units ``[0, split)`` on ``x`` (pixel values
+    for vision), encoded. ``split == 0`` (cloud-only) sends the input itself, losslessly."""
+    if split == 0:
+        return codec.encode(x, CodecConfig(method="raw"))
+    return codec.encode(model.run(0, split, x), codec_cfg or CodecConfig(method="raw"))
+
+
+def server_single_shot(model, payload: bytes, split: int) -> torch.Tensor:
+    """The server half: decode and run ``[split, n)``; returns the logits."""
+    return model.run(split, model.num_units, codec.decode(payload))
+
+
+@torch.no_grad()
+def single_shot(model, x: torch.Tensor, split: int, codec_cfg: CodecConfig | None = None) -> tuple[torch.Tensor, int]:
+    """Both halves in one process: ``(logits, payload bytes)``; ``split == num_units``
+    is edge-only (nothing sent)."""
+    if split == model.num_units:
+        return model.run(0, split, x), 0
+    payload = edge_single_shot(model, x, split, codec_cfg)
+    return server_single_shot(model, payload, split), len(payload)

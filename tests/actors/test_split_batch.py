@@ -1,0 +1,98 @@
+"""The server's batched step over sessions of different lengths equals one by one."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actors.models import load_model
+from actors.models.generate import EdgeSession, ServerSession, reference_generate
+from actors.models.testing import TINY_LM
+from codec import CodecConfig
+
+LOSSLESS = CodecConfig(method="raw")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: one thread is far faster on a shared machine
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module", params=["llama", "mistral", "gpt2", "gpt_neox"])
+def lm(request):
+    return load_model(TINY_LM[request.param], seed=0)
+
+
+def _prompts(vocab, lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (1, n), generator=g) for n in lengths]
+
+
+def test_run_batch_equals_one_by_one(lm):
+    n = lm.num_units
+    ell = 2
+    prompts = _prompts(lm.config.vocab_size, (3, 9, 1, 6))
+    edge, one, bat = [], [], []
+    for p in prompts:
+        ce = lm.new_cache(0, ell)
+        edge.append((ce, lm.run(0, ell, p, ce)))
+        one.append(lm.new_cache(ell, n))
+        bat.append(lm.new_cache(ell, n))
+    # step 1: prefills of different lengths in one batch
+    xs = [h for _, h in edge]
+    ref = [lm.run(ell, n, x, c) for x, c in zip(xs, one)]
+    got = lm.run_batch(ell, n, xs, bat)
+    for r, g in zip(ref, got):
+        assert g.shape == r.shape
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=0)
+    assert [c.length for c in bat] == [3, 9, 1, 6]
+    # steps 2..: one new token each, and a 2-token chunk for one session
+    for step in range(4):
+        xs = []
+        for i, (ce, _) in enumerate(edge):
+            t = 2 if (i == 1 and step == 0) else 1
+            ids = torch.randint(3, lm.config.vocab_size, (1, t), generator=torch.Generator().manual_seed(10 * step + i))
+            xs.append(lm.run(0, ell, ids, ce))
+        ref = [lm.run(ell, n, x, c) for x, c in zip(xs, one)]
+        got = lm.run_batch(ell, n, xs, bat)
+        for r, g in zip(ref, got):
+            torch.testing.assert_close(g, r, atol=1e-5, rtol=0)
+            assert torch.equal(g[0, -1].argmax(), r[0, -1].argmax())
+    for c1, c2 in zip(one, bat):
+        assert c1.length == c2.length
+        for lid in c1.layers:
+            torch.testing.assert_close(c2.layers[lid][0], c1.layers[lid][0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("split", [0, 1, 3])
+def test_server_step_batch_gives_each_session_its_greedy_tokens(lm, split):
+    """Sessions with different prompt lengths, stepped together by the server (cloud-only
+    when split == 0), produce exactly the unsplit model's greedy tokens."""
+    prompts = _prompts(lm.config.vocab_size, (2, 7, 4), seed=split)
+    n_new = 6
+    refs = [reference_generate(lm, p, n_new)[0] for p in prompts]
+    mode = "cloud-only" if split == 0 else "per-token"
+    edges = [EdgeSession(lm, split, LOSSLESS, mode=mode) for _ in prompts]
+    servers = [ServerSession(lm, split) for _ in prompts]
+    payloads = [e.begin(p).payload for e, p in zip(edges, prompts)]
+    out = [[] for _ in prompts]
+    for i in range(n_new):
+        toks = ServerSession.step_batch(servers, payloads)
+        for o, t in zip(out, toks):
+            o.append(t)
+        if i + 1 < n_new:
+            payloads = [e.next(t).payload for e, t in zip(edges, toks)]
+    assert out == refs
+
+
+def test_run_batch_rejects_bad_input(lm):
+    n = lm.num_units
+    c = lm.new_cache(1, n)
+    with pytest.raises(ValueError, match="batch 1"):
+        lm.run_batch(1, n, [torch.zeros(2, 1, 32)], [c])
+    with pytest.raises(ValueError, match="caches"):
+        lm.run_batch(1, n, [torch.zeros(1, 1, 32)], [])
+    with pytest.raises(ValueError, match="segment"):
+        lm.run_batch(1, n, [torch.zeros(1, 1, 32)], [lm.new_cache(2, n)])
