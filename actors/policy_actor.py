@@ -34,6 +34,8 @@ class PolicyConfig:
     """Tokens each request generates (sizes KV caches and Eq. 5)."""
     prompt_tokens: int = 16
     """Largest prompt length of the workload."""
+    front_precision: str | None = None
+    """A front precision forced by the workload; None: the policy's."""
     default_latency_ms: float = 1000.0
     """Per-token latency budget of a device whose workload gives none."""
     extra: dict = field(default_factory=dict)
@@ -51,6 +53,8 @@ class _Device:
     emulated: bool = False
     plan: dict | None = None
     measured: list = field(default_factory=list)
+    state: Any = None
+    """The planner's own per-device state (``policies.PolicyState``: hysteresis)."""
 
 
 def _link_state(link: dict):
@@ -60,31 +64,44 @@ def _link_state(link: dict):
                                float(link.get("bandwidth_hz", 20e6)) / 1e6, float(link.get("epsilon", 0.01)))
 
 
-def default_planner(cfg: PolicyConfig, profile: Any, dev: _Device) -> dict:
-    """``policies.plan`` on this device's snapshot; returns ``SplitPlan.to_dict()``."""
-    import policies
-    from policies.devices import get_device
+def _budgets_of(cfg: PolicyConfig, device: Any, dev: "_Device"):
     from policies.schema import Budgets
 
-    device = get_device(dev.device_class)
-    mem_bytes = device.memory_bytes
+    mem_bytes = float(device.memory_bytes)
     if dev.budgets.get("memory_mb") is not None:
         mem_bytes = min(mem_bytes, float(dev.budgets["memory_mb"]) * 2**20)
     if dev.memory_cap_mb is not None:
         mem_bytes = min(mem_bytes, float(dev.memory_cap_mb) * 2**20)
     lat_ms = dev.budgets.get("latency_ms") or cfg.default_latency_ms
-    budgets = Budgets(latency_s=float(lat_ms) / 1e3, memory_bytes=float(mem_bytes),
-                      new_tokens=int(cfg.new_tokens), prompt_tokens=int(cfg.prompt_tokens))
-    kw: dict[str, Any] = dict(cfg.extra)
-    if cfg.name == "fixed":
-        kw["split"] = cfg.split
-        if cfg.offload_step is not None:
-            kw["offload_step"] = cfg.offload_step
-    if cfg.codec is not None:
-        kw["codec"] = cfg.codec
-    plan = policies.plan(cfg.name, profile, device, _link_state(dev.link), budgets, **kw)
+    return Budgets(latency_s=float(lat_ms) / 1e3, memory_bytes=mem_bytes,
+                   new_tokens=int(cfg.new_tokens), prompt_tokens=int(cfg.prompt_tokens))
+
+
+def default_planner(cfg: PolicyConfig, profile: Any, dev: "_Device") -> dict:
+    """``policies.PolicyState.update`` (``policies.plan`` with hysteresis) on this
+    device's snapshot; returns ``SplitPlan.to_dict()``."""
+    from codec import CodecConfig
+    from policies.api import PolicyState
+    from policies.devices import get_device
+
+    device = get_device(dev.device_class)
+    budgets = _budgets_of(cfg, device, dev)
+    if dev.state is None:
+        opts: dict[str, Any] = dict(cfg.extra)
+        name = cfg.name
+        if name == "fixed":
+            name = "fixed-split"
+            opts["split"] = cfg.split
+            if cfg.codec is not None:
+                opts["codec"] = CodecConfig.parse(cfg.codec)
+        if cfg.front_precision is not None:
+            opts["front_precision"] = cfg.front_precision
+        dev.state = PolicyState(name, profile, device, budgets, options=opts)
+    plan = dev.state.update(link=_link_state(dev.link), budgets=budgets)
     d = plan.to_dict()
-    d.setdefault("device", dev.device_id)
+    if cfg.name == "fixed" and cfg.offload_step is not None and d.get("offload_step") is not None:
+        d["offload_step"] = cfg.offload_step  # the workload's fixed hand-off step
+    d["device"] = dev.device_id
     return d
 
 

@@ -101,7 +101,8 @@ def policy_config(wl: Workload, requests: dict[str, list[dict]]):
     longest = max((len(r["prompt_ids"]) for rs in requests.values() for r in rs), default=1)
     return PolicyConfig(name=wl.policy.name, split=wl.policy.split, offload_step=wl.policy.offload_step,
                         replan=wl.policy.replan, codec=wl.codec.spec() if wl.codec is not None else None,
-                        new_tokens=wl.max_new_tokens, prompt_tokens=longest)
+                        new_tokens=wl.max_new_tokens, prompt_tokens=longest,
+                        front_precision=None if wl.precision == "auto" else wl.precision)
 
 
 def server_config(wl: Workload):
@@ -169,10 +170,29 @@ def run_inprocess(wl: Workload, *, model: Any = None, planner: Callable | None =
 
 
 def _start_cluster(wl: Workload):
-    """The embedded local cluster: a server node and a node per edge class."""
+    """The embedded local cluster: a server node and a node per edge class, with
+    enough ``edge_slot`` on each for the workload's devices of that class."""
     from orchestrator.cluster import LocalCluster
 
-    return LocalCluster(edge_classes=wl.device_classes())
+    per_class = max(sum(g.count for g in wl.devices if g.device_class == c) for c in wl.device_classes())
+    return LocalCluster(edge_classes=wl.device_classes(), edge_slots=max(16, per_class))
+
+
+def place(wl: Workload) -> dict[str, Any]:
+    """Check that every actor of the workload has a node (``PlacementError`` within
+    milliseconds otherwise) and return the Ray options placing each."""
+    from orchestrator import cluster as C
+
+    server = {"label_selector": C.server_selector(), "resources": {C.SERVER_SLOT: 1}}
+    C.check_placement(server["label_selector"], resources=server["resources"])
+    edges = {}
+    for cls in wl.device_classes():
+        n = sum(g.count for g in wl.devices if g.device_class == cls)
+        opt = {"label_selector": C.edge_selector(cls), "resources": {C.EDGE_SLOT: 1}}
+        C.check_placement(opt["label_selector"], resources=opt["resources"], count=n)
+        edges[cls] = opt
+    # The policy shares the server node (it holds no model, only plans) without a slot.
+    return {"server": server, "policy": {"label_selector": C.server_selector()}, "edges": edges}
 
 
 def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | None = None,
@@ -182,7 +202,7 @@ def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | 
     and finally stops an embedded local cluster."""
     check_device_classes(wl)
     t_setup = time.perf_counter()
-    cluster = None
+    cluster = conn = None
     try:
         if address is None:
             cluster = _start_cluster(wl)
@@ -190,12 +210,14 @@ def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | 
         else:
             from orchestrator.cluster import connect
 
-            connect(address)
+            conn = connect(address)
         return _drive(wl, out=out, trace=trace, progress=progress, load_interval_s=load_interval_s,
                       write=write, t_setup=t_setup, cluster_info={"address": address or "embedded"})
     finally:
         if cluster is not None:
             cluster.__exit__(None, None, None)
+        if conn is not None:
+            conn.close()
 
 
 def _drive(wl: Workload, *, out, trace, progress, load_interval_s, write, t_setup, cluster_info) -> RunOutput:
@@ -208,15 +230,14 @@ def _drive(wl: Workload, *, out, trace, progress, load_interval_s, write, t_setu
     profile = profile_from_config(model_ref)
     vocab = int(profile.vocab_size or 0)
     requests = make_requests(wl, model_ref, vocab)
-    classes = wl.device_classes()
-    RA.check_placement_for(classes)
+    where_to = place(wl)
     timeout_s = wl.server.step_timeout_s
-    policy = RA.make_policy(policy_config(wl, requests), model_ref, trace=trace)
-    server = RA.make_server(model_ref, server_config(wl), trace=trace)
+    policy = RA.make_policy(policy_config(wl, requests), model_ref, trace=trace, **where_to["policy"])
+    server = RA.make_server(model_ref, server_config(wl), trace=trace, **where_to["server"])
     edges = {}
     for dev_id, g in wl.all_devices():
         edges[dev_id] = RA.make_edge(edge_config(wl, dev_id, g), model_ref, server, policy,
-                                     timeout_s=timeout_s, trace=trace)
+                                     timeout_s=timeout_s, trace=trace, **where_to["edges"][g.device_class])
     # Wait for every actor to be up (model loaded, plan received) before timing requests.
     where = RA.get(
         [server.where.remote()] + [e.where.remote() for e in edges.values()],
@@ -285,7 +306,9 @@ def _drive(wl: Workload, *, out, trace, progress, load_interval_s, write, t_setu
         run_dir = R.new_run_dir(wl.name, out)
         R.write_run(run_dir, wl.to_dict(), records, decisions, load_rows, summary)
         if trace:
-            RA.drain_traces(run_dir, [policy, server, *edges.values()])
+            spans = RA.drain_traces([policy, server, *edges.values()])
+            if spans:
+                R.write_jsonl(run_dir / "traces.jsonl", spans)
     for h in [*edges.values(), server, policy]:
         RA.kill(h)
     return RunOutput(run_dir, summary, records, decisions, load_rows)

@@ -1,0 +1,57 @@
+"""`slicer run [WORKLOAD]`: run a workload on an embedded local Ray cluster (or an
+existing one with ``--address``), print a summary and write the run folder."""
+from __future__ import annotations
+
+HELP = "run a workload (default: examples/quickstart.yaml) on an embedded local Ray cluster or --address"
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workload", nargs="?", default=None,
+                   help="workload YAML (default: examples/quickstart.yaml of the installed project)")
+    p.add_argument("--address", default=None,
+                   help="use an existing Ray cluster (auto, HOST:PORT, ray://HOST:PORT) instead of starting one")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<YYYYmmdd-HHMMSS>-<name>/ under the cwd)")
+    p.add_argument("--no-trace", action="store_true", help="turn tracing off (no traces.jsonl)")
+    p.add_argument("--in-process", action="store_true",
+                   help="no Ray: run the plain classes in this process, one request at a time (debugging)")
+    p.add_argument("--quiet", action="store_true", help="no per-request progress lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    from orchestrator import results as R
+    from orchestrator.workload import DEFAULT_WORKLOAD, WorkloadError, load_workload
+
+    path = args.workload or str(DEFAULT_WORKLOAD)
+    try:
+        wl = load_workload(path)
+    except WorkloadError as e:
+        print(f"slicer run: {e}", file=sys.stderr)
+        return 2
+    progress = None if args.quiet else sys.stderr
+    try:
+        if args.in_process:
+            from orchestrator.runner import run_inprocess
+
+            out = run_inprocess(wl, progress=progress)
+            run_dir = R.new_run_dir(wl.name, args.out)
+            R.write_run(run_dir, wl.to_dict(), out.records, out.decisions, out.load, out.summary)
+            out.run_dir = run_dir
+        else:
+            from orchestrator.runner import run_workload
+
+            out = run_workload(wl, address=args.address, out=args.out, trace=not args.no_trace, progress=progress)
+    except (WorkloadError, FileNotFoundError, OSError) as e:
+        print(f"slicer run: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # placement errors, timeouts: one clear line, no traceback wall
+        name = type(e).__name__
+        if name in ("PlacementError", "ClusterError", "TimeoutError", "UnsupportedModelError"):
+            print(f"slicer run: {name}: {e}", file=sys.stderr)
+            return 1
+        raise
+    print(R.format_table(out.summary))
+    print(f"\nrun folder: {out.run_dir}")
+    return 0 if out.summary["totals"]["failed"] == 0 else 1
