@@ -1,0 +1,301 @@
+"""Sweeps: every plan of a grid run on one model, scored, costed, and its Pareto front.
+
+A configuration is (split ℓ, codec settings, AR mode, offload step w). For each:
+
+- **measured here**: task accuracy (when a task file is given) or fidelity to the
+  unsplit model: teacher-forced next-token agreement over held-out text, and the
+  perplexity of the split run; bits per element of every payload (headers included);
+  wall time per token of the edge half and of the server half on this machine;
+- **predicted** for each device class (``policies``' cost model from the model's
+  profile, the device catalog and a link): per-token step latency, hand-off latency
+  (Eq. 5) and server time per request.
+
+Rows are one per (configuration, device class); the Pareto front is computed per device
+class over the objectives (default: fidelity max, bits per element min, predicted step
+latency min).
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from orchestrator.evaluation.pareto import pareto_mask
+
+DEFAULT_OBJECTIVES = {"fidelity": "max", "bits_per_element": "min", "predicted_step_ms": "min"}
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """The configurations to run."""
+
+    splits: tuple[int, ...]
+    """Split units ℓ (the edge runs [0, ℓ))."""
+    codecs: tuple[str, ...]
+    """Codec specs (``CodecConfig.parse``) run as given, e.g. ``lossless``, ``int8``."""
+    sparsities: tuple[float, ...] = ()
+    """Crossed with ``bits`` into ``slicer:sparsity=s,bits=q`` specs (added to ``codecs``)."""
+    bits: tuple[str, ...] = ()
+    """q_bit values or fixed lists ``8/2`` (a list sets one block per width and turns ABQ
+    off: ``blocks=2,delta=none``)."""
+    modes: tuple[str, ...] = ("per-token",)
+    """``per-token`` and/or ``offload``."""
+    offload_steps: tuple[int, ...] = (4,)
+    """w values of the ``offload`` mode."""
+
+    def codec_specs(self) -> list[str]:
+        specs = list(self.codecs)
+        for s, q in itertools.product(self.sparsities, self.bits):
+            # A fixed list Q has one width per magnitude block of each sign, ABQ off.
+            q = str(q)
+            spec = f"slicer:sparsity={s},bits={q}" + (f",blocks={q.count('/') + 1},delta=none" if "/" in q else "")
+            if spec not in specs:
+                specs.append(spec)
+        return specs
+
+    def configs(self) -> list[tuple[int, str, str, int | None]]:
+        out = []
+        for ell, spec, mode in itertools.product(self.splits, self.codec_specs(), self.modes):
+            if mode == "offload":
+                out += [(ell, spec, mode, w) for w in self.offload_steps]
+            else:
+                out.append((ell, spec, mode, None))
+        return out
+
+
+@dataclass
+class SweepRow:
+    """One configuration on one device class."""
+
+    model: str
+    split: int
+    """ℓ."""
+    mode: str
+    offload_step: int | None
+    codec: str
+    """Codec spec as run (``CodecConfig.spec()``)."""
+    device: str
+    """Device class of the predicted figures (``policies`` catalog name)."""
+    metric: str
+    """What ``fidelity`` is: ``next_token_agreement`` or a task metric (``accuracy``...)."""
+    fidelity: float
+    """Measured here (see ``metric``); the unsplit model scores 1.0 on agreement."""
+    unsplit_fidelity: float
+    """The unsplit model's figure of the same metric (1.0 for agreement)."""
+    perplexity: float | None
+    """Perplexity of the split run on the held-out text (fidelity sweeps only)."""
+    bits_per_element: float
+    """Measured: payload bytes x 8 / feature elements, headers included."""
+    payload_bytes_per_token: float
+    """Measured: payload bytes over scored tokens."""
+    measured_edge_ms_per_token: float
+    """Measured on this machine (edge half: units [0, ℓ) + encode, local steps)."""
+    measured_server_ms_per_token: float
+    """Measured on this machine (server half: decode + units [ℓ, n))."""
+    predicted_step_ms: float
+    """Predicted per-token latency seen by the edge on ``device`` (Eq. 2 per step)."""
+    predicted_handoff_ms: float
+    """Predicted hand-off latency (Eq. 5)."""
+    predicted_server_ms: float
+    """Predicted server time of one request (all its steps)."""
+    predicted_payload_bytes_per_token: float
+    """The codec's bound B^UB for one token's feature."""
+    feasible: bool
+    """The plan meets the budgets on ``device`` (latency, memory, link)."""
+    violations: str
+    """Budgets it misses, ``;``-separated."""
+    on_front: bool = False
+    """Non-dominated within its device class."""
+
+
+@dataclass
+class SweepSettings:
+    """Everything but the grid."""
+
+    devices: tuple[str, ...] = ("raspberry-pi-5", "jetson-orin-nano")
+    """Device classes for predicted latency."""
+    link_mbps: float = 20.0
+    """Link rate for predicted latency."""
+    latency_budget_ms: float = 100.0
+    """Per-token budget D for feasibility."""
+    prompt_tokens: int = 32
+    """Prefill tokens (one payload) before the scored tokens."""
+    score_tokens: int = 32
+    """Scored tokens per window (one payload each)."""
+    windows: int = 2
+    """Windows of held-out text scored per configuration."""
+    objectives: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
+    """Pareto objectives (field -> max/min)."""
+
+
+def windows_from_ids(ids: Sequence[int], prompt: int, score: int, n: int) -> list[tuple[list[int], list[int]]]:
+    """Non-overlapping (context, continuation) windows from the start of ``ids``."""
+    out, step = [], prompt + score
+    for i in range(n):
+        chunk = list(ids[i * step : (i + 1) * step])
+        if len(chunk) < prompt + 1:
+            break
+        out.append((chunk[:prompt], chunk[prompt:]))
+    if not out:
+        raise ValueError(f"held-out text has {len(ids)} tokens: need at least {prompt + 1} for one window")
+    return out
+
+
+def sampled_ids(model, n_tokens: int, seed: int = 0, bos: int | None = None) -> list[int]:
+    """Token ids sampled from the unsplit model itself (for models shipped without a
+    tokenizer): text from the model's own distribution, seeded."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    start = bos if bos is not None else int(getattr(model.config, "bos_token_id", None) or 0)
+    ids = [start]
+    cache = model.new_cache(0, model.num_units)
+    x = torch.tensor([ids])
+    for _ in range(n_tokens - 1):
+        logits = model.run(0, model.num_units, x, cache)[0, -1].float()  # (V,)
+        tok = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=g))
+        ids.append(tok)
+        x = torch.tensor([[tok]])
+    return ids
+
+
+def predicted(model_profile, device: str, link_mbps: float, ell: int, w: int | None, cfg, settings: SweepSettings,
+              new_tokens: int) -> dict[str, Any]:
+    """The policies' cost model for one plan on one device class."""
+    from policies import Budgets, CostModel, LinkState, get_device
+
+    dev = get_device(device)
+    budgets = Budgets(latency_s=settings.latency_budget_ms / 1e3, memory_bytes=dev.memory_bytes,
+                      new_tokens=max(1, new_tokens), prompt_tokens=settings.prompt_tokens)
+    cm = CostModel(model_profile, dev, LinkState.from_mbps(link_mbps), budgets)
+    precision = model_profile.dtype if model_profile.dtype in ("float32", "float16", "bfloat16") else "float32"
+    est = cm.evaluate(ell, w or 1, precision, cfg)
+    return dict(predicted_step_ms=est.step_latency_s * 1e3, predicted_handoff_ms=est.handoff_latency_s * 1e3,
+                predicted_server_ms=est.server_time_s * 1e3, predicted_payload_bytes_per_token=est.bytes_per_token,
+                feasible=est.feasible, violations=";".join(est.violations))
+
+
+def run_sweep(model, grid: SweepGrid, settings: SweepSettings, *, text_ids: Sequence[int] | None = None,
+              task=None, tokenizer=None, task_limit: int | None = None, progress=print) -> list[SweepRow]:
+    """Run every configuration of ``grid`` on ``model`` (``actors.models.SplitModel``)."""
+    from codec import CodecConfig
+    from orchestrator.evaluation.harness import evaluate_task
+    from orchestrator.evaluation.scorers import HFScorer, SplitScorer
+
+    for ell in grid.splits:
+        if not 1 <= ell <= model.num_units - 1:
+            raise ValueError(f"split {ell} is invalid for {model.name}: allowed 1..{model.num_units - 1}")
+    eos = tokenizer.eos_id if tokenizer is not None else None
+    if task is not None:
+        ref_run = evaluate_task(task, HFScorer(model.hf, eos_id=eos), tokenizer, limit=task_limit)
+        metric = next(k for k in ("accuracy", "exact_match", "pass_at_1", "perplexity") if k in ref_run.metrics)
+        unsplit_value = ref_run.metrics[metric]
+        windows = []
+    else:
+        windows = windows_from_ids(text_ids, settings.prompt_tokens, settings.score_tokens, settings.windows)
+        ref = HFScorer(model.hf)
+        ref_greedy = [ref.score(c, t).greedy for c, t in windows]
+        metric, unsplit_value = "next_token_agreement", 1.0
+    scored_tokens = sum(len(t) for _, t in windows)
+    rows: list[SweepRow] = []
+    configs = grid.configs()
+    for i, (ell, spec, mode, w) in enumerate(configs, 1):
+        cfg = CodecConfig.parse(spec)
+        sc = SplitScorer(model, ell, cfg, mode=mode, offload_step=w, eos_id=eos)
+        t0 = time.perf_counter()
+        if task is not None:
+            run = evaluate_task(task, sc, tokenizer, limit=task_limit)
+            fid, ppl = run.metrics[metric], None
+            n_tok = max(1, sc.stats.payloads)
+        else:
+            same = total = 0
+            nll = 0.0
+            for (c, t), g in zip(windows, ref_greedy):
+                s = sc.score(c, t)
+                same += sum(a == b for a, b in zip(s.greedy, g))
+                total += len(g)
+                nll -= sum(s.logprobs)
+            fid, ppl = same / total, math.exp(nll / total)
+            n_tok = scored_tokens
+        wall = time.perf_counter() - t0
+        st = sc.stats
+        measured = dict(bits_per_element=st.bits_per_element, payload_bytes_per_token=st.payload_bytes / n_tok,
+                        measured_edge_ms_per_token=st.edge_s * 1e3 / n_tok,
+                        measured_server_ms_per_token=st.server_s * 1e3 / n_tok)
+        for dev in settings.devices:
+            pred = predicted(model.profile, dev, settings.link_mbps, ell, w, cfg, settings, settings.score_tokens)
+            rows.append(SweepRow(model=model.name, split=ell, mode=mode, offload_step=w, codec=cfg.spec(), device=dev,
+                                 metric=metric, fidelity=fid, unsplit_fidelity=unsplit_value, perplexity=ppl,
+                                 **measured, **pred))
+        if progress:
+            progress(f"[{i}/{len(configs)}] split={ell} {mode}{'' if w is None else f' w={w}'} {cfg.spec()}: "
+                     f"{metric}={fid:.3f} bits/elem={st.bits_per_element:.2f} ({wall:.1f} s)")
+    mark_front(rows, settings.objectives)
+    return rows
+
+
+def mark_front(rows: list[SweepRow], objectives: dict[str, str]) -> None:
+    """Set ``on_front`` per device class."""
+    for dev in sorted({r.device for r in rows}):
+        sub = [r for r in rows if r.device == dev]
+        for r, m in zip(sub, pareto_mask([asdict(r) for r in sub], objectives)):
+            r.on_front = m
+
+
+def write_csv(rows: Sequence[SweepRow], path: str | Path) -> None:
+    names = list(SweepRow.__dataclass_fields__)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        wr = csv.DictWriter(f, fieldnames=names)
+        wr.writeheader()
+        for r in rows:
+            d = asdict(r)
+            wr.writerow({k: ("" if v is None else round(v, 6) if isinstance(v, float) else v) for k, v in d.items()})
+
+
+def plot(rows: Sequence[SweepRow], path: str | Path, title: str = "") -> None:
+    """Fidelity against bits per element (measured) and against predicted step latency,
+    one colour per device class, the front drawn as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devices = sorted({r.device for r in rows})
+    metric = rows[0].metric if rows else "fidelity"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # Bits per element do not depend on the device: one series on the left panel.
+    first = [r for r in rows if r.device == devices[0]] if devices else []
+    ax = axes[0]
+    ax.scatter([r.bits_per_element for r in first], [r.fidelity for r in first], s=18, color="#999999", label="configurations")
+    front2 = pareto_mask([asdict(r) for r in first], {"fidelity": "max", "bits_per_element": "min"})
+    fr = sorted((r.bits_per_element, r.fidelity) for r, m in zip(first, front2) if m)
+    if fr:
+        ax.plot(*zip(*fr), "-o", c=colors[0], label="front (fidelity, bits)")
+    ax.set_xlabel("bits per element (measured, headers included)")
+    ax.set_ylabel(f"{metric} (measured)")
+    ax.set_title("fidelity vs. payload")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for k, dev in enumerate(devices):
+        sub = [r for r in rows if r.device == dev]
+        c = colors[(k + 1) % len(colors)]
+        ax.scatter([r.predicted_step_ms for r in sub], [r.fidelity for r in sub], s=14, color=c, alpha=0.5)
+        m2 = pareto_mask([asdict(r) for r in sub], {"fidelity": "max", "predicted_step_ms": "min"})
+        fr = sorted((r.predicted_step_ms, r.fidelity) for r, m in zip(sub, m2) if m)
+        if fr:
+            ax.plot(*zip(*fr), "-o", c=c, label=f"{dev} front")
+    ax.set_xscale("log")
+    ax.set_xlabel("per-token latency, ms (predicted by the policy's cost model)")
+    ax.set_ylabel(f"{metric} (measured)")
+    ax.set_title("fidelity vs. predicted latency")
+    ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
