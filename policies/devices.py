@@ -67,32 +67,36 @@ class MeasuredTimings:
 
     def codec_time_s(self, spec: str, elements: int, decode: bool = False) -> float | None:
         """Encode (or decode) seconds for ``elements`` with the codec ``spec``: a line
-        through the measured points of that spec (time = a + b · elements); None when
-        the spec was not measured."""
-        rows = sorted((n, t) for s, n, t in (self.codec_decode if decode else self.codec) if s == spec)
+        through the measured points of that spec (time = a + b · elements); specs not
+        measured use the measured specs of the same method (their mean line); None when
+        the method was never measured."""
+        table = self.codec_decode if decode else self.codec
+        rows = [(n, t) for s, n, t in table if s == spec]
+        if not rows:
+            method = spec.partition(":")[0]
+            rows = [(n, t) for s, n, t in table if s.partition(":")[0] == method]
         if not rows:
             return None
-        if len(rows) == 1:
-            n, t = rows[0]
+        by_n: dict[int, list[float]] = {}
+        for n, t in rows:
+            by_n.setdefault(n, []).append(t)
+        pts = sorted((n, sum(ts) / len(ts)) for n, ts in by_n.items())
+        if len(pts) == 1:
+            n, t = pts[0]
             return t * max(elements, 1) / max(n, 1)
-        return max(0.0, _interp([n for n, _ in rows], [t for _, t in rows], elements, extrapolate=True))
+        return max(0.0, _interp([n for n, _ in pts], [t for _, t in pts], elements, extrapolate=True))
 
 
 def _interp(xs, ys, x: float, extrapolate: bool = False) -> float:
-    xs = list(xs)
-    ys = list(ys)
+    """Piecewise-linear interpolation; beyond the last point the last segment's slope
+    continues (attention cost is linear in the context); below the first point the first
+    value holds unless ``extrapolate``."""
+    xs, ys = list(xs), list(ys)
     if len(xs) == 1:
         return ys[0]
-    i = bisect.bisect_left(xs, x)
-    if i <= 0:
-        i = 1
-        if not extrapolate:
-            return ys[0]
-    elif i >= len(xs):
-        i = len(xs) - 1
-        if not extrapolate:
-            # Beyond the last context, continue the last segment's slope (linear in context).
-            pass
+    if x <= xs[0] and not extrapolate:
+        return ys[0]
+    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
     x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
     if x1 == x0:
         return y1

@@ -50,14 +50,14 @@ def default_codec_time(shape: tuple[int, ...], cfg, device: DeviceProfile, decod
         t = device.measured.codec_time_s(spec, elements, decode)
         if t is not None:
             return t * device.slowdown
-        try:  # the codec's own calibrated model, when the codec ships one
-            from codec import ratemodel  # type: ignore
+        if cfg.method == "slicer":
+            try:  # the codec's own calibrated model of this machine (SLICER only)
+                from codec import ratemodel
 
-            fn = getattr(ratemodel, "predict_decode_time_s" if decode else "predict_time_s", None)
-            if fn is not None:
-                return float(fn(tuple(shape), cfg)) * device.slowdown
-        except ImportError:
-            pass
+                which = "decode_s" if decode else "encode_s"
+                return float(ratemodel.predict_time_s(tuple(shape), cfg, which=which)) * device.slowdown
+            except (ImportError, AttributeError, KeyError, OSError, ValueError):
+                pass
     return device.codec_time_s(elements, spec, decode)
 
 

@@ -1,0 +1,228 @@
+"""`slicer profile`: time a model's units and the codec on this machine; cache the result.
+
+The result is a measured ``DeviceProfile`` (with the model's ``ModelProfile``) in one JSON
+file, ``~/.cache/slicer/profiles/<model>-<device>-<dtype>-v1.json``; `slicer plan
+--device <that file> --model <that file>` then plans from measured times.
+
+How units are timed: the edge always runs a prefix ``[0, ℓ)`` of the model in one call,
+so the profile times every prefix (median of ``reps`` runs, one decode token after a
+cache of ``c`` tokens, for a few contexts ``c``) and stores unit ``j``'s time as
+``T(j+1) - T(j)`` (made non-decreasing first). Summing units ``[0, ℓ)`` then gives back
+the measured prefix time exactly, per-call overheads included (timing units one by one
+would count the per-call overhead ``ℓ`` times: on stories260k that overhead is most of
+a unit's time).
+"""
+from __future__ import annotations
+
+HELP = "time each unit and the codec of a model on this machine; cache the measured device profile"
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_CODECS = ("lossless", "slicer:sparsity=0.5", "slicer", "slicer:sparsity=0.9", "int8")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model folder, hub name or shipped config (random weights)")
+    p.add_argument("--device", default=None, help="name of this device class (default: this-machine-<host>)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    p.add_argument("--contexts", default="16,64,256", help="context lengths of the timed decode steps (comma list)")
+    p.add_argument("--prefill-tokens", type=int, default=32, help="tokens of the timed prefill (default 32)")
+    p.add_argument("--reps", type=int, default=15, help="timed rounds per point; the median is kept (default 15)")
+    p.add_argument("--codecs", default=";".join(DEFAULT_CODECS),
+                   help="codec specs to time, separated by ';'")
+    p.add_argument("--threads", type=int, default=None, help="torch threads while timing (default: torch's own)")
+    p.add_argument("--out", default=None, help="output JSON (default: the cache path)")
+    p.add_argument("--force", action="store_true", help="re-measure even when a cached profile exists")
+
+
+def _median_s(fn, reps: int) -> float:
+    fn()  # warm-up (allocator, lazy init)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def _prefix_cache(model, full, ell: int):
+    """A cache for the segment [0, ell) holding the entries of the full-model cache."""
+    from actors.models.cache import SegmentCache
+
+    ids = model.attn_layers(0, ell)
+    return SegmentCache(0, ell, ids, {i: full.layers[i] for i in ids if i in full.layers}, full.length)
+
+
+def _round_robin_medians(fns, reps: int) -> list[float]:
+    """Median seconds of each function, timed in interleaved rounds (one run of each per
+    round) so a burst of load from other processes hits every point alike."""
+    for fn in fns:
+        fn()  # warm-up
+    ts = [[] for _ in fns]
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            ts[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in ts]
+
+
+def time_prefixes(model, context: int, tokens: int, reps: int, seed: int = 0) -> list[float]:
+    """Median seconds of ``run(0, ell)`` for ell = 1..n on ``tokens`` new tokens after a
+    cache of ``context`` tokens (vision: one image, no cache)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    n = model.num_units
+    if model.kind == "vision":
+        size = int(getattr(model.config, "image_size", 224) or 224)
+        x = torch.randn(1, 3, size, size, generator=g, dtype=model.dtype)
+        return _round_robin_medians([lambda ell=ell: model.run(0, ell, x) for ell in range(1, n + 1)], reps)
+    vocab = int(model.config.vocab_size)
+    full = model.new_cache(0, n)
+    if context:
+        model.run(0, n, torch.randint(0, vocab, (1, context), generator=g), full)
+    new = torch.randint(0, vocab, (1, tokens), generator=g)
+    fns = [lambda ell=ell: model.run(0, ell, new, _prefix_cache(model, full, ell)) for ell in range(1, n + 1)]
+    return _round_robin_medians(fns, reps)
+
+
+def unit_times(prefix_s: list[float]) -> list[float]:
+    """Per-unit seconds from prefix times: differences of the closest non-decreasing
+    sequence (pool-adjacent-violators: noise can make a longer prefix look faster, and a
+    unit never takes negative time; unlike a running maximum, one slow outlier does not
+    lift every longer prefix)."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for t in prefix_s:
+        blocks.append([t, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, c = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += c
+    mono = [b[0] / b[1] for b in blocks for _ in range(int(b[1]))]
+    return [mono[0]] + [mono[i] - mono[i - 1] for i in range(1, len(mono))]
+
+
+def time_codecs(features, specs, reps: int) -> tuple[list, list]:
+    """(encode rows, decode rows): ``(spec, elements, median s)`` for each spec and feature."""
+    import codec
+    from codec import CodecConfig
+
+    enc, dec = [], []
+    for spec in specs:
+        cfg = CodecConfig.parse(spec)
+        canon = cfg.spec()
+        for x in features:
+            payload = codec.encode(x, cfg)
+            enc.append((canon, int(x.numel()), _median_s(lambda: codec.encode(x, cfg), reps)))
+            dec.append((canon, int(x.numel()), _median_s(lambda: codec.decode(payload), reps)))
+    return enc, dec
+
+
+def machine_peaks() -> tuple[float, float, float]:
+    """(memory bytes, copy bandwidth bytes/s, float32 matmul FLOP/s) of this machine,
+    measured quickly (informational; measured timings take precedence)."""
+    import torch
+
+    try:
+        mem = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        mem = 8e9
+    a = torch.empty(8 * 2**20)  # 32 MiB of float32
+    b = torch.empty_like(a)
+    t = _median_s(lambda: b.copy_(a), 5)
+    bw = 2 * a.numel() * 4 / t  # read + write
+    m = torch.randn(256, 256)
+    t = _median_s(lambda: m @ m, 5)
+    flops = 2 * 256**3 / t
+    return mem, bw, flops
+
+
+def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 256), prefill_tokens: int = 32,
+                    reps: int = 15, codec_specs=DEFAULT_CODECS, model_name: str | None = None):
+    """Measure ``model`` (a ``SplitModel``) on this machine: returns (ModelProfile,
+    DeviceProfile) with ``kind="measured"``."""
+    import dataclasses
+
+    import torch
+
+    from policies.devices import DeviceProfile, MeasuredTimings
+
+    prof = model.profile
+    if model_name:
+        prof = dataclasses.replace(prof, name=model_name)
+    prof = dataclasses.replace(prof, source="measured")
+    if model.kind == "vision":
+        contexts = (0,)
+        prefill_tokens = 0
+    contexts = tuple(sorted(set(int(c) for c in contexts)))
+    with torch.no_grad():
+        rows = [tuple(unit_times(time_prefixes(model, c, 1, reps))) for c in contexts]
+        prefill = tuple(unit_times(time_prefixes(model, 0, prefill_tokens, reps))) if prefill_tokens > 1 else ()
+        feats = []
+        if model.kind == "causal_lm":
+            h = prof.hidden_size
+            g = torch.Generator().manual_seed(1)
+            feats = [torch.randn(t, h, generator=g) for t in (1, 8, 64)]
+        else:
+            mid = prof.layers[len(prof.layers) // 2]
+            feats = [torch.randn(1, *mid.out_shape)]
+        enc, dec = time_codecs(feats, codec_specs, reps)
+    mem, bw, flops = machine_peaks()
+    name = device_name or f"this-machine-{platform.node() or 'host'}"
+    dev = DeviceProfile(
+        name=name, memory_bytes=mem, memory_bandwidth_bps=bw, peak_flops={"float32": flops},
+        compute_efficiency=1.0, bandwidth_efficiency=1.0, kind="measured",
+        description=f"measured by slicer profile on {platform.node()} ({platform.processor() or platform.machine()}), "
+                    f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        measured=MeasuredTimings(contexts=contexts, unit_s=tuple(rows), prefill_tokens=prefill_tokens if prefill else 0,
+                                 prefill_unit_s=prefill, codec=tuple(enc), codec_decode=tuple(dec)),
+        measured_model=prof.name, measured_dtype=prof.dtype,
+    )
+    return prof, dev
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from actors.models import load_model
+    from actors.models.profiling import dtype_of
+    from policies.devices import measured_path, save_measured
+
+    try:
+        dt = dtype_of(args.dtype)
+        contexts = tuple(int(c) for c in args.contexts.split(",") if c.strip())
+        specs = tuple(s.strip() for s in args.codecs.split(";") if s.strip())
+    except ValueError as e:
+        print(f"slicer profile: error: {e}", file=sys.stderr)
+        return 2
+    device = args.device or f"this-machine-{platform.node() or 'host'}"
+    out = Path(args.out) if args.out else measured_path(args.model, device, str(dt).replace("torch.", ""))
+    if out.exists() and not args.force:
+        print(f"cached profile: {out} (use --force to re-measure)")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model = load_model(args.model, dtype=dt)
+    except Exception as e:  # unsupported architecture, missing folder: one clear line
+        print(f"slicer profile: cannot load {args.model!r}: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    prof, dev = measure_profile(model, device_name=device, contexts=contexts, prefill_tokens=args.prefill_tokens,
+                                reps=args.reps, codec_specs=specs, model_name=args.model)
+    save_measured(out, prof, dev)
+    m = dev.measured
+    print(f"profiled {args.model} ({prof.num_layers} units, {prof.dtype}) on {device} in {time.perf_counter() - t0:.1f} s")
+    for c, row in zip(m.contexts, m.unit_s):
+        print(f"  decode step at context {c}: {sum(row) * 1e3:.3f} ms (units: " + ", ".join(f"{t * 1e3:.3f}" for t in row) + " ms)")
+    for spec, n, t in m.codec:
+        print(f"  encode {spec} {n} elements: {t * 1e3:.3f} ms")
+    print(f"wrote {out}")
+    return 0
