@@ -33,8 +33,8 @@ labels and positions but no decoded value. With ABQ a re-encode may pick other w
 """
 from __future__ import annotations
 
-import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,11 +45,48 @@ from codec.errors import CodecError
 from codec.reference import index as _index
 from codec.reference import quant
 from codec.reference.atkf import atkf_positions, keep_count
-from codec.reference.bitpack import pack_bits, packed_nbytes, unpack_bits
+from codec.reference.bitpack import pack_bits
 from codec.reference.ms import all_block_sizes, split_blocks
 from codec.wire import Frame
 
 NSECTIONS = 4
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The content of a SLICER payload (what ``SLICER.parse`` reads; used by tests and to
+    compare a GPU encoder with the reference field by field)."""
+
+    k: int
+    """Kept entries."""
+    n_pos: int
+    """Kept entries in the positive blocks (kept zeros included)."""
+    blocks: tuple[int, int]
+    """(M+, M-)."""
+    sizes: np.ndarray
+    """(Mtot,) entries per block, global label order."""
+    widths: np.ndarray
+    """(Mtot,) bits per code of each block."""
+    lo: np.ndarray
+    """(Mtot,) float32 block minimum magnitude."""
+    hi: np.ndarray
+    """(Mtot,) float32 block maximum magnitude."""
+    index: str
+    """Index coding used: csr, bitmap, rice or ef."""
+    entropy: bool
+    """Values entropy-coded."""
+    positions: np.ndarray
+    """(k,) flat positions, block-major, ascending within a block."""
+    codes: np.ndarray
+    """(k,) integer codes in the order of ``positions``."""
+
+
+def inspect(payload: bytes) -> Parsed:
+    """Parse a SLICER payload (wire header included) into its fields."""
+    from codec import wire  # noqa: PLC0415
+
+    frame = wire.unpack(payload)
+    return SLICER.parse(frame)
 
 
 def _varint(n: int) -> bytes:
@@ -145,6 +182,19 @@ class _Slicer:
         return quant.quantize(m_sorted, np.repeat(lo, sizes), np.repeat(inv, sizes), np.repeat(top, sizes))
 
     def decode(self, frame: Frame) -> torch.Tensor:
+        p = self.parse(frame)
+        o = quant.step(p.lo, p.hi, p.widths)
+        top = (np.int64(1) << p.widths) - 1
+        sz = p.sizes
+        vals = quant.dequantize(p.codes, np.repeat(p.lo, sz), np.repeat(p.hi, sz), np.repeat(o, sz), np.repeat(top, sz))
+        n_plus = int(sz[: p.blocks[0]].sum())
+        out = np.zeros(frame.numel, dtype=np.float32)  # (N,)
+        out[p.positions[:n_plus]] = vals[:n_plus]
+        out[p.positions[n_plus:]] = -vals[n_plus:]
+        return torch.from_numpy(out).reshape(frame.shape)
+
+    def parse(self, frame: Frame) -> "Parsed":
+        """Every field of a SLICER payload, validated (``CodecError`` on any defect)."""
         if len(frame.sections) != NSECTIONS:
             raise CodecError(f"slicer payload has {len(frame.sections)} sections, expected {NSECTIONS}")
         params, idx_sec, lab_sec, val_sec = frame.sections
@@ -172,9 +222,7 @@ class _Slicer:
             )
         off = 3 + 2 * nb
         nw = (mtot + 1) // 2
-        widths = unpack_bits(params[off : off + nw], mtot, 4) + 1  # (Mtot,) in 1..16
-        if mtot % 2 and params[off + nw - 1] >> 4:
-            raise CodecError("slicer width field: padding nibble is not zero")
+        widths = quant.unpack_uint(params[off : off + nw], mtot, 4, "slicer width field") + 1  # (Mtot,) 1..16
         rng = np.frombuffer(params[off + nw :], dtype="<f4").astype(np.float32).reshape(mtot, 2)
         lo, hi = rng[:, 0].copy(), rng[:, 1].copy()
         sizes = all_block_sizes(k, n_pos, blocks)
@@ -187,14 +235,7 @@ class _Slicer:
             codes = self._entropy_codes(val_sec, sizes, widths)
         else:
             codes = quant.unpack_blocks(val_sec, sizes, widths)  # (k,) block-major
-        o = quant.step(lo, hi, widths)
-        top = (np.int64(1) << widths) - 1
-        vals = quant.dequantize(codes, np.repeat(lo, sizes), np.repeat(hi, sizes), np.repeat(o, sizes), np.repeat(top, sizes))
-        n_plus = int(sizes[: blocks[0]].sum())
-        out = np.zeros(numel, dtype=np.float32)
-        out[positions[:n_plus]] = vals[:n_plus]
-        out[positions[n_plus:]] = -vals[n_plus:]
-        return torch.from_numpy(out).reshape(frame.shape)
+        return Parsed(k, n_pos, blocks, sizes, widths, lo, hi, _index.CODING_NAMES[coding_id], entropy, positions, codes)
 
     @staticmethod
     def _entropy_codes(buf, sizes: np.ndarray, widths: np.ndarray) -> list[np.ndarray]:
