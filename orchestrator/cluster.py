@@ -578,6 +578,8 @@ class Connection:
     """What the user gave (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``)."""
     token_auth: bool
     """Whether this driver sends a token."""
+    loopback_prev: dict | None = None
+    """State to restore on close when the address was on loopback (see enable_loopback)."""
 
     def nodes(self) -> list[NodeInfo]:
         return list_nodes()
@@ -589,6 +591,9 @@ class Connection:
         import ray
 
         ray.shutdown()
+        if self.loopback_prev is not None:
+            restore_loopback(self.loopback_prev)
+            self.loopback_prev = None
 
     def __enter__(self) -> "Connection":
         return self
@@ -623,11 +628,25 @@ def connect(address: str | None = "auto", *, namespace: str = "slicer", timeout_
         os.environ["RAY_AUTH_MODE"] = "token"
         _reload_auth_config()
     token_auth = os.environ.get("RAY_AUTH_MODE") == "token"
-    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
-    if probe and target and not target.startswith("ray://") and target != "auto" and ":" in target:
-        _probe_gcs(target.replace("http://", ""), timeout_s)
+    target = address
+    if address == "auto":
+        from ray._private.utils import read_ray_address
+
+        target = os.environ.get("RAY_ADDRESS") or read_ray_address() or ""
+    host = target.split("://")[-1].rsplit(":", 1)[0]
+    loopback_prev = None
+    if host in ("127.0.0.1", "localhost"):
+        # A cluster on this machine's loopback (a LocalCluster, a test head): the driver
+        # must report 127.0.0.1 too, or ray.init rewrites the address and retries forever.
+        loopback_prev = enable_loopback()
     try:
+        if probe and target and not target.startswith("ray://") and target != "auto" and ":" in target:
+            _probe_gcs(target.replace("http://", ""), timeout_s)
         ray.init(address=address, namespace=namespace, logging_level="WARNING")
     except Exception as e:  # noqa: BLE001
+        if loopback_prev is not None:
+            restore_loopback(loopback_prev)
+        if isinstance(e, ClusterError):
+            raise
         raise ClusterError(f"cannot connect to the Ray cluster at {address!r}: {type(e).__name__}: {e}") from e
-    return Connection(address=address, token_auth=token_auth)
+    return Connection(address=address, token_auth=token_auth, loopback_prev=loopback_prev)

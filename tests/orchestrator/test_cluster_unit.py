@@ -1,0 +1,131 @@
+"""Cluster bootstrap logic that needs no Ray cluster: selectors, placement checks on
+hand-built node lists, argument validation, pid-exact process cleanup."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from orchestrator import cluster as C
+
+
+def _node(nid, labels, **res):
+    return C.NodeInfo(node_id=nid, alive=True, address="127.0.0.1", labels=labels, resources=res)
+
+
+NODES = [
+    _node("s", {"role": "server"}, server_slot=1.0, CPU=1.0),
+    _node("a", {"role": "edge", "device-class": "laptop-cpu"}, edge_slot=4.0),
+    _node("b", {"role": "edge", "device-class": "jetson-orin-nano"}, edge_slot=2.0),
+    _node("c", {"role": "edge", "device-class": "jetson-orin-nano"}, edge_slot=2.0),
+]
+
+
+@pytest.mark.parametrize("selector,expected", [
+    ({"role": "edge"}, {"a", "b", "c"}),
+    ({"role": "!edge"}, {"s"}),
+    ({"device-class": "jetson-orin-nano"}, {"b", "c"}),
+    ({"device-class": "in(laptop-cpu,jetson-orin-nano)"}, {"a", "b", "c"}),
+    ({"device-class": "!in(laptop-cpu, jetson-orin-nano)"}, {"s"}),  # absent key matches a negation
+    ({"device-class": "!laptop-cpu"}, {"s", "b", "c"}),
+    ({"role": "edge", "device-class": "laptop-cpu"}, {"a"}),
+    ({"role": "server", "device-class": "laptop-cpu"}, set()),
+])
+def test_selector_matches(selector, expected):
+    assert {n.node_id for n in NODES if C.selector_matches(selector, n.labels)} == expected
+
+
+def test_check_placement_names_missing_class():
+    with pytest.raises(C.PlacementError) as e:
+        C.check_placement(C.edge_selector("raspberry-pi-5"), nodes=NODES)
+    msg = str(e.value)
+    assert "raspberry-pi-5" in msg and "jetson-orin-nano" in msg and "laptop-cpu" in msg
+    assert "role 'edge' has no alive node" not in msg  # only the key that fails is named
+
+
+def test_check_placement_ignores_dead_nodes():
+    dead = [C.NodeInfo("x", False, "127.0.0.1", {"role": "edge", "device-class": "phone-soc"}, {"edge_slot": 8})]
+    with pytest.raises(C.PlacementError, match="phone-soc"):
+        C.check_placement(C.edge_selector("phone-soc"), nodes=NODES + dead)
+
+
+def test_check_placement_counts_slots_across_matching_nodes():
+    got = C.check_placement(C.edge_selector("jetson-orin-nano"), resources={C.EDGE_SLOT: 1}, count=4, nodes=NODES)
+    assert {n.node_id for n in got} == {"b", "c"}
+    with pytest.raises(C.PlacementError, match="need 5"):
+        C.check_placement(C.edge_selector("jetson-orin-nano"), resources={C.EDGE_SLOT: 1}, count=5, nodes=NODES)
+
+
+def test_check_placement_combination_without_node():
+    with pytest.raises(C.PlacementError, match="no node has them all"):
+        C.check_placement({"role": "server", "device-class": "laptop-cpu"}, nodes=NODES)
+
+
+def test_bad_selector_is_refused_with_its_value():
+    with pytest.raises(ValueError, match="bad value!"):
+        C.check_placement({"device-class": "bad value!"}, nodes=NODES)
+
+
+def test_node_spec_labels_and_resources():
+    e = C.NodeSpec(C.EDGE_ROLE, "phone-soc", slots=3)
+    assert e.labels() == {"role": "edge", "device-class": "phone-soc"}
+    assert e.resources() == {"edge_slot": 3.0}
+    s = C.NodeSpec(C.SERVER_ROLE)
+    assert s.labels() == {"role": "server"} and s.resources() == {"server_slot": 16.0}
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(edge_classes=[]), "edge_classes"),
+    (dict(edge_classes=["ok", "not ok"]), "not ok"),
+    (dict(nodes_per_class=0), "nodes_per_class"),
+    (dict(auth="maybe"), "auth='maybe'"),
+])
+def test_local_cluster_rejects_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        C.LocalCluster(**kw)
+
+
+def test_local_cluster_builds_one_spec_per_node():
+    lc = C.LocalCluster(edge_classes=["a", "b", "a"], nodes_per_class=2, edge_slots=5)
+    assert [s.device_class for s in lc.edge_specs] == ["a", "a", "b", "b"]
+    assert all(s.resources() == {"edge_slot": 5.0} for s in lc.edge_specs)
+    assert lc.server_spec.labels() == {"role": "server"}
+
+
+def test_kill_pids_kills_tree_and_skips_recycled_pids():
+    p = subprocess.Popen([sys.executable, "-c",
+                          "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']);"
+                          " time.sleep(60)"])
+    try:
+        deadline = time.monotonic() + 10
+        tree = C.descendants([p.pid])
+        while len(tree) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            tree = C.descendants([p.pid])
+        assert len(tree) == 2 and p.pid in tree
+        # A wrong start time stands for a pid reused by another process: left alone.
+        fake = {pid: st + 1 for pid, st in tree.items()}
+        assert C.kill_pids(fake, grace_s=0.1) == {}
+        assert all(C.pid_alive(pid, st) for pid, st in tree.items())
+        assert C.kill_pids(tree, grace_s=1.0) == {}
+        assert not any(C.pid_alive(pid, st) for pid, st in tree.items())
+    finally:
+        p.kill()
+        p.wait(5)
+
+
+def test_find_token_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    assert C.find_token() is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("fromhome\n")
+    assert C.find_token() == "fromhome"
+    (tmp_path / "tok").write_text("frompath")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
+    assert C.find_token() == "frompath"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "fromenv")
+    assert C.find_token() == "fromenv"
