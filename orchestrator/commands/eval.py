@@ -28,6 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", default="lossless", help="codec spec, e.g. 'slicer:sparsity=0.75,bits=8' (default lossless)")
     p.add_argument("--mode", default="per-token", choices=("per-token", "offload"), help="AR mode of the split run")
     p.add_argument("--offload-step", type=int, default=1, help="offload step w of the 'offload' mode (SLICER's (w, ell))")
+    p.add_argument("--front-bits", type=int, choices=(8, 4), help="edge weights int8/int4 weight-only (front segment)")
+    p.add_argument("--policy", help="take split, codec, offload step and front precision from this policy's plan "
+                   "(slicer, opsc, neurosurgeon, ...) for --device over --link-mbps")
+    p.add_argument("--device", default="jetson-orin-nano", help="device class for --policy (policies catalog)")
+    p.add_argument("--link-mbps", type=float, default=20.0, help="link rate for --policy")
+    p.add_argument("--latency-budget-ms", type=float, default=100.0, help="per-token latency budget for --policy")
+    p.add_argument("--prompt-tokens", type=int, default=64, help="prompt length the --policy plan is sized for")
     p.add_argument("--limit", type=int, help="evaluate only the first N items")
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation length for exact-match and code tasks")
     p.add_argument("--k", default="1,10,100", help="pass@k values, comma separated (reported where every problem has >= k samples)")
@@ -35,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-mb", type=int, default=1024, help="sandbox address-space limit per program")
     p.add_argument("--workers", type=int, default=2, help="programs run at once")
     p.add_argument("--no-unsplit", action="store_true", help="skip the unsplit reference run")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the model runs")
     p.add_argument("--json", help="write the report here")
 
 
@@ -73,9 +81,16 @@ def run(args: argparse.Namespace) -> int:
         report = samples_report(task, results, ks)
         _print_samples(report)
     elif args.model:
+        import torch
+
         from orchestrator.evaluation.harness import run_model_eval
 
-        report = run_model_eval(args, task, limits, ks)
+        torch.set_num_threads(args.threads)
+        try:
+            report = run_model_eval(args, task, limits, ks)
+        except ValueError as e:  # bad split, codec, policy, device, or a missing tokenizer
+            print(f"slicer eval: {e}", file=sys.stderr)
+            return 2
         _print_model(report)
     else:
         print("slicer eval: give --samples FILE (score given completions) or --model M (run a model)", file=sys.stderr)
@@ -96,6 +111,10 @@ def _print_samples(rep: dict) -> None:
 
 def _print_model(rep: dict) -> None:
     print(f"task {rep['task']} ({rep['shape']}), model {rep['model']}, plan {rep['plan']}")
+    if rep.get("policy_plan"):
+        pp = rep["policy_plan"]
+        print(f"  from policy {pp.get('policy')}: split {pp.get('split')}, w {pp.get('offload_step')}, "
+              f"codec {pp.get('codec_spec')}, front {pp.get('front_precision')}, feasible {pp.get('feasible')}")
     for run in rep["runs"]:
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in run["metrics"].items())
         print(f"  {run['name']:>8}: {metrics}")

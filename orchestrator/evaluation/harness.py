@@ -151,23 +151,54 @@ def agreement(reference: TaskRun, other: TaskRun) -> dict[str, float]:
     return out
 
 
+def plan_from_policy(args, model) -> tuple[dict, object]:
+    """``--policy``: the plan a policy picks for this model on ``--device`` over
+    ``--link-mbps`` (``policies.plan``), as (settings for the run, the SplitPlan)."""
+    from policies import Budgets, LinkState, get_device, plan
+
+    dev = get_device(args.device)
+    budgets = Budgets(latency_s=args.latency_budget_ms / 1e3, memory_bytes=dev.memory_bytes,
+                      new_tokens=args.max_new_tokens, prompt_tokens=args.prompt_tokens)
+    p = plan(args.policy, model.profile, dev, LinkState.from_mbps(args.link_mbps), budgets)
+    n = model.num_units
+    front_bits = {"int8": 8, "int4": 4}.get(p.front_precision)
+    if p.split in (0, n) or p.offload_step is None:
+        # Cloud-only (token ids on the wire) and edge-only (no wire): the whole model's
+        # outputs; only a quantized edge-only model would differ, which is run as a
+        # split at n - 1 losslessly below.
+        settings = dict(split=n - 1, codec="lossless", mode="per-token", offload_step=None,
+                        front_bits=front_bits if p.split == n else None,
+                        note=f"{'edge-only' if p.split == n else 'cloud-only'} plan: run as a lossless split at "
+                             f"{n - 1} (the whole model's outputs); the payload figures do not apply to it")
+    else:
+        settings = dict(split=p.split, codec=p.codec_spec, mode="per-token" if p.offload_step == 1 else "offload",
+                        offload_step=p.offload_step, front_bits=front_bits)
+    return settings, p
+
+
 def run_model_eval(args, task: Task, limits: SandboxLimits, ks: Sequence[int] = (1,)) -> dict:
     """``slicer eval --model``: the task under the plan and unsplit, one report."""
     import torch
 
     from actors.models import load_model
     from codec import CodecConfig
-    from orchestrator.evaluation.scorers import HFScorer, SplitScorer, load_tokenizer
+    from orchestrator.evaluation.scorers import HFScorer, SplitScorer, edge_copy, load_tokenizer
 
     torch.manual_seed(0)
     model = load_model(args.model)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
-    split = args.split if args.split is not None else model.num_units // 2
-    cfg = CodecConfig.parse(args.codec)
+    policy_plan = None
+    if getattr(args, "policy", None):
+        settings, policy_plan = plan_from_policy(args, model)
+    else:
+        settings = dict(split=args.split if args.split is not None else model.num_units // 2, codec=args.codec,
+                        mode=args.mode, offload_step=args.offload_step if args.mode == "offload" else None,
+                        front_bits=getattr(args, "front_bits", None))
+    split, mode, w = settings["split"], settings["mode"], settings["offload_step"]
+    cfg = CodecConfig.parse(settings["codec"])
     common = dict(limit=args.limit, max_new_tokens=args.max_new_tokens, sandbox=limits)
-    split_scorer = SplitScorer(model, split, cfg, mode=args.mode,
-                               offload_step=args.offload_step if args.mode == "offload" else None,
-                               eos_id=tokenizer.eos_id)
+    split_scorer = SplitScorer(model, split, cfg, mode=mode, offload_step=w, eos_id=tokenizer.eos_id,
+                               edge_model=edge_copy(model, split, mode, settings["front_bits"]))
     runs = []
     ref = None
     if not args.no_unsplit:
@@ -178,14 +209,15 @@ def run_model_eval(args, task: Task, limits: SandboxLimits, ks: Sequence[int] = 
     split_run.metrics.update(bits_per_element=st.bits_per_element, payload_bytes=float(st.payload_bytes),
                              payloads=float(st.payloads), server_s=st.server_s, edge_s=st.edge_s)
     runs.append(split_run)
-    plan = {"split": split, "num_units": model.num_units, "codec": cfg.spec(), "mode": args.mode,
-            "offload_step": args.offload_step if args.mode == "offload" else None}
+    plan = {"split": split, "num_units": model.num_units, "codec": cfg.spec(), "mode": mode, "offload_step": w,
+            "front_bits": settings["front_bits"], "note": settings.get("note", "")}
     report = {
         "task": task.name,
         "kind": task.kind,
         "shape": task.shape,
         "model": str(args.model),
         "plan": plan,
+        "policy_plan": policy_plan.to_dict() if policy_plan is not None else None,
         "runs": [{"name": r.name, "metrics": r.metrics, "wall_s": r.wall_s, "items": r.items} for r in runs],
         "agreement": None,
     }

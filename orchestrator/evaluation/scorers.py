@@ -146,6 +146,9 @@ class SplitScorer:
     """w of the offload mode."""
     eos_id: int | None = None
     """Generation stops after this token."""
+    edge_model: object = None
+    """The edge's copy of the model (e.g. ``actors.models.quant.quantize_front``); None:
+    ``model``. The server always runs ``model``."""
     name: str = "split"
     """Label in reports."""
     stats: WireStats = field(default_factory=WireStats)
@@ -162,7 +165,7 @@ class SplitScorer:
     def _sessions(self):
         from actors.models.generate import EdgeSession, ServerSession
 
-        edge = EdgeSession(self.model, self.split, self.codec_cfg, mode=self.mode,
+        edge = EdgeSession(self.edge_model or self.model, self.split, self.codec_cfg, mode=self.mode,
                            offload_step=self.offload_step if self.mode == "offload" else None)
         return edge, ServerSession(self.model, edge.split)
 
@@ -196,8 +199,9 @@ class SplitScorer:
                 # An offload local step: the edge ran the whole model; its logits are
                 # the whole model's on the same tokens (computed once, for scoring only).
                 if full is None:
+                    em = self.edge_model or self.model
                     ids = torch.tensor([ctx + cont[:-1]])
-                    full = self.model.run(0, self.model.num_units, ids)[0].float()  # (C + T - 1, V)
+                    full = em.run(0, em.num_units, ids)[0].float()  # (C + T - 1, V)
                 logits = full[len(ctx) - 1 + i]
             logprobs.append(float(torch.log_softmax(logits, -1)[tok]))
             greedy.append(int(logits.argmax()))
@@ -221,6 +225,17 @@ class SplitScorer:
                 break
             step = self._edge(edge.next, tok)
         return new
+
+
+def edge_copy(model, split: int, mode: str, front_bits: int | None):
+    """The edge's model: None (same weights as the server) or a copy with weight-only
+    int8/int4 units; [0, ℓ) in per-token mode, every unit in offload mode (its local
+    steps run the whole model on the edge, as the policies' cost model assumes)."""
+    if front_bits is None:
+        return None
+    from actors.models.quant import quantize_front
+
+    return quantize_front(model, model.num_units if mode == "offload" else split, front_bits)
 
 
 # ---------------------------------------------------------------- tokenizers

@@ -185,3 +185,30 @@ def test_cli_code_task_with_the_model(tiny_dir, tmp_path):
     assert [r["task_id"] for r in rep["results"]] == ["mini/0", "mini/1"]
     assert rep["pass_at_1"] == 0.0 and all(r["error"] for r in rep["results"])
     assert rep["agreements"]["output_agreement"] == 1.0  # lossless default codec
+
+
+def test_cli_plan_from_a_policy_and_a_quantized_front(tiny_dir, tmp_path):
+    out = tmp_path / "policy.json"
+    assert main(["eval", "--model", str(tiny_dir), "--task", str(TASKS / "piqa_mini.jsonl"), "--policy", "slicer",
+                 "--device", "jetson-orin-nano", "--max-new-tokens", "16", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    pp = rep["policy_plan"]
+    assert pp["policy"] == "slicer" and pp["num_layers"] == 5
+    if pp["offload_step"] is not None and 0 < pp["split"] < 5:
+        assert rep["plan"]["split"] == pp["split"] and rep["plan"]["codec"] == pp["codec_spec"]
+    else:  # edge-only or cloud-only: the whole model's outputs
+        assert rep["agreement"] == 1.0 and rep["plan"]["note"]
+
+    out = tmp_path / "front.json"
+    assert main(["eval", "--model", str(tiny_dir), "--task", str(TASKS / "piqa_mini.jsonl"), "--split", "2",
+                 "--front-bits", "4", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    unsplit, split = rep["runs"]
+    assert rep["plan"]["front_bits"] == 4
+    # int4 weights on the edge change the scores even with a lossless link.
+    assert [i["loglikelihoods"] for i in unsplit["items"]] != [i["loglikelihoods"] for i in split["items"]]
+
+
+def test_cli_model_without_tokenizer_is_refused_clearly(stories260k_path, capsys):
+    assert main(["eval", "--model", str(stories260k_path), "--task", str(TASKS / "piqa_mini.jsonl")]) == 2
+    assert "--tokenizer" in capsys.readouterr().err
