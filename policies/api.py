@@ -5,7 +5,7 @@
 ``PolicyState`` keeps the latest plan and re-plans when a device reports a new link or
 memory budget, with hysteresis: a plan that still meets the budgets is kept until a
 better (deeper) one has been proposed ``patience`` times in a row; a plan that no longer
-meets them is replaced at once.
+meets them is replaced at once. "Better" = more work on the edge, then more accurate.
 """
 from __future__ import annotations
 
@@ -72,9 +72,10 @@ def reassess(p: SplitPlan, model: ModelProfile, device: DeviceProfile, link: Lin
     return est.feasible
 
 
-def _depth(p: SplitPlan) -> tuple:
-    # Edge work: edge-only deepest, then split, then later hand-off; infeasible lowest.
-    return (p.feasible, p.offload_step is None, p.split, p.offload_step or 0)
+def _rank(p: SplitPlan) -> tuple:
+    # Better = feasible, then more edge work (edge-only, deeper split, later hand-off),
+    # then more accurate (e.g. lossless again once the link recovers).
+    return (p.feasible, p.offload_step is None, p.split, p.offload_step or 0, p.accuracy or 0.0)
 
 
 @dataclass
@@ -87,7 +88,7 @@ class PolicyState:
     budgets: Budgets
     accuracy: AccuracyTable | None = None
     patience: int = 2
-    """Consecutive proposals of a deeper plan needed before switching to it (upgrades
+    """Consecutive proposals of a better plan needed before switching to it (upgrades
     wait; downgrades, when the current plan stops meeting the budgets, are immediate)."""
     options: dict | None = None
     current: SplitPlan | None = None
@@ -115,7 +116,7 @@ class PolicyState:
         if _same(proposal, cur):
             self._pending, self._pending_count = None, 0
             return cur
-        if _depth(proposal) > _depth(cur):
+        if _rank(proposal) > _rank(cur):
             if self._pending is not None and _same(self._pending, proposal):
                 self._pending_count += 1
             else:
@@ -123,7 +124,7 @@ class PolicyState:
             if self._pending_count >= self.patience:
                 return self._adopt(proposal)
             return cur
-        # A shallower or equal-depth proposal while the current one still fits: keep it.
+        # A worse proposal while the current plan still fits: keep the current one.
         self._pending, self._pending_count = None, 0
         return cur
 

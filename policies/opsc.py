@@ -57,7 +57,10 @@ def opsc_plan(model: ModelProfile, device: DeviceProfile, link: LinkState, budge
               accuracy: AccuracyTable | None = None, *, server: DeviceProfile | None = None,
               precisions: tuple[str, ...] | None = None, bits: tuple[int, ...] = (8, 6, 4),
               objective: str = "accuracy", method: str = "opsc", codec_time=None, payload_bytes=None,
-              **_: object) -> SplitPlan:
+              min_split: int = 1, **_: object) -> SplitPlan:
+    """``min_split``: the fewest units the edge must run (e.g. to keep raw tokens private,
+    or because the deployment wants a share of the work on the edge); with it, a long
+    context's KV cache can rule out every split, and the sequence length gives way."""
     if objective not in ("accuracy", "edge"):
         raise ValueError(f"objective={objective!r} is invalid: allowed accuracy, edge")
     base = default_precision(model)
@@ -77,7 +80,7 @@ def opsc_plan(model: ModelProfile, device: DeviceProfile, link: LinkState, budge
         found = []
         for p in precisions:
             cm = CostModel(model, device, link, b, server=server, codec_time=codec_time, payload_bytes=payload_bytes)
-            res = search_split(cm, p, space, accuracy)
+            res = search_split(cm, p, space, accuracy, min_split=min_split)
             last = (cm, res)
             if res.choice is not None:
                 acc, _ = accuracy_of(res.choice.est.split, res.choice.cfg, p, accuracy)

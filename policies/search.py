@@ -254,12 +254,13 @@ def plan_from_estimate(policy: str, cm: CostModel, est: Estimate, cfg, *, tier: 
 def slicer_plan(model: ModelProfile, device: DeviceProfile, link: LinkState, budgets: Budgets,
                 accuracy: AccuracyTable | None = None, *, server: DeviceProfile | None = None,
                 space: SearchSpace | None = None, front_precision: str | None = None,
-                codec_time=None, payload_bytes=None, policy: str = "slicer") -> SplitPlan:
-    """SLICER's policy: deepest feasible split, three-tier codec search, accuracy first."""
+                codec_time=None, payload_bytes=None, policy: str = "slicer", min_split: int = 1) -> SplitPlan:
+    """SLICER's policy: deepest feasible split, three-tier codec search, accuracy first.
+    ``min_split``: shallowest split allowed (default 1: the embedding alone)."""
     precision = canonical_precision(front_precision or default_precision(model))
     space = space or SearchSpace()
     cm = CostModel(model, device, link, budgets, server=server, codec_time=codec_time, payload_bytes=payload_bytes)
-    res = search_split(cm, precision, space, accuracy)
+    res = search_split(cm, precision, space, accuracy, min_split=min_split)
     return result_to_plan(policy, cm, res, space)
 
 
