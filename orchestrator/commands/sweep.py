@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", default="8;4", help="SLICER q_bit values or fixed lists (8/2), ';' separated")
     p.add_argument("--modes", default="per-token,offload", help="AR modes: per-token, offload")
     p.add_argument("--offload-steps", default="8", help="offload steps w (offload mode), comma separated")
+    p.add_argument("--front-bits", default="none", help="edge weight precisions: none (model dtype), 8, 4; comma separated")
     p.add_argument("--devices", default="raspberry-pi-5,jetson-orin-nano", help="device classes for predicted latency")
     p.add_argument("--link-mbps", type=float, default=20.0, help="link rate for predicted latency")
     p.add_argument("--latency-budget-ms", type=float, default=100.0, help="per-token budget D (feasibility column)")
@@ -50,6 +51,14 @@ def _list(s: str, cast, name: str, sep: str = ","):
         return tuple(cast(x.strip()) for x in s.split(sep) if x.strip())
     except ValueError:
         raise SystemExit(f"slicer sweep: --{name} {s!r} is not a {sep!r}-separated list of {cast.__name__}")
+
+
+def _front_bits(s: str) -> int | None:
+    if s.lower() in ("none", "fp", "model"):
+        return None
+    if s in ("8", "4"):
+        return int(s)
+    raise ValueError(s)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     splits = _list(args.splits, int, "splits") if args.splits else tuple(sorted({1, n // 2, n - 2}))
     grid = SweepGrid(splits=splits, codecs=_list(args.codecs, str, "codecs"),
                      sparsities=_list(args.sparsities, float, "sparsities"), bits=_list(args.bits, str, "bits", ";"),
-                     modes=_list(args.modes, str, "modes"), offload_steps=_list(args.offload_steps, int, "offload-steps"))
+                     modes=_list(args.modes, str, "modes"), offload_steps=_list(args.offload_steps, int, "offload-steps"),
+                     front_bits=_list(args.front_bits, _front_bits, "front-bits"))
     for m in grid.modes:
         if m not in ("per-token", "offload"):
             print(f"slicer sweep: --modes has {m!r}: allowed per-token, offload", file=sys.stderr)
@@ -135,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             if r.device == dev and r.on_front:
                 print(f"  split={r.split} {r.mode}{'' if r.offload_step is None else f' w={r.offload_step}'} "
-                      f"{r.codec}: {r.metric}={r.fidelity:.3f} bits={r.bits_per_element:.2f} "
+                      f"{r.codec} front={r.front_precision}: {r.metric}={r.fidelity:.3f} bits={r.bits_per_element:.2f} "
                       f"step={r.predicted_step_ms:.2f} ms (predicted)")
     print(f"wrote {out / 'sweep.csv'}, {out / 'front.csv'}, {out / 'sweep.png'}")
     return 0

@@ -6,6 +6,8 @@ A configuration is (split ℓ, codec settings, AR mode, offload step w). For eac
   unsplit model: teacher-forced next-token agreement over held-out text, and the
   perplexity of the split run; bits per element of every payload (headers included);
   wall time per token of the edge half and of the server half on this machine;
+- **emulated here**: a weight-only int8/int4 front (``front_bits``) runs the edge half
+  with quantized weights (``actors.models.quant``), so its effect on fidelity is measured;
 - **predicted** for each device class (``policies``' cost model from the model's
   profile, the device catalog and a link): per-token step latency, hand-off latency
   (Eq. 5) and server time per request.
@@ -46,6 +48,8 @@ class SweepGrid:
     """``per-token`` and/or ``offload``."""
     offload_steps: tuple[int, ...] = (4,)
     """w values of the ``offload`` mode."""
+    front_bits: tuple[int | None, ...] = (None,)
+    """Edge weight precision: None (the model's dtype), 8 or 4 (weight-only int8/int4)."""
 
     def codec_specs(self) -> list[str]:
         specs = list(self.codecs)
@@ -57,13 +61,14 @@ class SweepGrid:
                 specs.append(spec)
         return specs
 
-    def configs(self) -> list[tuple[int, str, str, int | None]]:
+    def configs(self) -> list[tuple[int, str, str, int | None, int | None]]:
+        """(split, codec spec, mode, offload step, front bits) for every point of the grid."""
         out = []
-        for ell, spec, mode in itertools.product(self.splits, self.codec_specs(), self.modes):
+        for ell, spec, mode, fb in itertools.product(self.splits, self.codec_specs(), self.modes, self.front_bits):
             if mode == "offload":
-                out += [(ell, spec, mode, w) for w in self.offload_steps]
+                out += [(ell, spec, mode, w, fb) for w in self.offload_steps]
             else:
-                out.append((ell, spec, mode, None))
+                out.append((ell, spec, mode, None, fb))
         return out
 
 
@@ -78,6 +83,8 @@ class SweepRow:
     offload_step: int | None
     codec: str
     """Codec spec as run (``CodecConfig.spec()``)."""
+    front_precision: str
+    """Edge weights: the model's dtype, ``int8`` or ``int4`` (weight-only)."""
     device: str
     """Device class of the predicted figures (``policies`` catalog name)."""
     metric: str
@@ -164,7 +171,7 @@ def sampled_ids(model, n_tokens: int, seed: int = 0, bos: int | None = None) -> 
 
 
 def predicted(model_profile, device: str, link_mbps: float, ell: int, w: int | None, cfg, settings: SweepSettings,
-              new_tokens: int) -> dict[str, Any]:
+              new_tokens: int, precision: str) -> dict[str, Any]:
     """The policies' cost model for one plan on one device class."""
     from policies import Budgets, CostModel, LinkState, get_device
 
@@ -172,8 +179,7 @@ def predicted(model_profile, device: str, link_mbps: float, ell: int, w: int | N
     budgets = Budgets(latency_s=settings.latency_budget_ms / 1e3, memory_bytes=dev.memory_bytes,
                       new_tokens=max(1, new_tokens), prompt_tokens=settings.prompt_tokens)
     cm = CostModel(model_profile, dev, LinkState.from_mbps(link_mbps), budgets)
-    precision = model_profile.dtype if model_profile.dtype in ("float32", "float16", "bfloat16") else "float32"
-    est = cm.evaluate(ell, w or 1, precision, cfg)
+    est = cm.evaluate(ell, min(w or 1, budgets.new_tokens), precision, cfg)
     return dict(predicted_step_ms=est.step_latency_s * 1e3, predicted_handoff_ms=est.handoff_latency_s * 1e3,
                 predicted_server_ms=est.server_time_s * 1e3, predicted_payload_bytes_per_token=est.bytes_per_token,
                 feasible=est.feasible, violations=";".join(est.violations))
@@ -184,7 +190,7 @@ def run_sweep(model, grid: SweepGrid, settings: SweepSettings, *, text_ids: Sequ
     """Run every configuration of ``grid`` on ``model`` (``actors.models.SplitModel``)."""
     from codec import CodecConfig
     from orchestrator.evaluation.harness import evaluate_task
-    from orchestrator.evaluation.scorers import HFScorer, SplitScorer
+    from orchestrator.evaluation.scorers import HFScorer, SplitScorer, edge_copy
 
     for ell in grid.splits:
         if not 1 <= ell <= model.num_units - 1:
@@ -203,9 +209,15 @@ def run_sweep(model, grid: SweepGrid, settings: SweepSettings, *, text_ids: Sequ
     scored_tokens = sum(len(t) for _, t in windows)
     rows: list[SweepRow] = []
     configs = grid.configs()
-    for i, (ell, spec, mode, w) in enumerate(configs, 1):
+    dtype = model.profile.dtype if model.profile.dtype in ("float32", "float16", "bfloat16") else "float32"
+    edges: dict = {}
+    for i, (ell, spec, mode, w, fb) in enumerate(configs, 1):
         cfg = CodecConfig.parse(spec)
-        sc = SplitScorer(model, ell, cfg, mode=mode, offload_step=w, eos_id=eos)
+        key = (fb, model.num_units if mode == "offload" else ell)
+        if fb is not None and key not in edges:
+            edges[key] = edge_copy(model, ell, mode, fb)
+        precision = {None: dtype, 8: "int8", 4: "int4"}[fb]
+        sc = SplitScorer(model, ell, cfg, mode=mode, offload_step=w, eos_id=eos, edge_model=edges.get(key))
         t0 = time.perf_counter()
         if task is not None:
             run = evaluate_task(task, sc, tokenizer, limit=task_limit)
@@ -227,12 +239,14 @@ def run_sweep(model, grid: SweepGrid, settings: SweepSettings, *, text_ids: Sequ
                         measured_edge_ms_per_token=st.edge_s * 1e3 / n_tok,
                         measured_server_ms_per_token=st.server_s * 1e3 / n_tok)
         for dev in settings.devices:
-            pred = predicted(model.profile, dev, settings.link_mbps, ell, w, cfg, settings, settings.score_tokens)
-            rows.append(SweepRow(model=model.name, split=ell, mode=mode, offload_step=w, codec=cfg.spec(), device=dev,
+            pred = predicted(model.profile, dev, settings.link_mbps, ell, w, cfg, settings, settings.score_tokens, precision)
+            rows.append(SweepRow(model=model.name, split=ell, mode=mode, offload_step=w, codec=cfg.spec(),
+                                 front_precision=precision, device=dev,
                                  metric=metric, fidelity=fid, unsplit_fidelity=unsplit_value, perplexity=ppl,
                                  **measured, **pred))
         if progress:
-            progress(f"[{i}/{len(configs)}] split={ell} {mode}{'' if w is None else f' w={w}'} {cfg.spec()}: "
+            progress(f"[{i}/{len(configs)}] split={ell} {mode}{'' if w is None else f' w={w}'} {cfg.spec()} "
+                     f"front={precision}: "
                      f"{metric}={fid:.3f} bits/elem={st.bits_per_element:.2f} ({wall:.1f} s)")
     mark_front(rows, settings.objectives)
     return rows

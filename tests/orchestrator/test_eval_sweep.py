@@ -48,7 +48,9 @@ def test_grid_expands_bits_lists_and_modes():
                   modes=("per-token", "offload"), offload_steps=(2, 4))
     assert g.codec_specs() == ["lossless", "slicer:sparsity=0.5,bits=8", "slicer:sparsity=0.5,bits=8/2,blocks=2,delta=none"]
     assert len(g.configs()) == 2 * 3 * (1 + 2)
-    assert (2, "lossless", "offload", 4) in g.configs()
+    assert (2, "lossless", "offload", 4, None) in g.configs()
+    g4 = SweepGrid(splits=(1,), codecs=("lossless",), front_bits=(None, 8, 4))
+    assert [c[4] for c in g4.configs()] == [None, 8, 4]
     assert windows_from_ids(list(range(10)), 3, 2, 5) == [([0, 1, 2], [3, 4]), ([5, 6, 7], [8, 9])]
     with pytest.raises(ValueError, match="at least 4"):
         windows_from_ids([1, 2], 3, 2, 1)
@@ -111,3 +113,18 @@ def test_sweep_refuses_bad_codec_before_running(tiny_dir, tmp_path, capsys):
     rc = main(["sweep", "--model", str(tiny_dir), "--codecs", "nonsense", "--sparsities", "", "--bits", "",
                "--out", str(tmp_path / "x")])
     assert rc == 2 and "nonsense" in capsys.readouterr().err
+
+
+def test_sweep_quantized_front_is_measured_and_predicted(tiny_dir, tmp_path):
+    out = tmp_path / "front"
+    rc = main(["sweep", "--model", str(tiny_dir), "--text", str(TASKS / "stories_mini.txt"), "--splits", "3",
+               "--codecs", "lossless", "--sparsities", "", "--bits", "", "--modes", "per-token", "--front-bits", "none,4",
+               "--devices", "raspberry-pi-5", "--prompt-tokens", "8", "--score-tokens", "12", "--windows", "1",
+               "--out", str(out)])
+    assert rc == 0
+    rows = {r["front_precision"]: r for r in _read(out / "sweep.csv")}
+    assert set(rows) == {"float32", "int4"}
+    assert float(rows["float32"]["fidelity"]) == 1.0
+    # int4 edge weights: a different split-run perplexity, and less weight traffic predicted.
+    assert rows["int4"]["perplexity"] != rows["float32"]["perplexity"]
+    assert float(rows["int4"]["predicted_step_ms"]) < float(rows["float32"]["predicted_step_ms"])
