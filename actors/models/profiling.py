@@ -101,9 +101,12 @@ def profile_of(model, *, name: str | None = None, source: str = "analytic") -> M
             ))
         tied = bool(getattr(model.config, "tie_word_embeddings", False))
         extra["tied_embeddings"] = tied
-        extra["total_params_unique"] = sum(p.numel() for p in model.hf.parameters())
+        extra["total_params_unique"] = sum(p.numel() for p in model.hf.parameters()) + sum(
+            int(getattr(q, "quant_num_params", 0)) for q in model.hf.modules())
         if tied:
             extra["note"] = "tied embedding/LM-head weight counted in both the embed and head units (each side of a split holds a copy)"
+        if getattr(model, "front_bits", None):
+            extra["front_bits"], extra["front_units"] = model.front_bits, model.front_units
         if ad.sliding_window:
             extra["sliding_window"] = ad.sliding_window
         return ModelProfile(
@@ -161,10 +164,8 @@ def _vision_unit_meta(model, i, x_meta):
     return y, float(fc.get_total_flops())
 
 
-def profile_from_config(name_or_config, *, dtype=None) -> ModelProfile:
-    """Profile of a model from its config alone (no weights, no download for shipped
-    configs): the architecture is built on the meta device. ``dtype`` defaults to the
-    config's own (``torch_dtype``/``dtype``), else float32."""
+def build_meta_model(name_or_config, *, dtype=None):
+    """A ``SplitModel`` of the architecture on the meta device (no memory, no weights)."""
     from actors.models.families import FAMILIES, UnsupportedModelError, unsupported_message
     from actors.models.loading import _auto_class, resolve_config
     from actors.models.split import SplitModel
@@ -177,5 +178,12 @@ def profile_from_config(name_or_config, *, dtype=None) -> ModelProfile:
     dt = dtype_of(dtype)
     with torch.device("meta"):
         hf = _auto_class(cfg.model_type).from_config(cfg, dtype=dt)
-    model = SplitModel(hf, name=str(name_or_config) if isinstance(name_or_config, (str,)) else getattr(cfg, "_name_or_path", "") or cfg.model_type)
-    return profile_of(model)
+    name = str(name_or_config) if isinstance(name_or_config, str) else (getattr(cfg, "_name_or_path", "") or cfg.model_type)
+    return SplitModel(hf, name=name)
+
+
+def profile_from_config(name_or_config, *, dtype=None) -> ModelProfile:
+    """Profile of a model from its config alone (no weights, no download for shipped
+    configs): the architecture is built on the meta device. ``dtype`` defaults to the
+    config's own (``dtype``/``torch_dtype``), else float32."""
+    return profile_of(build_meta_model(name_or_config, dtype=dtype))
