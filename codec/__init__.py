@@ -50,8 +50,28 @@ def encode(x: torch.Tensor, cfg: CodecConfig | None = None) -> bytes:
     method = _methods.get(cfg.method)
     if cfg.method != "raw" and x.numel() and not bool(torch.isfinite(x).all()):
         raise CodecError(f"tensor holds NaN or Inf; method {cfg.method!r} needs finite values (use 'raw')")
-    sections = method.encode(x.detach(), cfg)
+    sections = _encode_sections(method, x.detach(), cfg)
     return _wire.pack(_methods.METHOD_IDS[cfg.method], x.dtype, tuple(x.shape), sections)
+
+
+def _encode_sections(method, x: torch.Tensor, cfg: CodecConfig) -> list[bytes]:
+    """Backend choice: Triton kernels for SLICER on CUDA tensors (or wherever forced with
+    ``backend="triton"`` / ``SLICER_CODEC_BACKEND=triton``; on CPU tensors that needs
+    ``TRITON_INTERPRET=1``), the torch/numpy reference otherwise. Both give the same bytes."""
+    backend = cfg.resolved_backend(x.device.type)
+    if backend == "triton" and cfg.method == "slicer":
+        from codec import kernels
+
+        if kernels.available():
+            from codec.kernels.slicer_gpu import encode_sections
+
+            return encode_sections(x, cfg)
+        if cfg.backend == "triton" or x.device.type != "cuda":
+            raise CodecError(
+                "CodecConfig.backend='triton' needs Triton and a CUDA tensor, or TRITON_INTERPRET=1 "
+                "for CPU tensors; use backend='torch' for the reference"
+            )
+    return method.encode(x, cfg)
 
 
 def decode(payload: bytes, device: torch.device | str | None = None) -> torch.Tensor:

@@ -40,8 +40,17 @@ def _score_key(x_ptr, offs, m, w_pos, w_neg):
 
 
 @triton.jit
-def _hist_kernel(x_ptr, n, w_pos, w_neg, seed, state_ptr, hist_ptr,
-                 PASS: tl.constexpr, BLOCK: tl.constexpr):
+def _hash_of(idx_ptr, offs, m, seed, HAS_IDX: tl.constexpr):
+    if HAS_IDX:
+        i = tl.load(idx_ptr + offs, mask=m, other=0).to(tl.int64)
+    else:
+        i = offs.to(tl.int64)
+    return _fmix32(i, seed)
+
+
+@triton.jit
+def _hist_kernel(x_ptr, idx_ptr, n, w_pos, w_neg, seed, state_ptr, hist_ptr,
+                 PASS: tl.constexpr, HAS_IDX: tl.constexpr, BLOCK: tl.constexpr):
     # state: [key_prefix, k_rem, hash_prefix]; PASS 0..3 key digits, 4..7 hash digits.
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -56,7 +65,7 @@ def _hist_kernel(x_ptr, n, w_pos, w_neg, seed, state_ptr, hist_ptr,
     else:
         hshift: tl.constexpr = 8 * (7 - PASS)
         m = m & (key == tl.load(state_ptr))
-        h = _fmix32(offs.to(tl.int64), seed)
+        h = _hash_of(idx_ptr, offs, m, seed, HAS_IDX)
         if PASS > 4:
             m = m & ((h >> (hshift + 8)) == tl.load(state_ptr + 2))
         digit = (h >> hshift) & 0xFF
@@ -65,14 +74,15 @@ def _hist_kernel(x_ptr, n, w_pos, w_neg, seed, state_ptr, hist_ptr,
 
 
 @triton.jit
-def _mask_kernel(x_ptr, n, w_pos, w_neg, seed, state_ptr, out_ptr, BLOCK: tl.constexpr):
+def _mask_kernel(x_ptr, idx_ptr, n, w_pos, w_neg, seed, state_ptr, out_ptr,
+                 HAS_IDX: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     key = _score_key(x_ptr, offs, m, w_pos, w_neg)
     t = tl.load(state_ptr)
     hmax = tl.load(state_ptr + 2)
-    h = _fmix32(offs.to(tl.int64), seed)
+    h = _hash_of(idx_ptr, offs, m, seed, HAS_IDX)
     keep = (key > t) | ((key == t) & (h <= hmax))
     tl.store(out_ptr + offs, keep.to(tl.int8), mask=m)
 
@@ -84,8 +94,12 @@ def _weights(asymmetry: float) -> tuple[float, float]:
     return w_pos, w_neg
 
 
-def topk_mask(x: torch.Tensor, k: int, asymmetry: float = 0.0, seed: int = 0, block: int = 1024) -> torch.Tensor:
-    """Boolean mask (same shape as ``x``) of the k kept entries of the flattened ``x``."""
+def topk_mask(x: torch.Tensor, k: int, asymmetry: float = 0.0, seed: int = 0,
+              index: torch.Tensor | None = None, block: int = 1024) -> torch.Tensor:
+    """Boolean mask (same shape as ``x``) of the k first entries of the flattened ``x`` in
+    the ATKF order. ``index`` (same length) gives the flat index each entry's tie hash is
+    computed from (default: its own position), so a gathered subset (one sign's kept
+    entries, for the MS block cuts) is ranked exactly as the reference ranks it."""
     flat = x.reshape(-1).contiguous()
     n = flat.numel()
     if k <= 0:
@@ -97,10 +111,12 @@ def topk_mask(x: torch.Tensor, k: int, asymmetry: float = 0.0, seed: int = 0, bl
     # state[0] key prefix -> threshold key, state[1] k remaining, state[2] hash prefix -> max hash
     state = torch.tensor([0, k, 0], dtype=torch.int64, device=dev)
     grid = (triton.cdiv(n, block),)
+    has_idx = index is not None
+    idx = index.reshape(-1).to(torch.int64).contiguous() if has_idx else flat
     digits = torch.arange(256, device=dev)
     for p in range(8):
         hist = torch.zeros(256, dtype=torch.int64, device=dev)
-        _hist_kernel[grid](flat, n, w_pos, w_neg, seed, state, hist, PASS=p, BLOCK=block)
+        _hist_kernel[grid](flat, idx, n, w_pos, w_neg, seed, state, hist, PASS=p, HAS_IDX=has_idx, BLOCK=block)
         k_rem = state[1]
         if p < 4:  # largest keys first: count of elements with digit >= d
             ge = hist.flip(0).cumsum(0).flip(0)
@@ -114,5 +130,5 @@ def topk_mask(x: torch.Tensor, k: int, asymmetry: float = 0.0, seed: int = 0, bl
             state[2] = state[2] * 256 + d
         state[1] = k_rem - above
     out = torch.empty(n, dtype=torch.int8, device=dev)
-    _mask_kernel[grid](flat, n, w_pos, w_neg, seed, state, out, BLOCK=block)
+    _mask_kernel[grid](flat, idx, n, w_pos, w_neg, seed, state, out, HAS_IDX=has_idx, BLOCK=block)
     return out.bool().reshape(x.shape)
