@@ -9,8 +9,9 @@ pipe on the file descriptor named in the request. In order, it:
 4. tries a new network namespace (``unshare(CLONE_NEWNET)``; unprivileged users through
    ``CLONE_NEWUSER``): no interface but a down loopback, so no connection can succeed;
 5. sets no_new_privs, then Landlock (Linux >= 5.13): writes of any kind only beneath the
-   working directory, reads only beneath the interpreter, its sys.path and system
-   folders; TCP bind/connect denied (ABI >= 4); signals and abstract unix sockets scoped
+   working directory, reads only beneath the interpreter, its sys.path, /usr, /lib,
+   /bin, the process's own /proc entry and a few device files (not /etc, /home, /root,
+   /tmp); TCP bind/connect denied (ABI >= 4); signals and abstract unix sockets scoped
    to the sandbox (ABI >= 6);
 6. installs a seccomp filter (x86_64, aarch64): no new processes (fork, vfork, clone
    without CLONE_THREAD, clone3), no sockets but AF_UNIX, no io_uring;
@@ -24,7 +25,6 @@ code that calls libc through ctypes, which is why the kernel layers matter.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import platform
@@ -122,7 +122,10 @@ def landlock(libc, workdir: str) -> None:
     # program may legitimately import from; not /root, /home, /tmp or the user's files.
     readable = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
     readable.update(p for p in sys.path if p and os.path.isabs(p))
-    readable.update(("/usr", "/lib", "/lib64", "/bin", "/etc", "/proc", "/sys", "/dev"))
+    # Not /etc (as root that would include /etc/shadow), not /proc of other processes,
+    # not /sys: only what a test program may need from them.
+    readable.update(("/usr", "/lib", "/lib64", "/bin", "/etc/localtime", "/etc/timezone",
+                     os.path.realpath("/proc/self"), "/dev/urandom", "/dev/zero"))
     for p in sorted(readable):
         allow(p, read_fs)
     allow("/dev/null", FS_READ_FILE | FS_WRITE_FILE)
@@ -285,7 +288,7 @@ def guards(workdir: str) -> None:
     # Processes and signals.
     for name in ("fork", "forkpty", "vfork", "system", "popen", "execv", "execve", "execl", "execle", "execlp",
                  "execvp", "execvpe", "spawnl", "spawnv", "spawnve", "spawnvp", "posix_spawn", "posix_spawnp",
-                 "kill", "killpg", "setuid", "setgid", "putenv", "unsetenv", "fchdir", "fchmod", "fchown"):
+                 "kill", "killpg", "setuid", "setgid", "fchdir", "fchmod", "fchown"):
         if hasattr(os, name):
             setattr(os, name, denied(f"os.{name}"))
     subprocess.Popen = denied("subprocess.Popen")  # type: ignore[misc]
@@ -317,11 +320,18 @@ def main() -> None:
     workdir = req["workdir"]
     os.chdir(workdir)
     set_limits(req)
-    libc = ctypes.CDLL(None, use_errno=True)
     if req.get("kernel_layers", True):
-        new_network_namespace(libc)
-        landlock(libc, workdir)
-        seccomp(libc)
+        try:
+            import ctypes  # absent on a few minimal builds: then only rlimits and guards apply
+
+            globals()["ctypes"] = ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+        except (ImportError, OSError):
+            libc = None
+        if libc is not None:
+            new_network_namespace(libc)
+            landlock(libc, workdir)
+            seccomp(libc)
     guards(workdir)
 
     nonce = req["nonce"]

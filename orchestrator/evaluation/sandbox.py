@@ -14,8 +14,9 @@ What is contained, and how (each layer reported in ``SandboxResult.layers``):
 - **File size** (enforced): ``RLIMIT_FSIZE`` (SIGXFSZ / EFBIG beyond it).
 - **File system** (kernel-enforced where Landlock exists, Linux >= 5.13 with the LSM
   enabled; unprivileged): writes, removals and creations only beneath the working
-  directory; reads only beneath the interpreter, its ``sys.path`` and system folders
-  (/usr, /lib, /etc, /proc, /sys, /dev), so not the user's home or /tmp. Without
+  directory; reads only beneath the interpreter, its ``sys.path``, /usr, /lib, /bin, its
+  own /proc entry and /dev/null, /dev/urandom, /dev/zero: not /etc (so not /etc/shadow
+  when run as root), /home, /root or /tmp. Without
   Landlock only the in-process guards remain (Python-level ``open``/``os``/``shutil``
   checks), which code calling libc through ctypes could bypass: that case is
   best-effort and reported as such (no ``landlock`` in ``layers``).
@@ -30,8 +31,8 @@ What is contained, and how (each layer reported in ``SandboxResult.layers``):
 - **Signals** to processes outside the sandbox: Landlock scoping (ABI >= 6) and the guard
   on ``os.kill``.
 
-Not contained: CPU cache and timing side channels; reading the system folders listed
-above; a program that forges its own result (it runs in the same interpreter as the
+Not contained: CPU cache and timing side channels; reading the folders listed above
+(the repository too, when it is on ``sys.path`` through an editable install); a program that forges its own result (it runs in the same interpreter as the
 reporting code; this sandbox protects the machine, not the score, from a hostile
 program). Stronger isolation (containers, gVisor, a VM) is the user's choice for
 untrusted code at scale.

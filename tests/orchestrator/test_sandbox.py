@@ -183,3 +183,15 @@ def test_bad_limits_are_refused_with_the_field_named():
         SandboxLimits(timeout_s=0)
     with pytest.raises(ValueError, match="memory_bytes"):
         SandboxLimits(memory_bytes=1000)
+
+
+def test_ordinary_programs_keep_working():
+    # What HumanEval solutions import, and environment edits (numpy sets variables on import).
+    prog = ("import collections, decimal, fractions, hashlib, heapq, itertools, math, random, re, string, typing\n"
+            "import os\nos.environ['X'] = '1'\n"
+            "assert sorted(collections.Counter('abca').items()) == [('a', 2), ('b', 1), ('c', 1)]\n")
+    r = run_program(prog, LIMITS)
+    assert r.passed, r
+    pytest.importorskip("numpy")
+    r = run_program("import numpy as np\nassert int(np.arange(5).sum()) == 10\n", LIMITS)
+    assert r.passed, r
