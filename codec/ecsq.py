@@ -222,9 +222,19 @@ class _ECSQ:
         if not (math.isfinite(delta) and delta > 0 and delta * (qmax + 2) < 3e38):
             raise CodecError(f"ecsq step {delta} invalid (needs a positive finite step with qmax·Δ finite)")
         rows, cols = rows_cols(frame.shape)
+        rho = -r_code / 256.0 + rho_code / 256.0
+        const = entropy.constant_symbol(stream, rows * cols, 2 * qmax + 1)
+        if const is not None:
+            # Constant stream: no symbol array. All-zero (q = 0, the usual case: a rate
+            # below the first level) stays a lazily zeroed buffer whatever the declared size.
+            qc = const - qmax
+            if qc == 0:
+                return torch.zeros(frame.shape, dtype=torch.float32)
+            v = math.copysign((abs(qc) + rho) * delta, qc)
+            y = torch.full((rows, cols), v, dtype=torch.float32)
+            return (hadamard.rotate(y, seed, inverse=True) if rotated else y).reshape(frame.shape)
         sym = entropy.decode_symbols(stream, rows * cols, 2 * qmax + 1)  # (n,) int64
         q = torch.from_numpy(sym - qmax).reshape(rows, cols)  # (rows, cols)
-        rho = -r_code / 256.0 + rho_code / 256.0
         y = torch.sign(q).float() * (q.abs().float() + rho) * delta  # (rows, cols)
         if rotated:
             y = hadamard.rotate(y, seed, inverse=True)

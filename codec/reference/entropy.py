@@ -255,3 +255,20 @@ def decode_symbols(buf: bytes | memoryview, n: int, alphabet_size: int) -> np.nd
     if used.size and int(used.min()) == 0:
         raise CodecError("entropy stream decodes a symbol its model marks absent (corrupt)")
     return out + lo
+
+
+def constant_symbol(buf: bytes | memoryview, n: int, alphabet_size: int) -> int | None:
+    """The symbol of a constant (mode 0) stream of ``n`` symbols, validated, without
+    allocating the n symbols; None for any other stream (decode it with ``decode_symbols``).
+    Lets a decoder build an all-zero output lazily (``torch.zeros``) for any declared size."""
+    _check_alphabet(alphabet_size)
+    view = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf.cast("B")
+    if n < 1 or len(view) < 2 or view[0] != 0:
+        return None
+    cur = _Cursor(view)
+    cur.pos = 1
+    s = cur.varint("constant symbol", alphabet_size - 1)
+    if cur.pos != len(view):
+        raise CodecError(f"entropy stream has {len(view) - cur.pos} trailing bytes")
+    return s
+
