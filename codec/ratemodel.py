@@ -31,7 +31,6 @@ import numpy as np
 from codec.config import CodecConfig
 from codec.reference import index as _index
 from codec.reference.atkf import keep_count
-from codec.reference.ms import block_sizes
 from codec.wire import varint_len
 
 #: Bumped whenever the timing procedure or the layout changes (stale caches are ignored).
@@ -180,12 +179,3 @@ def predict_time_s(shape, cfg: CodecConfig, model: dict | None = None, which: st
     a, b, c = model[which]
     return max(0.0, a + b * numel + c * keep_count(numel, cfg.sparsity))
 
-
-__all__ = [
-    "block_sizes",
-    "fit_time_model",
-    "load_time_model",
-    "params_nbytes",
-    "predict_time_s",
-    "slicer_sections",
-]
