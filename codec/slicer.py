@@ -21,6 +21,13 @@ Payload: four sections (``max_sections`` = 4), all integers little-endian.
    block a varint byte length and a ``codec.reference.entropy`` stream of its codes
    (alphabet ``2^q``), or that module's plain packed mode when rANS would not be smaller.
 
+GPU notes (for a kernel that must write the same bytes): the per-block ``inv`` and ``o``
+are correctly rounded float32 divisions (Triton's ``/`` on fp32 is not: use
+``div_rn`` or compute the ≤ 128 values on the host); ``rint`` is round-half-even
+(libdevice ``rint``, not ``floor(x + 0.5)``); ``(v - lo)·inv`` is a subtract then a
+multiply (nothing to contract) but ``lo + c·o`` must not become an FMA; ``k`` and the
+Rice candidates are host integers; every per-block sum is an integer sum.
+
 Decoding is exact arithmetic on the stored integers and float32 ranges, and is idempotent
 for float32/float64 tensors (a float16/bfloat16 result is the float32 value rounded to that
 type, which moves it off the quantization grid):
@@ -138,6 +145,8 @@ class _Slicer:
         shape = tuple(int(d) for d in x.shape)
         xf = _as_flat_f32(x)  # (N,) float32
         numel = xf.shape[0]
+        if not np.isfinite(xf).all():  # the selection and the ranges need finite values
+            raise CodecError("tensor holds NaN or Inf (or float64 values beyond float32); method 'slicer' needs finite values")
         blocks = cfg.blocks
         mtot = blocks[0] + blocks[1]
         if cfg.fixed_bits:

@@ -67,7 +67,8 @@ def scores(x: np.ndarray, asymmetry: float) -> np.ndarray:
     if asymmetry == 0:
         return a
     w_pos, w_neg = score_weights(asymmetry)
-    return a * np.where(x > 0, w_pos, w_neg)  # (N,) float32 · float32 -> float32
+    with np.errstate(over="ignore"):  # |x|·w beyond float32 max is +inf: still ordered, ties by hash
+        return a * np.where(x > 0, w_pos, w_neg)  # (N,) float32 · float32 -> float32
 
 
 def top_mask(v: np.ndarray, k: int, seed: int, index: np.ndarray | None = None) -> np.ndarray:

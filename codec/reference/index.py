@@ -28,6 +28,12 @@ measured against this: coding each block's positions separately costs about the 
 arithmetic coding. Canonical forms only: padding bits must be zero, so every payload has
 one decoding and one encoding.
 
+Measured (``tests/codec/test_index.py``; stories260k layer-2 hidden states of 512 random
+tokens viewed as 8×4096, s = 0.75, positions only): bitmap 1.000, Rice 0.823, Elias-Fano
+1.000, CSR-16 4.009 bits per element, entropy bound 0.811 (NOTES.md: 1.00 / 0.82 / 1.00 /
+4.01). In a default SLICER payload of a (512, 64) feature (six blocks, 3-bit labels)
+auto picks Rice: 1.57 bits per element for index and labels, against 7.01 for CSR.
+
 ``auto`` computes every candidate's size (closed form for csr/bitmap/ef, one pass over the
 gaps for rice) and keeps the smallest (index plus labels), ties to the smaller id.
 """

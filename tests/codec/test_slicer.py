@@ -310,3 +310,13 @@ def test_predict_bytes_of_a_per_token_feature_is_small():
     x = torch.randn(1, 64)
     n = len(codec.encode(x, cfg))
     assert n <= codec.predict_bytes((1, 64), cfg) <= 64 * 2  # below raw float16
+
+
+def test_float64_beyond_float32_is_refused_and_extremes_round_trip():
+    with pytest.raises(CodecError, match="finite"):
+        codec.encode(torch.tensor([1e300, 1.0], dtype=torch.float64), CodecConfig())
+    x = torch.tensor([3e38, -3e38, 1.0, -1.0, -3.4e38, 2.0])
+    for lam in (0.0, 0.9):  # λ = 0.9: scores of the negatives overflow to inf, ties by hash
+        y = codec.decode(codec.encode(x, CodecConfig(sparsity=0.5, asymmetry=lam, blocks=(1, 1))))
+        assert torch.isfinite(y).all() and (y != 0).sum() == 3
+        assert set(torch.nonzero(y).flatten().tolist()) == {0, 1, 4}
