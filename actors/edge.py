@@ -195,10 +195,13 @@ class EdgeDevice:
         mode = plan_mode(plan["split"], plan.get("offload_step"), self.num_units)
         if self.cfg.mode != "auto":
             mode, plan = self._force_mode(self.cfg.mode, plan)
-        codec_spec = self.cfg.codec or plan.get("codec_spec") or "lossless"
-        codec = CodecConfig.parse(codec_spec)
         if mode == "local-then-offload" and int(plan.get("offload_step") or 0) > int(request["max_new_tokens"]):
             mode = "edge-only"  # the hand-off step lies beyond this request: it never offloads
+        if mode in ("split", "local-then-offload"):
+            codec_spec = self.cfg.codec or plan.get("codec_spec") or "lossless"
+            codec = CodecConfig.parse(codec_spec)
+        else:  # no feature crosses: token ids (cloud-only) or nothing (edge-only)
+            codec_spec, codec = ("tokens" if mode == "cloud-only" else "none"), CodecConfig(method="raw")
         precision = self.cfg.precision or plan.get("front_precision") or "float32"
         model = self.model_for(precision)
         ids = torch.tensor([request["prompt_ids"]], dtype=torch.long)  # (1, T)

@@ -48,16 +48,15 @@ def where() -> dict[str, Any]:
 def _quiet() -> None:
     """One torch thread per actor (several actors share 2 cores; more threads only
     contend) and no transformers progress bars in worker logs."""
-    import torch
+    import sys
 
-    torch.set_num_threads(1)
-    try:
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    if "transformers" in sys.modules:
         from transformers.utils import logging as tlog
 
         tlog.disable_progress_bar()
         tlog.set_verbosity_error()
-    except Exception:
-        pass
 
 
 def _init_tracing(service: str, enabled: bool, attributes: dict) -> None:
@@ -104,6 +103,8 @@ class EdgeShell:
     """One edge device as an actor."""
 
     def __init__(self, cfg: dict, model_ref: str, server, policy, timeout_s: float = 60.0, trace: bool = False):
+        import transformers  # noqa: F401  (so _quiet silences its progress bars)
+
         _quiet()
         self.info = where()
         _init_tracing(f"slicer-edge-{cfg['device_id']}", trace,
@@ -128,6 +129,8 @@ class ServerShell:
     server's batching loop while one thread computes batches."""
 
     def __init__(self, model_ref: str, cfg: ServerConfig, trace: bool = False):
+        import transformers  # noqa: F401
+
         _quiet()
         from actors.loadmeter import ServerMetrics
         from actors.models import load_model
@@ -163,13 +166,13 @@ class ServerShell:
 class PolicyShell:
     """The central policy as an actor (calls are serialised: one at a time)."""
 
-    def __init__(self, cfg: PolicyConfig, model_ref: str, trace: bool = False):
+    def __init__(self, cfg: PolicyConfig, profile, trace: bool = False):
+        """``profile``: the model's ``ModelProfile`` (plain data, built by the caller, so
+        this process never imports transformers)."""
         _quiet()
-        from actors.models import profile_from_config
-
         self.info = where()
         _init_tracing("slicer-policy", trace, {"slicer.role": "policy"})
-        self.policy = Policy(cfg, profile_from_config(model_ref))
+        self.policy = Policy(cfg, profile)
 
     def where(self, trace_ctx: dict | None = None) -> dict:
         return dict(self.info)
@@ -201,10 +204,10 @@ def make_server(model_ref: str, cfg: ServerConfig, *, label_selector: dict, reso
         max_restarts=max_restarts, max_concurrency=1000).remote(model_ref, cfg, trace)
 
 
-def make_policy(cfg: PolicyConfig, model_ref: str, *, label_selector: dict, resources: dict | None = None,
+def make_policy(cfg: PolicyConfig, profile, *, label_selector: dict, resources: dict | None = None,
                 trace: bool = False, name: str | None = None):
     return ray.remote(PolicyShell).options(
-        num_cpus=0, label_selector=label_selector, resources=resources or {}, name=name).remote(cfg, model_ref, trace)
+        num_cpus=0, label_selector=label_selector, resources=resources or {}, name=name).remote(cfg, profile, trace)
 
 
 def make_edge(cfg: dict, model_ref: str, server, policy, *, label_selector: dict, resources: dict,

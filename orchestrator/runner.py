@@ -199,12 +199,17 @@ def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | 
                  trace: bool = True, progress: TextIO | None = sys.stderr, load_interval_s: float = 0.5,
                  write: bool = True) -> RunOutput:
     """Run a workload on Ray (see the module docstring). With ``address`` None it starts
-    and finally stops an embedded local cluster."""
+    and finally stops an embedded local cluster, unless this process is already
+    connected to one (tests sharing a cluster), which it then uses and leaves running."""
+    import ray
+
     check_device_classes(wl)
     t_setup = time.perf_counter()
     cluster = conn = None
     try:
-        if address is None:
+        if address is None and ray.is_initialized():
+            pass
+        elif address is None:
             cluster = _start_cluster(wl)
             cluster.__enter__()
         else:
@@ -231,17 +236,38 @@ def _drive(wl: Workload, *, out, trace, progress, load_interval_s, write, t_setu
     vocab = int(profile.vocab_size or 0)
     requests = make_requests(wl, model_ref, vocab)
     where_to = place(wl)
+    handles: list = []
+    try:
+        return _drive_placed(wl, where_to, handles, model_ref, profile, requests, out=out, trace=trace, progress=progress,
+                             load_interval_s=load_interval_s, write=write, t_setup=t_setup, cluster_info=cluster_info)
+    finally:
+        for h in handles:  # on a shared cluster nothing of this run stays behind
+            RA.kill(h)
+
+
+def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, trace, progress, load_interval_s, write,
+                  t_setup, cluster_info) -> RunOutput:
+    import ray
+
+    from actors import ray_actors as RA
+
     timeout_s = wl.server.step_timeout_s
-    policy = RA.make_policy(policy_config(wl, requests), model_ref, trace=trace, **where_to["policy"])
+    policy = RA.make_policy(policy_config(wl, requests), profile, trace=trace, **where_to["policy"])
     server = RA.make_server(model_ref, server_config(wl), trace=trace, **where_to["server"])
+    handles += [policy, server]
     edges = {}
     for dev_id, g in wl.all_devices():
         edges[dev_id] = RA.make_edge(edge_config(wl, dev_id, g), model_ref, server, policy,
                                      timeout_s=timeout_s, trace=trace, **where_to["edges"][g.device_class])
+        handles.append(edges[dev_id])
     # Wait for every actor to be up (model loaded, plan received) before timing requests.
     where = RA.get(
         [server.where.remote()] + [e.where.remote() for e in edges.values()],
-        timeout_s=max(60.0, 10.0 * len(edges)), what="actors starting (model load, first plan)")
+        # Each actor is a process importing torch + transformers and loading the model:
+        # ~4.6 CPU-s each (measured: `load_model` in a fresh python, 2-core machine), so
+        # 10 actors need ~25 s on 2 idle cores and minutes on a loaded one: the bound is
+        # generous, but there is one.
+        timeout_s=max(300.0, 30.0 * len(edges)), what="actors starting (model load, first plan)")
     server_where, edge_where = where[0], dict(zip(edges, where[1:]))
     if progress is not None:
         progress.write(f"slicer: {len(edges)} devices on {len(set(w['node_id'] for w in edge_where.values()))} edge "
@@ -309,6 +335,4 @@ def _drive(wl: Workload, *, out, trace, progress, load_interval_s, write, t_setu
             spans = RA.drain_traces([policy, server, *edges.values()])
             if spans:
                 R.write_jsonl(run_dir / "traces.jsonl", spans)
-    for h in [*edges.values(), server, policy]:
-        RA.kill(h)
     return RunOutput(run_dir, summary, records, decisions, load_rows)

@@ -1,0 +1,79 @@
+"""The runtime on one local multi-node cluster (loopback): placement by labels, exact
+tokens with a lossless codec, eight devices at once, re-planning on a link change."""
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.runner import run_workload
+from orchestrator.workload import parse_workload
+from tests.integration.conftest import PROMPTS
+
+pytestmark = pytest.mark.integration
+
+
+def _wl(model_dir, **kw):
+    d = {"name": "it", "model": str(model_dir), "inputs": {"prompts": PROMPTS},
+         "devices": [{"class": "raspberry-pi-5", "count": 1}, {"class": "jetson-orin-nano", "count": 1}],
+         "requests": 2, "max_new_tokens": 5, "server": {"step_timeout_s": 60}}
+    d.update(kw)
+    return parse_workload(d)
+
+
+def test_lossless_split_on_labelled_nodes(local_cluster, tiny_model_dir, tiny_reference, tmp_path):
+    wl = _wl(tiny_model_dir, policy={"name": "fixed", "split": 3, "offload_step": 1}, codec="lossless",
+             precision="float32")
+    out = run_workload(wl, out=tmp_path / "run", progress=None)
+    nodes = {n.node_id: n.labels for n in local_cluster.nodes()}
+    edges = out.summary["cluster"]["edge_nodes"]
+    for dev_id, w in edges.items():
+        cls = out.summary["devices"][dev_id]["class"]
+        assert nodes[w["node_id"]]["role"] == "edge" and nodes[w["node_id"]]["device-class"] == cls
+        assert w["labels"]["device-class"] == cls  # as the actor itself saw its node
+    assert nodes[out.summary["cluster"]["server_node"]["node_id"]]["role"] == "server"
+    assert len(out.records) == 4
+    for r in out.records:
+        assert r["ok"], r["error"]
+        assert r["mode"] == "split" and r["split"] == 3
+        assert r["tokens"] == tiny_reference(PROMPTS[r["index"] % len(PROMPTS)], 5)
+    s = out.summary
+    for d in s["devices"].values():
+        assert d["bytes_sent"] > 0 and d["bits_per_element"] > 32 and d["latency_p50_ms"] > 0
+        assert d["server_compute_s"] > 0
+    assert s["server"]["requests"] == 4
+    assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / "requests.jsonl").exists()
+
+
+def test_eight_devices_at_once_nothing_lost(local_cluster, tiny_model_dir, tiny_reference):
+    wl = _wl(tiny_model_dir, devices=[{"class": "raspberry-pi-5", "count": 4}, {"class": "jetson-orin-nano", "count": 4}],
+             policy="cloud-only", requests=2, max_new_tokens=6, server={"max_batch": 8, "batch_window_ms": 5})
+    out = run_workload(wl, progress=None, write=False)
+    ids = sorted(r["request_id"] for r in out.records)
+    assert ids == sorted(f"{d}/r{i}" for d, _ in wl.all_devices() for i in range(2))
+    for r in out.records:
+        assert r["ok"], r["error"]
+        assert r["tokens"] == tiny_reference(PROMPTS[r["index"] % len(PROMPTS)], 6)
+    assert out.summary["totals"]["completed"] == 16
+    assert out.summary["server"]["batch_size_max"] >= 2  # steps of several devices were batched
+    assert sum(out.summary["server"]["requests_by_device"].values()) == 16
+
+
+def test_link_change_replans_and_shows_in_records(local_cluster, tiny_model_dir):
+    # Memory binds the split; a latency budget the link can carry at 20 Mbit/s but not at
+    # 0.5 Mbit/s makes the policy compress harder (or retreat) after the change.
+    wl = _wl(tiny_model_dir, devices=[{
+        "class": "raspberry-pi-5", "link": {"rate_mbps": 20, "snr_db": 15},
+        "budgets": {"latency_ms": 2, "memory_mb": 0.13},
+        "link_schedule": [{"at_request": 1, "rate_mbps": 0.5}]}], requests=2, max_new_tokens=4)
+    out = run_workload(wl, progress=None, write=False)
+    recs = sorted(out.records, key=lambda r: r["index"])
+    assert all(r["ok"] for r in recs), [r["error"] for r in recs]
+    link_dec = [d for d in out.decisions if d["trigger"] == "link"]
+    assert len(link_dec) == 1 and link_dec[0]["changed"], out.decisions
+    before, after = link_dec[0]["previous"], link_dec[0]
+    shallower = after["split"] < before["split"]
+    sparser = (after["sparsity"] or 0) > (before["sparsity"] or 0)
+    assert shallower or sparser, (before, after)
+    assert recs[0]["link"]["rate_mbps"] == 20 and recs[1]["link"]["rate_mbps"] == 0.5 and recs[1]["link_changed"]
+    assert (recs[1]["split"], recs[1]["codec"]) == (after["split"], after["codec"])
+    assert (recs[0]["split"], recs[0]["codec"]) != (recs[1]["split"], recs[1]["codec"])
+    assert recs[1]["bytes_sent"] < recs[0]["bytes_sent"]
