@@ -69,6 +69,8 @@ class EdgeStep:
     so far at an offload handoff, 1 per decode step)."""
     handoff: bool = False
     """True for the offload handoff (the server builds its cache from this payload)."""
+    logits: torch.Tensor | None = None
+    """The edge's own logits ``(V,)`` behind ``token`` (local steps only)."""
 
 
 class EdgeSession:
@@ -109,7 +111,7 @@ class EdgeSession:
             if self.mode == "offload":
                 self.history.append(h)
             h = self.model.run(self.split, n, h, self.back)  # (1, T, V)
-        return EdgeStep(payload=None, token=int(h[0, -1].argmax()))
+        return EdgeStep(payload=None, token=int(h[0, -1].argmax()), logits=h[0, -1])
 
     def _step(self, ids: torch.Tensor) -> EdgeStep:
         self.steps += 1
@@ -242,22 +244,11 @@ def generate(
         else:
             tok = step.token
             if return_logits:
-                res.logits.append(None)
+                res.logits.append(step.logits)
         res.tokens.append(tok)
         if i + 1 < max_new_tokens:
             step = edge.next(tok)
-    if return_logits and any(l is None for l in res.logits):
-        res.logits = _fill_local_logits(edge_model, prompt_ids, res)
     return res
-
-
-def _fill_local_logits(model, prompt_ids, res):
-    # The edge's local steps keep only the token; recompute their logits with the
-    # whole model (same math, for tests and fidelity only).
-    ids = torch.cat([prompt_ids, torch.tensor([res.tokens[:-1]], dtype=prompt_ids.dtype)], 1)
-    full = model.run(0, model.num_units, ids)[0]  # (P + N - 1, V)
-    P = prompt_ids.shape[1]
-    return [l if l is not None else full[P - 1 + i] for i, l in enumerate(res.logits)]
 
 
 @torch.no_grad()
