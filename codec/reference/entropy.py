@@ -125,10 +125,33 @@ def _check_alphabet(alphabet_size: int) -> None:
         raise CodecError(f"alphabet_size={alphabet_size!r} invalid: allowed 1..{MAX_ALPHABET}")
 
 
+def _plan_hist(n: int, lo: int, span: int, counts_fn):
+    """Mode choice from the symbol range and (lazily) the histogram ``counts_fn()`` of
+    the symbols lo..lo+span: (bytes, mode, width, table_bits, codes). ``bytes`` is exact
+    for modes 0 and 1 and the model's cross-entropy estimate (+ 2 words of ANS state)
+    for mode 2."""
+    if span == 0:
+        return 1 + len(_varint(lo)), 0, 0, 0, None
+    width = span.bit_length()
+    best = (1 + len(_varint(lo)) + 1 + packed_nbytes(n, width), 1, width, 0, None)
+    head = 1 + len(_varint(lo)) + len(_varint(span)) + 1
+    if head + packed_nbytes(span + 1, min(TABLE_BITS)) >= best[0]:
+        return best  # the model table alone costs more than packing: rANS cannot win
+    counts = np.asarray(counts_fn(), dtype=np.int64)
+    used = counts > 0
+    for b in TABLE_BITS:
+        codes = _table_codes(counts, b)
+        w = _weights(codes, b)
+        xent_bits = float(-(counts[used] * np.log2(w[used] / w.sum())).sum())
+        # ANS words are 32 bits; the final state adds up to 64 bits (2 words).
+        est = head + packed_nbytes(span + 1, b) + 4 * (math.ceil(xent_bits / 32) + 2)
+        if est < best[0]:
+            best = (est, 2, width, b, codes)
+    return best
+
+
 def _plan(symbols: np.ndarray, alphabet_size: int):
-    """Choose the stream mode: (bytes, mode, sym int64, lo, span, width, table_bits, codes).
-    ``bytes`` is exact for modes 0 and 1 and the model's cross-entropy estimate (+ 2 words
-    of ANS state) for mode 2."""
+    """(bytes, mode, sym int64, lo, span, width, table_bits, codes) for these symbols."""
     _check_alphabet(alphabet_size)
     sym = np.asarray(symbols).reshape(-1)
     if sym.size == 0:
@@ -139,26 +162,17 @@ def _plan(symbols: np.ndarray, alphabet_size: int):
     lo, hi = int(sym.min()), int(sym.max())
     if lo < 0 or hi >= alphabet_size:
         raise CodecError(f"symbols span [{lo}, {hi}], outside the alphabet 0..{alphabet_size - 1}")
-    if lo == hi:
-        return 1 + len(_varint(lo)), 0, sym, lo, 0, 0, 0, None
-    span = hi - lo
-    width = span.bit_length()
-    n = sym.size
-    best = (1 + len(_varint(lo)) + 1 + packed_nbytes(n, width), 1, sym, lo, span, width, 0, None)
-    head = 1 + len(_varint(lo)) + len(_varint(span)) + 1
-    if head + packed_nbytes(span + 1, min(TABLE_BITS)) >= best[0]:
-        return best  # the model table alone costs more than packing: rANS cannot win
-    counts = np.bincount(sym - lo, minlength=span + 1)
-    used = counts > 0
-    for b in TABLE_BITS:
-        codes = _table_codes(counts, b)
-        w = _weights(codes, b)
-        xent_bits = float(-(counts[used] * np.log2(w[used] / w.sum())).sum())
-        # ANS words are 32 bits; the final state adds up to 64 bits (2 words).
-        est = head + packed_nbytes(span + 1, b) + 4 * (math.ceil(xent_bits / 32) + 2)
-        if est < best[0]:
-            best = (est, 2, sym, lo, span, width, b, codes)
-    return best
+    est, mode, width, b, codes = _plan_hist(sym.size, lo, hi - lo, lambda: np.bincount(sym - lo, minlength=hi - lo + 1))
+    return est, mode, sym, lo, hi - lo, width, b, codes
+
+
+def estimate_nbytes_hist(n: int, lo: int, span: int, counts_fn) -> int:
+    """``estimate_nbytes`` from a histogram instead of the symbols: ``n`` symbols in
+    lo..lo+span (lo and lo+span both occurring), ``counts_fn()`` their span+1 counts,
+    called only when an entropy-coded stream could be the smallest."""
+    if n == 0:
+        return 0
+    return _plan_hist(n, lo, span, counts_fn)[0]
 
 
 def estimate_nbytes(symbols: np.ndarray, alphabet_size: int) -> int:
