@@ -41,8 +41,8 @@ def test_time_model_fits_caches_and_predicts(tmp_path, monkeypatch):
     monkeypatch.setenv("SLICER_CACHE", str(tmp_path))
     model = ratemodel.fit_time_model(sizes=(512, 4096), sparsities=(0.5, 0.9), reps=1)
     files = list(tmp_path.glob("codec_time_v*.json"))
-    assert len(files) == 1 and json.loads(files[0].read_text())["encode_s"] == model["encode_s"]
-    assert len(model["rows"]) == 4 and all(r["encode_s"] > 0 for r in model["rows"])
+    assert len(files) == 1 and json.loads(files[0].read_text())["rows"] == model["rows"]
+    assert len(model["rows"]) == 4 and all(r["encode_s"] > 0 and r["decode_s"] > 0 for r in model["rows"])
 
     def refit(*a, **k):
         raise AssertionError("the cached table must be reused")
@@ -50,5 +50,22 @@ def test_time_model_fits_caches_and_predicts(tmp_path, monkeypatch):
     monkeypatch.setattr(ratemodel, "fit_time_model", refit)
     cfg = CodecConfig(sparsity=0.75)
     t = ratemodel.predict_time_s((64, 64), cfg)
-    assert t >= 0 and t == ratemodel.predict_time_s((64, 64), cfg, model=model)
-    assert ratemodel.predict_time_s((64, 64), cfg, which="decode_s") >= 0
+    assert t > 0 and t == ratemodel.predict_time_s((64, 64), cfg, model=model)
+    assert ratemodel.predict_time_s((64, 64), cfg, which="decode_s") > 0
+
+
+def test_time_model_interpolates_the_table():
+    rows = [
+        {"numel": n, "k": 0, "sparsity": s, "encode_s": n * 1e-6 * (2 if s == 0.9 else 1), "decode_s": 1e-3}
+        for n in (1000, 100000) for s in (0.5, 0.9)
+    ]
+    model = {"rows": rows}
+    at = lambda n, s, w="encode_s": ratemodel.predict_time_s((n,), CodecConfig(sparsity=s), model=model, which=w)  # noqa: E731
+    assert at(1000, 0.5) == pytest.approx(1e-3)
+    assert at(10000, 0.5) == pytest.approx(1e-2)  # log-log between the sizes
+    assert at(10000, 0.7) == pytest.approx(1.5e-2)  # linear between the sparsities
+    assert at(10, 0.5) == pytest.approx(1e-3)  # below the table: the smallest time
+    assert at(200000, 0.9) == pytest.approx(0.4)  # above: linear in N
+    assert at(10000, 0.99) == pytest.approx(2e-2)  # clamped sparsity
+    with pytest.raises(ValueError):
+        at(10, 0.5, "total")
