@@ -320,3 +320,36 @@ def test_float64_beyond_float32_is_refused_and_extremes_round_trip():
         y = codec.decode(codec.encode(x, CodecConfig(sparsity=0.5, asymmetry=lam, blocks=(1, 1))))
         assert torch.isfinite(y).all() and (y != 0).sum() == 3
         assert set(torch.nonzero(y).flatten().tolist()) == {0, 1, 4}
+
+
+def test_random_section_mutations_behind_a_valid_checksum():
+    """1,000 random mutations (bytes rewritten, sections cut, grown or replaced, the header
+    shape changed) of payloads of every index coding: CodecError or a finite tensor."""
+    g = np.random.default_rng(7)
+    base = []
+    for coding in ("csr", "bitmap", "rice", "ef"):
+        for entropy in (False, True):
+            x = torch.from_numpy(g.standard_normal((3, 37)).astype(np.float32))
+            cfg = CodecConfig(sparsity=float(g.choice([0.3, 0.7, 0.95])), index=coding, entropy=entropy,
+                              delta=float(g.choice([0.01, 0.3, 0.6])), blocks=(int(g.integers(1, 5)), int(g.integers(1, 5))))
+            base.append(wire.unpack(codec.encode(x, cfg)))
+    for it in range(1000):
+        f = base[it % len(base)]
+        secs = [bytearray(s) for s in f.sections]
+        i, op = int(g.integers(0, 4)), int(g.integers(0, 4))
+        if op == 0 and secs[i]:
+            for _ in range(int(g.integers(1, 4))):
+                secs[i][int(g.integers(0, len(secs[i])))] = int(g.integers(0, 256))
+        elif op == 1:
+            secs[i] = secs[i][: int(g.integers(0, len(secs[i]) + 1))]
+        elif op == 2:
+            secs[i] += bytes(g.integers(0, 256, int(g.integers(1, 9))).astype(np.uint8))
+        else:
+            secs[i] = bytearray(g.integers(0, 256, len(secs[i])).astype(np.uint8))
+        shape = f.shape if g.random() < 0.8 else tuple(int(d) for d in g.integers(0, 50, int(g.integers(0, 3))))
+        frame = wire.Frame(1, torch.float32, shape, tuple(memoryview(bytes(s)) for s in secs))
+        try:
+            y = SLICER.decode(frame)
+        except CodecError:
+            continue
+        assert tuple(y.shape) == shape and bool(torch.isfinite(y).all())
