@@ -19,7 +19,10 @@ Section layouts (frozen, wire version 1): ``fp16``/``bf16`` one section of 2-byt
 scales, N one-byte codes); ``q8_0`` two sections (ceil(N/32) fp16 scales, N int8 codes).
 Every decode checks section count and sizes against the header's shape before it
 allocates, and rejects non-finite or negative scales and fp8's NaN codes. Every rate is
-data-independent except zstd's, so ``predict_bytes`` is exact for all but ``fp16-zstd``.
+data-independent except zstd's, so ``predict_bytes`` is exact for all but ``fp16-zstd``,
+and ``section_nbytes(shape, dtype, cfg)`` gives each section's exact length (with which
+``wire.header_nbytes`` gives the exact header; ``codec.predict_bytes`` bounds the header's
+length varints by the body size instead, so it may say a byte or two more).
 """
 from __future__ import annotations
 
@@ -85,9 +88,13 @@ def _scales_from(buf: memoryview, count: int, what: str) -> torch.Tensor:
 
 
 def _fp16_scales(absmax: torch.Tensor, qmax: float) -> torch.Tensor:
-    """d = absmax/qmax rounded to fp16 (saturating). With d16 ≥ d(1 - 2^-11), |x/d16| <
-    qmax + 0.5 for qmax ≤ 448, so rounding never clips past the last level."""
-    return (absmax.float() / qmax).clamp(max=FP16_MAX).to(torch.float16)
+    """d = absmax/qmax as fp16, rounded UP (saturating at 65504), so |x/d| ≤ qmax and
+    nothing clips: rounding to nearest would clip in fp16's subnormal range (d < 2^-14,
+    i.e. absmax < 0.0078 for int8), where the relative rounding error reaches 50%."""
+    d = (absmax.float() / qmax).clamp(max=FP16_MAX)
+    d16 = d.to(torch.float16)
+    up = torch.nextafter(d16, torch.full_like(d16, float("inf")))
+    return torch.where(d16.float() < d, up, d16)
 
 
 def _safe_div(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -106,7 +113,10 @@ class _Raw:
         return _from_bytes(data, frame.dtype, frame.shape)
 
     def predict_bytes(self, shape, dtype, cfg) -> int:
-        return math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        return sum(self.section_nbytes(shape, dtype, cfg))
+
+    def section_nbytes(self, shape, dtype, cfg) -> list[int]:
+        return [math.prod(shape) * torch.empty(0, dtype=dtype).element_size()]
 
     def max_sections(self, cfg) -> int:
         return 1
@@ -131,7 +141,10 @@ class _Cast:
         return y
 
     def predict_bytes(self, shape, dtype, cfg) -> int:
-        return 2 * math.prod(shape)
+        return sum(self.section_nbytes(shape, dtype, cfg))
+
+    def section_nbytes(self, shape, dtype, cfg) -> list[int]:
+        return [2 * math.prod(shape)]
 
     def max_sections(self, cfg) -> int:
         return 1
@@ -205,8 +218,11 @@ class _Int8Token:
         return (q.reshape(rows, cols) * d[:, None]).reshape(frame.shape)
 
     def predict_bytes(self, shape, dtype, cfg) -> int:
+        return sum(self.section_nbytes(shape, dtype, cfg))
+
+    def section_nbytes(self, shape, dtype, cfg) -> list[int]:
         rows, cols = rows_cols(tuple(shape))
-        return 2 * rows + rows * cols
+        return [2 * rows, rows * cols]
 
     def max_sections(self, cfg) -> int:
         return 2
@@ -238,8 +254,11 @@ class _Q8_0:
         return (q * d.repeat_interleave(Q8_BLOCK)[:n]).reshape(frame.shape)
 
     def predict_bytes(self, shape, dtype, cfg) -> int:
+        return sum(self.section_nbytes(shape, dtype, cfg))
+
+    def section_nbytes(self, shape, dtype, cfg) -> list[int]:
         n = math.prod(shape)
-        return 2 * (-(-n // Q8_BLOCK)) + n
+        return [2 * (-(-n // Q8_BLOCK)), n]
 
     def max_sections(self, cfg) -> int:
         return 2
@@ -267,8 +286,11 @@ class _Fp8Token:
         return (v.reshape(rows, cols) * d[:, None]).reshape(frame.shape)
 
     def predict_bytes(self, shape, dtype, cfg) -> int:
+        return sum(self.section_nbytes(shape, dtype, cfg))
+
+    def section_nbytes(self, shape, dtype, cfg) -> list[int]:
         rows, cols = rows_cols(tuple(shape))
-        return 2 * rows + rows * cols
+        return [2 * rows, rows * cols]
 
     def max_sections(self, cfg) -> int:
         return 2

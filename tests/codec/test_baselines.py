@@ -26,9 +26,9 @@ def _tensor(shape, dtype, seed, scale):
     return x.to(dtype)
 
 
-#: fp16 scales below 2^-14 are subnormal (absolute step 2^-24): the rounded scale may be
-#: 2^-25 off, which 127 levels turn into 127·2^-25 ≈ 3.8e-6 of absolute error.
-SUB = 127 * 2.0**-25 + 2.0**-24
+#: Scales are rounded up to fp16, so nothing clips and the error is at most half the
+#: stored scale d16 < d + 2^-24 (the subnormal step): d/2 + 2^-25, with float slack.
+SUB = 2.0**-24
 
 
 def _fp16_ulp_half(v: torch.Tensor) -> torch.Tensor:
@@ -168,3 +168,17 @@ def test_hostile_scales_and_codes_rejected():
         p = wire.pack(methods.METHOD_IDS[method], frame.dtype, frame.shape, [bytes(s) for s in secs])
         with pytest.raises(CodecError):
             decode(p)
+
+
+@pytest.mark.parametrize("method", ["raw", "fp16", "bf16", "int8", "q8_0", "fp8"])
+@pytest.mark.parametrize("shape", [(3, 5, 33), (7,), (1, 4096), (0, 3), ()])
+def test_section_nbytes_exact(method, shape):
+    from codec import methods, wire
+
+    x = torch.randn(shape)
+    m = methods.get(method)
+    lengths = m.section_nbytes(tuple(x.shape), x.dtype, CodecConfig(method=method))
+    p = encode(x, CodecConfig(method=method))
+    assert [len(s) for s in wire.unpack(p).sections] == lengths
+    assert wire.header_nbytes(tuple(x.shape), lengths) + sum(lengths) == len(p)
+    assert m.predict_bytes(tuple(x.shape), x.dtype, CodecConfig(method=method)) == sum(lengths)
