@@ -36,7 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload-steps", default="8", help="offload steps w (offload mode), comma separated")
     p.add_argument("--front-bits", default="none", help="edge weight precisions: none (model dtype), 8, 4; comma separated")
     p.add_argument("--devices", default="raspberry-pi-5,jetson-orin-nano", help="device classes for predicted latency")
-    p.add_argument("--link-mbps", type=float, default=20.0, help="link rate for predicted latency")
+    p.add_argument("--link-mbps", default="20", help="link rates for predicted latency, comma separated")
+    p.add_argument("--snr-db", type=float, default=10.0, help="mean link SNR (Rayleigh ε-outage model)")
+    p.add_argument("--bandwidth-mhz", type=float, default=10.0,
+                   help="channel bandwidth; rates well above W*log2(1+SNR) never meet the outage target (inf latency)")
+    p.add_argument("--predict-only", action="store_true",
+                   help="run nothing: plans of a model not at hand (e.g. llama-3-70b, codestral-22b) from its config, "
+                        "fidelity from --accuracy or the policies' prior")
+    p.add_argument("--accuracy", help="JSONL of measured agreement rows (accuracy.jsonl of an earlier sweep) for --predict-only")
     p.add_argument("--latency-budget-ms", type=float, default=100.0, help="per-token budget D (feasibility column)")
     p.add_argument("--prompt-tokens", type=int, default=32, help="prefill tokens per window")
     p.add_argument("--score-tokens", type=int, default=32, help="scored tokens per window")
@@ -72,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.evaluation.tasks import TaskFormatError, load_task
 
     torch.set_num_threads(1)  # the machine's cores are shared; timings are per token anyway
+    if args.predict_only:
+        return _predict_only(args)
     model_path = Path(args.model)
     if args.model == DEFAULT_MODEL and not model_path.exists():
         print(f"slicer sweep: {DEFAULT_MODEL} does not exist; train it (python examples/train_tiny_llama.py) "
@@ -98,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     except (CodecError, ValueError) as e:
         print(f"slicer sweep: {e}", file=sys.stderr)
         return 2
-    settings = SweepSettings(devices=_list(args.devices, str, "devices"), link_mbps=args.link_mbps,
+    settings = SweepSettings(devices=_list(args.devices, str, "devices"), links_mbps=_list(args.link_mbps, float, "link-mbps"),
+                             snr_db=args.snr_db, bandwidth_mhz=args.bandwidth_mhz,
                              latency_budget_ms=args.latency_budget_ms, prompt_tokens=args.prompt_tokens,
                              score_tokens=args.score_tokens, windows=args.windows, objectives=objectives)
     tokenizer = None
@@ -133,19 +143,92 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "sweep.csv")
     write_csv([r for r in rows if r.on_front], out / "front.csv")
-    plot(rows, out / "sweep.png", title=f"{model.name}: {source}; latency predicted at {settings.link_mbps:g} Mbit/s")
+    plot(rows, out / "sweep.png", title=f"{model.name}: {metric_note(rows)} measured on {source}; latency predicted")
+    from orchestrator.evaluation.sweep import accuracy_rows
+
+    acc = accuracy_rows(rows, model.num_units)
+    if acc:
+        (out / "accuracy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in acc), encoding="utf-8")
     meta = {"model": model.name, "source": source, "grid": grid.__dict__, "settings": settings.__dict__,
             "measured": ["fidelity", "perplexity", "bits_per_element", "payload_bytes_per_token",
                          "measured_edge_ms_per_token", "measured_server_ms_per_token"],
             "predicted": ["predicted_step_ms", "predicted_handoff_ms", "predicted_server_ms",
                           "predicted_payload_bytes_per_token", "feasible"]}
     (out / "sweep.json").write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+    _print_fronts(rows, settings)
+    print(f"wrote {out / 'sweep.csv'}, {out / 'front.csv'}, {out / 'sweep.png'}")
+    return 0
+
+
+def metric_note(rows) -> str:
+    return rows[0].metric if rows else "fidelity"
+
+
+def _print_fronts(rows, settings) -> None:
+    import math
+
+    for link in settings.links_mbps:
+        if any(r.link_mbps == link and math.isinf(r.predicted_step_ms) for r in rows):
+            print(f"note: at {link:g} Mbit/s some plans have infinite predicted latency: the rate is beyond what a "
+                  f"{settings.bandwidth_mhz:g} MHz channel at {settings.snr_db:g} dB carries within the outage "
+                  "target (raise --bandwidth-mhz or --snr-db)")
     for dev in settings.devices:
-        print(f"front on {dev}:")
-        for r in rows:
-            if r.device == dev and r.on_front:
+        for link in settings.links_mbps:
+            print(f"front on {dev} at {link:g} Mbit/s:")
+            for r in rows:
+                if not (r.device == dev and r.link_mbps == link and r.on_front):
+                    continue
                 print(f"  split={r.split} {r.mode}{'' if r.offload_step is None else f' w={r.offload_step}'} "
                       f"{r.codec} front={r.front_precision}: {r.metric}={r.fidelity:.3f} bits={r.bits_per_element:.2f} "
-                      f"step={r.predicted_step_ms:.2f} ms (predicted)")
+                      f"step={r.predicted_step_ms:.2f} ms (predicted)"
+                      + ("" if r.fidelity_source == "measured" else f" [fidelity: {r.fidelity_source}]"))
+
+
+def _predict_only(args) -> int:
+    from actors.models import profile_from_config
+    from orchestrator.evaluation.pareto import parse_objectives
+    from orchestrator.evaluation.sweep import SweepGrid, SweepSettings, plot, predict_sweep, write_csv
+
+    try:
+        profile = profile_from_config(args.model)
+    except Exception as e:  # an unknown name, an unsupported architecture, no network for a hub name
+        print(f"slicer sweep: no profile for {args.model!r}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    n = profile.num_layers
+    splits = (_list(args.splits, int, "splits") if args.splits
+              else tuple(sorted({min(n - 1, max(1, round(n * f))) for f in (0.05, 0.125, 0.25, 0.5, 0.75, 0.95)})))
+    grid = SweepGrid(splits=splits, codecs=_list(args.codecs, str, "codecs"),
+                     sparsities=_list(args.sparsities, float, "sparsities"), bits=_list(args.bits, str, "bits", ";"),
+                     modes=_list(args.modes, str, "modes"), offload_steps=_list(args.offload_steps, int, "offload-steps"),
+                     front_bits=_list(args.front_bits, _front_bits, "front-bits"))
+    table = []
+    if args.accuracy:
+        table = [json.loads(l) for l in Path(args.accuracy).read_text(encoding="utf-8").splitlines() if l.strip()]
+    try:
+        settings = SweepSettings(devices=_list(args.devices, str, "devices"), links_mbps=_list(args.link_mbps, float, "link-mbps"),
+                             snr_db=args.snr_db, bandwidth_mhz=args.bandwidth_mhz,
+                                 latency_budget_ms=args.latency_budget_ms, prompt_tokens=args.prompt_tokens,
+                                 score_tokens=args.score_tokens, windows=args.windows,
+                                 objectives=parse_objectives(args.objectives))
+        rows = predict_sweep(profile, grid, settings, table)
+    except ValueError as e:
+        print(f"slicer sweep: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "sweep.csv")
+    write_csv([r for r in rows if r.on_front], out / "front.csv")
+    src = f"fidelity from {args.accuracy}" if args.accuracy else "fidelity from the policies' prior"
+    plot(rows, out / "sweep.png", title=f"{profile.name} (planned from its config, not run): {src}; latency predicted")
+    meta = {"model": profile.name, "predict_only": True, "source": src, "grid": grid.__dict__,
+            "settings": settings.__dict__, "measured": [],
+            "predicted": ["bits_per_element (codec bound B^UB for one token)", "predicted_step_ms",
+                          "predicted_handoff_ms", "predicted_server_ms", "predicted_payload_bytes_per_token", "feasible"],
+            "fidelity": "per row in fidelity_source: 'table: <model> split k/m' (measured on that model, matched by "
+                        "codec setting and relative depth) or 'prior' (policies.accuracy.prior_accuracy)"}
+    (out / "sweep.json").write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+    print(f"planned {profile.name} ({n} units) from its config: {len(grid.configs())} configurations x "
+          f"{len(settings.devices)} device classes x {len(settings.links_mbps)} links; {src}")
+    _print_fronts(rows, settings)
     print(f"wrote {out / 'sweep.csv'}, {out / 'front.csv'}, {out / 'sweep.png'}")
     return 0

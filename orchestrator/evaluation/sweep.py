@@ -87,21 +87,27 @@ class SweepRow:
     """Edge weights: the model's dtype, ``int8`` or ``int4`` (weight-only)."""
     device: str
     """Device class of the predicted figures (``policies`` catalog name)."""
+    link_mbps: float
+    """Link rate of the predicted figures."""
     metric: str
     """What ``fidelity`` is: ``next_token_agreement`` or a task metric (``accuracy``...)."""
     fidelity: float
     """Measured here (see ``metric``); the unsplit model scores 1.0 on agreement."""
     unsplit_fidelity: float
     """The unsplit model's figure of the same metric (1.0 for agreement)."""
+    fidelity_source: str
+    """``measured`` (run here on this model), ``table: ...`` (measured on another model,
+    matched by codec setting and relative split depth) or ``prior`` (policies' prior)."""
     perplexity: float | None
     """Perplexity of the split run on the held-out text (fidelity sweeps only)."""
     bits_per_element: float
-    """Measured: payload bytes x 8 / feature elements, headers included."""
-    payload_bytes_per_token: float
+    """Measured: payload bytes x 8 / feature elements, headers included (predict-only
+    sweeps: the codec's bound B^UB for one token, stated in ``sweep.json``)."""
+    payload_bytes_per_token: float | None
     """Measured: payload bytes over scored tokens."""
-    measured_edge_ms_per_token: float
+    measured_edge_ms_per_token: float | None
     """Measured on this machine (edge half: units [0, ℓ) + encode, local steps)."""
-    measured_server_ms_per_token: float
+    measured_server_ms_per_token: float | None
     """Measured on this machine (server half: decode + units [ℓ, n))."""
     predicted_step_ms: float
     """Predicted per-token latency seen by the edge on ``device`` (Eq. 2 per step)."""
@@ -125,8 +131,13 @@ class SweepSettings:
 
     devices: tuple[str, ...] = ("raspberry-pi-5", "jetson-orin-nano")
     """Device classes for predicted latency."""
-    link_mbps: float = 20.0
-    """Link rate for predicted latency."""
+    links_mbps: tuple[float, ...] = (20.0,)
+    """Link rates for predicted latency (one set of rows per rate)."""
+    snr_db: float = 10.0
+    """Mean SNR of the links (the policies' Rayleigh ε-outage model, Eq. 1)."""
+    bandwidth_mhz: float = 10.0
+    """Channel bandwidth of the links. A rate far above W·log2(1 + SNR) never meets ε:
+    its latency is inf (the policies' model), so raise this for fast links."""
     latency_budget_ms: float = 100.0
     """Per-token budget D for feasibility."""
     prompt_tokens: int = 32
@@ -172,13 +183,14 @@ def sampled_ids(model, n_tokens: int, seed: int = 0, bos: int | None = None) -> 
 
 def predicted(model_profile, device: str, link_mbps: float, ell: int, w: int | None, cfg, settings: SweepSettings,
               new_tokens: int, precision: str) -> dict[str, Any]:
-    """The policies' cost model for one plan on one device class."""
+    """The policies' cost model for one plan on one device class over one link."""
     from policies import Budgets, CostModel, LinkState, get_device
 
     dev = get_device(device)
     budgets = Budgets(latency_s=settings.latency_budget_ms / 1e3, memory_bytes=dev.memory_bytes,
                       new_tokens=max(1, new_tokens), prompt_tokens=settings.prompt_tokens)
-    cm = CostModel(model_profile, dev, LinkState.from_mbps(link_mbps), budgets)
+    link = LinkState.from_mbps(link_mbps, snr_db=settings.snr_db, bandwidth_mhz=settings.bandwidth_mhz)
+    cm = CostModel(model_profile, dev, link, budgets)
     est = cm.evaluate(ell, min(w or 1, budgets.new_tokens), precision, cfg)
     return dict(predicted_step_ms=est.step_latency_s * 1e3, predicted_handoff_ms=est.handoff_latency_s * 1e3,
                 predicted_server_ms=est.server_time_s * 1e3, predicted_payload_bytes_per_token=est.bytes_per_token,
@@ -238,12 +250,12 @@ def run_sweep(model, grid: SweepGrid, settings: SweepSettings, *, text_ids: Sequ
         measured = dict(bits_per_element=st.bits_per_element, payload_bytes_per_token=st.payload_bytes / n_tok,
                         measured_edge_ms_per_token=st.edge_s * 1e3 / n_tok,
                         measured_server_ms_per_token=st.server_s * 1e3 / n_tok)
-        for dev in settings.devices:
-            pred = predicted(model.profile, dev, settings.link_mbps, ell, w, cfg, settings, settings.score_tokens, precision)
+        for dev, link in itertools.product(settings.devices, settings.links_mbps):
+            pred = predicted(model.profile, dev, link, ell, w, cfg, settings, settings.score_tokens, precision)
             rows.append(SweepRow(model=model.name, split=ell, mode=mode, offload_step=w, codec=cfg.spec(),
-                                 front_precision=precision, device=dev,
-                                 metric=metric, fidelity=fid, unsplit_fidelity=unsplit_value, perplexity=ppl,
-                                 **measured, **pred))
+                                 front_precision=precision, device=dev, link_mbps=link, metric=metric,
+                                 fidelity=fid, unsplit_fidelity=unsplit_value, fidelity_source="measured",
+                                 perplexity=ppl, **measured, **pred))
         if progress:
             progress(f"[{i}/{len(configs)}] split={ell} {mode}{'' if w is None else f' w={w}'} {cfg.spec()} "
                      f"front={precision}: "
@@ -253,11 +265,93 @@ def run_sweep(model, grid: SweepGrid, settings: SweepSettings, *, text_ids: Sequ
 
 
 def mark_front(rows: list[SweepRow], objectives: dict[str, str]) -> None:
-    """Set ``on_front`` per device class."""
-    for dev in sorted({r.device for r in rows}):
-        sub = [r for r in rows if r.device == dev]
+    """Set ``on_front`` per (device class, link rate)."""
+    for key in sorted({(r.device, r.link_mbps) for r in rows}):
+        sub = [r for r in rows if (r.device, r.link_mbps) == key]
         for r, m in zip(sub, pareto_mask([asdict(r) for r in sub], objectives)):
             r.on_front = m
+
+
+def accuracy_rows(rows: Sequence[SweepRow], num_units: int) -> list[dict]:
+    """Measured next-token agreement as ``policies.AccuracyTable`` rows (one per split,
+    codec and front precision; per-token mode only, where every scored position crossed
+    the codec). ``num_units`` lets another model's sweep match by relative depth."""
+    out, seen = [], set()
+    for r in rows:
+        if r.metric != "next_token_agreement" or r.mode != "per-token" or r.fidelity_source != "measured":
+            continue
+        key = (r.split, r.codec, r.front_precision)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append({"split": r.split, "codec": r.codec, "front_precision": r.front_precision,
+                    "next_token_agreement": r.fidelity, "num_units": num_units, "model": r.model})
+    return out
+
+
+def _fidelity_lookup(table: Sequence[dict], ell: int, n: int, cfg, precision: str) -> tuple[float, str]:
+    """Agreement for (ℓ of n, codec, precision) from measured rows of any model: the same
+    codec setting at the nearest relative split depth; else the policies' prior."""
+    from codec import CodecConfig
+    from policies import accuracy_of
+    from policies.accuracy import _key
+
+    best = None
+    for row in table:
+        try:
+            if _key(CodecConfig.parse(str(row["codec"]))) != _key(cfg):
+                continue
+        except Exception:
+            continue
+        m = int(row.get("num_units") or n)
+        rank = (abs(int(row["split"]) / m - ell / n), row.get("front_precision") != precision)
+        if best is None or rank < best[0]:
+            best = (rank, row, m)
+    if best is not None:
+        (_, wrong_precision), row, m = best
+        v = float(row["next_token_agreement"])
+        src = f"table: {row.get('model', '?')} split {row['split']}/{m}"
+        if wrong_precision:
+            from policies.accuracy import PRECISION_PRIOR
+
+            factor = PRECISION_PRIOR.get(precision, 1.0) / PRECISION_PRIOR.get(str(row.get("front_precision")), 1.0)
+            if factor != 1.0:  # float32 -> bfloat16 weights: the prior says no change
+                v = min(1.0, v * factor)
+                src += f", {row.get('front_precision')} scaled to {precision} by the prior (x{factor:.3f})"
+        return v, src
+    v, _ = accuracy_of(ell, cfg, precision, None)
+    return v, "prior"
+
+
+def predict_sweep(profile, grid: SweepGrid, settings: SweepSettings, table: Sequence[dict] = ()) -> list[SweepRow]:
+    """Plans of a model not at hand, from its profile alone: predicted latency per device
+    class and link, payload bound B^UB, fidelity from ``table`` (measured rows, e.g. a
+    small model's sweep, see ``accuracy_rows``) or the prior. Nothing is run."""
+    from codec import CodecConfig
+
+    n = profile.num_layers
+    for ell in grid.splits:
+        if not 1 <= ell <= n - 1:
+            raise ValueError(f"split {ell} is invalid for {profile.name}: allowed 1..{n - 1}")
+    dtype = profile.dtype if profile.dtype in ("float32", "float16", "bfloat16") else "float32"
+    rows = []
+    for ell, spec, mode, w, fb in grid.configs():
+        cfg = CodecConfig.parse(spec)
+        precision = {None: dtype, 8: "int8", 4: "int4"}[fb]
+        fid, src = _fidelity_lookup(table, ell, n, cfg, precision)
+        layer = profile.layers[ell - 1]
+        elems = max(1, layer.out_elements)
+        for dev, link in itertools.product(settings.devices, settings.links_mbps):
+            pred = predicted(profile, dev, link, ell, w, cfg, settings, settings.score_tokens, precision)
+            rows.append(SweepRow(model=profile.name, split=ell, mode=mode, offload_step=w, codec=cfg.spec(),
+                                 front_precision=precision, device=dev, link_mbps=link,
+                                 metric="next_token_agreement", fidelity=fid, unsplit_fidelity=1.0,
+                                 fidelity_source=src, perplexity=None,
+                                 bits_per_element=pred["predicted_payload_bytes_per_token"] * 8 / elems,
+                                 payload_bytes_per_token=None, measured_edge_ms_per_token=None,
+                                 measured_server_ms_per_token=None, **pred))
+    mark_front(rows, settings.objectives)
+    return rows
 
 
 def write_csv(rows: Sequence[SweepRow], path: str | Path) -> None:
@@ -278,34 +372,34 @@ def plot(rows: Sequence[SweepRow], path: str | Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    devices = sorted({r.device for r in rows})
+    devices = sorted({(r.device, r.link_mbps) for r in rows})
     metric = rows[0].metric if rows else "fidelity"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     # Bits per element do not depend on the device: one series on the left panel.
-    first = [r for r in rows if r.device == devices[0]] if devices else []
+    first = [r for r in rows if (r.device, r.link_mbps) == devices[0]] if devices else []
     ax = axes[0]
     ax.scatter([r.bits_per_element for r in first], [r.fidelity for r in first], s=18, color="#999999", label="configurations")
     front2 = pareto_mask([asdict(r) for r in first], {"fidelity": "max", "bits_per_element": "min"})
     fr = sorted((r.bits_per_element, r.fidelity) for r, m in zip(first, front2) if m)
     if fr:
         ax.plot(*zip(*fr), "-o", c=colors[0], label="front (fidelity, bits)")
-    ax.set_xlabel("bits per element (measured, headers included)")
-    ax.set_ylabel(f"{metric} (measured)")
+    ax.set_xlabel("bits per element (headers included)")
+    ax.set_ylabel(metric)
     ax.set_title("fidelity vs. payload")
     ax.legend(fontsize=8)
     ax = axes[1]
     for k, dev in enumerate(devices):
-        sub = [r for r in rows if r.device == dev]
+        sub = [r for r in rows if (r.device, r.link_mbps) == dev]
         c = colors[(k + 1) % len(colors)]
         ax.scatter([r.predicted_step_ms for r in sub], [r.fidelity for r in sub], s=14, color=c, alpha=0.5)
         m2 = pareto_mask([asdict(r) for r in sub], {"fidelity": "max", "predicted_step_ms": "min"})
         fr = sorted((r.predicted_step_ms, r.fidelity) for r, m in zip(sub, m2) if m)
         if fr:
-            ax.plot(*zip(*fr), "-o", c=c, label=f"{dev} front")
+            ax.plot(*zip(*fr), "-o", c=c, label=f"{dev[0]} @ {dev[1]:g} Mbit/s front")
     ax.set_xscale("log")
     ax.set_xlabel("per-token latency, ms (predicted by the policy's cost model)")
-    ax.set_ylabel(f"{metric} (measured)")
+    ax.set_ylabel(metric)
     ax.set_title("fidelity vs. predicted latency")
     ax.legend(fontsize=8)
     if title:

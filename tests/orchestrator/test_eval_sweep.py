@@ -128,3 +128,46 @@ def test_sweep_quantized_front_is_measured_and_predicted(tiny_dir, tmp_path):
     # int4 edge weights: a different split-run perplexity, and less weight traffic predicted.
     assert rows["int4"]["perplexity"] != rows["float32"]["perplexity"]
     assert float(rows["int4"]["predicted_step_ms"]) < float(rows["float32"]["predicted_step_ms"])
+
+
+def test_measured_agreement_feeds_a_predict_only_sweep_of_a_big_model(tiny_dir, tmp_path):
+    from policies import AccuracyTable
+
+    measured = tmp_path / "measured"
+    assert main(["sweep", "--model", str(tiny_dir), "--text", str(TASKS / "stories_mini.txt"), "--splits", "1,3",
+                 "--codecs", "lossless,int8", "--sparsities", "", "--bits", "", "--modes", "per-token",
+                 "--devices", "jetson-orin-agx", "--prompt-tokens", "8", "--score-tokens", "12", "--windows", "1",
+                 "--out", str(measured)]) == 0
+    acc_file = measured / "accuracy.jsonl"
+    acc = [json.loads(l) for l in acc_file.read_text().splitlines()]
+    assert {(a["split"], a["codec"]) for a in acc} == {(1, "lossless"), (1, "int8"), (3, "lossless"), (3, "int8")}
+    assert all(a["num_units"] == 5 for a in acc)
+    table = AccuracyTable.load(acc_file)  # the policies read the same file
+    assert len(table.rows) == 4
+
+    planned = tmp_path / "planned"
+    assert main(["sweep", "--predict-only", "--model", "llama-3-70b", "--accuracy", str(acc_file),
+                 "--splits", "16,60", "--codecs", "lossless,int8,fp16", "--sparsities", "", "--bits", "",
+                 "--modes", "per-token", "--front-bits", "none,4", "--devices", "jetson-orin-agx,phone-soc", "--link-mbps", "20,50",
+                 "--bandwidth-mhz", "20", "--out", str(planned)]) == 0
+    rows = _read(planned / "sweep.csv")
+    assert len(rows) == 2 * 3 * 2 * 2 * 2
+    int8_tiny_split1 = next(a["next_token_agreement"] for a in acc if a["split"] == 1 and a["codec"] == "int8")
+    q4 = {(r["split"], r["codec"], r["device"], r["link_mbps"]): r for r in rows if r["front_precision"] == "int4"}
+    by = {(r["split"], r["codec"], r["device"], r["link_mbps"]): r for r in rows if r["front_precision"] == "bfloat16"}
+    # int4 front: never measured at int4, so the measured value times the prior's 0.97.
+    assert float(q4[("16", "int8", "jetson-orin-agx", "20.0")]["fidelity"]) == pytest.approx(min(1.0, int8_tiny_split1 * 0.97))
+    # int8 at 70B split 16 of 82 units (relative 0.2) takes the tiny model's split 1 of 5 (0.2).
+    r = by[("16", "int8", "jetson-orin-agx", "20.0")]
+    assert r["fidelity_source"].startswith("table:") and "split 1/5" in r["fidelity_source"]
+    assert float(r["fidelity"]) == pytest.approx(int8_tiny_split1)  # float32 -> bfloat16 front: prior factor 1
+    assert by[("16", "fp16", "jetson-orin-agx", "20.0")]["fidelity_source"] == "prior"  # never measured
+    # A faster link lowers the predicted per-token latency of the same plan.
+    assert float(by[("60", "lossless", "phone-soc", "50.0")]["predicted_step_ms"]) < \
+        float(by[("60", "lossless", "phone-soc", "20.0")]["predicted_step_ms"])
+    for key in {(r["device"], r["link_mbps"]) for r in rows}:
+        sub = [r for r in rows if (r["device"], r["link_mbps"]) == key]
+        obj = {"fidelity": "max", "bits_per_element": "min", "predicted_step_ms": "min"}
+        assert [r["on_front"] == "True" for r in sub] == pareto_mask([{k: float(r[k]) for k in obj} for r in sub], obj)
+    meta = json.loads((planned / "sweep.json").read_text())
+    assert meta["predict_only"] is True and meta["measured"] == []
