@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-budget-ms", type=float, default=100.0, help="per-token latency budget for --policy")
     p.add_argument("--prompt-tokens", type=int, default=64, help="prompt length the --policy plan is sized for")
     p.add_argument("--limit", type=int, help="evaluate only the first N items")
+    p.add_argument("--max-tokens", type=int, default=2048, help="perplexity: tokens of the text scored at most")
+    p.add_argument("--window", type=int, default=128, help="perplexity: tokens per window (later windows see half the previous)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation length for exact-match and code tasks")
     p.add_argument("--k", default="1,10,100", help="pass@k values, comma separated (reported where every problem has >= k samples)")
     p.add_argument("--timeout-s", type=float, default=3.0, help="sandbox wall-clock limit per program")

@@ -196,7 +196,8 @@ def run_model_eval(args, task: Task, limits: SandboxLimits, ks: Sequence[int] = 
                         front_bits=getattr(args, "front_bits", None))
     split, mode, w = settings["split"], settings["mode"], settings["offload_step"]
     cfg = CodecConfig.parse(settings["codec"])
-    common = dict(limit=args.limit, max_new_tokens=args.max_new_tokens, sandbox=limits)
+    common = dict(limit=args.limit, max_new_tokens=args.max_new_tokens, sandbox=limits,
+                  window=getattr(args, "window", 128), max_tokens=getattr(args, "max_tokens", 2048))
     split_scorer = SplitScorer(model, split, cfg, mode=mode, offload_step=w, eos_id=tokenizer.eos_id,
                                edge_model=edge_copy(model, split, mode, settings["front_bits"]))
     runs = []
