@@ -288,6 +288,14 @@ class _Slicer:
             quant.fixed_widths(cfg.bits, cfg.blocks)
         return ratemodel.slicer_sections(tuple(int(d) for d in shape), cfg)["total"]
 
+    def section_bounds(self, shape, dtype, cfg: CodecConfig) -> list[int]:
+        """Bound of each of the four section lengths (exact where ``predict_bytes`` is):
+        with them ``wire.header_nbytes`` gives the header exactly too."""
+        if cfg.fixed_bits:
+            quant.fixed_widths(cfg.bits, cfg.blocks)
+        m = ratemodel.slicer_sections(tuple(int(d) for d in shape), cfg)
+        return [m["params"], m["index"], m["labels"], m["values"]]
+
     def max_sections(self, cfg: CodecConfig) -> int:
         return NSECTIONS
 

@@ -35,6 +35,8 @@ def test_sections_model_is_exact_for_fixed_width_and_closed_form_index():
         assert model["exact"]
         assert [len(s) for s in secs] == [model["params"], model["index"], model["labels"], model["values"]]
         assert sum(len(s) for s in secs) == SLICER.predict_bytes(shape, torch.float32, cfg)
+        bounds = SLICER.section_bounds(shape, torch.float32, cfg)
+        assert len(codec.encode(x, cfg)) == sum(bounds) + wire.header_nbytes(shape, bounds)
 
 
 def test_time_model_fits_caches_and_predicts(tmp_path, monkeypatch):
