@@ -147,8 +147,8 @@ def fit_time_model(sizes=_SIZES, sparsities=_SPARSITIES, reps: int = 5, save: bo
             payload = codec.encode(x, cfg)
             enc, dec = [], []
             for _ in range(reps):  # interleaved, so a burst of load hits both alike
-                enc.append(_median_s(lambda: codec.encode(x, cfg), 1))
-                dec.append(_median_s(lambda: codec.decode(payload), 1))
+                enc.append(_median_s(lambda x=x, cfg=cfg: codec.encode(x, cfg), 1))
+                dec.append(_median_s(lambda payload=payload: codec.decode(payload), 1))
             rows.append({
                 "numel": n, "k": keep_count(n, s), "sparsity": s,
                 "encode_s": float(np.median(enc)), "decode_s": float(np.median(dec)),

@@ -92,7 +92,7 @@ class Parsed:
 
 def inspect(payload: bytes) -> Parsed:
     """Parse a SLICER payload (wire header included) into its fields."""
-    from codec import wire  # noqa: PLC0415
+    from codec import wire
 
     frame = wire.unpack(payload)
     return SLICER.parse(frame)
@@ -112,7 +112,7 @@ def _varint(n: int) -> bytes:
 
 def _entropy_module():
     try:
-        from codec.reference import entropy  # noqa: PLC0415
+        from codec.reference import entropy
     except ImportError as e:  # pragma: no cover
         raise CodecError("entropy coding not available for slicer yet") from e
     return entropy
@@ -210,7 +210,7 @@ class _Slicer:
             start += n
         return torch.from_numpy(out).reshape(frame.shape)
 
-    def parse(self, frame: Frame) -> "Parsed":
+    def parse(self, frame: Frame) -> Parsed:
         """Every field of a SLICER payload, validated (``CodecError`` on any defect)."""
         if len(frame.sections) != NSECTIONS:
             raise CodecError(f"slicer payload has {len(frame.sections)} sections, expected {NSECTIONS}")
@@ -314,7 +314,7 @@ def _bench(shape=(128, 4096), sparsity: float = 0.75, reps: int = 31, threads: i
     cfg = CodecConfig(method="slicer", sparsity=sparsity, **cfg_kw)
     k = keep_count(x.numel(), sparsity)
     payload = codec.encode(x, cfg)
-    from codec import wire  # noqa: PLC0415
+    from codec import wire
 
     fns = {
         "topk": lambda: torch.topk(x.abs().flatten(), k, sorted=False),

@@ -36,7 +36,7 @@ _GOLDEN = np.uint32(0x9E3779B1)
 
 def keep_count(numel: int, sparsity: float) -> int:
     """``k = floor((1 - s)·N)``, the product taken in float64."""
-    return int(math.floor((1.0 - float(sparsity)) * float(numel)))
+    return math.floor((1.0 - float(sparsity)) * float(numel))
 
 
 def tie_hash(index: np.ndarray, seed: int) -> np.ndarray:

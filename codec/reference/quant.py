@@ -198,7 +198,7 @@ def pack_blocks(codes_sorted: np.ndarray, sizes: np.ndarray, widths: np.ndarray)
     used = np.flatnonzero(sizes > 0).tolist()
     if not used:
         return b""
-    if len(set(int(widths[b]) for b in used)) == 1:  # one width: the plain packed layout
+    if len({int(widths[b]) for b in used}) == 1:  # one width: the plain packed layout
         return pack_uint(codes_sorted, int(widths[used[0]]))
     starts = np.cumsum(sizes) - sizes
     parts = [code_bits(codes_sorted[starts[b] : starts[b] + sizes[b]], int(widths[b])) for b in used]
@@ -214,7 +214,7 @@ def unpack_blocks(buf, sizes: np.ndarray, widths: np.ndarray) -> np.ndarray:
     k = int(sizes.sum())
     if not used:
         return np.zeros(0, dtype=np.int64)
-    if len(set(int(widths[b]) for b in used)) == 1:
+    if len({int(widths[b]) for b in used}) == 1:
         return unpack_uint(buf, k, int(widths[used[0]]), "value section")
     total = int(np.dot(sizes, widths))
     raw = np.frombuffer(buf, dtype=np.uint8)

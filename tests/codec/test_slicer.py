@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import codec
-from codec import CodecConfig, CodecError
-from codec import wire
+from codec import CodecConfig, CodecError, wire
 from codec.reference.atkf import keep_count, score_weights, tie_hash
 from codec.slicer import SLICER, inspect
 

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec.reference.atkf import keep_count, rank_cuts, score_weights, scores, tie_hash, top_mask
+from codec.reference.atkf import (
+    keep_count,
+    rank_cuts,
+    score_weights,
+    scores,
+    tie_hash,
+    top_mask,
+)
 from codec.reference.ms import block_sizes
 
 M32 = 0xFFFFFFFF

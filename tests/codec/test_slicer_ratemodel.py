@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import codec
-from codec import CodecConfig, wire
-from codec import ratemodel
+from codec import CodecConfig, ratemodel, wire
 from codec.reference.ms import block_sizes
 from codec.slicer import SLICER
 
@@ -62,7 +61,7 @@ def test_time_model_interpolates_the_table():
         for n in (1000, 100000) for s in (0.5, 0.9)
     ]
     model = {"rows": rows}
-    at = lambda n, s, w="encode_s": ratemodel.predict_time_s((n,), CodecConfig(sparsity=s), model=model, which=w)  # noqa: E731
+    at = lambda n, s, w="encode_s": ratemodel.predict_time_s((n,), CodecConfig(sparsity=s), model=model, which=w)
     assert at(1000, 0.5) == pytest.approx(1e-3)
     assert at(10000, 0.5) == pytest.approx(1e-2)  # log-log between the sizes
     assert at(10000, 0.7) == pytest.approx(1.5e-2)  # linear between the sparsities
