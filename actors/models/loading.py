@@ -47,6 +47,21 @@ ALIASES: dict[str, str] = {
 }
 
 
+#: Shipped short name -> the hub repo whose weights ``load_model`` fetches for it.
+HUB_NAMES: dict[str, str] = {
+    "llama-3-8b": "meta-llama/Meta-Llama-3-8B",
+    "llama-3-70b": "meta-llama/Meta-Llama-3-70B",
+    "llama-2-7b": "meta-llama/Llama-2-7b-hf",
+    "codestral-22b": "mistralai/Codestral-22B-v0.1",
+    "qwen2.5-coder-7b": "Qwen/Qwen2.5-Coder-7B",
+    "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
+    "gpt2": "openai-community/gpt2",
+    "pythia-160m": "EleutherAI/pythia-160m",
+    "resnet-50": "microsoft/resnet-50",
+    "vit-base-patch16-224": "google/vit-base-patch16-224",
+}
+
+
 def shipped_configs() -> list[str]:
     """Short names of the configs shipped with slicer."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
@@ -126,6 +141,9 @@ def load_model(name_or_path_or_config, *, dtype: torch.dtype = torch.float32, de
         cfg = resolve_config(src)
         if cfg.model_type not in FAMILIES:
             raise UnsupportedModelError(unsupported_message(cfg.model_type))
-        hf = _auto_class(cfg.model_type).from_pretrained(str(src), dtype=dtype).to(device)
+        key = str(src)
+        if not Path(key).exists():  # a short name fetches its hub repo's weights
+            key = HUB_NAMES.get(ALIASES.get(key) or ALIASES.get(key.lower()) or "", key)
+        hf = _auto_class(cfg.model_type).from_pretrained(key, dtype=dtype).to(device)
         name = str(src)
     return SplitModel(hf, name=name)

@@ -98,6 +98,7 @@ class SplitModel:
         if cache is not None and cache.layer_ids and position != cache.length:
             raise ValueError(f"position={position} but the cache holds {cache.length} tokens; they must be equal")
         B, T = x.shape[0], x.shape[1]
+        self._check_positions(position, T)
         past = cache.length if (cache is not None and cache.layer_ids) else 0
         out = self._forward(
             a, b, x, cache,
@@ -145,6 +146,8 @@ class SplitModel:
                 if p != c.length:
                     raise ValueError(f"positions[{i}]={p} but caches[{i}] holds {c.length} tokens")
         new_lens = [int(x.shape[1]) for x in xs]
+        for p, t in zip(positions, new_lens):
+            self._check_positions(p, t)
         t_max = max(new_lens)
         padded = []
         for x in xs:
@@ -164,6 +167,14 @@ class SplitModel:
             for c, p, t in zip(caches, positions, new_lens):
                 c.length = p + t
         return [out[i : i + 1, : new_lens[i]] for i in range(n)]
+
+    def _check_positions(self, position: int, T: int) -> None:
+        limit = self.adapter.max_positions
+        if position < 0 or (limit is not None and position + T > limit):
+            raise ValueError(
+                f"positions {position}..{position + T - 1} are outside the model's learned position table "
+                f"(0..{limit - 1})" if limit is not None else f"position={position} must be >= 0"
+            )
 
     # --- the one code path of both ---------------------------------------------------
     def _forward(self, a, b, x, cache, *, past_lens, past_max, new_lens, positions):

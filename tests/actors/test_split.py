@@ -150,3 +150,18 @@ def test_eager_attention_gets_an_additive_mask():
     c_edge, c_srv = m.new_cache(0, 2), m.new_cache(2, m.num_units)
     outs = [m.run(2, m.num_units, m.run(0, 2, ids[:, s], c_edge), c_srv) for s in (slice(0, 4), slice(4, 5), slice(5, 7))]
     torch.testing.assert_close(torch.cat(outs, 1), ref, atol=ATOL, rtol=0)
+
+
+def test_learned_position_table_limit_is_a_clear_error():
+    m = load_model(TINY_LM["gpt2"])  # n_positions 128
+    m.run(0, 2, torch.zeros(1, 3, dtype=torch.long), position=125)
+    with pytest.raises(ValueError, match="outside the model's learned position table"):
+        m.run(0, 2, torch.zeros(1, 3, dtype=torch.long), position=126)
+
+
+def test_bfloat16_split_is_exact(stories260k_path):
+    m = load_model(stories260k_path, dtype=torch.bfloat16)
+    prompt = torch.tensor([[1, 403, 407, 261]])
+    ref, _ = reference_generate(m, prompt, 8)
+    for mode, ell, w in (("per-token", 3, None), ("offload", 2, 4), ("cloud-only", 0, None)):
+        assert generate(m, prompt, 8, mode, ell, w, LOSSLESS).tokens == ref
