@@ -161,3 +161,16 @@ def test_auto_index_costs_at_most_half_of_csr(activations):
             s = wire.unpack(codec.encode(x, CodecConfig(sparsity=0.75, index=coding))).sections
             sec[coding] = len(s[1]) + len(s[2])
         assert sec["auto"] <= 0.5 * sec["csr"], (layer, sec)
+
+
+def test_very_sparse_positions_use_wide_low_parts():
+    """N/k > 2^17: Rice and Elias-Fano low parts wider than 16 bits (generic packer path)."""
+    pos = np.array([5, 300000, 700001, 1048575])
+    lab = np.array([0, 1, 1, 0])
+    sizes = np.array([2, 2])
+    want = np.array([5, 1048575, 300000, 700001])
+    for coding in CODINGS:
+        cid, idx, lb = index.encode(coding, pos, lab, (1 << 20,), 2)
+        assert np.array_equal(index.decode(cid, idx, lb, (1 << 20,), sizes), want)
+        if coding == "rice":
+            assert idx[0] > 16
