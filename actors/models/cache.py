@@ -62,7 +62,7 @@ class SegmentCache:
             return int(k.shape[0])
         return 0
 
-    def copy(self) -> "SegmentCache":
+    def copy(self) -> SegmentCache:
         """An independent copy (tensors are immutable once stored: a shallow copy of the
         dict is enough, since ``update`` replaces entries instead of writing in place)."""
         return SegmentCache(self.a, self.b, self.layer_ids, dict(self.layers), self.length)

@@ -10,8 +10,8 @@ decoder blocks, last = final norm + LM head. Units of a vision model: the stem
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

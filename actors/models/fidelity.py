@@ -15,13 +15,18 @@ measures), with the codec in the loop exactly as the edge and server exchange by
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from actors.models.generate import EdgeSession, ServerSession, generate, reference_generate
+from actors.models.generate import (
+    EdgeSession,
+    ServerSession,
+    generate,
+    reference_generate,
+)
 from codec import CodecConfig
 
 

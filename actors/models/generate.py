@@ -174,7 +174,7 @@ class ServerSession:
         return int(self.step_logits(payload)[0, -1].argmax())
 
     @staticmethod
-    def step_batch(sessions: list["ServerSession"], payloads: list[bytes]) -> list[int]:
+    def step_batch(sessions: list[ServerSession], payloads: list[bytes]) -> list[int]:
         """One batched step over many sessions (same model and split): the server's
         batched decode. Same tokens as calling ``step`` on each."""
         if not sessions:

@@ -7,7 +7,12 @@ from typing import Any
 
 import torch
 
-from actors.models.families import FAMILIES, UnsupportedModelError, family_kind, unsupported_message
+from actors.models.families import (
+    FAMILIES,
+    UnsupportedModelError,
+    family_kind,
+    unsupported_message,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

@@ -139,24 +139,25 @@ def profile_of(model, *, name: str | None = None, source: str = "analytic") -> M
     return ModelProfile(
         name=name or model.name, family=model.family, kind="vision", dtype=dtype_name(dt),
         layers=tuple(layers), input_bytes_per_token=ch * size * size, vocab_size=0,
-        hidden_size=int(getattr(model.config, "hidden_size", 0) or 0) if isinstance(getattr(model.config, "hidden_size", 0), int) else 0,
+        hidden_size=_int_or_zero(getattr(model.config, "hidden_size", 0)),  # ResNet has a list: 0
         source=source, extra=extra,
     )
 
 
-_META_TWINS: dict[int, object] = {}
+def _int_or_zero(v) -> int:
+    return int(v) if isinstance(v, int) else 0
 
 
 def _vision_unit_meta(model, i, x_meta):
     """Run unit ``i`` of a real-weight vision model on a meta tensor via a meta twin."""
-    twin = _META_TWINS.get(id(model))
+    twin = getattr(model, "_meta_twin", None)
     if twin is None:
         from actors.models.split import SplitModel
 
         with torch.device("meta"):
             hf = type(model.hf)(model.config).to(model.dtype)
         twin = SplitModel(hf, name=model.name)
-        _META_TWINS[id(model)] = twin
+        model._meta_twin = twin
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc:
@@ -166,7 +167,11 @@ def _vision_unit_meta(model, i, x_meta):
 
 def build_meta_model(name_or_config, *, dtype=None):
     """A ``SplitModel`` of the architecture on the meta device (no memory, no weights)."""
-    from actors.models.families import FAMILIES, UnsupportedModelError, unsupported_message
+    from actors.models.families import (
+        FAMILIES,
+        UnsupportedModelError,
+        unsupported_message,
+    )
     from actors.models.loading import _auto_class, resolve_config
     from actors.models.split import SplitModel
 

@@ -2,7 +2,7 @@
 with its own KV cache, alone or batched over sessions of different lengths."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -179,7 +179,7 @@ class SplitModel:
     # --- the one code path of both ---------------------------------------------------
     def _forward(self, a, b, x, cache, *, past_lens, past_max, new_lens, positions):
         ad: DecoderAdapter = self.adapter
-        B, T = x.shape[0], x.shape[1]
+        T = x.shape[1]
         dev = x.device
         t_idx = torch.arange(T, device=dev)
         new_lens_t = torch.tensor(new_lens, device=dev)

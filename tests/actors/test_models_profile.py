@@ -7,8 +7,14 @@ import json
 import pytest
 import torch
 
-from actors.models import (SUPPORTED, UnsupportedModelError, load_model, profile_from_config, resolve_config,
-                           shipped_configs)
+from actors.models import (
+    SUPPORTED,
+    UnsupportedModelError,
+    load_model,
+    profile_from_config,
+    resolve_config,
+    shipped_configs,
+)
 from actors.models.testing import TINY_LM, TINY_VISION
 from policies.profile import ModelProfile
 

@@ -9,7 +9,12 @@ from hypothesis import strategies as st
 
 from actors.models import load_model
 from actors.models.generate import generate
-from actors.models.quant import QuantEmbedding, QuantLinear, quantize_front, quantized_front_profile
+from actors.models.quant import (
+    QuantEmbedding,
+    QuantLinear,
+    quantize_front,
+    quantized_front_profile,
+)
 from actors.models.testing import TINY_LM
 from codec import CodecConfig
 

@@ -105,7 +105,7 @@ def test_segments_compose_to_the_hf_forward(lm):
                 outs.append(lm.run(ell, n, lm.run(0, ell, chunk, c_edge), c_srv))
             torch.testing.assert_close(torch.cat(outs, 1), ref, atol=ATOL, rtol=0)
             assert c_edge.length == c_srv.length == 9
-            assert set(c_edge.layers) == set(range(0, ell - 1)) and set(c_srv.layers) == set(range(max(ell - 1, 0), n - 2))
+            assert set(c_edge.layers) == set(range(ell - 1)) and set(c_srv.layers) == set(range(max(ell - 1, 0), n - 2))
 
 
 def test_feature_shapes_follow_the_unit_layout(lm):
@@ -134,7 +134,7 @@ def test_vision_single_shot_every_split(name):
     m = load_model(TINY_VISION[name], seed=0)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     ref = m.hf(pixel_values=x).logits  # (2, 5)
-    for ell in range(0, m.num_units + 1):
+    for ell in range(m.num_units + 1):
         logits, nbytes = single_shot(m, x, ell, LOSSLESS)
         torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
         assert torch.equal(logits.argmax(-1), ref.argmax(-1))
