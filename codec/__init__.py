@@ -10,9 +10,9 @@ Importing this package never needs Triton or a GPU.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from codec import methods as _methods
@@ -43,12 +43,20 @@ def _check_tensor(x: torch.Tensor) -> None:
         raise CodecError(f"tensor has {x.numel()} elements, at most {_wire.MAX_ELEMENTS} allowed")
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    # On CPU numpy's isfinite is ~600x cheaper than torch's isfinite().all() on 2 threads
+    # (0.085 ms against 54.7 ms for 524,288 float32, measured by the SLICER helper).
+    if x.device.type == "cpu" and x.dtype != torch.bfloat16:
+        return bool(np.isfinite(x.detach().contiguous().numpy()).all())
+    return bool(torch.isfinite(x).all())
+
+
 def encode(x: torch.Tensor, cfg: CodecConfig | None = None) -> bytes:
     """Encode ``x`` (any shape, float dtype, CPU or CUDA) into a self-describing payload."""
     cfg = cfg or CodecConfig()
     _check_tensor(x)
     method = _methods.get(cfg.method)
-    if cfg.method != "raw" and x.numel() and not bool(torch.isfinite(x).all()):
+    if cfg.method != "raw" and x.numel() and not _all_finite(x):
         raise CodecError(f"tensor holds NaN or Inf; method {cfg.method!r} needs finite values (use 'raw')")
     sections = _encode_sections(method, x.detach(), cfg)
     return _wire.pack(_methods.METHOD_IDS[cfg.method], x.dtype, tuple(x.shape), sections)
@@ -97,11 +105,15 @@ def predict_bytes(shape: Sequence[int], cfg: CodecConfig | None = None, dtype: t
     the data (SLICER with ABQ off and a fixed index coding, the fixed-rate baselines)."""
     cfg = cfg or CodecConfig()
     shape = tuple(int(d) for d in shape)
-    body = int(_methods.get(cfg.method).predict_bytes(shape, dtype, cfg))
-    # The header's section-length varints depend on the section sizes; bound them by
-    # the body size (each section length ≤ body).
-    nsec_bound = _methods.get(cfg.method).max_sections(cfg) if hasattr(_methods.get(cfg.method), "max_sections") else 8
-    return body + _wire.header_nbytes(shape, [body] * nsec_bound)
+    method = _methods.get(cfg.method)
+    if hasattr(method, "section_bounds"):
+        # per-section bounds make the header's length varints exact too
+        bounds = [int(b) for b in method.section_bounds(shape, dtype, cfg)]
+        return sum(bounds) + _wire.header_nbytes(shape, bounds)
+    body = int(method.predict_bytes(shape, dtype, cfg))
+    # Otherwise bound each section-length varint by the whole body.
+    nsec = method.max_sections(cfg) if hasattr(method, "max_sections") else _wire.MAX_SECTIONS
+    return body + _wire.header_nbytes(shape, [body] * nsec)
 
 
 def encode_batch(xs: Sequence[torch.Tensor], cfg: CodecConfig | None = None) -> list[bytes]:
