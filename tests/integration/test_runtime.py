@@ -19,42 +19,35 @@ def _wl(model_dir, **kw):
     return parse_workload(d)
 
 
-def test_lossless_split_on_labelled_nodes(local_cluster, tiny_model_dir, tiny_reference, tmp_path):
-    wl = _wl(tiny_model_dir, policy={"name": "fixed", "split": 3, "offload_step": 1}, codec="lossless",
-             precision="float32")
+def test_eight_devices_lossless_split_on_labelled_nodes(local_cluster, tiny_model_dir, tiny_reference, tmp_path):
+    """Eight devices at once (four per class) on a lossless per-token split: every actor
+    on a node with its labels, every request completes with the unsplit model's tokens,
+    the server batches steps of several devices."""
+    wl = _wl(tiny_model_dir, devices=[{"class": "raspberry-pi-5", "count": 4}, {"class": "jetson-orin-nano", "count": 4}],
+             policy={"name": "fixed", "split": 3, "offload_step": 1}, codec="lossless", precision="float32",
+             requests=2, max_new_tokens=6, server={"max_batch": 8, "batch_window_ms": 5})
     out = run_workload(wl, out=tmp_path / "run", progress=None)
     nodes = {n.node_id: n.labels for n in local_cluster.nodes()}
     edges = out.summary["cluster"]["edge_nodes"]
+    assert len(edges) == 8
     for dev_id, w in edges.items():
         cls = out.summary["devices"][dev_id]["class"]
         assert nodes[w["node_id"]]["role"] == "edge" and nodes[w["node_id"]]["device-class"] == cls
         assert w["labels"]["device-class"] == cls  # as the actor itself saw its node
     assert nodes[out.summary["cluster"]["server_node"]["node_id"]]["role"] == "server"
-    assert len(out.records) == 4
+    ids = sorted(r["request_id"] for r in out.records)
+    assert ids == sorted(f"{d}/r{i}" for d, _ in wl.all_devices() for i in range(2))  # nothing lost
     for r in out.records:
         assert r["ok"], r["error"]
         assert r["mode"] == "split" and r["split"] == 3
-        assert r["tokens"] == tiny_reference(PROMPTS[r["index"] % len(PROMPTS)], 5)
+        assert r["tokens"] == tiny_reference(PROMPTS[r["index"] % len(PROMPTS)], 6)
     s = out.summary
+    assert s["totals"]["completed"] == 16 and s["server"]["requests"] == 16
+    assert s["server"]["batch_size_max"] >= 2  # steps of several devices were batched
     for d in s["devices"].values():
         assert d["bytes_sent"] > 0 and d["bits_per_element"] > 32 and d["latency_p50_ms"] > 0
         assert d["server_compute_s"] > 0
-    assert s["server"]["requests"] == 4
     assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / "requests.jsonl").exists()
-
-
-def test_eight_devices_at_once_nothing_lost(local_cluster, tiny_model_dir, tiny_reference):
-    wl = _wl(tiny_model_dir, devices=[{"class": "raspberry-pi-5", "count": 4}, {"class": "jetson-orin-nano", "count": 4}],
-             policy="cloud-only", requests=2, max_new_tokens=6, server={"max_batch": 8, "batch_window_ms": 5})
-    out = run_workload(wl, progress=None, write=False)
-    ids = sorted(r["request_id"] for r in out.records)
-    assert ids == sorted(f"{d}/r{i}" for d, _ in wl.all_devices() for i in range(2))
-    for r in out.records:
-        assert r["ok"], r["error"]
-        assert r["tokens"] == tiny_reference(PROMPTS[r["index"] % len(PROMPTS)], 6)
-    assert out.summary["totals"]["completed"] == 16
-    assert out.summary["server"]["batch_size_max"] >= 2  # steps of several devices were batched
-    assert sum(out.summary["server"]["requests_by_device"].values()) == 16
 
 
 def test_link_change_replans_and_shows_in_records(local_cluster, tiny_model_dir):
@@ -77,3 +70,31 @@ def test_link_change_replans_and_shows_in_records(local_cluster, tiny_model_dir)
     assert (recs[1]["split"], recs[1]["codec"]) == (after["split"], after["codec"])
     assert (recs[0]["split"], recs[0]["codec"]) != (recs[1]["split"], recs[1]["codec"])
     assert recs[1]["bytes_sent"] < recs[0]["bytes_sent"]
+
+
+def test_run_with_address_uses_the_existing_cluster(local_cluster, tiny_model_dir, tiny_reference, tmp_path):
+    """`python -m orchestrator run WORKLOAD --address ADDR --out DIR` (what a Ray job
+    runs), here with the cloud-only policy: token ids cross, the server runs everything."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    wl = {"name": "addr", "model": str(tiny_model_dir), "inputs": {"prompts": PROMPTS[:2]},
+          "devices": [{"class": "jetson-orin-nano"}], "policy": "cloud-only", "requests": 2, "max_new_tokens": 3}
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump(wl))
+    before = {n.node_id for n in local_cluster.nodes()}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(tmp_path / "w.yaml"), "--address",
+                           local_cluster.address, "--out", str(tmp_path / "run"), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["totals"]["completed"] == 2
+    recs = [json.loads(line) for line in (tmp_path / "run" / "requests.jsonl").read_text().splitlines()]
+    for r in recs:
+        assert r["mode"] == "cloud-only" and r["codec"] == "tokens"
+        assert r["tokens"] == tiny_reference(PROMPTS[r["index"]], 3)
+        assert r["bytes_sent"] == (9 + 4 * len(PROMPTS[r["index"]])) + 2 * (9 + 4)  # SLTK token ids
+    assert s["devices"]["jetson-orin-nano-0"]["node"] in before  # ran on this cluster's nodes
+    assert {n.node_id for n in local_cluster.nodes()} == before  # and left it running
