@@ -52,6 +52,9 @@ class MeasuredTimings:
     """Codec time table: ``(codec spec, elements, median seconds of encode)``."""
     codec_decode: tuple[tuple[str, int, float], ...] = ()
     """Same for decode (the server's side)."""
+    call_overhead_s: float = 0.0
+    """Extra seconds of a segment that starts after unit 0 (a separate call: masks,
+    position embeddings, dispatch). Prefixes [0, ℓ) include theirs in the unit times."""
 
     def unit_time_s(self, j: int, context: int, tokens: int = 1) -> float:
         """Seconds of unit ``j`` for ``tokens`` new tokens at ``context``: linear in the
@@ -176,6 +179,12 @@ class DeviceProfile:
             return t * (ratio if ratio < 1 else 1.0) * self.slowdown
         return roofline_s(self, layer, model, precision, context, tokens) * self.slowdown
 
+    def segment_overhead_s(self, model: ModelProfile, a: int) -> float:
+        """Fixed cost of running a segment that starts at unit ``a`` as its own call."""
+        if a > 0 and self.kind == "measured" and self.measured is not None and self._measures(model):
+            return self.measured.call_overhead_s * self.slowdown
+        return 0.0
+
     def _measures(self, model: ModelProfile) -> bool:
         return self.measured is not None and len(self.measured.unit_s[0]) == model.num_layers
 
@@ -230,6 +239,7 @@ class DeviceProfile:
                 prefill_unit_s=tuple(float(t) for t in m.get("prefill_unit_s", ())),
                 codec=tuple((str(s), int(n), float(t)) for s, n, t in m.get("codec", ())),
                 codec_decode=tuple((str(s), int(n), float(t)) for s, n, t in m.get("codec_decode", ())),
+                call_overhead_s=float(m.get("call_overhead_s", 0.0)),
             )
         return cls(**kw)
 

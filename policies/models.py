@@ -151,7 +151,8 @@ class CostModel:
             return 0.0
         key = (dev.name, id(dev), a, b, precision, context, tokens)
         if key not in self._range_cache:
-            self._range_cache[key] = sum(dev.unit_time_s(self.model, j, precision, context, tokens) for j in range(a, b))
+            self._range_cache[key] = sum(dev.unit_time_s(self.model, j, precision, context, tokens) for j in range(a, b)) \
+                + dev.segment_overhead_s(self.model, a)
         return self._range_cache[key]
 
     def weights_bytes(self, a: int, b: int, precision: str) -> float:
