@@ -335,7 +335,8 @@ def run(args: argparse.Namespace) -> int:
         for c in cmp_rows:
             print(f"{c['input']:<22} {c['slicer_config']:<40} {c['slicer_bits']:>11.3f} {c['slicer_rel_l2']:>8.4f} "
                   f"{str(c['ours']):>12} {_fmt(c['ours_bits']):>9} {_fmt(c['fraction']):>8}")
-    speed = [r for r in rows if r.input == "speed-128x4096" and r.config == "slicer:sparsity=0.75" and not r.error]
+    s075 = CodecConfig(method="slicer", sparsity=0.75).spec()  # the paper's defaults at s = 0.75
+    speed = [r for r in rows if r.input == "speed-128x4096" and r.config == s075 and not r.error]
     summary = {
         "threads": torch.get_num_threads(), "reps": reps, "seconds": time.perf_counter() - t_start,
         "skipped_methods": skipped,
@@ -347,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nCPU speed, 128x4096 float32, slicer s=0.75: encode {speed[0].encode_over_topk:.2f}x topk "
               f"(target <= 3), decode {speed[0].decode_over_topk:.2f}x topk (target <= 1); topk {speed[0].topk_ms:.2f} ms, "
               f"{torch.get_num_threads()} threads")
-    at075 = [c for c in cmp_rows if c["slicer_config"] == "slicer:sparsity=0.75" and not c["input"].startswith("speed")]
+    at075 = [c for c in cmp_rows if c["slicer_config"] == s075 and not c["input"].startswith("speed")]
     if at075:
         summary["ours_fraction_at_slicer_s075"] = {c["input"]: c["fraction"] for c in at075}
         print("Ours at SLICER s=0.75's rel L2 (target <= 0.70 of its bits): "
