@@ -118,14 +118,36 @@ def _sampled_ids(model, batch: int, seq: int, seed: int):
     return out[:, :seq]
 
 
+def _heldout_ids(path: Path, batch: int, seq: int):
+    """(batch, seq) token ids of the model folder's held-out text (``heldout.txt`` with its
+    own tokenizer), consecutive windows from the start; None when the folder has neither."""
+    text_file = path / "heldout.txt"
+    if not text_file.exists():
+        return None
+    try:
+        import torch
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(path))
+        ids = tok(text_file.read_text(encoding="utf-8"))["input_ids"]
+    except Exception:  # no usable tokenizer: fall back to sampled text
+        return None
+    if len(ids) < batch * seq:
+        return None
+    return torch.tensor(ids[: batch * seq], dtype=torch.long).reshape(batch, seq)
+
+
 def model_features(path: Path, layers: list[int], batch: int, seq: int, tag: str) -> dict:
-    """Hidden states (batch, seq, hidden) after the given decoder layers, on text the model
+    """Hidden states (batch, seq, hidden) after the given decoder layers, on the folder's
+    held-out text when it ships one (``heldout.txt`` + tokenizer), else on text the model
     samples itself (seeded, temperature 0.8), so the activations are in distribution."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
-    ids = _sampled_ids(model, batch, seq, seed=0)
+    ids = _heldout_ids(path, batch, seq)
+    if ids is None:
+        ids = _sampled_ids(model, batch, seq, seed=0)
     with torch.no_grad():
         hs = model(ids, output_hidden_states=True).hidden_states
     n = len(hs) - 1
