@@ -336,3 +336,46 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
             if spans:
                 R.write_jsonl(run_dir / "traces.jsonl", spans)
     return RunOutput(run_dir, summary, records, decisions, load_rows)
+
+
+def run_many(workloads: list[Workload], *, address: str | None = None, trace: bool = False,
+             progress: TextIO | None = None) -> list[RunOutput]:
+    """Run several workloads one after another on ONE cluster (benchmarks comparing
+    variants side by side): the embedded one covering every device class, started once,
+    or ``address``. Nothing is written; each returns its ``RunOutput``."""
+    import ray
+
+    from orchestrator.cluster import LocalCluster, connect
+
+    classes = sorted({c for wl in workloads for c in wl.device_classes()})
+    per_class = max(sum(g.count for g in wl.devices if g.device_class == c) for wl in workloads for c in wl.device_classes())
+    cluster = conn = None
+    try:
+        if address is not None:
+            conn = connect(address)
+        elif not ray.is_initialized():
+            cluster = LocalCluster(edge_classes=classes, edge_slots=max(16, per_class))
+            cluster.start()
+        outs = []
+        for wl in workloads:
+            outs.append(run_workload(wl, trace=trace, progress=progress, write=False))
+        return outs
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        if conn is not None:
+            conn.close()
+
+
+def variant(wl: Workload, **changes: Any) -> Workload:
+    """A copy of ``wl`` with top-level fields replaced (``devices``, ``policy``, ``server``...)."""
+    return dataclasses.replace(wl, **changes)
+
+
+def scale_devices(wl: Workload, n: int) -> Workload:
+    """``wl`` with ``n`` devices in all, spread over its groups in turn (group order kept)."""
+    counts = [0] * len(wl.devices)
+    for i in range(n):
+        counts[i % len(wl.devices)] += 1
+    groups = tuple(dataclasses.replace(g, count=c) for g, c in zip(wl.devices, counts) if c > 0)
+    return dataclasses.replace(wl, devices=groups)

@@ -1,0 +1,67 @@
+"""`slicer bench server-light`: server compute seconds under a split policy (SLICER by
+default) against cloud-only on the same requests, for 1, 4 and 8 devices."""
+from __future__ import annotations
+
+HELP = "server compute seconds: SLICER policy vs cloud-only on the same requests, 1/4/8 devices (ratio, plans)"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workload", nargs="?", default=None, help="base workload (default: examples/multi_client.yaml)")
+    p.add_argument("--devices", default="1,4,8", help="device counts, comma-separated (default 1,4,8)")
+    p.add_argument("--policy", default="slicer", help="the policy compared with cloud-only (default slicer)")
+    p.add_argument("--requests", type=int, default=None, help="requests per device (default: the workload's)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per request (default: the workload's)")
+    p.add_argument("--model", default=None, help="override the workload's model")
+    p.add_argument("--address", default=None, help="an existing cluster instead of the embedded one")
+    p.add_argument("--json", default=None, help="write the results as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from orchestrator.runner import run_many, scale_devices, variant
+    from orchestrator.workload import REPO_ROOT, PolicySpec, load_workload
+
+    base = load_workload(args.workload or REPO_ROOT / "examples" / "multi_client.yaml")
+    changes = {}
+    if args.requests:
+        changes["requests"] = args.requests
+    if args.max_new_tokens:
+        changes["max_new_tokens"] = args.max_new_tokens
+    if args.model:
+        changes["model"] = args.model
+    base = variant(base, codec=None, **changes)
+    counts = [int(x) for x in args.devices.split(",") if x.strip()]
+    runs = []
+    for n in counts:
+        wl = scale_devices(base, n)
+        runs.append((n, args.policy, variant(wl, name=f"sl-{args.policy}-{n}", policy=PolicySpec(name=args.policy))))
+        runs.append((n, "cloud-only", variant(wl, name=f"sl-cloud-{n}", policy=PolicySpec(name="cloud-only"))))
+    outs = run_many([wl for _, _, wl in runs], address=args.address)
+    rows = []
+    for (n, pol, _), out in zip(runs, outs):
+        s = out.summary
+        plans = sorted({json.dumps(d["plan"], sort_keys=True) for d in s["devices"].values()})
+        rows.append({"devices": n, "policy": pol, "server_compute_s": s["server"]["compute_s_total"],
+                     "completed": s["totals"]["completed"], "requests": s["totals"]["requests"],
+                     "tokens": s["totals"]["tokens"], "bytes_sent": s["totals"]["bytes_sent"],
+                     "plans": [json.loads(p) for p in plans]})
+    result = {"benchmark": "server-light", "model": base.model, "policy": args.policy, "rows": rows, "ratios": {}}
+    print(f"server compute seconds, {args.policy} vs cloud-only, same requests (model {base.model}):")
+    print(f"{'devices':>7}  {args.policy + ' s':>12}  {'cloud-only s':>12}  {'ratio':>6}  plans of {args.policy}")
+    for n in counts:
+        a = next(r for r in rows if r["devices"] == n and r["policy"] == args.policy)
+        c = next(r for r in rows if r["devices"] == n and r["policy"] == "cloud-only")
+        ratio = c["server_compute_s"] / a["server_compute_s"] if a["server_compute_s"] > 0 else float("inf")
+        result["ratios"][str(n)] = ratio
+        plans = "; ".join(f"{p['mode']} l={p['split']} w={p['offload_step']} {p['codec']}" for p in a["plans"])
+        print(f"{n:>7}  {a['server_compute_s']:>12.4f}  {c['server_compute_s']:>12.4f}  {ratio:>5.2f}x  {plans}")
+        if a["completed"] != a["requests"] or c["completed"] != c["requests"]:
+            print(f"  WARNING: not every request completed ({a['completed']}/{a['requests']}, "
+                  f"{c['completed']}/{c['requests']})", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+    return 0
