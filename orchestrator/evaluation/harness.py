@@ -207,7 +207,8 @@ def run_model_eval(args, task: Task, limits: SandboxLimits, ks: Sequence[int] = 
         runs.append(ref)
     split_run = evaluate_task(task, split_scorer, tokenizer, **common)
     st = split_scorer.stats
-    split_run.metrics.update(bits_per_element=st.bits_per_element, payload_bytes=float(st.payload_bytes),
+    bpe = st.bits_per_element
+    split_run.metrics.update(bits_per_element=None if math.isnan(bpe) else bpe, payload_bytes=float(st.payload_bytes),
                              payloads=float(st.payloads), server_s=st.server_s, edge_s=st.edge_s)
     runs.append(split_run)
     plan = {"split": split, "num_units": model.num_units, "codec": cfg.spec(), "mode": mode, "offload_step": w,

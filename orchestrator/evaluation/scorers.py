@@ -127,7 +127,9 @@ class WireStats:
 
     @property
     def bits_per_element(self) -> float:
-        return self.payload_bytes * 8 / self.elements if self.elements else 0.0
+        """NaN when no feature crossed the link (e.g. an offload step past the end of
+        every sequence): such a run says nothing about the codec's rate."""
+        return self.payload_bytes * 8 / self.elements if self.elements else float("nan")
 
 
 @dataclass

@@ -90,11 +90,15 @@ def test_sweep_writes_csv_front_and_plot(tiny_dir, tmp_path):
 def test_sweep_on_task_accuracy(tiny_dir, tmp_path):
     out = tmp_path / "task"
     rc = main(["sweep", "--model", str(tiny_dir), "--task", str(TASKS / "piqa_mini.jsonl"), "--splits", "2",
-               "--codecs", "lossless", "--sparsities", "", "--bits", "", "--modes", "per-token",
-               "--devices", "laptop-cpu", "--out", str(out)])
+               "--codecs", "lossless", "--sparsities", "", "--bits", "", "--modes", "per-token,offload",
+               "--offload-steps", "64", "--devices", "laptop-cpu", "--out", str(out)])
     assert rc == 0
-    (row,) = _read(out / "sweep.csv")
-    assert row["metric"] == "accuracy" and row["fidelity"] == row["unsplit_fidelity"]
+    per_token, offload = _read(out / "sweep.csv")
+    assert per_token["metric"] == "accuracy" and per_token["fidelity"] == per_token["unsplit_fidelity"]
+    # w = 64 is past the end of every choice: nothing crossed the link, so the row has no
+    # rate and cannot sit on the front with a fake 0 bits per element.
+    assert offload["offload_step"] == "64" and offload["bits_per_element"] == "nan"
+    assert offload["on_front"] == "False" and per_token["on_front"] == "True"
 
 
 def test_sweep_without_tokenizer_samples_text(stories260k_path, tmp_path):
