@@ -14,6 +14,7 @@ way the papers observe, and it is monotone by construction:
 - more blocks per sign is slightly better (finer quantization ranges, SLICER §3.2):
   a bonus of ``1e-4 · (M+ + M-)``, so among equally sparse settings the finer one wins;
 - the split depth does not change the prior (deeper split = no change);
+- dense 8-bit baselines (int8, q8_0, fp8) 0.998; OPSC ``0.998 · 0.99^(8 - q_bit)``;
 - front precision: float32/16 1, int8 0.995, int4 0.97 (OPSC Table 2-class losses).
 
 Settings the table knows rank above unknown ones only through their values; a table
@@ -53,8 +54,10 @@ def prior_accuracy(cfg, front_precision: str = "float16") -> float:
         acc += 1e-4 * (cfg.blocks[0] + cfg.blocks[1])
     elif cfg.method in ("fp16", "bf16", "fp16-zstd"):
         acc = 1.0 - 1e-4
-    elif cfg.method in ("int8", "q8_0", "fp8", "opsc"):
+    elif cfg.method in ("int8", "q8_0", "fp8"):
         acc = 0.998
+    elif cfg.method == "opsc":  # threshold splitting keeps outliers exact; q_bit caps the token widths
+        acc = 0.998 * 0.99 ** max(0, 8 - q)
     return min(1.0, acc) * p
 
 

@@ -286,11 +286,15 @@ def result_to_plan(policy: str, cm: CostModel, res: SearchResult, space: SearchS
     if c.tier == 1:
         how = f"tier 1: the gentlest setting fits, blocks tuned ({setting})"
     elif c.tier == 2:
-        s_min = space.sparsities[0]
-        how = f"tier 2: s={s_min:g} misses the budgets at split {est.split}, sparsity raised ({setting})"
+        if space.method == "slicer":
+            how = f"tier 2: s={space.sparsities[0]:g} misses the budgets at split {est.split}, sparsity raised ({setting})"
+        else:
+            how = f"tier 2: q_bit={max(space.bits)} misses the budgets at split {est.split}, bits lowered ({setting})"
     else:
-        how = (f"tier 3: split {res.memory_split} (deepest the memory allows) misses the latency budget at every "
-               f"sparsity up to {space.sparsities[-1]:g}; retreated to split {est.split} ({setting})")
+        grid = (f"sparsity up to {space.sparsities[-1]:g}" if space.method == "slicer"
+                else f"setting of {space.method} (q_bit {', '.join(str(q) for q in space.bits)})")
+        how = (f"tier 3: split {res.memory_split} (deepest the memory allows) misses the budgets at every "
+               f"{grid}; retreated to split {est.split} ({setting})")
     reason = (f"split {est.split}/{n}, offload {w_txt}; {how}. Not deeper: {why_not_deeper or 'n/a'}. "
               f"Predicted {_fmt_ms(est.step_latency_s)}/step, {_mb(est.memory_bytes)}, "
               f"{est.bytes_per_token:,.0f} B/token.")

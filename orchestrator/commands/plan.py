@@ -31,11 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-mb", type=float, default=None, help="edge memory budget M in MB (default: the device's memory)")
     p.add_argument("--tokens", type=int, default=128, help="tokens to generate (default 128)")
     p.add_argument("--prompt-tokens", type=int, default=0, help="prompt length (its features cross at the hand-off)")
+    p.add_argument("--handoff-ms", type=float, default=None,
+                   help="budget of the hand-off step, Eq. 5 (default: offload_step x --latency-ms)")
     p.add_argument("--ar-buffer-kb", type=float, default=None, help="M_ar: cap on the hand-off payload in kB (Eq. 6)")
     p.add_argument("--min-accuracy", type=float, default=None, help="lowest acceptable next-token agreement (with --accuracy)")
     p.add_argument("--accuracy", default=None, help="accuracy table JSON (rows: split, codec, next_token_agreement)")
     p.add_argument("--policy", default="slicer", help="slicer (default), opsc, cloud-only, edge-only, fixed-split, neurosurgeon, or all")
     p.add_argument("--front-precision", default=None, help="edge weights precision (float16/bfloat16/int8/int4; default: the model's)")
+    p.add_argument("--opsc-objective", default="accuracy", choices=("accuracy", "edge"),
+                   help="OPSC: most accurate front precision first (default) or deepest split over precisions")
     p.add_argument("--dtype", default=None, help="model dtype for a config (default: the config's own)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the plan(s) as JSON to OUT ('-' for stdout)")
 
@@ -69,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             memory_bytes=(args.memory_mb * 1e6) if args.memory_mb is not None else device.memory_bytes,
             new_tokens=args.tokens, prompt_tokens=args.prompt_tokens,
             ar_buffer_bytes=args.ar_buffer_kb * 1e3 if args.ar_buffer_kb is not None else None,
+            handoff_latency_s=args.handoff_ms / 1e3 if args.handoff_ms is not None else None,
             min_accuracy=args.min_accuracy,
         )
         table = AccuracyTable.load(args.accuracy) if args.accuracy else None
@@ -79,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
             kw = dict(opts)
             if args.front_precision and name in ("slicer", "edge-only", "fixed-split", "neurosurgeon"):
                 kw["front_precision"] = args.front_precision
-            if args.front_precision and name == "opsc":
-                kw["precisions"] = (args.front_precision,)
+            if name == "opsc":
+                kw["objective"] = args.opsc_objective
+                if args.front_precision:
+                    kw["precisions"] = (args.front_precision,)
             plans.append(plan(name, model, device, link, budgets, table, **kw))
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"slicer plan: error: {e}", file=sys.stderr)
