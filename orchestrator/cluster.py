@@ -401,6 +401,7 @@ class LocalCluster:
         self.start_timeout_s = start_timeout_s
         self.keep_temp_dir = keep_temp_dir
         self.temp_dir: str | None = None
+        self.dashboard_port: int | None = None
         self.start_s: float | None = None
         """Seconds from start() to every node alive and the driver connected."""
         self.stop_s: float | None = None
@@ -442,8 +443,16 @@ class LocalCluster:
             self._cluster = Cluster(initialize_head=True, shutdown_at_exit=True,
                                     head_node_args=self._node_args(self.server_spec, head=True))
             self._node_of_spec.append((self.server_spec, self._cluster.head_node))
-            for spec in self.edge_specs:
-                self._node_of_spec.append((spec, self._cluster.add_node(**self._node_args(spec))))
+            for i, spec in enumerate(self.edge_specs):
+                self._node_of_spec.append((spec, self._cluster.add_node(**self._node_args(spec, index=i + 1))))
+            # Ray Jobs find the cluster of a job's driver by "auto" in the node's temp dir
+            # (job_supervisor: canonicalize_bootstrap_address_or_die("auto", temp_dir)); with
+            # no address file there they take ANY GCS running on the machine, i.e. another
+            # user's cluster. Write ours where they look.
+            from ray._private.utils import write_ray_address
+
+            for i in range(len(self._node_of_spec)):
+                write_ray_address(self._cluster.address, self._node_temp_dir(i))
             self._cluster.wait_for_nodes(timeout=self.start_timeout_s)
             if self.connect_driver:
                 ray.init(address=self._cluster.address, namespace=self.namespace, logging_level="WARNING",
@@ -456,12 +465,24 @@ class LocalCluster:
         self.start_s = time.perf_counter() - t0
         return self
 
-    def _node_args(self, spec: NodeSpec, head: bool = False) -> dict:
+    def _node_temp_dir(self, index: int) -> str:
+        # One temp dir per node: each node's runtime-env agent owns <temp>/<session>/
+        # runtime_resources, and agents sharing one delete each other's working_dir
+        # copies (a job's cwd vanished mid-run when all nodes shared it).
+        d = os.path.join(self.temp_dir, f"n{index}")
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def _node_args(self, spec: NodeSpec, head: bool = False, index: int = 0) -> dict:
         args = dict(num_cpus=spec.num_cpus, num_gpus=0, labels=spec.labels(), resources=spec.resources(),
-                    node_ip_address="127.0.0.1", temp_dir=self.temp_dir,
+                    node_ip_address="127.0.0.1", temp_dir=self._node_temp_dir(index),
                     object_store_memory=self.object_store_bytes)
         if head:
-            args.update(include_dashboard=self.include_dashboard, dashboard_host="127.0.0.1")
+            # Ray's defaults (dashboard 8265, agent 52365) collide with any other head on
+            # this machine (other users, other tests): take free loopback ports instead.
+            self.dashboard_port = _free_port()
+            args.update(include_dashboard=self.include_dashboard, dashboard_host="127.0.0.1",
+                        dashboard_port=self.dashboard_port, dashboard_agent_listen_port=_free_port())
         return args
 
     def _own_pids(self) -> dict[int, int]:
@@ -507,6 +528,13 @@ class LocalCluster:
         return self._cluster.address
 
     @property
+    def dashboard_url(self) -> str:
+        """The Jobs/dashboard URL (``include_dashboard=True``), e.g. for ``slicer submit``."""
+        if not self.include_dashboard or self.dashboard_port is None:
+            raise ClusterError("this LocalCluster runs without a dashboard (include_dashboard=False)")
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
     def started_pids(self) -> dict[int, int]:
         """``{pid: start_time}`` of every process this cluster started that is known now
         (after stop(), those that were): what 'nothing left behind' is checked against."""
@@ -536,8 +564,12 @@ class LocalCluster:
         spec = NodeSpec(EDGE_ROLE, device_class, self.server_spec.num_cpus,
                         slots if slots is not None else (self.edge_specs[0].slots if self.edge_specs else 16))
         validate_selector({CLASS_LABEL: device_class})
-        node = self._cluster.add_node(**self._node_args(spec))
+        index = len(self._node_of_spec)
+        node = self._cluster.add_node(**self._node_args(spec, index=index))
         self._node_of_spec.append((spec, node))
+        from ray._private.utils import write_ray_address
+
+        write_ray_address(self._cluster.address, self._node_temp_dir(index))
         self._pids |= self._own_pids()
         return node.node_id
 
@@ -552,6 +584,14 @@ class LocalCluster:
                 del self._node_of_spec[i]
                 return
         raise ClusterError(f"node {node_id} is not a node of this LocalCluster")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _forget_address(address: str) -> None:

@@ -133,7 +133,12 @@ def runtime_env_for(working_dir: Path) -> dict:
 
     mods = []
     for name in PACKAGES:
-        pkg_dir = Path(importlib.import_module(name).__file__).resolve().parent
+        # __path__, not __file__: an editable install can surface a package as a
+        # namespace package (no __file__) depending on the cwd.
+        dirs = [Path(p) for p in importlib.import_module(name).__path__ if Path(p).is_dir()]
+        if not dirs:
+            raise JobError(f"cannot locate the {name!r} package to ship it to the cluster")
+        pkg_dir = dirs[0].resolve()
         try:
             pkg_dir.relative_to(working_dir.resolve())
         except ValueError:

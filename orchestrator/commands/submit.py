@@ -25,14 +25,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="with --wait: local run folder (default: runs/<name>/ under the cwd)")
     p.add_argument("--timeout-s", type=float, default=None, help="with --wait: give up waiting after this long")
     p.add_argument("--json", action="store_true", help="print the submission as JSON")
-    p.add_argument("run_args", nargs=argparse.REMAINDER,
-                   help="after `--`: extra arguments for `slicer run` on the cluster (e.g. -- --no-trace)")
+    p.add_argument("--run-args", default="",
+                   help="extra arguments for `slicer run` on the cluster, one string (e.g. \"--no-trace\")")
 
 
 def run(args: argparse.Namespace) -> int:
     from orchestrator import jobs as J
 
-    extra = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
+    import shlex
+
+    extra = shlex.split(args.run_args)
     try:
         sub = J.submit_workload(args.address, args.workload, working_dir=args.working_dir,
                                 entrypoint=args.entrypoint, extra_args=extra)

@@ -67,7 +67,8 @@ def local(tmp_path_factory):
     os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
     ENV_BEFORE.update({k: os.environ.get(k) for k in _ENV_KEYS})
     try:
-        with C.LocalCluster(edge_classes=CLASSES, edge_slots=4) as lc:
+        # With a dashboard: the Jobs API that `slicer submit` uses (test at the end).
+        with C.LocalCluster(edge_classes=CLASSES, edge_slots=4, include_dashboard=True) as lc:
             yield lc
     finally:
         os.environ["HOME"] = old_home
@@ -185,6 +186,46 @@ print(json.dumps({
                                                  "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")},
     "start_s": lc.start_s, "stop_s": lc.stop_s}))
 """
+
+
+TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97, "max_position_embeddings": 128}
+WORKLOAD = """name: tinyjob
+model: tiny
+inputs: {prompts: [[1, 5, 9, 13, 2], [3, 4]]}
+devices:
+  - {class: laptop-cpu, count: 1}
+  - {class: jetson-orin-nano, count: 1}
+policy: {name: fixed, split: 2, offload_step: 1}
+codec: lossless
+precision: float32
+requests: 1
+max_new_tokens: 4
+"""
+
+
+def test_submit_runs_a_workload_as_a_ray_job(local, tmp_path, capsys):
+    """`slicer submit WORKLOAD --wait` through this cluster's Jobs API: `slicer run` runs
+    inside the job on the multi-node cluster and its run folder comes back. The working
+    dir holds only the workload and its model, so the project ships as py_modules."""
+    from actors.models import load_model
+    from orchestrator.cli import main as slicer
+
+    work = tmp_path / "work"
+    work.mkdir()
+    load_model(dict(TINY_LLAMA), seed=5).hf.save_pretrained(work / "tiny")
+    (work / "wl.yaml").write_text(WORKLOAD)
+    out = tmp_path / "fetched"
+    rc = slicer(["submit", str(work / "wl.yaml"), "--address", local.dashboard_url, "--working-dir", str(work),
+                 "--wait", "--timeout-s", "240", "--out", str(out), "--run-args", "--no-trace --quiet"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    text = json.dumps(summary)
+    assert summary["totals"]["failed"] == 0 and summary["totals"]["completed"] == 2, text[:2000]
+    assert "laptop-cpu" in text and "jetson-orin-nano" in text
+    edge_nodes = {n.node_id for n in local.nodes() if n.role == "edge"}
+    assert {d["node"] for d in summary["devices"].values()} <= edge_nodes  # ran on this cluster's edge nodes
 
 
 def test_stop_leaves_nothing_and_restores_the_environment(local):
