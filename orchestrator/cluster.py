@@ -645,8 +645,16 @@ class Connection:
 def _probe_gcs(address: str, timeout_s: float) -> None:
     """Fail within ``timeout_s`` with a clear error when the GCS at HOST:PORT cannot be
     reached or refuses our token (``ray.init`` alone retries for about 20 s first)."""
+    import socket
+
     from ray._raylet import GcsClient
 
+    host, _, port = address.rpartition(":")
+    try:  # a plain TCP connect first: Ray's client waits ~40 s on a dead address
+        socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout_s, 5.0)).close()
+    except (OSError, ValueError) as e:
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {type(e).__name__}: {e} "
+                           f"(is it up? the address is the GCS HOST:PORT, default port 6379)") from e
     try:
         GcsClient(address=address).internal_kv_keys(b"", None, timeout=timeout_s)
     except Exception as e:  # noqa: BLE001 - re-raised with the address and the cause
@@ -673,6 +681,11 @@ def connect(address: str | None = "auto", *, namespace: str = "slicer", timeout_
         from ray._private.utils import read_ray_address
 
         target = os.environ.get("RAY_ADDRESS") or read_ray_address() or ""
+        if not target:
+            # Ray's "auto" would then attach to any GCS process it finds on the host,
+            # which on a shared machine can be someone else's cluster.
+            raise ClusterError("--address auto: no RAY_ADDRESS and no local cluster address file; "
+                               "pass the cluster's HOST:PORT (GCS port, default 6379)")
     host = target.split("://")[-1].rsplit(":", 1)[0]
     loopback_prev = None
     if host in ("127.0.0.1", "localhost"):

@@ -129,3 +129,19 @@ def test_find_token_order(tmp_path, monkeypatch):
     assert C.find_token() == "frompath"
     monkeypatch.setenv("RAY_AUTH_TOKEN", "fromenv")
     assert C.find_token() == "fromenv"
+
+
+def test_connect_to_a_dead_address_fails_fast_and_clearly():
+    t0 = time.perf_counter()
+    with pytest.raises(C.ClusterError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        C.connect("127.0.0.1:1", timeout_s=2)
+    assert time.perf_counter() - t0 < 10.0  # Ray's own client waits ~40 s here
+
+
+def test_connect_auto_without_any_address_refuses(monkeypatch):
+    import ray._private.utils as ru
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ru, "read_ray_address", lambda temp_dir=None: None)
+    with pytest.raises(C.ClusterError, match="no RAY_ADDRESS"):
+        C.connect("auto")
