@@ -30,9 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator import jobs as J
-
     import shlex
+
+    from orchestrator import jobs as J
 
     extra = shlex.split(args.run_args)
     try:

@@ -69,7 +69,9 @@ def test_validation_is_not_a_no_op():
         prepared_dict(bad)
     onprem = load(next(f for f in FILES if provider(load(f)) == "local"))
     onprem["available_node_types"] = {"x": {"node_config": {}, "resources": {}}}
-    with pytest.raises(BaseException):  # cli_logger.abort
+    import click
+
+    with pytest.raises(click.ClickException):  # cli_logger.abort: "not supported for on-premise"
         prepared_dict(onprem)
 
 
