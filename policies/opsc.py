@@ -75,7 +75,8 @@ def opsc_plan(model: ModelProfile, device: DeviceProfile, link: LinkState, budge
     if method != "opsc":
         space = SearchSpace(method=method, bits=(8,), lossless_first=False)
     last = None
-    for ctx in seq_grid(budgets):
+    grid = seq_grid(budgets) if model.kind == "causal_lm" else [budgets.context_tokens]
+    for ctx in grid:
         b = budgets.replace(new_tokens=ctx - budgets.prompt_tokens)
         found = []
         for p in precisions:
@@ -94,7 +95,8 @@ def opsc_plan(model: ModelProfile, device: DeviceProfile, link: LinkState, budge
             plan = result_to_plan("opsc", cm, res, space)
             shorter = "" if ctx == budgets.context_tokens else (
                 f" The requested {budgets.context_tokens} tokens do not fit any precision/split; longest feasible context {ctx}.")
-            reason = (f"OPSC joint choice: context {ctx} tokens, front {p}, split {ell}/{cm.n}"
+            ctx_txt = f"context {ctx} tokens, " if model.kind == "causal_lm" else ""
+            reason = (f"OPSC joint choice: {ctx_txt}front {p}, split {ell}/{cm.n}"
                       f" ({'most accurate feasible precision' if objective == 'accuracy' else 'deepest split over precisions'})."
                       f"{shorter}{note} " + plan.reason)
             from dataclasses import replace

@@ -271,9 +271,11 @@ def result_to_plan(policy: str, cm: CostModel, res: SearchResult, space: SearchS
     c = res.choice
     est = c.est
     if c.tier == 0:
-        reason = (f"the whole model at {est.precision} ({_mb(est.memory_bytes)} with its KV cache for "
-                  f"{est.context_tokens} tokens) fits {_mb(b.memory_bytes)} and a step takes "
-                  f"{_fmt_ms(est.step_latency_s)} <= {_fmt_ms(b.latency_s)}: nothing to offload (server spared)")
+        kv = f" with its KV cache for {est.context_tokens} tokens" if cm.ar else ""
+        step = "a step" if cm.ar else "an inference"
+        reason = (f"the whole model at {est.precision} ({_mb(est.memory_bytes)}{kv}) fits {_mb(b.memory_bytes)} "
+                  f"and {step} takes {_fmt_ms(est.step_latency_s)} <= {_fmt_ms(b.latency_s)}: nothing to offload "
+                  f"(server spared)")
         return plan_from_estimate(policy, cm, est, None, tier=0, accuracy=c.accuracy, accuracy_source=c.accuracy_source,
                                   binding="", reason=reason)
     why_not_deeper = ""
