@@ -296,9 +296,16 @@ def heldout_sample(texts: list[str], cap_bytes: int) -> str:
     return (EOS + "\n").join(parts)
 
 
+# Prompts for the card's greedy samples. A bare "def " is out of distribution: byte-level
+# BPE glues a space to the word after it, so a lone trailing "Ġ" token after "def" at the
+# start of a file hardly occurs in training, and the committed model answers it with
+# "def ReadingIOOWNOWN..." while "\ndef " gives a real function.
+SAMPLE_PROMPTS = ("\ndef ", "class Foo:\n    def __init__(self", "def ")
+
+
 def greedy_sample(model, tokenizer, prompt: str, new_tokens: int = 60) -> str:
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
-    out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids  # (1, P)
+    out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False)  # (1, P + new)
     return tokenizer.decode(out[0])
 
 
@@ -308,11 +315,24 @@ def save(cfg: TrainConfig, model, tokenizer, heldout_texts, metrics: dict) -> No
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / "heldout.txt").write_text(heldout_sample(heldout_texts, cfg.heldout_txt_bytes))
-    sample = greedy_sample(model, tokenizer, "def ")
-    metrics["sample_def"] = sample
     (out / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "README.md").write_text(model_card(cfg, metrics))
+    write_card(cfg)
+
+
+def write_card(cfg: TrainConfig) -> dict:
+    """Greedy samples + README.md for a trained folder (also run alone by --card-only)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    metrics_path = cfg.out / "training_metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    model = AutoModelForCausalLM.from_pretrained(cfg.out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(cfg.out)
+    metrics.pop("sample_def", None)  # the first card's single sample, superseded
+    metrics["samples"] = {p: greedy_sample(model, tokenizer, p) for p in SAMPLE_PROMPTS}
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    (cfg.out / "README.md").write_text(model_card(cfg, metrics))
     print(json.dumps({k: v for k, v in metrics.items() if k != "eval_log"}, indent=2))
+    return metrics
 
 
 def model_card(cfg: TrainConfig, m: dict) -> str:
@@ -322,6 +342,8 @@ def model_card(cfg: TrainConfig, m: dict) -> str:
         for f in dataclasses.fields(cfg)
         if f.name != "out" and getattr(cfg, f.name) != getattr(defaults, f.name)
     ]
+    samples = "\n".join(f"\nprompt {p!r}:\n```python\n{text}\n```"
+                        for p, text in m["samples"].items())
     command = " ".join(["python examples/train_tiny_llama.py", "--out", str(cfg.out), *flags])
     return f"""# slicer-tiny
 
@@ -354,8 +376,10 @@ AdamW (betas 0.9/0.95, weight decay {cfg.weight_decay} on matrices), peak lr {cf
 {cfg.warmup_steps} warmup steps then cosine to {cfg.min_lr_ratio}× peak, grad-clip 1.0,
 {cfg.steps} steps × {cfg.batch_size} random windows of {cfg.context_tokens} tokens
 ({m['tokens_seen']:,} tokens seen), seed {cfg.seed}, {cfg.threads} torch thread(s).
-Training took {m['train_s']:.0f} s ({m['total_s']:.0f} s in all, incl. tokenizer and
-encoding), torch {m['torch']}, CPU.
+Training took {m['train_s']:.0f} s ({m['train_s'] / cfg.steps:.2f} s/step; {m['total_s']:.0f} s in
+all, incl. tokenizer and encoding), torch {m['torch']}, CPU. Wall time depends on how busy
+the CPU is: alone on one thread a 30-step probe ran 0.61 s/step (the basis of the default
+`--steps`); more s/step above means the run shared its cores.
 
 Command: `{command}`
 
@@ -368,24 +392,36 @@ Command: `{command}`
 
 Train loss (first {cfg.eval_windows} windows of the train stream): {m['train_loss']:.3f}.
 
-Greedy sample from the prompt `def `:
-```python
-{m['sample_def']}
-```
+Greedy samples (60 new tokens, prompt included; see `SAMPLE_PROMPTS` in the script for why
+a bare `def ` is a poor prompt):
+{samples}
 
 Intended for tests and benchmarks of split inference, not as a code model.
 """
 
 
-def parse_args(argv=None) -> TrainConfig:
+def parse_args(argv=None) -> tuple[TrainConfig, bool]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--card-only", action="store_true",
+                        help="rewrite README.md and samples of an already trained --out")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         default = getattr(defaults, f.name)
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(default),
                             default=default, help=f"(default: {default})")
-    return TrainConfig(**vars(parser.parse_args(argv)))
+    args = vars(parser.parse_args(argv))
+    card_only = args.pop("card_only")
+    return TrainConfig(**args), card_only
+
+
+def main(argv=None) -> int:
+    cfg, card_only = parse_args(argv)
+    if card_only:
+        write_card(cfg)
+    else:
+        train(cfg)
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(0 if train(parse_args()) else 1)
+    sys.exit(main())
