@@ -177,6 +177,16 @@ class CostModel:
             mem += elems * CODEC_WORK_BYTES_PER_ELEMENT + self.payload_bytes(ell, codec_tokens, cfg)
         return mem
 
+    def local_phase_memory_bytes(self, w: int, precision: str) -> float:
+        """Peak memory of steps 1..w-1 run locally: every weight, the KV cache of every unit
+        for the tokens so far, and the x_ℓ of each token kept for the hand-off."""
+        if w < 2:
+            return 0.0
+        p0 = max(self.budgets.prompt_tokens, 1)
+        handoff_tokens = p0 + w - 1
+        mem = self.front_memory_bytes(self.n, canonical_precision(precision), handoff_tokens - 1, None, p0)
+        return mem + handoff_tokens * (self.model.hidden_size or 0) * 4.0
+
     # -- whole candidates ----------------------------------------------------------------
     def evaluate(self, ell: int, w: int | None, precision: str, cfg, context_tokens: int | None = None) -> Estimate:
         """Cost of the candidate (ℓ, w, precision, codec) against the budgets."""
@@ -232,8 +242,7 @@ class CostModel:
         local_s = 0.0
         worst_local_step = 0.0
         if w >= 2:
-            local_mem = self.front_memory_bytes(self.n, precision, handoff_tokens - 1, None, p0)
-            local_mem += handoff_tokens * (self.model.hidden_size or 0) * 4.0
+            local_mem = self.local_phase_memory_bytes(w, precision)
             local_s = full(0, p0)
             if w >= 3:
                 # Steps 2..w-1 at contexts p0..p0+w-3. The roofline is convex in the

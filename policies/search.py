@@ -147,6 +147,9 @@ def search_split(cm: CostModel, precision: str, space: SearchSpace, table: Accur
                             n, None, edge)
     levels = space.levels()
     ladder = w_ladder(b.new_tokens) if cm.ar else [1]
+    # Hand-off steps whose local phase (whole model + KV) cannot fit are never feasible,
+    # whatever the split: drop them once instead of evaluating them at every split.
+    ladder = [w for w in ladder if w == 1 or cm.local_phase_memory_bytes(w, precision) <= b.memory_bytes]
     memory_split = 0
     deeper_failure: Estimate | None = edge
     for ell in range(n - 1, min_split - 1, -1):

@@ -226,3 +226,21 @@ def test_link_degradation_retreats_eq3_single_shot():
     # Ample: the whole network runs on the device (edge-only).
     p = plan("slicer", model, dev, LinkState.from_mbps(5), Budgets(latency_s=10, memory_bytes=1e9))
     assert p.offload_step is None and p.split == model.num_layers
+
+
+def test_accuracy_table_files_and_nearest_split(tmp_path):
+    rows = [{"split": 2, "codec": "slicer:sparsity=0.5", "next_token_agreement": 0.8},
+            {"split": 6, "codec": "slicer:sparsity=0.5", "next_token_agreement": 0.9, "front_precision": "int8"},
+            {"split": 6, "codec": "lossless", "next_token_agreement": 1.0, "extra_key": "ignored"}]
+    p = tmp_path / "acc.jsonl"
+    p.write_text("\n".join(__import__("json").dumps(r) for r in rows))
+    t = AccuracyTable.load(p)
+    cfg = CodecConfig(method="slicer", sparsity=0.5, blocks=(3, 3))  # same as the spec's defaults
+    assert t.lookup(2, cfg) == (0.8, False)
+    assert t.lookup(3, cfg) == (0.8, False)  # nearest measured split of the same setting
+    assert t.lookup(6, cfg, "int8") == (0.9, True)
+    assert t.lookup(6, CodecConfig(method="slicer", sparsity=0.9)) is None
+    from policies import accuracy_of
+
+    assert accuracy_of(3, CodecConfig(method="slicer", sparsity=0.9), "float32", t)[1] == "prior"
+    assert accuracy_of(2, cfg, "int4", t) == (pytest.approx(0.8 * 0.97), "table")
