@@ -111,6 +111,7 @@ class Server:
         self.requests_by_device: dict[str, int] = defaultdict(int)
         self.steps_by_device: dict[str, int] = defaultdict(int)
         self.tokens_by_device: dict[str, int] = defaultdict(int)
+        self.decode_s_by_device: dict[str, float] = defaultdict(float)
         self.rejected: list[dict[str, Any]] = []
         self.batch_sizes: list[int] = []
         # Async batching state (created lazily inside the actor's event loop).
@@ -245,6 +246,8 @@ class Server:
             for st in steps:
                 s = st.session
                 s.last_t = now_s()
+                with self._lock:
+                    self.decode_s_by_device[s.device_id] += st.decode_s
                 if st.error is not None or id(st) not in out:
                     results.append({"error": st.error or "not computed", "decode_s": st.decode_s,
                                     "server_recv_t": st.recv_t})
@@ -355,6 +358,10 @@ class Server:
             return {
                 "compute_s_by_device": {k: round(v, 6) for k, v in self.compute_s_by_device.items()},
                 "compute_s_total": round(sum(self.compute_s_by_device.values()), 6),
+                # Payload checks + codec decode, kept apart from model compute: a split
+                # policy pays it, cloud-only (token ids) hardly does.
+                "decode_s_by_device": {k: round(v, 6) for k, v in self.decode_s_by_device.items()},
+                "decode_s_total": round(sum(self.decode_s_by_device.values()), 6),
                 "requests_by_device": dict(self.requests_by_device),
                 "steps_by_device": dict(self.steps_by_device),
                 "requests": sum(self.requests_by_device.values()),
