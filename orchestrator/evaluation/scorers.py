@@ -34,12 +34,15 @@ class TokenScores:
     """log p(continuation[i] | context, continuation[:i]) in nats, one per continuation token."""
     greedy: list[int]
     """The model's argmax at each of those positions."""
+    dist: torch.Tensor | None = None
+    """``(T, V)`` log-probabilities of every token at each position, when asked for
+    (``score(..., full=True)``); for KL divergences between runs."""
 
 
 class Scorer(Protocol):
     name: str
 
-    def score(self, context_ids: Sequence[int], continuation_ids: Sequence[int]) -> TokenScores: ...
+    def score(self, context_ids: Sequence[int], continuation_ids: Sequence[int], full: bool = False) -> TokenScores: ...
 
     def loglikelihood(self, context_ids: Sequence[int], continuation_ids: Sequence[int]) -> float: ...
 
@@ -80,14 +83,14 @@ class HFScorer:
             self.max_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
 
     @torch.no_grad()
-    def score(self, context_ids, continuation_ids) -> TokenScores:
+    def score(self, context_ids, continuation_ids, full: bool = False) -> TokenScores:
         _check(context_ids, continuation_ids)
         ctx, cont = _fit(list(context_ids), list(continuation_ids), self.max_len)
         ids = torch.tensor([ctx + cont])  # (1, C + T)
         logits = self.model(input_ids=ids).logits[0, len(ctx) - 1 : -1].float()  # (T, V)
         logp = torch.log_softmax(logits, -1)
         tgt = torch.tensor(cont)
-        return TokenScores(logp[torch.arange(len(cont)), tgt].tolist(), logits.argmax(-1).tolist())
+        return TokenScores(logp[torch.arange(len(cont)), tgt].tolist(), logits.argmax(-1).tolist(), logp if full else None)
 
     def loglikelihood(self, context_ids, continuation_ids) -> float:
         return float(sum(self.score(context_ids, continuation_ids).logprobs))
@@ -187,29 +190,32 @@ class SplitScorer:
         return out
 
     @torch.no_grad()
-    def score(self, context_ids, continuation_ids) -> TokenScores:
+    def score(self, context_ids, continuation_ids, full: bool = False) -> TokenScores:
         _check(context_ids, continuation_ids)
         ctx, cont = _fit(list(context_ids), list(continuation_ids), self.max_len)
         edge, server = self._sessions()
         step = self._edge(edge.begin, torch.tensor([ctx]))
-        full = None
-        logprobs, greedy = [], []
+        local_logits = None
+        logprobs, greedy, rows = [], [], []
         for i, tok in enumerate(cont):
             if step.payload is not None:
                 logits = self._server(server, step)
             else:
                 # An offload local step: the edge ran the whole model; its logits are
                 # the whole model's on the same tokens (computed once, for scoring only).
-                if full is None:
+                if local_logits is None:
                     em = self.edge_model or self.model
                     ids = torch.tensor([ctx + cont[:-1]])
-                    full = em.run(0, em.num_units, ids)[0].float()  # (C + T - 1, V)
-                logits = full[len(ctx) - 1 + i]
-            logprobs.append(float(torch.log_softmax(logits, -1)[tok]))
+                    local_logits = em.run(0, em.num_units, ids)[0].float()  # (C + T - 1, V)
+                logits = local_logits[len(ctx) - 1 + i]
+            lp = torch.log_softmax(logits, -1)  # (V,)
+            logprobs.append(float(lp[tok]))
+            if full:
+                rows.append(lp)
             greedy.append(int(logits.argmax()))
             if i + 1 < len(cont):
                 step = self._edge(edge.next, tok)
-        return TokenScores(logprobs, greedy)
+        return TokenScores(logprobs, greedy, torch.stack(rows) if full else None)
 
     def loglikelihood(self, context_ids, continuation_ids) -> float:
         return float(sum(self.score(context_ids, continuation_ids).logprobs))

@@ -3,8 +3,8 @@
 A configuration is (split ℓ, codec settings, AR mode, offload step w). For each:
 
 - **measured here**: task accuracy (when a task file is given) or fidelity to the
-  unsplit model: teacher-forced next-token agreement over held-out text, and the
-  perplexity of the split run; bits per element of every payload (headers included);
+  unsplit model: teacher-forced next-token agreement over held-out text, the KL
+  divergence of the next-token distributions, and the perplexity of both runs; bits per element of every payload (headers included);
   wall time per token of the edge half and of the server half on this machine;
 - **emulated here**: a weight-only int8/int4 front (``front_bits``) runs the edge half
   with quantized weights (``actors.models.quant``), so its effect on fidelity is measured;
@@ -98,8 +98,13 @@ class SweepRow:
     fidelity_source: str
     """``measured`` (run here on this model), ``table: ...`` (measured on another model,
     matched by codec setting and relative split depth) or ``prior`` (policies' prior)."""
+    kl_nats: float | None
+    """Mean KL(unsplit || split) of the next-token distributions over the scored
+    positions, nats (fidelity sweeps only)."""
     perplexity: float | None
     """Perplexity of the split run on the held-out text (fidelity sweeps only)."""
+    unsplit_perplexity: float | None
+    """Perplexity of the unsplit model on the same positions."""
     bits_per_element: float
     """Measured: payload bytes x 8 / feature elements, headers included (predict-only
     sweeps: the codec's bound B^UB for one token, stated in ``sweep.json``)."""
@@ -216,8 +221,10 @@ def run_sweep(model, grid: SweepGrid, settings: SweepSettings, *, text_ids: Sequ
     else:
         windows = windows_from_ids(text_ids, settings.prompt_tokens, settings.score_tokens, settings.windows)
         ref = HFScorer(model.hf)
-        ref_greedy = [ref.score(c, t).greedy for c, t in windows]
+        ref_scores = [ref.score(c, t, full=True) for c, t in windows]
         metric, unsplit_value = "next_token_agreement", 1.0
+        n_ref = sum(len(r.logprobs) for r in ref_scores)
+        unsplit_ppl = math.exp(-sum(sum(r.logprobs) for r in ref_scores) / n_ref)
     scored_tokens = sum(len(t) for _, t in windows)
     rows: list[SweepRow] = []
     configs = grid.configs()
@@ -231,19 +238,22 @@ def run_sweep(model, grid: SweepGrid, settings: SweepSettings, *, text_ids: Sequ
         precision = {None: dtype, 8: "int8", 4: "int4"}[fb]
         sc = SplitScorer(model, ell, cfg, mode=mode, offload_step=w, eos_id=eos, edge_model=edges.get(key))
         t0 = time.perf_counter()
+        kl = ref_ppl = None
         if task is not None:
             run = evaluate_task(task, sc, tokenizer, limit=task_limit)
             fid, ppl = run.metrics[metric], None
             n_tok = max(1, sc.stats.payloads)
         else:
             same = total = 0
-            nll = 0.0
-            for (c, t), g in zip(windows, ref_greedy):
-                s = sc.score(c, t)
-                same += sum(a == b for a, b in zip(s.greedy, g))
-                total += len(g)
+            nll = kl_sum = 0.0
+            for (c, t), r in zip(windows, ref_scores):
+                s = sc.score(c, t, full=True)
+                same += sum(a == b for a, b in zip(s.greedy, r.greedy))
+                total += len(r.greedy)
                 nll -= sum(s.logprobs)
-            fid, ppl = same / total, math.exp(nll / total)
+                # KL(p_ref || p_split) per position: sum_v p_ref (log p_ref - log p_split)
+                kl_sum += float((r.dist.exp() * (r.dist - s.dist)).sum())
+            fid, ppl, kl, ref_ppl = same / total, math.exp(nll / total), kl_sum / total, unsplit_ppl
             n_tok = scored_tokens
         wall = time.perf_counter() - t0
         st = sc.stats
@@ -255,7 +265,7 @@ def run_sweep(model, grid: SweepGrid, settings: SweepSettings, *, text_ids: Sequ
             rows.append(SweepRow(model=model.name, split=ell, mode=mode, offload_step=w, codec=cfg.spec(),
                                  front_precision=precision, device=dev, link_mbps=link, metric=metric,
                                  fidelity=fid, unsplit_fidelity=unsplit_value, fidelity_source="measured",
-                                 perplexity=ppl, **measured, **pred))
+                                 kl_nats=kl, perplexity=ppl, unsplit_perplexity=ref_ppl, **measured, **pred))
         if progress:
             progress(f"[{i}/{len(configs)}] split={ell} {mode}{'' if w is None else f' w={w}'} {cfg.spec()} "
                      f"front={precision}: "
@@ -346,7 +356,7 @@ def predict_sweep(profile, grid: SweepGrid, settings: SweepSettings, table: Sequ
             rows.append(SweepRow(model=profile.name, split=ell, mode=mode, offload_step=w, codec=cfg.spec(),
                                  front_precision=precision, device=dev, link_mbps=link,
                                  metric="next_token_agreement", fidelity=fid, unsplit_fidelity=1.0,
-                                 fidelity_source=src, perplexity=None,
+                                 fidelity_source=src, kl_nats=None, perplexity=None, unsplit_perplexity=None,
                                  bits_per_element=pred["predicted_payload_bytes_per_token"] * 8 / elems,
                                  payload_bytes_per_token=None, measured_edge_ms_per_token=None,
                                  measured_server_ms_per_token=None, **pred))
@@ -361,7 +371,8 @@ def write_csv(rows: Sequence[SweepRow], path: str | Path) -> None:
         wr.writeheader()
         for r in rows:
             d = asdict(r)
-            wr.writerow({k: ("" if v is None else round(v, 6) if isinstance(v, float) else v) for k, v in d.items()})
+            # 7 significant digits, not 6 decimals: KL of a near-lossless codec is ~1e-7 nats.
+            wr.writerow({k: ("" if v is None else f"{v:.7g}" if isinstance(v, float) else v) for k, v in d.items()})
 
 
 def plot(rows: Sequence[SweepRow], path: str | Path, title: str = "") -> None:

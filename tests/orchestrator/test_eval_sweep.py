@@ -70,6 +70,9 @@ def test_sweep_writes_csv_front_and_plot(tiny_dir, tmp_path):
         assert float(r["predicted_step_ms"]) > 0 and float(r["measured_server_ms_per_token"]) > 0
         if r["codec"] == "lossless":
             assert float(r["fidelity"]) == 1.0 and float(r["bits_per_element"]) > 32
+            assert abs(float(r["kl_nats"])) < 1e-4 and float(r["perplexity"]) == pytest.approx(float(r["unsplit_perplexity"]), rel=1e-4)
+        else:
+            assert float(r["kl_nats"]) > 0
     bits = {r["codec"]: float(r["bits_per_element"]) for r in rows if r["split"] == "1" and r["mode"] == "per-token"}
     # (At hidden size 32 with one payload per token, SLICER's metadata outweighs its
     # savings over int8: 13.3 against 11.4 bits per element in the run that wrote this.)
@@ -160,15 +163,15 @@ def test_measured_agreement_feeds_a_predict_only_sweep_of_a_big_model(tiny_dir, 
     q4 = {(r["split"], r["codec"], r["device"], r["link_mbps"]): r for r in rows if r["front_precision"] == "int4"}
     by = {(r["split"], r["codec"], r["device"], r["link_mbps"]): r for r in rows if r["front_precision"] == "bfloat16"}
     # int4 front: never measured at int4, so the measured value times the prior's 0.97.
-    assert float(q4[("16", "int8", "jetson-orin-agx", "20.0")]["fidelity"]) == pytest.approx(min(1.0, int8_tiny_split1 * 0.97))
+    assert float(q4[("16", "int8", "jetson-orin-agx", "20")]["fidelity"]) == pytest.approx(min(1.0, int8_tiny_split1 * 0.97))
     # int8 at 70B split 16 of 82 units (relative 0.2) takes the tiny model's split 1 of 5 (0.2).
-    r = by[("16", "int8", "jetson-orin-agx", "20.0")]
+    r = by[("16", "int8", "jetson-orin-agx", "20")]
     assert r["fidelity_source"].startswith("table:") and "split 1/5" in r["fidelity_source"]
     assert float(r["fidelity"]) == pytest.approx(int8_tiny_split1)  # float32 -> bfloat16 front: prior factor 1
-    assert by[("16", "fp16", "jetson-orin-agx", "20.0")]["fidelity_source"] == "prior"  # never measured
+    assert by[("16", "fp16", "jetson-orin-agx", "20")]["fidelity_source"] == "prior"  # never measured
     # A faster link lowers the predicted per-token latency of the same plan.
-    assert float(by[("60", "lossless", "phone-soc", "50.0")]["predicted_step_ms"]) < \
-        float(by[("60", "lossless", "phone-soc", "20.0")]["predicted_step_ms"])
+    assert float(by[("60", "lossless", "phone-soc", "50")]["predicted_step_ms"]) < \
+        float(by[("60", "lossless", "phone-soc", "20")]["predicted_step_ms"])
     for key in {(r["device"], r["link_mbps"]) for r in rows}:
         sub = [r for r in rows if (r["device"], r["link_mbps"]) == key]
         obj = {"fidelity": "max", "bits_per_element": "min", "predicted_step_ms": "min"}
