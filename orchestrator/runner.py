@@ -84,6 +84,19 @@ def make_requests(wl: Workload, model_ref: str | None = None, vocab_size: int | 
     return out
 
 
+def add_text(records: list[dict], model_ref: str) -> None:
+    """Decode each record's generated tokens (``text``) when the model has a tokenizer."""
+    try:
+        tok = tokenizer_for(model_ref)
+    except Exception:  # a broken tokenizer folder must not lose the run's results
+        tok = None
+    if tok is None:
+        return
+    for r in records:
+        if r.get("tokens"):
+            r["text"] = tok.decode(r["tokens"])
+
+
 def edge_config(wl: Workload, dev_id: str, g) -> dict:
     """``actors.edge.EdgeConfig`` fields (plain data) of one device."""
     return {
@@ -138,6 +151,8 @@ def run_inprocess(wl: Workload, *, model: Any = None, planner: Callable | None =
     from actors.policy_actor import Policy
     from actors.server import Server
 
+    if planner is None:
+        check_device_classes(wl)
     t0 = time.perf_counter()
     model_ref = wl.model_ref()
     model = model or load_model(model_ref)
@@ -159,6 +174,7 @@ def run_inprocess(wl: Workload, *, model: Any = None, planner: Callable | None =
                 if progress is not None:
                     R.progress_line(rec, len(records), total, progress)
     wall = time.perf_counter() - t0
+    add_text(records, model_ref)
     devices = {d: {"device_class": g.device_class, "node": "local", "emulated": g.emulation.active}
                for d, g in wl.all_devices()}
     decisions = policy.decisions()
@@ -318,6 +334,7 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
                 R.progress_line(rec, len(records), total, progress)
             submit(dev_id)
     wall = time.perf_counter() - t0
+    add_text(records, model_ref)
     load_rows.append(RA.get(server.load_sample.remote(), timeout_s=30, what="server load sample"))
     stats = RA.get(server.stats.remote(), timeout_s=30, what="server stats")
     stats["node"] = server_where["node_id"]

@@ -53,5 +53,9 @@ def run(args: argparse.Namespace) -> int:
             return 1
         raise
     print(R.format_table(out.summary))
+    sample = next((r for r in out.records if r.get("ok") and r.get("text") is not None), None)
+    if sample is not None:
+        print(f"\nsample ({sample['request_id']}, {sample['mode']} l={sample['split']}, {sample['codec']}): "
+              f"{sample['text']!r}")
     print(f"\nrun folder: {out.run_dir}")
     return 0 if out.summary["totals"]["failed"] == 0 else 1
