@@ -154,14 +154,25 @@ def test_submit_wait_fetches_the_run_folder(with_token, tmp_path, capsys):
     assert json.loads((tmp_path / "again" / "summary.json").read_text()) == summary
 
 
-def test_failed_job_is_reported_failed(with_token, tmp_path, capsys):
+def test_failed_job_follow_fetch_and_status(with_token, tmp_path, capsys):
+    """Submit without --wait returns at once; `logs --follow --fetch` waits for the end and
+    still brings back what a failed job wrote; `status` says FAILED."""
     rc = slicer(["submit", "--address", with_token.url, "--working-dir", str(tmp_path), "--entrypoint",
-                 "echo about to fail; exit 3", "--wait", "--timeout-s", "120"])
+                 'mkdir -p "$SLICER_RUN_DIR" && echo partial > "$SLICER_RUN_DIR/notes.txt"; '
+                 "echo about to fail; sleep 1; exit 3"])
     cap = capsys.readouterr()
-    assert rc == 1 and "FAILED" in cap.err and "about to fail" in cap.err
+    assert rc == 0
     job_id = cap.out.splitlines()[0].strip()
+    assert slicer(["logs", job_id, "--address", with_token.url, "--follow", "--fetch",
+                   "--out", str(tmp_path / "got")]) == 0
+    assert "about to fail" in capsys.readouterr().out
+    assert (tmp_path / "got" / "notes.txt").read_text() == "partial\n"
     assert slicer(["status", job_id, "--address", with_token.url]) == 0
     assert "FAILED" in capsys.readouterr().out
+    # --wait maps the job's failure to a non-zero exit and says why.
+    assert slicer(["submit", "--address", with_token.url, "--working-dir", str(tmp_path), "--entrypoint",
+                   "exit 4", "--wait", "--timeout-s", "120"]) == 1
+    assert "FAILED" in capsys.readouterr().err
 
 
 def test_without_the_token_the_dashboard_refuses(head, monkeypatch, tmp_path, capsys):
