@@ -120,3 +120,29 @@ def test_meta_profile_of_a_quantized_70b_front():
     embed = V * H * 4.5 / 8
     assert p.front_param_bytes(41) == int(embed + 40 * per_block)
     assert p.layers[41].param_bytes == p.layers[40].param_bytes * 0 + (H * H * 2 + 2 * H * kvh * hd + 3 * H * I + 2 * H) * 2
+
+
+def test_int8_front_of_the_projects_model_keeps_agreement():
+    """The issue's bar: an int8 front cuts its weight bytes >= 3.5x against fp32 and keeps
+    next-token agreement >= 0.97, here on slicer-tiny's held-out text (real trained
+    activations, 1.22M parameters; measured 0.996-0.998 at ell = 2, 4, 6 with
+    `slicer bench fidelity --front-bits 8`)."""
+    from pathlib import Path
+
+    from actors.models.fidelity import heldout_sequences
+
+    folder = Path(__file__).resolve().parents[2] / "examples" / "models" / "slicer-tiny"
+    if not (folder / "model.safetensors").exists():
+        pytest.skip("examples/models/slicer-tiny not present")
+    m = load_model(folder)
+    seqs = heldout_sequences(folder, 4, 128)
+    assert seqs is not None and seqs.shape == (4, 128)
+    ref = m.run(0, m.num_units, seqs).argmax(-1)  # (4, 128)
+    for ell in (2, 4, m.num_units - 1):
+        q = quantize_front(m, ell, 8)
+        ratio = m.profile.front_param_bytes(ell) / q.profile.front_param_bytes(ell)
+        assert ratio >= 3.5, (ell, ratio)
+        h = q.run(0, ell, seqs)  # the int8 edge
+        got = m.run(ell, m.num_units, h).argmax(-1)  # the fp32 server
+        agree = (got == ref).float().mean().item()
+        assert agree >= 0.97, (ell, agree)

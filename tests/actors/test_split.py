@@ -81,6 +81,17 @@ def test_stories260k_every_split_every_mode(stories):
     _check_all_modes(stories, prompt, 12)
 
 
+def test_projects_model_every_split_every_mode():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "examples" / "models" / "slicer-tiny"
+    if not (folder / "model.safetensors").exists():
+        pytest.skip("examples/models/slicer-tiny not present")
+    m = load_model(folder)
+    prompt = torch.tensor([[0, 300, 17, 512, 9]])  # EOS/BOS (id 0) + four ids
+    _check_all_modes(m, prompt, 8)
+
+
 def test_per_token_split_is_bitwise_equal_to_unsplit(stories):
     # Per-token split runs the very same ops as the unsplit loop: logits bitwise equal.
     prompt = torch.tensor([[1, 403, 407]])
