@@ -59,7 +59,11 @@ def _ks(spec: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.evaluation.passk import read_samples, samples_report, score_samples
+    from orchestrator.evaluation.passk import (
+        read_samples,
+        samples_report,
+        score_samples,
+    )
     from orchestrator.evaluation.sandbox import SandboxLimits
     from orchestrator.evaluation.tasks import TaskFormatError, load_task
 

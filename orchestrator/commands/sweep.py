@@ -75,7 +75,14 @@ def run(args: argparse.Namespace) -> int:
     from codec import CodecConfig, CodecError
     from orchestrator.evaluation.pareto import parse_objectives
     from orchestrator.evaluation.scorers import load_tokenizer
-    from orchestrator.evaluation.sweep import SweepGrid, SweepSettings, plot, run_sweep, sampled_ids, write_csv
+    from orchestrator.evaluation.sweep import (
+        SweepGrid,
+        SweepSettings,
+        plot,
+        run_sweep,
+        sampled_ids,
+        write_csv,
+    )
     from orchestrator.evaluation.tasks import TaskFormatError, load_task
 
     torch.set_num_threads(1)  # the machine's cores are shared; timings are per token anyway
@@ -187,11 +194,17 @@ def _print_fronts(rows, settings) -> None:
 def _predict_only(args) -> int:
     from actors.models import profile_from_config
     from orchestrator.evaluation.pareto import parse_objectives
-    from orchestrator.evaluation.sweep import SweepGrid, SweepSettings, plot, predict_sweep, write_csv
+    from orchestrator.evaluation.sweep import (
+        SweepGrid,
+        SweepSettings,
+        plot,
+        predict_sweep,
+        write_csv,
+    )
 
     try:
         profile = profile_from_config(args.model)
-    except Exception as e:  # an unknown name, an unsupported architecture, no network for a hub name
+    except Exception as e:  # noqa: BLE001 - unknown name, unsupported architecture, no network for a hub name
         print(f"slicer sweep: no profile for {args.model!r}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     n = profile.num_layers

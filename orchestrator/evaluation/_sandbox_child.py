@@ -33,13 +33,14 @@ import struct
 import sys
 
 LAYERS: list[str] = []  # the isolation layers that were applied, reported back
+ctypes = None  # imported in main() when the kernel layers are wanted (absent on a few minimal builds)
 
 
 # ---------------------------------------------------------------- resource limits
 def set_limits(req: dict) -> None:
     def lim(which: int, soft: int, hard: int | None = None) -> None:
         hard = soft if hard is None else hard
-        cur_soft, cur_hard = resource.getrlimit(which)
+        _, cur_hard = resource.getrlimit(which)
         if cur_hard != resource.RLIM_INFINITY:
             soft, hard = min(soft, cur_hard), min(hard, cur_hard)
         resource.setrlimit(which, (soft, hard))
@@ -214,7 +215,7 @@ def seccomp(libc) -> None:
     filt = ctypes.create_string_buffer(raw, len(raw))
 
     class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+        _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
     fprog = SockFprog(len(code), ctypes.addressof(filt))
     if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
@@ -321,10 +322,11 @@ def main() -> None:
     os.chdir(workdir)
     set_limits(req)
     if req.get("kernel_layers", True):
+        global ctypes
         try:
-            import ctypes  # absent on a few minimal builds: then only rlimits and guards apply
+            import ctypes as _ctypes  # absent on a few minimal builds: then only rlimits and guards apply
 
-            globals()["ctypes"] = ctypes
+            ctypes = _ctypes
             libc = ctypes.CDLL(None, use_errno=True)
         except (ImportError, OSError):
             libc = None
@@ -346,7 +348,7 @@ def main() -> None:
     os.write(result_fd, (json.dumps({"nonce": nonce, "status": "started", "layers": LAYERS}) + "\n").encode())
     try:
         code = compile(program, "<program>", "exec")
-        exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+        exec(code, {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102 - running it is the point
     except MemoryError:
         report("memory")
     except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included

@@ -21,11 +21,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from orchestrator.evaluation.sandbox import SandboxLimits, check_completion
-from orchestrator.evaluation.tasks import AnswerItem, ChoiceItem, CodeItem, Task, extract_answer
+from orchestrator.evaluation.tasks import (
+    AnswerItem,
+    ChoiceItem,
+    CodeItem,
+    Task,
+    extract_answer,
+)
 
 #: Where a HumanEval completion ends (the Codex paper's stop sequences).
 CODE_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -182,7 +189,12 @@ def run_model_eval(args, task: Task, limits: SandboxLimits, ks: Sequence[int] = 
 
     from actors.models import load_model
     from codec import CodecConfig
-    from orchestrator.evaluation.scorers import HFScorer, SplitScorer, edge_copy, load_tokenizer
+    from orchestrator.evaluation.scorers import (
+        HFScorer,
+        SplitScorer,
+        edge_copy,
+        load_tokenizer,
+    )
 
     torch.manual_seed(0)
     model = load_model(args.model)

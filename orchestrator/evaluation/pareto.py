@@ -8,7 +8,7 @@ Points with a missing or NaN objective are never on the front.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 DIRECTIONS = ("max", "min")
 

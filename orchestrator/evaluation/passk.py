@@ -7,12 +7,16 @@ as a product so large ``n`` does not overflow; the task's figure is its mean ove
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
-from orchestrator.evaluation.sandbox import SandboxLimits, SandboxResult, check_completion
+from orchestrator.evaluation.sandbox import (
+    SandboxLimits,
+    SandboxResult,
+    check_completion,
+)
 from orchestrator.evaluation.tasks import AnswerItem, CodeItem, Task, extract_answer
 
 

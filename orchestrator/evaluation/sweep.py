@@ -22,9 +22,10 @@ import csv
 import itertools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from orchestrator.evaluation.pareto import pareto_mask
 
@@ -311,7 +312,7 @@ def _fidelity_lookup(table: Sequence[dict], ell: int, n: int, cfg, precision: st
         try:
             if _key(CodecConfig.parse(str(row["codec"]))) != _key(cfg):
                 continue
-        except Exception:
+        except Exception:  # noqa: BLE001, S112 - a row another tool wrote with a spec this codec lacks: skip it
             continue
         m = int(row.get("num_units") or n)
         rank = (abs(int(row["split"]) / m - ell / n), row.get("front_precision") != precision)

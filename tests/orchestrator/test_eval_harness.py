@@ -10,7 +10,12 @@ import torch
 
 from orchestrator.cli import main
 from orchestrator.evaluation.harness import agreement, evaluate_task
-from orchestrator.evaluation.scorers import HFScorer, SplitScorer, TokenScores, load_tokenizer
+from orchestrator.evaluation.scorers import (
+    HFScorer,
+    SplitScorer,
+    TokenScores,
+    load_tokenizer,
+)
 from orchestrator.evaluation.tasks import load_task
 
 TASKS = Path(__file__).resolve().parents[2] / "examples" / "tasks"

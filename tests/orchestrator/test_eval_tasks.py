@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.evaluation.tasks import (
-    TaskFormatError, extract_answer, gsm8k_answer, load_task)
+    TaskFormatError,
+    extract_answer,
+    gsm8k_answer,
+    load_task,
+)
 
 TASKS = Path(__file__).resolve().parents[2] / "examples" / "tasks"
 
