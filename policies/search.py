@@ -141,8 +141,8 @@ def search_split(cm: CostModel, precision: str, space: SearchSpace, table: Accur
     model, b = cm.model, cm.budgets
     n = model.num_layers
     edge = cm.evaluate(n, None, precision, None)
-    if edge.feasible:
-        acc, src = accuracy_of(n, None, precision, table)
+    acc, src = accuracy_of(n, None, precision, table)
+    if edge.feasible and (b.min_accuracy is None or acc >= b.min_accuracy):
         return SearchResult(_Choice(edge, None, 0, acc, "lossless" if precision in ("float32", "float16", "bfloat16") else src),
                             n, None, edge)
     levels = space.levels()
