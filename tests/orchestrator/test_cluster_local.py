@@ -227,13 +227,33 @@ def test_submit_runs_a_workload_as_a_ray_job(local, tmp_path, capsys):
     assert {d["node"] for d in summary["devices"].values()} <= edge_nodes  # ran on this cluster's edge nodes
 
 
+def test_add_and_remove_an_edge_node(local):
+    """Fault injection: a second node of a class joins, then disappears with its processes."""
+    before = local.started_pids
+    node_id = local.add_edge_node("laptop-cpu", slots=2)
+    assert [n.device_class for n in local.nodes() if n.node_id == node_id] == ["laptop-cpu"]
+    assert len(local.check_placement(C.edge_selector("laptop-cpu"))) == 2
+    new = {p: st for p, st in local.started_pids.items() if p not in before}
+    assert new and all(C.pid_alive(p, st) for p, st in new.items())
+    with pytest.raises(C.ClusterError, match="head"):
+        local.remove_node(next(n.node_id for n in local.nodes() if n.role == "server"))
+    local.remove_node(node_id)
+    deadline = time.monotonic() + 30
+    while any(n.node_id == node_id for n in local.nodes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(n.node_id == node_id for n in local.nodes())
+    assert not [p for p, st in new.items() if C.pid_alive(p, st)]
+    assert len(local.check_placement(C.edge_selector("laptop-cpu"))) == 1
+
+
 def test_stop_leaves_nothing_and_restores_the_environment(local):
     """Runs last in this module: stops the shared cluster (the fixture's stop is then a no-op)."""
     import ray
 
     pids = local.started_pids
     temp_dir = local.temp_dir
-    assert len(pids) >= 8 and all(C.pid_alive(p, st) for p, st in pids.items())
+    # (started_pids also remembers the processes of the node removed above, now dead)
+    assert len([p for p, st in pids.items() if C.pid_alive(p, st)]) >= 8
     local.stop()
     time.sleep(0.2)
     assert not ray.is_initialized()
