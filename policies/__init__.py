@@ -8,48 +8,64 @@ Nothing here imports Ray; everything is a function of snapshots::
              LinkState.from_mbps(20), Budgets(latency_s=0.2, memory_bytes=8e9))
     p.split, p.offload_step, p.codec_spec, p.reason
 """
-from policies.link import LinkState, comm_latency_s, db_to_linear, outage_probability, transmissions
+from policies.accuracy import AccuracyTable, accuracy_of, prior_accuracy
+from policies.api import POLICIES, PolicyState, plan, policy_names, reassess
+from policies.baselines import (
+    cloud_only_plan,
+    edge_only_plan,
+    fixed_split_plan,
+    neurosurgeon_plan,
+)
+from policies.devices import (
+    DeviceProfile,
+    MeasuredTimings,
+    get_device,
+    load_device_catalog,
+)
+from policies.link import (
+    LinkState,
+    comm_latency_s,
+    db_to_linear,
+    outage_probability,
+    transmissions,
+)
+from policies.models import CostModel, Estimate
+from policies.opsc import opsc_plan
 from policies.profile import LayerProfile, ModelProfile
 from policies.schema import PRECISION_BYTES, Budgets, SplitPlan, canonical_precision
-from policies.devices import DeviceProfile, MeasuredTimings, get_device, load_device_catalog
-from policies.accuracy import AccuracyTable, accuracy_of, prior_accuracy
-from policies.models import CostModel, Estimate
 from policies.search import SearchSpace, slicer_plan
-from policies.opsc import opsc_plan
-from policies.baselines import cloud_only_plan, edge_only_plan, fixed_split_plan, neurosurgeon_plan
-from policies.api import POLICIES, PolicyState, plan, policy_names, reassess
 
 __all__ = [
-    "AccuracyTable",
-    "CostModel",
-    "Estimate",
     "POLICIES",
+    "PRECISION_BYTES",
+    "AccuracyTable",
+    "Budgets",
+    "CostModel",
+    "DeviceProfile",
+    "Estimate",
+    "LayerProfile",
+    "LinkState",
+    "MeasuredTimings",
+    "ModelProfile",
     "PolicyState",
     "SearchSpace",
+    "SplitPlan",
     "accuracy_of",
+    "canonical_precision",
     "cloud_only_plan",
+    "comm_latency_s",
+    "db_to_linear",
     "edge_only_plan",
     "fixed_split_plan",
+    "get_device",
+    "load_device_catalog",
     "neurosurgeon_plan",
     "opsc_plan",
+    "outage_probability",
     "plan",
     "policy_names",
     "prior_accuracy",
     "reassess",
     "slicer_plan",
-    "Budgets",
-    "DeviceProfile",
-    "LayerProfile",
-    "LinkState",
-    "MeasuredTimings",
-    "ModelProfile",
-    "PRECISION_BYTES",
-    "SplitPlan",
-    "canonical_precision",
-    "comm_latency_s",
-    "db_to_linear",
-    "get_device",
-    "load_device_catalog",
-    "outage_probability",
     "transmissions",
 ]

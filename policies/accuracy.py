@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 PRECISION_PRIOR = {"float32": 1.0, "float16": 1.0, "bfloat16": 1.0, "int8": 0.995, "int4": 0.97}
 
@@ -70,8 +70,8 @@ class AccuracyTable:
     source: str = ""
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping], source: str = "") -> "AccuracyTable":
-        from codec import CodecConfig
+    def from_rows(cls, rows: Iterable[Mapping], source: str = "") -> AccuracyTable:
+        from codec import CodecConfig, CodecError
 
         table = cls(source=source)
         for i, r in enumerate(rows):
@@ -80,7 +80,7 @@ class AccuracyTable:
                     raise ValueError(f"accuracy row {i} ({source or 'rows'}): missing key {k!r}; need split, codec, next_token_agreement")
             try:
                 cfg = CodecConfig.parse(str(r["codec"]))
-            except Exception as e:
+            except (CodecError, ValueError, TypeError) as e:
                 raise ValueError(f"accuracy row {i}: codec={r['codec']!r} is not a codec spec: {e}") from None
             agree = float(r["next_token_agreement"])
             if not 0.0 <= agree <= 1.0 or math.isnan(agree):
@@ -94,7 +94,7 @@ class AccuracyTable:
         return table
 
     @classmethod
-    def load(cls, path: str | Path) -> "AccuracyTable":
+    def load(cls, path: str | Path) -> AccuracyTable:
         p = Path(path)
         text = p.read_text(encoding="utf-8").strip()
         if text.startswith("["):

@@ -9,14 +9,18 @@ meets them is replaced at once. "Better" = more work on the edge, then more accu
 """
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 from codec import CodecConfig
-
 from policies.accuracy import AccuracyTable
-from policies.baselines import cloud_only_plan, edge_only_plan, fixed_split_plan, neurosurgeon_plan
+from policies.baselines import (
+    cloud_only_plan,
+    edge_only_plan,
+    fixed_split_plan,
+    neurosurgeon_plan,
+)
 from policies.devices import DeviceProfile
 from policies.link import LinkState
 from policies.models import CostModel

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 from codec import CodecConfig
-
 from policies.accuracy import AccuracyTable, accuracy_of
 from policies.devices import DeviceProfile
 from policies.link import LinkState
@@ -76,7 +75,7 @@ def neurosurgeon_plan(model: ModelProfile, device: DeviceProfile, link: LinkStat
     ctx = budgets.context_tokens if cm.ar else 0
     server_prec = default_precision(model)
     best = None
-    for ell in range(0, cm.n + 1):
+    for ell in range(cm.n + 1):
         if ell == cm.n:
             est = cm.evaluate(ell, None, precision, None)
         else:

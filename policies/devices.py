@@ -18,9 +18,10 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -199,7 +200,7 @@ class DeviceProfile:
         passes = self.codec_passes if spec not in ("", "lossless") else 1.0
         return (elements * 4.0 * passes / self.bandwidth() + self.launch_overhead_s) * self.slowdown
 
-    def replace(self, **changes: Any) -> "DeviceProfile":
+    def replace(self, **changes: Any) -> DeviceProfile:
         return dataclasses.replace(self, **changes)
 
     # -- (de)serialisation --------------------------------------------------------------
@@ -210,11 +211,11 @@ class DeviceProfile:
         return d
 
     @classmethod
-    def from_dict(cls, name: str, d: Mapping[str, Any]) -> "DeviceProfile":
+    def from_dict(cls, name: str, d: Mapping[str, Any]) -> DeviceProfile:
         """Build from a YAML/JSON mapping; unknown or missing fields raise ValueError
         naming the field and the device."""
         if not isinstance(d, Mapping):
-            raise ValueError(f"device {name!r}: expected a mapping of fields, got {type(d).__name__}")
+            raise ValueError(f"device {name!r}: expected a mapping of fields, got {type(d).__name__}")  # noqa: TRY004 - a config error, like every other one here
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -289,7 +290,7 @@ def load_device_catalog(path: str | os.PathLike | None = None) -> dict[str, Devi
     except yaml.YAMLError as e:
         raise ValueError(f"device catalog {p}: not valid YAML: {e}") from None
     if not isinstance(data, Mapping):
-        raise ValueError(f"device catalog {p}: expected a mapping of device name -> fields")
+        raise ValueError(f"device catalog {p}: expected a mapping of device name -> fields")  # noqa: TRY004 - a config error
     return {str(name): DeviceProfile.from_dict(str(name), fields) for name, fields in data.items()}
 
 

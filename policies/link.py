@@ -57,11 +57,11 @@ class LinkState:
 
     @classmethod
     def from_mbps(cls, rate_mbps: float, snr_db: float = 10.0, bandwidth_mhz: float = 10.0,
-                  epsilon: float = DEFAULT_EPSILON) -> "LinkState":
+                  epsilon: float = DEFAULT_EPSILON) -> LinkState:
         """The CLI's units: Mbit/s, dB, MHz."""
         return cls(rate_bps=rate_mbps * 1e6, bandwidth_hz=bandwidth_mhz * 1e6, snr=db_to_linear(snr_db), epsilon=epsilon)
 
-    def replace(self, **changes) -> "LinkState":
+    def replace(self, **changes) -> LinkState:
         return replace(self, **changes)
 
     @property

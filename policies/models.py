@@ -17,8 +17,9 @@ Autoregressive request timeline (P prompt tokens, N new tokens, hand-off at step
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from policies.devices import DeviceProfile, layer_param_bytes
 from policies.link import LinkState, comm_latency_s
@@ -221,7 +222,7 @@ class CostModel:
         new = max(1, ctx - b.prompt_tokens)  # decode steps of the request
         last_ctx = p0 + new - 2  # context before the last decode step
         est = Estimate(ell, w, precision, cfg, ctx)
-        full = lambda c, t=1: self.range_s(self.device, 0, self.n, precision, c, t)  # noqa: E731
+        full = lambda c, t=1: self.range_s(self.device, 0, self.n, precision, c, t)
         server_precision = self.model.dtype if self.model.dtype in PRECISION_BYTES else "float32"
         if w is None:  # edge-only
             if ell != self.n:

@@ -16,14 +16,19 @@ memory, and memory buys depth (weights) or context (KV cache). The joint choice 
 from __future__ import annotations
 
 from codec import CodecConfig, CodecError
-
 from policies.accuracy import AccuracyTable, accuracy_of
 from policies.devices import DeviceProfile
 from policies.link import LinkState
 from policies.models import CostModel
 from policies.profile import ModelProfile
 from policies.schema import Budgets, SplitPlan, canonical_precision
-from policies.search import SearchSpace, default_precision, infeasible_plan, result_to_plan, search_split
+from policies.search import (
+    SearchSpace,
+    default_precision,
+    infeasible_plan,
+    result_to_plan,
+    search_split,
+)
 
 OPSC_PRECISIONS = ("float16", "int8", "int4")
 

@@ -74,7 +74,7 @@ class Budgets:
         """Largest context of the request: prompt plus generated tokens."""
         return self.prompt_tokens + self.new_tokens
 
-    def replace(self, **changes: Any) -> "Budgets":
+    def replace(self, **changes: Any) -> Budgets:
         return dataclasses.replace(self, **changes)
 
 
@@ -189,13 +189,13 @@ class SplitPlan:
             where = f"split at {self.split}/{self.num_layers}, offload from step {self.offload_step}"
         lines = [
             f"policy {self.policy}: {'FEASIBLE' if self.feasible else 'INFEASIBLE'}; {where}",
-            f"  codec {self.codec_spec}  (sparsity {self.sparsity:g}, blocks {self.blocks}, bits {self.bits}); "
-            f"front precision {self.front_precision}; context {self.tokens} tokens",
-            f"  latency/step {_fmt_ms(self.predicted_latency_s)} (with server {_fmt_ms(self.predicted_e2e_latency_s)})  hand-off {_fmt_ms(self.predicted_handoff_latency_s)}  "
-            f"memory {self.predicted_memory_bytes / 1e6:,.1f} MB  bytes/token {self.bytes_per_token:,.0f}  "
-            f"hand-off bytes {self.handoff_bytes:,.0f}",
-            f"  server time {_fmt_ms(self.server_time_s)} vs cloud-only {_fmt_ms(self.cloud_server_time_s)} "
-            f"(spared {100 * self.server_spared:.0f}%); accuracy {self._acc()}; tier {self.tier}; binding {self.binding or '-'}",
+            (f"  codec {self.codec_spec}  (sparsity {self.sparsity:g}, blocks {self.blocks}, bits {self.bits}); "
+             f"front precision {self.front_precision}; context {self.tokens} tokens"),
+            (f"  latency/step {_fmt_ms(self.predicted_latency_s)} (with server {_fmt_ms(self.predicted_e2e_latency_s)})  "
+             f"hand-off {_fmt_ms(self.predicted_handoff_latency_s)}  memory {self.predicted_memory_bytes / 1e6:,.1f} MB  "
+             f"bytes/token {self.bytes_per_token:,.0f}  hand-off bytes {self.handoff_bytes:,.0f}"),
+            (f"  server time {_fmt_ms(self.server_time_s)} vs cloud-only {_fmt_ms(self.cloud_server_time_s)} "
+             f"(spared {100 * self.server_spared:.0f}%); accuracy {self._acc()}; tier {self.tier}; binding {self.binding or '-'}"),
             f"  reason: {self.reason}",
         ]
         return "\n".join(lines)

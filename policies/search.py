@@ -29,7 +29,6 @@ import math
 from dataclasses import dataclass, field
 
 from codec import CodecConfig
-
 from policies.accuracy import AccuracyTable, accuracy_of
 from policies.devices import DeviceProfile
 from policies.link import LinkState

@@ -61,7 +61,14 @@ def load_model_profile(name: str, dtype: str | None = None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from policies import AccuracyTable, Budgets, LinkState, get_device, plan, policy_names
+    from policies import (
+        AccuracyTable,
+        Budgets,
+        LinkState,
+        get_device,
+        plan,
+        policy_names,
+    )
 
     try:
         device = get_device(args.device, args.devices)

@@ -145,8 +145,8 @@ def time_codecs(features, specs, reps: int, clock=time.perf_counter, disturb=Non
         canon = cfg.spec()
         for x in features:
             payload = codec.encode(x, cfg)
-            enc.append((canon, int(x.numel()), _disturbed_median_s(lambda: codec.encode(x, cfg), reps, clock, disturb)))
-            dec.append((canon, int(x.numel()), _disturbed_median_s(lambda: codec.decode(payload), reps, clock, disturb)))
+            enc.append((canon, int(x.numel()), _disturbed_median_s(lambda x=x, cfg=cfg: codec.encode(x, cfg), reps, clock, disturb)))
+            dec.append((canon, int(x.numel()), _disturbed_median_s(lambda p=payload: codec.decode(p), reps, clock, disturb)))
     return enc, dec
 
 
@@ -225,7 +225,7 @@ def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 
     if model.kind == "vision":
         contexts = (0,)
         prefill_tokens = 0
-    contexts = tuple(sorted(set(int(c) for c in contexts)))
+    contexts = tuple(sorted({int(c) for c in contexts}))
     import codec as _codec
 
     # In a split step the edge's segment runs after the codec and the server's work.
@@ -235,7 +235,7 @@ def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 
     # encode + decode round trip before each call it over-predicted by 10-20%.
     probe = torch.randn(1, prof.hidden_size or 64, generator=torch.Generator().manual_seed(2))
     probe_payload = _codec.encode(probe, _codec.CodecConfig())
-    codec_disturb = lambda: _codec.decode(probe_payload)  # noqa: E731
+    codec_disturb = lambda: _codec.decode(probe_payload)
     with torch.no_grad():
         rows = [tuple(unit_times(time_prefixes(model, c, 1, reps, clock=tick, disturb=codec_disturb))) for c in contexts]
         prefill = tuple(unit_times(time_prefixes(model, 0, prefill_tokens, reps, clock=tick, disturb=codec_disturb))) \
@@ -251,7 +251,7 @@ def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 
         disturb = None
         if model.kind == "causal_lm":
             tok = torch.zeros(1, 1, dtype=torch.long)
-            disturb = lambda: model.run(0, model.num_units, tok)  # noqa: E731
+            disturb = lambda: model.run(0, model.num_units, tok)
         enc, dec = time_codecs(feats, codec_specs, reps, clock=tick, disturb=disturb)
         overhead = time_call_overhead(model, contexts[len(contexts) // 2], reps, clock=tick, disturb=codec_disturb) \
             if model.kind == "causal_lm" else 0.0
@@ -293,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         model = load_model(args.model, dtype=dt)
-    except Exception as e:  # unsupported architecture, missing folder: one clear line
+    except Exception as e:  # noqa: BLE001 - unsupported architecture, missing folder, hub errors: one clear line
         print(f"slicer profile: cannot load {args.model!r}: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()

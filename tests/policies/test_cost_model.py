@@ -1,9 +1,9 @@
 """Latency (Eq. 2, Eq. 5) and memory models, checked by hand on a toy profile."""
 import pytest
+from policy_helpers import toy_device, toy_llm
 
 from codec import CodecConfig
 from policies import Budgets, CostModel, LinkState, comm_latency_s
-from policy_helpers import toy_device, toy_llm
 
 MODEL = toy_llm(n_blocks=4, hidden=256, vocab=1000, block_params=1_000_000, kv_per_token=2048)
 DEV = toy_device(bandwidth=1e9, flops=100e9, memory=1e9)
@@ -37,7 +37,7 @@ def test_eq5_local_then_offload_by_hand():
     c = cm(b)
     w, ell = 4, 3
     est = c.evaluate(ell, w, "float32", CodecConfig())
-    full = lambda ctx, t=1: c.range_s(DEV, 0, MODEL.num_layers, "float32", ctx, t)  # noqa: E731
+    full = lambda ctx, t=1: c.range_s(DEV, 0, MODEL.num_layers, "float32", ctx, t)
     # Steps 1..3 local (contexts 0, 1, 2; trapezoid over 2..3 is exact for a line),
     # step 4: [0, 3) on one token at context 3, then x_l^w of 4 tokens = 400 bytes.
     local = full(0, 1) + 2 * (full(1) + full(2)) / 2

@@ -1,9 +1,9 @@
 """Device catalog, user YAML validation, roofline numbers, measured profile cache."""
 import pytest
+from policy_helpers import toy_device, toy_llm
 
 from policies import DeviceProfile, MeasuredTimings, get_device, load_device_catalog
 from policies.devices import load_measured, measured_path, roofline_s, save_measured
-from policy_helpers import toy_device, toy_llm
 
 SHIPPED = ["raspberry-pi-5", "jetson-orin-nano", "jetson-orin-agx", "phone-soc", "laptop-cpu", "a100", "h100"]
 

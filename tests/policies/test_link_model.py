@@ -5,7 +5,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies import LinkState, comm_latency_s, db_to_linear, outage_probability, transmissions
+from policies import (
+    LinkState,
+    comm_latency_s,
+    db_to_linear,
+    outage_probability,
+    transmissions,
+)
 
 
 def test_eq1_by_hand():

@@ -1,10 +1,9 @@
 """`slicer plan` from a config alone (meta device, no weights) and from a profile JSON."""
 import json
 
-import pytest
+from policy_helpers import toy_llm
 
 from orchestrator.cli import main
-from policy_helpers import toy_llm
 
 KEYS = ("split", "offload_step", "sparsity", "blocks", "bits", "front_precision", "predicted_latency_ms",
         "predicted_memory_mb", "bytes_per_token", "server_time_ms", "tier", "feasible", "reason")

@@ -1,9 +1,9 @@
 """Baseline policies, OPSC's joint choice, plan() dispatch and PolicyState hysteresis."""
 import pytest
+from policy_helpers import toy_device, toy_llm
 
 from codec import CodecConfig
 from policies import Budgets, CostModel, LinkState, PolicyState, plan, policy_names
-from policy_helpers import toy_device, toy_llm
 
 MODEL = toy_llm(n_blocks=8, hidden=256, block_params=1_000_000)
 DEV = toy_device(bandwidth=1e9, flops=100e9, memory=1e9)
@@ -39,7 +39,7 @@ def test_cloud_only_runs_everything_on_the_server():
 def test_server_time_shrinks_as_the_split_deepens():
     cm = CostModel(MODEL, DEV, LinkState.from_mbps(5), b(), server=SERVER)
     raw = CodecConfig(method="raw")
-    times = [cm.evaluate(ell, 1, "float32", raw if ell else None).server_time_s for ell in range(0, MODEL.num_layers)]
+    times = [cm.evaluate(ell, 1, "float32", raw if ell else None).server_time_s for ell in range(MODEL.num_layers)]
     assert times == sorted(times, reverse=True) and times[0] > times[-1] > 0
     assert cm.evaluate(MODEL.num_layers, None, "float32", None).server_time_s == 0
 

@@ -4,10 +4,18 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from policy_helpers import toy_device, toy_llm, toy_vision
 
 from codec import CodecConfig
-from policies import AccuracyTable, Budgets, CostModel, LinkState, SearchSpace, plan, reassess
-from policy_helpers import toy_device, toy_llm, toy_vision
+from policies import (
+    AccuracyTable,
+    Budgets,
+    CostModel,
+    LinkState,
+    SearchSpace,
+    plan,
+    reassess,
+)
 
 MODEL = toy_llm(n_blocks=8, hidden=256, block_params=1_000_000)  # 4 MB per block at float32
 DEV = toy_device(bandwidth=1e9, flops=100e9, memory=1e9)          # 4 ms per block per decode step
