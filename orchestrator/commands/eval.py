@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=2048, help="perplexity: tokens of the text scored at most")
     p.add_argument("--window", type=int, default=128, help="perplexity: tokens per window (later windows see half the previous)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation length for exact-match and code tasks")
+    p.add_argument("--n-samples", type=int, default=1, help="code tasks: completions per problem (pass@k for k <= N)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="code tasks: sampling temperature (0: greedy; N > 1 needs > 0 to differ)")
     p.add_argument("--k", default="1,10,100", help="pass@k values, comma separated (reported where every problem has >= k samples)")
     p.add_argument("--timeout-s", type=float, default=3.0, help="sandbox wall-clock limit per program")
     p.add_argument("--memory-mb", type=int, default=1024, help="sandbox address-space limit per program")

@@ -10,8 +10,10 @@ Per task kind (``tasks.Task.kind``):
   ``acc_norm``);
 - ``exact_match``: greedy answer to ``Question: ...\\nAnswer:``, the last number (or the
   text after ``####``) against the gold; ``exact_match``;
-- ``code``: greedy completion of the prompt, cut at the usual HumanEval stop sequences,
-  run in the sandbox against the test; ``pass_at_1``.
+- ``code``: completions of the prompt (greedy, or ``n_samples`` draws at ``temperature``
+  seeded per problem and sample, identically for the split and unsplit runs), cut at the
+  usual HumanEval stop sequences, run in the sandbox against the test; ``pass_at_1`` and
+  ``pass_at_k`` (unbiased estimator) for each k <= ``n_samples``.
 
 Split against unsplit: ``next_token_agreement`` (teacher-forced argmax equal, over every
 scored position; perplexity and multiple choice) and ``output_agreement`` (same choice /
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,7 +66,8 @@ def _cut(text: str, stops: Sequence[str]) -> str:
 
 
 def evaluate_task(task: Task, scorer, tokenizer, *, limit: int | None = None, max_new_tokens: int = 128,
-                  window: int = 128, max_tokens: int = 2048, sandbox: SandboxLimits | None = None) -> TaskRun:
+                  window: int = 128, max_tokens: int = 2048, sandbox: SandboxLimits | None = None,
+                  n_samples: int = 1, temperature: float = 0.0, ks: Sequence[int] = (1,)) -> TaskRun:
     """Run ``task`` through ``scorer`` (see the module docstring)."""
     run = TaskRun(scorer.name)
     t0 = time.perf_counter()
@@ -76,7 +80,7 @@ def evaluate_task(task: Task, scorer, tokenizer, *, limit: int | None = None, ma
     elif task.kind == "exact_match":
         _answers(run, items, scorer, tokenizer, prefix, max_new_tokens)
     elif task.kind == "code":
-        _code(run, items, scorer, tokenizer, prefix, max_new_tokens, sandbox)
+        _code(run, items, scorer, tokenizer, prefix, max_new_tokens, sandbox, n_samples, temperature, ks)
     else:
         raise ValueError(f"task kind {task.kind!r} is not one of perplexity, multiple_choice, exact_match, code")
     run.wall_s = time.perf_counter() - t0
@@ -135,16 +139,26 @@ def _answers(run, items: list[AnswerItem], scorer, tok, prefix, max_new_tokens) 
     run.metrics.update(exact_match=right / len(items), items=float(len(items)))
 
 
-def _code(run, items: list[CodeItem], scorer, tok, prefix, max_new_tokens, sandbox) -> None:
-    passed = 0
+def _code(run, items: list[CodeItem], scorer, tok, prefix, max_new_tokens, sandbox, n_samples: int = 1,
+          temperature: float = 0.0, ks: Sequence[int] = (1,)) -> None:
+    from orchestrator.evaluation.passk import SampleResult, aggregate
+
+    results = []
     for it in items:
         ids = prefix + tok.encode(it.prompt)
-        completion = _cut(tok.decode(scorer.generate(ids, max_new_tokens)), CODE_STOPS)
-        r = check_completion(it.prompt, completion, it.test, it.entry_point, sandbox)
-        passed += r.passed
-        run.outputs.append(completion)
-        run.items.append({"task_id": it.task_id, "passed": r.passed, "error": r.error, "completion": completion})
-    run.metrics.update(pass_at_1=passed / len(items), items=float(len(items)))
+        for j in range(n_samples):
+            # Seed per (problem, sample): the split and unsplit runs draw the same stream.
+            seed = (zlib.crc32(it.task_id.encode()) * 1000 + j) % 2**63
+            gen = scorer.generate(ids, max_new_tokens, temperature=temperature, seed=seed)
+            completion = _cut(tok.decode(gen), CODE_STOPS)
+            r = check_completion(it.prompt, completion, it.test, it.entry_point, sandbox)
+            results.append(SampleResult(it.task_id, j, r.passed, r.error, r.duration_s))
+            run.outputs.append(completion)
+            run.items.append({"task_id": it.task_id, "completion_id": j, "passed": r.passed, "error": r.error,
+                              "completion": completion})
+    agg = aggregate(results, sorted(set(ks) | {1}))
+    run.metrics.update(pass_at_1=agg["pass@1"], items=float(len(items)), samples_per_item=float(n_samples))
+    run.metrics.update({k.replace("@", "_at_"): v for k, v in agg.items() if k != "pass@1"})
 
 
 def agreement(reference: TaskRun, other: TaskRun) -> dict[str, float]:
@@ -209,7 +223,8 @@ def run_model_eval(args, task: Task, limits: SandboxLimits, ks: Sequence[int] = 
     split, mode, w = settings["split"], settings["mode"], settings["offload_step"]
     cfg = CodecConfig.parse(settings["codec"])
     common = dict(limit=args.limit, max_new_tokens=args.max_new_tokens, sandbox=limits,
-                  window=getattr(args, "window", 128), max_tokens=getattr(args, "max_tokens", 2048))
+                  window=getattr(args, "window", 128), max_tokens=getattr(args, "max_tokens", 2048),
+                  n_samples=getattr(args, "n_samples", 1), temperature=getattr(args, "temperature", 0.0), ks=ks)
     split_scorer = SplitScorer(model, split, cfg, mode=mode, offload_step=w, eos_id=tokenizer.eos_id,
                                edge_model=edge_copy(model, split, mode, settings["front_bits"]))
     runs = []
@@ -241,5 +256,7 @@ def run_model_eval(args, task: Task, limits: SandboxLimits, ks: Sequence[int] = 
         report["agreement"] = agr.get("next_token_agreement", agr.get("output_agreement"))
     if task.kind == "code":
         report["pass_at_1"] = split_run.metrics["pass_at_1"]
-        report["results"] = [{"task_id": i["task_id"], "passed": i["passed"], "error": i["error"]} for i in split_run.items]
+        report["pass_at_k"] = {k: v for k, v in split_run.metrics.items() if k.startswith("pass_at_")}
+        report["results"] = [{"task_id": i["task_id"], "completion_id": i["completion_id"], "passed": i["passed"],
+                              "error": i["error"]} for i in split_run.items]
     return report

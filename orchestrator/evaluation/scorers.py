@@ -47,7 +47,22 @@ class Scorer(Protocol):
 
     def loglikelihood(self, context_ids: Sequence[int], continuation_ids: Sequence[int]) -> float: ...
 
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]: ...
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
+                 seed: int = 0) -> list[int]: ...
+
+
+def pick(logits: torch.Tensor, temperature: float, gen: torch.Generator | None) -> int:
+    """Greedy at temperature 0, else a draw from softmax(logits / T) with ``gen``: the
+    same seed gives the split and unsplit runs the same random stream, so their samples
+    differ only where the models do."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, -1)  # (V,)
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _gen(temperature: float, seed: int) -> torch.Generator | None:
+    return torch.Generator().manual_seed(seed) if temperature > 0 else None
 
 
 def _check(context_ids: Sequence[int], continuation_ids: Sequence[int]) -> None:
@@ -97,12 +112,13 @@ class HFScorer:
         return float(sum(self.score(context_ids, continuation_ids).logprobs))
 
     @torch.no_grad()
-    def generate(self, prompt_ids, max_new_tokens: int) -> list[int]:
+    def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> list[int]:
         ids = list(prompt_ids)[-(self.max_len - max_new_tokens):]
+        gen = _gen(temperature, seed)
         out = self.model(input_ids=torch.tensor([ids]), use_cache=True)
         new: list[int] = []
         for _ in range(max_new_tokens):
-            tok = int(out.logits[0, -1].argmax())
+            tok = pick(out.logits[0, -1], temperature, gen)
             new.append(tok)
             if tok == self.eos_id or len(new) == max_new_tokens:
                 break
@@ -222,13 +238,23 @@ class SplitScorer:
         return float(sum(self.score(context_ids, continuation_ids).logprobs))
 
     @torch.no_grad()
-    def generate(self, prompt_ids, max_new_tokens: int) -> list[int]:
+    def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> list[int]:
         ids = list(prompt_ids)[-(self.max_len - max_new_tokens):]
+        gen = _gen(temperature, seed)
         edge, server = self._sessions()
         step = self._edge(edge.begin, torch.tensor([ids]))
-        new = []
+        new: list[int] = []
         for _ in range(max_new_tokens):
-            tok = int(self._server(server, step).argmax()) if step.payload is not None else int(step.token)
+            if step.payload is not None:
+                tok = pick(self._server(server, step), temperature, gen)
+            elif temperature <= 0:
+                tok = int(step.token)  # the edge's own greedy token (an offload local step)
+            else:
+                # A local step keeps only its argmax; sampling needs the edge's logits,
+                # recomputed with its whole model over the tokens so far (w - 1 steps at most).
+                em = self.edge_model or self.model
+                logits = em.run(0, em.num_units, torch.tensor([ids + new]))[0, -1].float()  # (V,)
+                tok = pick(logits, temperature, gen)
             new.append(tok)
             if tok == self.eos_id or len(new) == max_new_tokens:
                 break

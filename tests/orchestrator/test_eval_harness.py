@@ -121,7 +121,7 @@ class FakeScorer:
     def loglikelihood(self, ctx, cont):
         return sum(self.score(ctx, cont).logprobs)
 
-    def generate(self, prompt, n):
+    def generate(self, prompt, n, temperature=0.0, seed=0):
         return [ord(c) for c in self.text][:n]
 
 
@@ -217,3 +217,34 @@ def test_cli_plan_from_a_policy_and_a_quantized_front(tiny_dir, tmp_path):
 def test_cli_model_without_tokenizer_is_refused_clearly(stories260k_path, capsys):
     assert main(["eval", "--model", str(stories260k_path), "--task", str(TASKS / "piqa_mini.jsonl")]) == 2
     assert "--tokenizer" in capsys.readouterr().err
+
+
+def test_sampling_is_seeded_and_shared_by_split_and_unsplit(tiny):
+    from orchestrator.evaluation.scorers import pick
+
+    model, tok = tiny
+    logits = torch.tensor([0.0, 3.0, 1.0])
+    assert pick(logits, 0.0, None) == 1
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert [pick(logits, 1.0, g1) for _ in range(20)] == [pick(logits, 1.0, g2) for _ in range(20)]
+    ref = HFScorer(model.hf)
+    sp = SplitScorer(model, 2, None)
+    ctx = _ids(tok, "def f(x):")
+    a = [ref.generate(ctx, 8, temperature=1.0, seed=s) for s in range(3)]
+    b = [sp.generate(ctx, 8, temperature=1.0, seed=s) for s in range(3)]
+    assert a == b  # lossless split, same seeds: the same samples
+    assert len({tuple(x) for x in a}) > 1  # and the seeds give different samples
+    off = SplitScorer(model, 2, None, mode="offload", offload_step=4)
+    assert [off.generate(ctx, 8, temperature=1.0, seed=s) for s in range(3)] == a  # local steps sample too
+
+
+def test_cli_code_pass_at_k_with_samples(tiny_dir, tmp_path):
+    out = tmp_path / "k.json"
+    assert main(["eval", "--model", str(tiny_dir), "--task", str(TASKS / "humaneval_mini.jsonl"), "--limit", "2",
+                 "--max-new-tokens", "6", "--n-samples", "3", "--temperature", "1.0", "--k", "1,2,3,10",
+                 "--timeout-s", "2", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert [(r["task_id"], r["completion_id"]) for r in rep["results"]] == [
+        ("mini/0", 0), ("mini/0", 1), ("mini/0", 2), ("mini/1", 0), ("mini/1", 1), ("mini/1", 2)]
+    assert set(rep["pass_at_k"]) == {"pass_at_1", "pass_at_2", "pass_at_3"}  # no pass@10 from 3 samples
+    assert rep["agreements"]["output_agreement"] == 1.0
