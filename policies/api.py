@@ -9,6 +9,7 @@ meets them is replaced at once. "Better" = more work on the edge, then more accu
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -55,7 +56,14 @@ def plan(policy_name: str, model_profile: ModelProfile, device: DeviceProfile, l
     name = ALIASES.get(policy_name, policy_name)
     if name not in POLICIES:
         raise ValueError(f"policy {policy_name!r} is unknown: allowed {', '.join(POLICIES)}")
-    return POLICIES[name](model_profile, device, link, budgets, accuracy, **options)
+    fn = POLICIES[name]
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            allowed = sorted(k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+            raise ValueError(f"policy {name!r} takes no option(s) {unknown}: allowed {allowed}")
+    return fn(model_profile, device, link, budgets, accuracy, **options)
 
 
 def reassess(p: SplitPlan, model: ModelProfile, device: DeviceProfile, link: LinkState, budgets: Budgets,

@@ -112,3 +112,8 @@ def test_policy_state_hysteresis():
     # Memory report: less memory forces a shallower split at once.
     p4 = st.update(memory_bytes=8e6)
     assert p4.split < p3.split
+
+
+def test_options_a_policy_does_not_take_are_named():
+    with pytest.raises(ValueError, match=r"policy 'slicer' takes no option\(s\) \['split'\]"):
+        plan("slicer", MODEL, DEV, LinkState.from_mbps(5), b(), split=3)
