@@ -77,6 +77,17 @@ class DecoderAdapter:
         w = getattr(self.config, "sliding_window", None)
         return int(w) if w else None
 
+    def window_of(self, block: int) -> int | None:
+        """Sliding window of decoder block ``block`` (None: full causal attention).
+        Configs with ``layer_types`` (Qwen2 with ``use_sliding_window``) mix both."""
+        types = getattr(self.config, "layer_types", None)
+        if types:
+            if types[block] != "sliding_attention":
+                return None
+            w = getattr(self.config, "sliding_window", None)
+            return int(w) if w else None
+        return self.sliding_window
+
     @property
     def max_positions(self) -> int | None:
         return None

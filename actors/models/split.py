@@ -194,22 +194,24 @@ class SplitModel:
             h = ad.embed(x, position_ids)  # (B, T, H)
         else:
             h = x.to(self.dtype)
-        mask = pos_emb = None
+        masks: dict = {}  # window -> mask; blocks with the same window share one
+        pos_emb = None
         if has_blocks:
-            mask = self._mask(past_lens, past_max, new_lens, positions, T, h.dtype, dev)
             pos_emb = ad.position_embeddings(h, position_ids)
         for i in range(max(a, 1), min(b, n_units - 1)):
             blk = i - 1
-            h = ad.call_block(blk, h, mask, position_ids, pos_emb, cache)
+            win = ad.window_of(blk)
+            if win not in masks:
+                masks[win] = self._mask(past_lens, past_max, new_lens, positions, T, h.dtype, dev, win)
+            h = ad.call_block(blk, h, masks[win], position_ids, pos_emb, cache)
         if b == n_units:
             h = ad.head(h)  # (B, T, V)
         return h
 
-    def _mask(self, past_lens, past_max, new_lens, positions, T, dtype, dev):
+    def _mask(self, past_lens, past_max, new_lens, positions, T, dtype, dev, win):
         """Attention mask ``(B, 1, T, past_max + T)``: query t of session i sees cached
         key s < past_i and new key j <= t with j < T_i (and, with a sliding window,
         only keys less than ``window`` positions back)."""
-        ad = self.adapter
         past = torch.tensor(past_lens, device=dev)[:, None, None]  # (B, 1, 1)
         newl = torch.tensor(new_lens, device=dev)[:, None, None]
         q = torch.arange(T, device=dev)[None, :, None]  # (1, T, 1)
@@ -217,7 +219,6 @@ class SplitModel:
         is_new = s >= past_max
         j = s - past_max
         valid = torch.where(is_new, (j <= q) & (j < newl), s < past)  # (B, T, S)
-        win = ad.sliding_window
         if win:
             pos0 = torch.tensor(positions, device=dev)[:, None, None]
             q_abs = pos0 + q

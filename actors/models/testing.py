@@ -9,6 +9,9 @@ TINY_LM = {
     # sliding_window 6 < the test sequences' length, so the window mask is exercised
     "mistral": dict(model_type="mistral", num_key_value_heads=2, sliding_window=6, **_LM),
     "qwen2": dict(model_type="qwen2", num_key_value_heads=2, **_LM),
+    # layer 0 full attention, layers 1-2 a window of 4: per-layer masks
+    "qwen2_sliding": dict(model_type="qwen2", num_key_value_heads=2, use_sliding_window=True, sliding_window=4,
+                          max_window_layers=1, **_LM),
     "gpt2": dict(model_type="gpt2", n_embd=32, n_layer=3, n_head=4, vocab_size=256, n_positions=128,
                  bos_token_id=1, eos_token_id=2),
     "gpt_neox": dict(model_type="gpt_neox", rotary_pct=0.5, **_LM),

@@ -20,7 +20,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module", params=["llama", "mistral", "gpt2", "gpt_neox"])
+@pytest.fixture(scope="module", params=["llama", "mistral", "qwen2_sliding", "gpt2", "gpt_neox"])
 def lm(request):
     return load_model(TINY_LM[request.param], seed=0)
 
