@@ -45,9 +45,24 @@ mode, split, offload_step, codec_cfg)`` runs both halves in one process. Modes:
 ``"per-token"``, ``"offload"`` (SLICER's local-then-offload ``(w, ell)``),
 ``"edge-only"``, ``"cloud-only"``.
 
+Single-shot (vision): ``actors.models.generate.single_shot(model, pixel_values, split,
+codec_cfg)``, halves ``edge_single_shot`` / ``server_single_shot``.
+
 Front-segment precision (``actors.models.quant``): ``quantize_front(model, ell, bits)``
-replaces the Linear weights (and embedding) of units ``[0, ell)`` with int8 / int4
-weight-only quantized modules; ``model.profile`` then counts their real bytes.
+returns a copy whose Linear weights (and embedding) in units ``[0, ell)`` are int8
+(per-channel) / int4 (group-wise) weight-only; its ``profile`` counts their real bytes.
+``quantized_front_profile(name, ell, bits)`` does the same from a config (meta device).
+
+Fidelity (``actors.models.fidelity``, CLI ``slicer bench fidelity``): ``measure(model,
+sequences, split=..., codec_spec=..., mode=...)`` -> next-token agreement, KL,
+perplexity ratio, greedy agreement, bits per element.
+
+Tests and other packages can build tiny models of every family from
+``actors.models.testing.TINY_LM`` / ``TINY_VISION`` (milliseconds to build).
+
+``SegmentCache(a, b, layer_ids, layers, length)`` is a plain dataclass: keys/values per
+attention layer, ``(B, kv_heads, length, head_dim)``; stored tensors are never written in
+place, so caches may share tensors (prefix caches, ``copy()``).
 """
 from __future__ import annotations
 
