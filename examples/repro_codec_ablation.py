@@ -53,7 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--low-sparsity", type=float, default=0.1, help="extra sparsity this small model survives (default 0.1)")
     p.add_argument("--abq-delta", type=float, default=0.2, help="δ of the '+ABQ' module rows (default 0.2; 0.01 rows too)")
     p.add_argument("--rate-mbps", type=float, default=10.0, help="link rate R of the predicted L_c (default 10)")
-    p.add_argument("--out", type=Path, default=C.RESULTS / NAME, help="results folder")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default examples/results/%s; with --quick, %s-quick)" % (NAME, NAME))
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
 
@@ -270,6 +271,7 @@ def findings(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.out = args.out or C.RESULTS / (NAME + ("-quick" if args.quick else ""))
     import torch
 
     from policies import LinkState

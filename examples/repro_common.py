@@ -168,7 +168,7 @@ def _fmt(v):
     if isinstance(v, float):
         if math.isinf(v) or math.isnan(v):
             return str(v)
-        return f"{v:.6g}"
+        return repr(v)  # shortest round-trip form: a reader recomputes exactly what was written
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(str(_fmt(x)) for x in v) + "]"
     return v

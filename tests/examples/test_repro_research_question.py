@@ -1,0 +1,105 @@
+"""Smoke test of examples/repro_research_question.py --quick: plans for both targets on both
+device classes and links, the Pareto front recomputed by brute force, accuracy provenance."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "examples" / "repro_research_question.py"
+
+
+def load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def read(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    if not (REPO / "examples" / "models" / "slicer-tiny" / "config.json").exists():
+        pytest.skip("examples/models/slicer-tiny not present")
+    d = tmp_path_factory.mktemp("rq")
+    mod = load(SCRIPT)
+    assert mod.main(["--quick", "--models", "slicer-tiny", "--sequences", "2", "--seq-len", "32", "--out", str(d)]) == 0
+    return d
+
+
+def test_outputs(out):
+    assert (out / "research_question.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plans = read(out / "plans.csv")
+    combos = {(r["target"], r["device"], r["link_mbps"]) for r in plans}
+    assert combos == {(t, d, l) for t in ("Llama-3-70B", "Codestral-22B")
+                      for d in ("jetson-orin-agx", "phone-soc") for l in ("5.0", "50.0")}
+    text = (out / "README.md").read_text(encoding="utf-8")
+    assert "**Measured**" in text and "**Predicted**" in text and "stand-in" in text
+
+
+def test_rows_make_sense(out):
+    plans = read(out / "plans.csv")
+    for r in plans:
+        a = float(r["agreement"])
+        assert 0.0 <= a <= 1.0
+        share = float(r["server_share"])
+        if r["plan"] == "cloud-only":
+            assert a == 1.0 and abs(share - 1.0) < 1e-9
+        elif r["plan"] == "edge-only":
+            assert share == 0.0
+        else:
+            # Shallow splits can exceed 1 a little: the server also decodes the features.
+            assert 0.0 < share < 1.01
+    # A deeper split leaves fewer units to the server: its share falls with ℓ.
+    groups = {}
+    for r in plans:
+        if r["plan"] not in ("cloud-only", "edge-only"):
+            key = (r["target"], r["device"], r["link_mbps"], r["precision"], r["codec"], r["offload_step"])
+            groups.setdefault(key, []).append((int(r["split"]), float(r["server_share"])))
+    for key, pts in groups.items():
+        shares = [s for _, s in sorted(pts)]
+        assert all(a >= b for a, b in zip(shares, shares[1:])), (key, sorted(pts))
+    # Llama-3-70B in bfloat16 (~141 GB) fits neither device whole.
+    assert not any(r["plan"] == "edge-only" and r["precision"] == "bfloat16" and r["fits_memory_and_link"] == "True"
+                   for r in plans if r["target"] == "Llama-3-70B")
+
+
+def test_agreement_comes_from_the_measured_table(out):
+    table = read(out / "table_measured.csv")
+    plans = read(out / "plans.csv")
+    checked = 0
+    for r in plans:
+        if r["plan"] in ("cloud-only", "edge-only") or int(r["offload_step"]) != 1:
+            continue
+        rel = int(r["split"]) / int(r["num_units"])
+        cands = [t for t in table if t["codec"] == r["codec"] and t["precision"] == r["precision"]]
+        best = min(cands, key=lambda t: (abs(float(t["rel_depth"]) - rel), int(t["split"])))
+        assert float(r["agreement"]) == pytest.approx(float(best["agreement"]))
+        checked += 1
+    assert checked > 50
+
+
+def test_front_is_the_non_dominated_set(out):
+    plans = read(out / "plans.csv")
+    objs = (("agreement", 1), ("predicted_e2e_ms", -1), ("server_s_per_request", -1))
+
+    def vec(r):
+        return [float(r[k]) * s for k, s in objs]
+
+    for combo in {(r["target"], r["device"], r["link_mbps"]) for r in plans}:
+        sub = [r for r in plans if (r["target"], r["device"], r["link_mbps"]) == combo
+               and r["fits_memory_and_link"] == "True"]
+        for r in sub:
+            v = vec(r)
+            dominated = any(all(x >= y for x, y in zip(vec(o), v)) and any(x > y for x, y in zip(vec(o), v))
+                            for o in sub if o is not r)
+            assert (r["on_front"] == "True") == (not dominated), r
+        assert any(r["on_front"] == "True" for r in sub)
+    assert not any(r["on_front"] == "True" and r["fits_memory_and_link"] != "True" for r in plans)
