@@ -213,6 +213,7 @@ class EdgeDevice:
             "node": self.cfg.node, "index": request.get("index"), "prompt_tokens": int(ids.shape[1]),
             "mode": mode, "split": plan["split"], "offload_step": plan.get("offload_step"), "codec": codec_spec,
             "front_precision": precision, "plan_tier": plan.get("tier"), "plan_reason": plan.get("reason", ""),
+            "plan_feasible": plan.get("feasible"), "plan_binding": plan.get("binding"),
             "link": dict(self.link), "link_changed": link_change is not None, "emulated": self.emulated,
             "emulation": dict(self.emu), "predicted_memory_bytes": mem, "t_start": t_start,
         }
