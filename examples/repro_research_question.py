@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import repro_common as C  # noqa: E402
+import repro_common as C
 
 NAME = "research_question"
 TARGETS = ("Llama-3-70B", "Codestral-22B")
@@ -66,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--min-agreement", type=float, default=0.9,
                    help="accuracy floor of the policy's picks (Budgets.min_accuracy; default 0.9)")
     p.add_argument("--out", type=Path, default=None,
-                   help="results folder (default examples/results/%s; with --quick, %s-quick)" % (NAME, NAME))
+                   help=f"results folder (default examples/results/{NAME}; with --quick, {NAME}-quick)")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
 
@@ -76,6 +76,16 @@ def codec_specs(quick: bool) -> list[str]:
 
     ss = (0.0, 0.5, 0.9) if quick else SPARSITIES
     return ["lossless"] + [CodecConfig(sparsity=s, blocks=(3, 3), bits=8, delta=0.01).spec() for s in ss]
+
+
+def setting(spec: str) -> str:
+    """A readable name of a codec spec (``slicer`` alone means the defaults, s = 0.75)."""
+    if spec in ("lossless", "tokens", "none", "edge-only"):
+        return spec
+    from codec import CodecConfig
+
+    cfg = CodecConfig.parse(spec)
+    return f"{cfg.method} s={cfg.sparsity:g}" if cfg.method == "slicer" else spec
 
 
 # ------------------------------------------------------------------------- measured part
@@ -152,7 +162,15 @@ def plan_rows(target: str, device: str, mem_gb: float, rate: float, table: list[
               others: list[str], args) -> tuple[list[dict], list[dict]]:
     """Every candidate plan of one (target, device, link), costed; and the policy's picks."""
     from codec import CodecConfig
-    from policies import AccuracyTable, Budgets, CostModel, LinkState, SearchSpace, get_device, plan
+    from policies import (
+        AccuracyTable,
+        Budgets,
+        CostModel,
+        LinkState,
+        SearchSpace,
+        get_device,
+        plan,
+    )
 
     prof = _profile(target)
     n = prof.num_layers
@@ -172,6 +190,7 @@ def plan_rows(target: str, device: str, mem_gb: float, rate: float, table: list[
         rows.append({
             "target": target, "device": device, "link_mbps": rate, "split": ell, "num_units": n,
             "rel_depth": round(ell / n, 4), "offload_step": w, "precision": prec, "codec": spec,
+            "setting": setting(spec),
             "plan": ("cloud-only" if ell == 0 else "edge-only" if w is None else
                      f"split {ell}/{n}" + (f", w={w}" if w and w > 1 else "")),
             "agreement": acc, "agreement_source": src, **{f"agreement_{m}": a for m, a in acc2.items()},
@@ -235,7 +254,7 @@ def plan_rows(target: str, device: str, mem_gb: float, rate: float, table: list[
         p = plan("slicer", prof, dev, link, budgets.replace(min_accuracy=args.min_agreement), acc_table, server=srv, space=space, front_precision=prec)
         picks.append({"target": target, "device": device, "link_mbps": rate, "precision": prec,
                       "feasible": p.feasible, "split": p.split, "num_units": n, "offload_step": p.offload_step,
-                      "codec": p.codec_spec, "tier": p.tier, "binding": p.binding,
+                      "codec": p.codec_spec, "setting": setting(p.codec_spec) if p.offload_step else "none", "tier": p.tier, "binding": p.binding,
                       "accuracy": p.accuracy, "accuracy_source": p.accuracy_source,
                       "predicted_step_ms": p.predicted_latency_s * 1e3,
                       "predicted_e2e_ms": p.predicted_e2e_latency_s * 1e3,
@@ -244,7 +263,7 @@ def plan_rows(target: str, device: str, mem_gb: float, rate: float, table: list[
     return rows, picks
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _profile(target: str):
     """The target's profile from its shipped config (meta device: no weights)."""
     from actors.models import profile_from_config
@@ -309,7 +328,7 @@ def plot(rows: list[dict], picks: list[dict], path: Path, primary: str) -> None:
         cb.set_label("server time / cloud-only (PREDICTED)")
     fig.suptitle("Research question (seed 000): latency and server load PREDICTED from configs; agreement MEASURED "
                  f"on {primary} by relative depth (a stand-in)", fontsize=9)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=70)
     plt.close(fig)
 
 
@@ -324,19 +343,19 @@ def summarise(rows: list[dict], picks: list[dict], table: list[dict], args, prim
                "the nearest relative depth on " + primary,
                "nothing is emulated; the tiny model's agreement is a stand-in for the targets': the accuracy transfer from a tiny model to 22B/70B models is an assumption, "
                "not a measurement (large models usually tolerate sparsity better: SLICER Table 3)"),
-           f"\nBudgets: per-token latency D = {args.latency_ms:g} ms (the front ignores it; `meets_latency_budget` "
+           (f"\nBudgets: per-token latency D = {args.latency_ms:g} ms (the front ignores it; `meets_latency_budget` "
            f"says), memory: {', '.join(f'{d} {m:g} GB' for d, m in DEVICES.items())}; requests of "
            f"{args.prompt_tokens} prompt + {args.new_tokens} new tokens; links {', '.join(f'{l:g}' for l in LINKS_MBPS)} "
-           f"Mbit/s (W 20 MHz, SNR 20 dB, ε 1e-3); server {SERVER}. Environment: {C.environment()}; wall {wall:.0f} s.\n"]
+           f"Mbit/s (W 20 MHz, SNR 20 dB, ε 1e-3); server {SERVER}. Environment: {C.environment()}; wall {wall:.0f} s.\n")]
     out.append("## The policy's picks (SLICER-SEARCH, one per front precision)\n")
     out.append(C.md_table(picks, ["target", "device", "link_mbps", "precision", "feasible", "split", "num_units",
-                                  "offload_step", "codec", "tier", "accuracy", "predicted_e2e_ms", "server_share"],
+                                  "offload_step", "setting", "tier", "binding", "accuracy", "predicted_e2e_ms", "server_share"],
                           ["model", "device", "Mbit/s", "front", "feasible", "ℓ", "units", "w", "codec", "tier",
-                           "agreement", "latency ms", "server share"]))
+                           "binding", "agreement", "latency ms", "server share"]))
     out.append("\n## Best agreement at a given server load (per model, device, link; plans that fit memory and link)\n")
     out.append("Server share = server seconds of the request under the plan / under cloud-only (both PREDICTED). "
                "For each cap: the plan with the highest agreement, then the lowest per-token latency.\n")
-    out.append(C.md_table(best_at_load(rows), ["target", "device", "link_mbps", "cap", "plan", "precision", "codec",
+    out.append(C.md_table(best_at_load(rows), ["target", "device", "link_mbps", "cap", "plan", "precision", "setting",
                                                "agreement", "predicted_e2e_ms", "predicted_handoff_ms", "server_share"],
                           ["model", "device", "Mbit/s", "server share ≤", "plan", "front", "codec", "agreement",
                            "ms/token", "hand-off ms", "server share"]))
@@ -366,7 +385,7 @@ def best_at_load(rows: list[dict]) -> list[dict]:
                 out.append({**base, "plan": "none fits"})
                 continue
             r = min(ok, key=lambda r: (-round(r["agreement"], 9), r["predicted_e2e_ms"]))
-            out.append({**base, **{k: r[k] for k in ("plan", "precision", "codec", "agreement", "predicted_e2e_ms",
+            out.append({**base, **{k: r[k] for k in ("plan", "precision", "setting", "agreement", "predicted_e2e_ms",
                                                      "predicted_handoff_ms", "server_share")}})
     return out
 
@@ -381,7 +400,7 @@ def optimisation_effects(table: list[dict]) -> list[dict]:
             if r["model"] != model:
                 continue
             label = (f"{r['precision']} front, " if r["precision"] != "bfloat16" else "") + (
-                "whole model on the edge" if r["codec"] == "edge-only" else r["codec"])
+                "whole model on the edge" if r["codec"] == "edge-only" else setting(r["codec"]))
             if r["precision"] == "bfloat16" and r["codec"] == "edge-only":
                 continue  # the unsplit model itself
             groups.setdefault(label, []).append(r)
@@ -402,13 +421,13 @@ def front_findings(rows: list[dict]) -> str:
         fits = [r for r in sub if r["fits_memory_and_link"]]
         fr = [r for r in sub if r["on_front"] and r["plan"] != "cloud-only"]
         precs = dict(sorted(_count(r["precision"] for r in fr).items()))
-        codecs = dict(sorted(_count(r["codec"] for r in fr).items()))
+        codecs = dict(sorted(_count(r["setting"] for r in fr).items()))
         hi = [r for r in fits if r["agreement"] >= 0.95 and r["plan"] != "cloud-only"]
         best = min(hi, key=lambda r: (round(r["server_share"], 4), r["predicted_e2e_ms"])) if hi else None
         lines.append(
             f"- {key[0]} on {key[1]} @ {key[2]:g} Mbit/s: {len(fits)} of {len(sub)} plans fit memory and link, "
             f"{len(fr)} edge plans on the front (fronts: {precs}; codecs: {codecs}); "
-            + (f"least server load keeping agreement >= 0.95: {best['plan']}, {best['precision']}, {best['codec']} "
+            + (f"least server load keeping agreement >= 0.95: {best['plan']}, {best['precision']}, {best['setting']} "
                f"(server share {best['server_share']:.2f}, {best['predicted_e2e_ms']:.0f} ms/token, agreement "
                f"{best['agreement']:.3f})" if best else "no edge plan keeps agreement >= 0.95"))
     return "\n".join(lines)

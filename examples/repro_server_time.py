@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import repro_common as C  # noqa: E402
+import repro_common as C
 
 NAME = "server_time"
 PROMPTS = ["def __init__(self, name):", "import os\nimport sys\n\n\ndef main(",
@@ -54,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--requests", type=int, default=None, help="requests per device (default 2; quick 1)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per request (default 24; quick 8)")
     p.add_argument("--out", type=Path, default=None,
-                   help="results folder (default examples/results/%s; with --quick, %s-quick)" % (NAME, NAME))
+                   help=f"results folder (default examples/results/{NAME}; with --quick, {NAME}-quick)")
     return p.parse_args(argv)
 
 
@@ -188,17 +188,17 @@ def markdown(rows, rat, args, folder: Path, wall: float) -> str:
             "the devices' memory budgets (below the model's size, standing in for devices that cannot hold the "
             "model) and their classes: every device is a process on this CPU; links are not delayed (transfer "
             "time does not enter server compute)"),
-        f"\nModel {folder.name}; devices spread in turn over: {groups}. {args.requests} request(s) per device, "
+        (f"\nModel {folder.name}; devices spread in turn over: {groups}. {args.requests} request(s) per device, "
         f"{args.max_new_tokens} new tokens each, greedy; the same prompts per device index under both policies. "
-        f"Backend: {backend}. Environment: {C.environment()}; wall time {wall:.0f} s.\n",
+        f"Backend: {backend}. Environment: {C.environment()}; wall time {wall:.0f} s.\n"),
         C.md_table(rat, ["devices", "cloud_server_s", "slicer_server_s", "ratio_cloud_over_slicer", "tokens_cloud",
                          "tokens_slicer", "batch_mean_cloud", "batch_mean_slicer", "slicer_plans"],
                    ["devices", "cloud-only server s", "SLICER server s", "ratio", "tokens (cloud)", "tokens (SLICER)",
                     "mean batch (cloud)", "mean batch (SLICER)", "SLICER plans per class"]),
-        "\nThe paper reports up to 4.4x less server time for Llama-2-7B on BoolQ. Here the ratio is bounded by the "
+        ("\nThe paper reports up to 4.4x less server time for Llama-2-7B on BoolQ. Here the ratio is bounded by the "
         "share of the model's compute the devices' memory budgets leave to the server (units [ℓ, n) against all "
         "of them), plus the cloud-only server's share of the prompt; all processes share one CPU, so absolute "
-        "seconds are not a GPU server's.",
+        "seconds are not a GPU server's."),
         "",
     ])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import json
 import math
 from pathlib import Path
@@ -92,6 +93,6 @@ def test_abq_width_falls_with_delta(out):
             sub = sorted((r for r in model["deltas"] if r["sparsity"] == s), key=lambda r: r["delta"])
             widths = [r["value_bits"] for r in sub]
             assert widths[0] == 8.0  # δ = 0 never lowers a width (Eq. 9's DS is > 0 at q = 7)
-            assert all(a >= b - 1e-12 for a, b in zip(widths, widths[1:])), widths
+            assert all(a >= b - 1e-12 for a, b in itertools.pairwise(widths)), widths
             for r in sub:
                 assert len(r["avg_Q"]) == 3 and all(1.0 <= q <= 8.0 for q in r["avg_Q"])

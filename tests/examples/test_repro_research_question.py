@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_rows_make_sense(out):
             groups.setdefault(key, []).append((int(r["split"]), float(r["server_share"])))
     for key, pts in groups.items():
         shares = [s for _, s in sorted(pts)]
-        assert all(a >= b for a, b in zip(shares, shares[1:])), (key, sorted(pts))
+        assert all(a >= b for a, b in itertools.pairwise(shares)), (key, sorted(pts))
     # Llama-3-70B in bfloat16 (~141 GB) fits neither device whole.
     assert not any(r["plan"] == "edge-only" and r["precision"] == "bfloat16" and r["fits_memory_and_link"] == "True"
                    for r in plans if r["target"] == "Llama-3-70B")
