@@ -130,7 +130,7 @@ class _ECSQ:
         return [head, entropy.encode_symbols(_symbols(q, qmax), 2 * qmax + 1)]
 
     def _est_total(self, shape, xs: np.ndarray, delta: float, r_code: int, cfg: CodecConfig) -> int:
-        """Payload bytes at step Δ, from the sorted values ``xs`` (float64): the symbol
+        """Payload bytes at step Δ, from the sorted values ``xs`` (float32): the symbol
         histogram is read off with ``searchsorted`` at the bin edges, O(levels · log N)
         instead of a pass over N, so the bisection costs one sort in all."""
         r = r_code / 256.0
@@ -180,7 +180,7 @@ class _ECSQ:
 
         # Bisection on log2 Δ: `lo` does not fit (or is the floor), `hi` fits (Δ_zero
         # gives the smallest payload there is).
-        xs = np.sort(x2.reshape(-1).double().cpu().numpy())  # (N,) one sort serves every step
+        xs = np.sort(x2.reshape(-1).cpu().numpy())  # (N,) float32; one sort serves every step
         lo, hi = math.log2(delta_min), math.log2(delta_zero)
         if self._est_total(shape, xs, 2.0**lo, r_code, cfg) <= cap_total:
             hi = lo
