@@ -29,7 +29,15 @@ from ``cfg.sparsity`` (the dead zone is the s-quantile of |x|, so about s·N sym
 and ``cfg.bits`` (|q| ≤ 2^(bits-1) - 1, so Δ ≥ max|x| / (2^(bits-1) - 1 + r)): the larger Δ.
 
 Rotation (``cfg.rotate``): a seeded randomized Hadamard per row of the last dim
-(``codec/reference/hadamard.py``) before quantizing, undone after decoding.
+(``codec/reference/hadamard.py``) before quantizing, undone after decoding. It is off by
+default because entropy coding already prices outliers by their rarity, while the rotation
+makes rows Gaussian, the worst case at a given variance: ``slicer bench codec`` measured
+rel L2 0.591 rotated against 0.447 plain at 1 bit per element on the 128×4096 input with
+outlier channels, and within ±1% either way on stories260k and slicer-tiny activations.
+
+Cost (``slicer bench codec``, 128×4096 float32, 1 thread, a loaded machine): encode 4-5×
+``torch.topk`` (one float32 sort, then the bisection reads symbol histograms off it with
+``searchsorted``), decode about 3× (rANS decoding is sequential).
 
 Sections (frozen, wire version 1)::
 
