@@ -20,9 +20,9 @@ scales, N one-byte codes); ``q8_0`` two sections (ceil(N/32) fp16 scales, N int8
 Every decode checks section count and sizes against the header's shape before it
 allocates, and rejects non-finite or negative scales and fp8's NaN codes. Every rate is
 data-independent except zstd's, so ``predict_bytes`` is exact for all but ``fp16-zstd``,
-and ``section_nbytes(shape, dtype, cfg)`` gives each section's exact length (with which
-``wire.header_nbytes`` gives the exact header; ``codec.predict_bytes`` bounds the header's
-length varints by the body size instead, so it may say a byte or two more).
+and ``section_nbytes(shape, dtype, cfg)`` gives each section's exact length; as
+``section_bounds`` it lets ``codec.predict_bytes`` compute the header exactly too, so its
+prediction equals ``len(payload)`` for every baseline but ``fp16-zstd`` (a bound there).
 """
 from __future__ import annotations
 
@@ -115,6 +115,9 @@ class _Raw:
     def predict_bytes(self, shape, dtype, cfg) -> int:
         return sum(self.section_nbytes(shape, dtype, cfg))
 
+    def section_bounds(self, shape, dtype, cfg) -> list[int]:
+        return self.section_nbytes(shape, dtype, cfg)
+
     def section_nbytes(self, shape, dtype, cfg) -> list[int]:
         return [math.prod(shape) * torch.empty(0, dtype=dtype).element_size()]
 
@@ -142,6 +145,9 @@ class _Cast:
 
     def predict_bytes(self, shape, dtype, cfg) -> int:
         return sum(self.section_nbytes(shape, dtype, cfg))
+
+    def section_bounds(self, shape, dtype, cfg) -> list[int]:
+        return self.section_nbytes(shape, dtype, cfg)
 
     def section_nbytes(self, shape, dtype, cfg) -> list[int]:
         return [2 * math.prod(shape)]
@@ -193,6 +199,9 @@ class _Fp16Zstd:
     def predict_bytes(self, shape, dtype, cfg) -> int:
         return 1 + 2 * math.prod(shape)  # stored mode is the fallback, so this bounds it
 
+    def section_bounds(self, shape, dtype, cfg) -> list[int]:
+        return [self.predict_bytes(shape, dtype, cfg)]
+
     def max_sections(self, cfg) -> int:
         return 1
 
@@ -219,6 +228,9 @@ class _Int8Token:
 
     def predict_bytes(self, shape, dtype, cfg) -> int:
         return sum(self.section_nbytes(shape, dtype, cfg))
+
+    def section_bounds(self, shape, dtype, cfg) -> list[int]:
+        return self.section_nbytes(shape, dtype, cfg)
 
     def section_nbytes(self, shape, dtype, cfg) -> list[int]:
         rows, cols = rows_cols(tuple(shape))
@@ -256,6 +268,9 @@ class _Q8_0:
     def predict_bytes(self, shape, dtype, cfg) -> int:
         return sum(self.section_nbytes(shape, dtype, cfg))
 
+    def section_bounds(self, shape, dtype, cfg) -> list[int]:
+        return self.section_nbytes(shape, dtype, cfg)
+
     def section_nbytes(self, shape, dtype, cfg) -> list[int]:
         n = math.prod(shape)
         return [2 * (-(-n // Q8_BLOCK)), n]
@@ -287,6 +302,9 @@ class _Fp8Token:
 
     def predict_bytes(self, shape, dtype, cfg) -> int:
         return sum(self.section_nbytes(shape, dtype, cfg))
+
+    def section_bounds(self, shape, dtype, cfg) -> list[int]:
+        return self.section_nbytes(shape, dtype, cfg)
 
     def section_nbytes(self, shape, dtype, cfg) -> list[int]:
         rows, cols = rows_cols(tuple(shape))

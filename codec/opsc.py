@@ -194,18 +194,22 @@ class _OPSC:
 
     def predict_bytes(self, shape, dtype, cfg: CodecConfig) -> int:
         """Upper bound: every row at q_bit, and the most outliers a row can have."""
+        return sum(self.section_bounds(shape, dtype, cfg))
+
+    def section_bounds(self, shape, dtype, cfg: CodecConfig) -> list[int]:
+        """A bound of each section's length (``codec.predict_bytes`` sizes the header by them)."""
         rows, cols = rows_cols(tuple(int(d) for d in shape))
         qbit = _qbit(cfg)
         per_row = _max_outliers_per_row(cols, cfg.threshold) if rows else 0
         wc = per_row.bit_length()
         total = rows * per_row
-        return (
-            packed_nbytes(rows, 4)
-            + 4 * rows
-            + packed_nbytes(rows * cols, qbit) + qbit  # per-width groups round up: ≤ 1 byte each
-            + 1 + (packed_nbytes(rows, wc) if wc else 0) + packed_nbytes(total, _col_bits(cols))
-            + 2 * total
-        )
+        return [
+            packed_nbytes(rows, 4),
+            4 * rows,
+            packed_nbytes(rows * cols, qbit) + qbit,  # per-width groups round up: ≤ 1 byte each
+            1 + (packed_nbytes(rows, wc) if wc else 0) + packed_nbytes(total, _col_bits(cols)),
+            2 * total,
+        ]
 
     def max_sections(self, cfg) -> int:
         return N_SECTIONS
