@@ -1,0 +1,111 @@
+"""RecoveringServerClient: a server that "restarts" (loses every session) mid-generation
+is rebuilt by replay and the tokens equal an undisturbed run; a server that stays gone
+ends in a ServerLostError naming the cause; other errors pass through."""
+from __future__ import annotations
+
+import pytest
+
+from actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy
+from actors.policy_actor import Policy, PolicyConfig
+from actors.protocol import AdmissionError
+from actors.recovery import RecoveringServerClient, ServerLostError, ServerRestarted, server_lost
+from actors.server import Server, ServerConfig
+from tests.actors.conftest import fixed_planner, greedy_reference
+
+PROMPTS = [[1, 5, 9, 13, 2], [3, 4], [7, 8, 9, 10, 11, 12, 13]]
+
+
+class FlakyServer:
+    """An in-process server that dies at given step numbers: the failing call raises
+    ``ServerRestarted`` (as an in-flight Ray call to a dead actor raises
+    ``ActorDiedError``) and the server comes back EMPTY (a fresh ``Server``). ``down``:
+    how many further calls fail while it is 'restarting'."""
+
+    def __init__(self, model, die_at_steps: set[int], down: int = 0, stay_dead: bool = False):
+        self.model, self.die_at, self.down, self.stay_dead = model, set(die_at_steps), down, stay_dead
+        self.server = Server(model, ServerConfig())
+        self.steps = 0
+        self.restarts = 0
+        self._down_left = 0
+
+    def _alive(self):
+        if self.stay_dead and self.restarts:
+            raise ServerRestarted("server actor died and was not restarted")
+        if self._down_left > 0:
+            self._down_left -= 1
+            raise ServerRestarted("server restarting")
+
+    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None):
+        self._alive()
+        return self.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {})
+
+    def step(self, session_id, payload, position, trace_ctx=None):
+        self._alive()
+        self.steps += 1
+        if self.steps in self.die_at:
+            self.server = Server(self.model, ServerConfig())  # restarted: every session gone
+            self.restarts += 1
+            self._down_left = self.down
+            raise ServerRestarted(f"server died at step {self.steps}")
+        return self.server.step_now(session_id, payload, position, trace_ctx or {})
+
+    def close_session(self, session_id, trace_ctx=None):
+        self._alive()
+        return self.server.close_session(session_id, trace_ctx or {})
+
+
+def _edge(model, client, split, w):
+    policy = Policy(PolicyConfig(name="fixed"), model.profile, planner=fixed_planner(split, w))
+    return EdgeDevice(EdgeConfig(device_id="dev-0", device_class="raspberry-pi-5"), "unused", client,
+                      InProcessPolicy(policy), model=model)
+
+
+@pytest.mark.parametrize("split,w", [(2, 1), (0, 1), (3, 3)])  # split, cloud-only, local-then-offload
+def test_server_restart_mid_generation_is_replayed_exactly(tiny_model, split, w):
+    flaky = FlakyServer(tiny_model, die_at_steps={3, 9}, down=2)
+    client = RecoveringServerClient(flaky, backoff_s=0.0)
+    edge = _edge(tiny_model, client, split, w)
+    for i, prompt in enumerate(PROMPTS):
+        rec = edge.generate({"request_id": f"r{i}", "index": i, "prompt_ids": prompt, "max_new_tokens": 6})
+        assert rec["ok"], rec["error"]
+        assert rec["tokens"] == greedy_reference(tiny_model, prompt, 6)
+    assert flaky.restarts == 2
+    ev = client.drain_events()
+    assert len(ev) == 2 and all(e["cause"].startswith("ServerRestarted") for e in ev)
+    assert any(e["replayed_steps"] > 0 for e in ev)  # a mid-request loss replayed what was sent
+    assert flaky.server.stats()["open_sessions"] == 0  # rebuilt sessions were closed too
+
+
+def test_server_that_stays_dead_fails_with_the_cause(tiny_model):
+    flaky = FlakyServer(tiny_model, die_at_steps={2}, stay_dead=True)
+    client = RecoveringServerClient(flaky, max_recoveries=2, backoff_s=0.0)
+    edge = _edge(tiny_model, client, 2, 1)
+    rec = edge.generate({"request_id": "r0", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 5})
+    assert not rec["ok"]
+    assert "ServerLostError" in rec["error"] and "could not be rebuilt" in rec["error"]
+    assert "not restarted" in rec["error"]  # the last cause is named
+    assert len(rec["tokens"]) == 1  # the token before the loss is kept, nothing invented
+
+
+def test_recovery_gives_up_within_its_time_bound(tiny_model):
+    flaky = FlakyServer(tiny_model, die_at_steps={1}, stay_dead=True)
+    slept = []
+    client = RecoveringServerClient(flaky, max_recoveries=50, recovery_timeout_s=0.0, backoff_s=0.0,
+                                    sleep=slept.append)
+    with pytest.raises(ServerLostError):
+        client.open_session("d", "r", 2, 16)
+        sid = client.open_session("d", "r", 2, 16)
+        client.step(sid, b"x", 0)
+    assert len(slept) <= 2
+
+
+def test_non_loss_errors_pass_through_without_replay(tiny_model):
+    flaky = FlakyServer(tiny_model, die_at_steps=set())
+    client = RecoveringServerClient(flaky, backoff_s=0.0)
+    sid = client.open_session("d", "r", 2, 16)
+    with pytest.raises(AdmissionError, match="bad payload"):
+        client.step(sid, b"garbage", 0)
+    assert client.drain_events() == []
+    assert server_lost(AdmissionError("unknown session 'x' (closed, never opened, or the server restarted)"))
+    assert not server_lost(AdmissionError("server refused device d: sessions"))
+    assert not server_lost(TimeoutError("server.step did not answer"))
