@@ -109,14 +109,21 @@ class EdgeShell:
         self.info = where()
         _init_tracing(f"slicer-edge-{cfg['device_id']}", trace,
                       {"slicer.device": cfg["device_id"], "slicer.device_class": cfg["device_class"]})
+        from actors.recovery import RecoveringServerClient
+
+        # A restarted server has no sessions: the client rebuilds them by replay (actors.recovery).
+        self.server_client = RecoveringServerClient(RayServerClient(server, timeout_s),
+                                                    recovery_timeout_s=max(180.0, 3 * timeout_s))
         self.edge = EdgeDevice(EdgeConfig(**{**cfg, "node": self.info["node_id"]}), model_ref,
-                               RayServerClient(server, timeout_s), RayPolicyClient(policy, timeout_s))
+                               self.server_client, RayPolicyClient(policy, timeout_s))
 
     def where(self, trace_ctx: dict | None = None) -> dict:
         return {**self.info, "device_id": self.edge.cfg.device_id, "plan": self.edge.plan}
 
     def generate(self, request: dict, trace_ctx: dict | None = None) -> dict:
-        return self.edge.generate(request, trace_ctx or {})
+        rec = self.edge.generate(request, trace_ctx or {})
+        rec["server_recoveries"] = self.server_client.drain_events()  # sessions rebuilt by replay
+        return rec
 
     def drain_traces(self, trace_ctx: dict | None = None) -> list[dict]:
         from actors import telemetry
