@@ -48,6 +48,12 @@ class ServerConfig:
     """Largest payload of one step."""
     max_tokens_per_session: int = 4096
     """Largest context a session may declare."""
+    max_sessions_per_device: int = 4
+    """Most open sessions of ONE device (a device runs one request at a time; more is a
+    leak or abuse), so one device cannot take the whole ``max_sessions``."""
+    max_kv_bytes_per_device: int = 128 << 20
+    """Most KV-cache bytes reserved by ONE device, so one device cannot take the whole
+    ``max_kv_bytes``."""
 
 
 @dataclass
@@ -113,6 +119,7 @@ class Server:
         self.tokens_by_device: dict[str, int] = defaultdict(int)
         self.decode_s_by_device: dict[str, float] = defaultdict(float)
         self.rejected: list[dict[str, Any]] = []
+        self.bad_payloads_by_device: dict[str, int] = defaultdict(int)
         self.batch_sizes: list[int] = []
         # Async batching state (created lazily inside the actor's event loop).
         self._queue: asyncio.Queue | None = None
@@ -131,6 +138,19 @@ class Server:
                 f"device {device_id}: max_tokens={max_tokens!r} is invalid: allowed 1..{self.cfg.max_tokens_per_session}")
         kv = int(self.profile.kv_bytes_per_token(split, self.num_units)) * max_tokens
         with self._lock:
+            # A new session for the same request supersedes the old one: its edge died and
+            # was restarted, and regenerates the request (actors.recovery / orchestrator.faults).
+            for old in [o for o in self._sessions.values() if o.device_id == device_id and o.request_id == request_id]:
+                del self._sessions[old.session_id]
+                self.reserved_kv_bytes -= old.reserved_kv_bytes
+            mine = [o for o in self._sessions.values() if o.device_id == device_id]
+            if len(mine) >= self.cfg.max_sessions_per_device:
+                self._reject(device_id, "device-sessions", f"device holds {len(mine)} sessions, limit "
+                             f"max_sessions_per_device={self.cfg.max_sessions_per_device}")
+            mine_kv = sum(o.reserved_kv_bytes for o in mine)
+            if mine_kv + kv > self.cfg.max_kv_bytes_per_device:
+                self._reject(device_id, "device-kv", f"session needs {kv} KV bytes; device already holds {mine_kv} "
+                             f"of max_kv_bytes_per_device={self.cfg.max_kv_bytes_per_device}")
             if len(self._sessions) >= self.cfg.max_sessions:
                 self._reject(device_id, "sessions", f"server holds {len(self._sessions)} sessions, limit max_sessions={self.cfg.max_sessions}")
             if self.reserved_kv_bytes + kv > self.cfg.max_kv_bytes:
@@ -202,6 +222,8 @@ class Server:
             st.x = x
         except (CodecError, AdmissionError) as e:
             st.error = f"device {s.device_id}: bad payload at step {s.steps} (session {s.session_id}): {e}"
+            with self._lock:
+                self.bad_payloads_by_device[s.device_id] += 1
         st.decode_s = time.perf_counter() - t0
 
     def _compute(self, steps: list[_Step]) -> list[dict[str, Any]]:
@@ -372,7 +394,10 @@ class Server:
                 "open_sessions": len(self._sessions),
                 "reserved_kv_bytes": self.reserved_kv_bytes,
                 "rejected": list(self.rejected),
+                "bad_payloads_by_device": dict(self.bad_payloads_by_device),
                 "config": {"max_batch": self.cfg.max_batch, "batch_window_ms": self.cfg.batch_window_ms,
                            "batching": self.cfg.batching, "max_sessions": self.cfg.max_sessions,
-                           "max_kv_bytes": self.cfg.max_kv_bytes, "max_payload_bytes": self.cfg.max_payload_bytes},
+                           "max_kv_bytes": self.cfg.max_kv_bytes, "max_payload_bytes": self.cfg.max_payload_bytes,
+                           "max_sessions_per_device": self.cfg.max_sessions_per_device,
+                           "max_kv_bytes_per_device": self.cfg.max_kv_bytes_per_device},
             }
