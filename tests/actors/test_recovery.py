@@ -109,3 +109,30 @@ def test_non_loss_errors_pass_through_without_replay(tiny_model):
     assert server_lost(AdmissionError("unknown session 'x' (closed, never opened, or the server restarted)"))
     assert not server_lost(AdmissionError("server refused device d: sessions"))
     assert not server_lost(TimeoutError("server.step did not answer"))
+
+
+def test_per_device_limits_refuse_one_device_and_not_the_others(tiny_model):
+    kv_one = int(tiny_model.profile.kv_bytes_per_token(2, tiny_model.num_units)) * 16
+    server = Server(tiny_model, ServerConfig(max_sessions_per_device=2, max_kv_bytes_per_device=3 * kv_one))
+    server.open_session("greedy", "r0", 2, 16)
+    server.open_session("greedy", "r1", 2, 16)
+    with pytest.raises(AdmissionError, match="device greedy.*max_sessions_per_device=2"):
+        server.open_session("greedy", "r2", 2, 16)
+    with pytest.raises(AdmissionError, match="device other.*max_kv_bytes_per_device"):
+        server.open_session("other", "r0", 2, 64)  # 4 x kv_one > 3 x kv_one
+    server.open_session("other", "r1", 2, 16)  # other devices still get in
+    st = server.stats()
+    assert [r["what"] for r in st["rejected"]] == ["device-sessions", "device-kv"]
+    assert st["open_sessions"] == 3 and st["reserved_kv_bytes"] == 3 * kv_one
+
+
+def test_reopening_a_request_supersedes_its_old_session(tiny_model):
+    """A restarted edge regenerates its request: the dead edge's session is released."""
+    server = Server(tiny_model, ServerConfig(max_sessions_per_device=1))
+    server.open_session("d", "r0", 2, 16)
+    sid = server.open_session("d", "r0", 2, 16)  # no refusal: the first one is dropped
+    st = server.stats()
+    assert st["open_sessions"] == 1 and st["reserved_kv_bytes"] == int(
+        tiny_model.profile.kv_bytes_per_token(2, tiny_model.num_units)) * 16
+    server.close_session(sid)
+    assert server.stats()["reserved_kv_bytes"] == 0
