@@ -114,6 +114,9 @@ class Server:
         self.reserved_kv_bytes = 0
         # Accounting over the whole run.
         self.compute_s_by_device: dict[str, float] = defaultdict(float)
+        # CPU seconds of the compute thread (torch runs on one intra-op thread here):
+        # unlike wall time, not inflated when other processes share the cores.
+        self.compute_cpu_s_by_device: dict[str, float] = defaultdict(float)
         self.requests_by_device: dict[str, int] = defaultdict(int)
         self.steps_by_device: dict[str, int] = defaultdict(int)
         self.tokens_by_device: dict[str, int] = defaultdict(int)
@@ -239,8 +242,10 @@ class Server:
             for st in ok:
                 groups[st.session.split].append(st)
             out: dict[int, tuple[int, float, float]] = {}  # id(step) -> (token, compute_s, start_t)
+            cpu_share: dict[int, float] = {}  # id(step) -> its share of the group's CPU seconds
             for split, grp in groups.items():
                 t0 = time.perf_counter()
+                c0 = time.thread_time()
                 start_t = now_s()
                 try:
                     if len(grp) == 1:
@@ -255,12 +260,14 @@ class Server:
                         st.error = f"device {st.session.device_id}: server compute failed: {type(e).__name__}: {e}"
                     continue
                 dt = time.perf_counter() - t0
+                dc = time.thread_time() - c0
                 tokens_in = sum(int(st.x.shape[1]) for st in grp)
                 for st, lg in zip(grp, logits):
                     tok = int(lg[0, -1].argmax())  # lg: (1, T, V): greedy next token
                     # Batch time is shared by new-token count: a prefill of 30 tokens
                     # costs the batch more than a decode of 1.
                     out[id(st)] = (tok, dt * int(st.x.shape[1]) / tokens_in, start_t)
+                    cpu_share[id(st)] = dc * int(st.x.shape[1]) / tokens_in
             busy_s = time.perf_counter() - t_batch0
             by_dev: dict[str, float] = defaultdict(float)
             results = []
@@ -282,6 +289,7 @@ class Server:
                 by_dev[s.device_id] += cs
                 with self._lock:
                     self.compute_s_by_device[s.device_id] += cs
+                    self.compute_cpu_s_by_device[s.device_id] += cpu_share.get(id(st), 0.0)
                     self.steps_by_device[s.device_id] += 1
                     self.tokens_by_device[s.device_id] += 1
                 results.append({
@@ -380,6 +388,8 @@ class Server:
             return {
                 "compute_s_by_device": {k: round(v, 6) for k, v in self.compute_s_by_device.items()},
                 "compute_s_total": round(sum(self.compute_s_by_device.values()), 6),
+                "compute_cpu_s_by_device": {k: round(v, 6) for k, v in self.compute_cpu_s_by_device.items()},
+                "compute_cpu_s_total": round(sum(self.compute_cpu_s_by_device.values()), 6),
                 # Payload checks + codec decode, kept apart from model compute: a split
                 # policy pays it, cloud-only (token ids) hardly does.
                 "decode_s_by_device": {k: round(v, 6) for k, v in self.decode_s_by_device.items()},

@@ -128,6 +128,8 @@ def build_summary(workload: dict, records: list[dict], server_stats: dict, decis
         "server": {
             "compute_s_by_device": server_stats.get("compute_s_by_device", {}),
             "compute_s_total": server_stats.get("compute_s_total", 0.0),
+            "compute_cpu_s_by_device": server_stats.get("compute_cpu_s_by_device", {}),
+            "compute_cpu_s_total": server_stats.get("compute_cpu_s_total", 0.0),
             "decode_s_by_device": server_stats.get("decode_s_by_device", {}),
             "decode_s_total": server_stats.get("decode_s_total", 0.0),
             "requests": server_stats.get("requests", 0),
