@@ -16,6 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=None, help="requests per device (default: the workload's)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per request (default: the workload's)")
     p.add_argument("--model", default=None, help="override the workload's model")
+    p.add_argument("--scale-hidden", type=int, default=None,
+                   help="run a random-weight copy of the model with this hidden size (intermediate scaled "
+                        "alike) and memory budgets scaled by its size: a model whose compute, not per-call "
+                        "overhead, dominates the server's time")
     p.add_argument("--address", default=None, help="an existing cluster instead of the embedded one")
     p.add_argument("--json", default=None, help="write the results as JSON here")
 
@@ -33,6 +37,12 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         changes["model"] = args.model
     base = variant(base, codec=None, **changes)
+    tmp = None
+    if args.scale_hidden:
+        import tempfile
+
+        tmp = tempfile.TemporaryDirectory(prefix="slicer-scaled-")
+        base = scaled_model_workload(base, args.scale_hidden, tmp.name)
     counts = [int(x) for x in args.devices.split(",") if x.strip()]
     runs = []
     for n in counts:
@@ -76,4 +86,39 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1, default=str)
+    if tmp is not None:
+        tmp.cleanup()
     return 0
+
+
+def scaled_model_workload(wl, hidden: int, folder: str):
+    """``wl`` on a random-weight copy of its model with ``hidden`` width (same layers,
+    vocabulary and tokenizer), memory budgets scaled by the parameter ratio so the
+    policy faces the same fraction of the model on each device."""
+    import dataclasses
+    import shutil
+    from pathlib import Path
+
+    from actors.models import load_model
+    from actors.models.loading import resolve_config
+
+    src = wl.model_ref()
+    cfg = resolve_config(src).to_dict()
+    old = load_model(src)
+    ratio_int = cfg.get("intermediate_size", 4 * cfg["hidden_size"]) / cfg["hidden_size"]
+    heads = cfg.get("num_attention_heads", 4)
+    cfg.update(hidden_size=hidden, intermediate_size=int(round(hidden * ratio_int / 8)) * 8,
+               head_dim=hidden // heads)
+    new = load_model(cfg, seed=wl.seed)
+    new.hf.save_pretrained(folder)
+    for f in Path(src).glob("tokenizer*"):
+        shutil.copy(f, folder)
+    scale = sum(p.numel() for p in new.hf.parameters()) / sum(p.numel() for p in old.hf.parameters())
+    groups = []
+    for g in wl.devices:
+        b = g.budgets
+        if b.memory_mb is not None:
+            b = dataclasses.replace(b, memory_mb=b.memory_mb * scale)
+        groups.append(dataclasses.replace(g, budgets=b))
+    print(f"scaled model: hidden {hidden}, {scale:.1f}x the parameters of {wl.model}; memory budgets x{scale:.1f}")
+    return dataclasses.replace(wl, model=folder, devices=tuple(groups))
