@@ -77,17 +77,20 @@ class _SessionLog:
 class RecoveringServerClient:
     """A server client that rebuilds lost sessions by replay (see the module docstring)."""
 
-    def __init__(self, inner: Any, *, max_recoveries: int = 3, recovery_timeout_s: float = 180.0,
-                 backoff_s: float = 0.5, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, inner: Any, *, max_recoveries: int = 100, recovery_timeout_s: float = 180.0,
+                 backoff_s: float = 0.25, max_backoff_s: float = 2.0, sleep: Callable[[float], None] = time.sleep):
         """``inner``: the real client (``RayServerClient`` or ``InProcessServer``);
         ``max_recoveries``: rebuild attempts per failed call; ``recovery_timeout_s``:
         wall-clock bound of one recovery (a restarted server loads its model first: ~5
         CPU-s for the tiny models, minutes for big ones); ``backoff_s``: pause between
-        attempts (doubling)."""
+        attempts (doubling up to ``max_backoff_s``). Calls to an actor that is still
+        restarting fail at once (``ActorUnavailableError``, at-most-once calls), so it
+        is the time bound, not the attempt count, that usually ends a wait."""
         self.inner = inner
         self.max_recoveries = int(max_recoveries)
         self.recovery_timeout_s = float(recovery_timeout_s)
         self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
         self.sleep = sleep
         self._logs: dict[str, _SessionLog] = {}
         self.events: list[dict] = []
@@ -130,6 +133,7 @@ class RecoveringServerClient:
     def _with_retry(self, fn: Callable[[], Any], what: str) -> Any:
         t0 = time.monotonic()
         last: BaseException | None = None
+        attempt = 0
         for attempt in range(self.max_recoveries + 1):
             try:
                 return fn()
@@ -139,7 +143,7 @@ class RecoveringServerClient:
                 last = e
             if time.monotonic() - t0 > self.recovery_timeout_s:
                 break
-            self.sleep(self.backoff_s * 2**attempt)
+            self.sleep(min(self.max_backoff_s, self.backoff_s * 2**attempt))
         raise ServerLostError(f"{what}: server unavailable after {attempt + 1} attempt(s) in "
                               f"{time.monotonic() - t0:.1f} s; last cause {type(last).__name__}: {last}")
 
@@ -148,10 +152,11 @@ class RecoveringServerClient:
         server keeps being lost."""
         t0 = time.monotonic()
         last: BaseException = cause
+        attempt = 0
         for attempt in range(self.max_recoveries):
-            if time.monotonic() - t0 > self.recovery_timeout_s:
+            if attempt and time.monotonic() - t0 > self.recovery_timeout_s:
                 break
-            self.sleep(self.backoff_s * 2**attempt)
+            self.sleep(min(self.max_backoff_s, self.backoff_s * 2**attempt))
             try:
                 sid = self.inner.open_session(*log.open_args, trace_ctx)
                 for pos, p in log.sent:
@@ -170,5 +175,5 @@ class RecoveringServerClient:
             return res
         raise ServerLostError(
             f"device {log.open_args[0]} request {log.open_args[1]}: the server was lost at position {position} "
-            f"and the session could not be rebuilt ({self.max_recoveries} attempt(s), "
+            f"and the session could not be rebuilt ({attempt + 1} attempt(s), "
             f"{time.monotonic() - t0:.1f} s); last cause {type(last).__name__}: {str(last)[:300]}")
