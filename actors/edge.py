@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
+from actors import telemetry as tel
 from actors.models.generate import EdgeSession
 from actors.protocol import SESSION_MODES, hop_record, now_s, plan_mode
 from codec import CodecConfig
@@ -40,8 +41,10 @@ class _TimedEdgeSession(EdgeSession):
     """``EdgeSession`` that also times its encodes (so codec time is its own hop)."""
 
     encode_s = 0.0
+    encode_t0 = 0.0  # wall-clock start of the last encode (for its span)
 
     def _encode(self, h: torch.Tensor) -> bytes:
+        self.encode_t0 = now_s()
         t0 = time.perf_counter()
         out = super()._encode(h)
         self.encode_s += time.perf_counter() - t0
@@ -187,9 +190,34 @@ class EdgeDevice:
     # ------------------------------------------------------------------ one request
     def generate(self, request: dict, trace_ctx: dict | None = None) -> dict:
         """Run one request ``{"request_id", "index", "prompt_ids": [...], "max_new_tokens"}``;
-        returns its record (tokens, plan, bytes, per-step hops, latency)."""
-        trace_ctx = trace_ctx or {}
+        returns its record (tokens, plan, bytes, per-step hops, latency).
+
+        One trace per request: its root span ``request`` lives here (a child of
+        ``trace_ctx`` when the caller sent one), and its context travels in every call
+        this request makes (server steps, policy report)."""
+        attrs = {tel.ATTR_REQUEST: request.get("request_id"), tel.ATTR_DEVICE: self.cfg.device_id,
+                 tel.ATTR_DEVICE_CLASS: self.cfg.device_class, tel.ATTR_POLICY: self.plan.get("policy")}
+        with tel.span("request", carrier=trace_ctx or None, **attrs) as root:
+            rec = self._generate(request, tel.inject() or dict(trace_ctx or {}))
+            if root is not None:
+                for key, val in ((tel.ATTR_SPLIT, rec["split"]), (tel.ATTR_BYTES, rec["bytes_sent"]),
+                                 (tel.ATTR_BPE, rec["bits_per_element"]), (tel.ATTR_TIER, rec["plan_tier"]),
+                                 ("slicer.mode", rec["mode"]), ("slicer.codec", rec["codec"]),
+                                 ("slicer.new_tokens", rec["new_tokens"]), ("slicer.ok", rec["ok"])):
+                    if val is not None:
+                        root.set_attribute(key, val)
+        return rec
+
+    def _hop(self, name: str, end_s: float, **attrs: Any) -> None:
+        """Span ``[cursor, end_s]`` and move the cursor: the edge's hops tile the request,
+        each from where the last one ended to a measured event (the edge's own work in
+        between counts where it happens), so a trace accounts for all of its time."""
+        tel.record_span(name, self._cursor, end_s, **attrs)
+        self._cursor = max(self._cursor, end_s)
+
+    def _generate(self, request: dict, trace_ctx: dict) -> dict:
         t_start = now_s()
+        self._cursor = t_start
         link_change = self._apply_schedule(int(request.get("index", self.requests_done)))
         plan = dict(self.plan)
         mode = plan_mode(plan["split"], plan.get("offload_step"), self.num_units)
@@ -231,9 +259,11 @@ class EdgeDevice:
                     "latency_s": round(t_end - t_start, 6), "steps": steps})
         self.requests_done += 1
         if self.policy is not None:
-            self.plan = self.policy.report(self.cfg.device_id, {"measured": {
-                "edge_compute_s": rec["edge_compute_s"], "transfer_s": rec["transfer_s"],
-                "bytes_sent": rec["bytes_sent"], "latency_s": rec["latency_s"], "request_id": rec["request_id"]}}, {})
+            measured = {"edge_compute_s": rec["edge_compute_s"], "transfer_s": rec["transfer_s"],
+                        "bytes_sent": rec["bytes_sent"], "latency_s": rec["latency_s"], "request_id": rec["request_id"]}
+            self._hop("edge.compute", now_s(), **{"slicer.phase": "finish"})
+            self.plan = self.policy.report(self.cfg.device_id, {"measured": measured}, trace_ctx)
+            self._hop("policy.report", now_s())
         return rec
 
     def _force_mode(self, mode: str, plan: dict) -> tuple[str, dict]:
@@ -260,14 +290,17 @@ class EdgeDevice:
                                  offload_step=int(plan.get("offload_step") or 1))
         sid = None
         if mode != "edge-only":
+            self._hop("edge.setup", now_s(), **{"slicer.mode": mode})
             sid = self.server.open_session(self.cfg.device_id, request["request_id"], sess.split,
                                            int(ids.shape[1]) + n_new, trace_ctx)
+            self._hop("session.open", now_s())
         tokens: list[int] = []
         self.session_log: list[tuple[int, bytes]] = []  # (position, payload) sent this request
         position = 0  # server-side position of the next payload's first token
         try:
             for i in range(n_new):
                 sess.encode_s = 0.0
+                t0w = now_s()
                 t0 = time.perf_counter()
                 est = sess.begin(ids) if i == 0 else sess.next(tokens[-1])
                 dt = time.perf_counter() - t0 - sess.encode_s  # edge compute, codec excluded
@@ -276,12 +309,20 @@ class EdgeDevice:
                     extra = (self.slowdown - 1.0) * dt
                     time.sleep(extra)
                 if est.payload is None:  # the edge produced this token itself
+                    self._hop("edge.compute", t0w + dt + extra, **{tel.ATTR_STEP: i, "slicer.emulated_s": extra})
                     tokens.append(int(est.token))
                     steps.append(hop_record(step=i, kind="local", tokens=int(ids.shape[1]) if i == 0 else 1,
                                             edge_compute_s=dt, edge_compute_emulated_s=extra, token=tokens[-1]))
                     continue
                 payload = est.payload
                 kind = "handoff" if est.handoff else ("prefill" if i == 0 else "decode")
+                enc_t0 = sess.encode_t0 if sess.encode_s else t0w + dt
+                self._hop("edge.compute", enc_t0, **{tel.ATTR_STEP: i})
+                self._hop("edge.encode", enc_t0 + sess.encode_s, **{
+                    tel.ATTR_STEP: i, tel.ATTR_BYTES: len(payload), tel.ATTR_SPLIT: sess.split,
+                    "slicer.codec": self.cfg.codec or plan.get("codec_spec")})
+                if extra:
+                    self._hop("edge.compute", enc_t0 + sess.encode_s + extra, **{tel.ATTR_STEP: i, "slicer.emulated": True})
                 delay = self._link_delay_s(len(payload))
                 if delay:
                     time.sleep(delay)
@@ -294,6 +335,13 @@ class EdgeDevice:
                 position += int(est.tokens_in_payload)
                 tokens.append(int(res["token"]))
                 elements = int(est.elements) or int(est.tokens_in_payload)  # token ids: one element each
+                srv_recv, srv_done = res.get("server_recv_t"), res.get("server_done_t")
+                self._hop("transfer", srv_recv or recv_t, **{
+                    tel.ATTR_STEP: i, tel.ATTR_BYTES: len(payload), tel.ATTR_BPE: len(payload) * 8 / max(1, elements),
+                    tel.ATTR_SPLIT: sess.split, "slicer.kind": kind, "slicer.emulated_s": delay})
+                if srv_done:  # the server's spans cover [server_recv_t, server_done_t]
+                    self._cursor = max(self._cursor, srv_done)
+                self._hop("return", recv_t, **{tel.ATTR_STEP: i})
                 steps.append(hop_record(
                     step=i, kind=kind, tokens=int(est.tokens_in_payload), edge_compute_s=dt,
                     edge_compute_emulated_s=extra, encode_s=sess.encode_s, payload_bytes=len(payload),
@@ -307,7 +355,9 @@ class EdgeDevice:
         finally:
             if sid is not None:
                 try:
+                    self._hop("edge.compute", now_s(), **{"slicer.phase": "finish"})
                     self.server.close_session(sid, trace_ctx)
+                    self._hop("session.close", now_s())
                 except Exception:
                     pass  # the server may be gone; its sessions went with it
 

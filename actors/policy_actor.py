@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from actors import telemetry as tel
 from actors.protocol import now_s
 
 
@@ -136,6 +137,10 @@ class Policy:
 
     def register(self, device_id: str, info: dict, trace_ctx: dict | None = None) -> dict:
         """A device announces itself (class, link, budgets, memory cap, node); returns its plan."""
+        with tel.span("policy.decide", carrier=trace_ctx or None, **{tel.ATTR_DEVICE: device_id, "slicer.call": "register"}) as sp:
+            return _traced_plan(sp, self._register(device_id, info))
+
+    def _register(self, device_id: str, info: dict) -> dict:
         with self._lock:
             dev = _Device(device_id, info["device_class"], dict(info.get("link") or {}), dict(info.get("budgets") or {}),
                           info.get("memory_cap_mb"), info.get("node", ""), bool(info.get("emulated", False)))
@@ -145,6 +150,10 @@ class Policy:
     def report(self, device_id: str, report: dict, trace_ctx: dict | None = None) -> dict:
         """A device reports ``link`` (dict), ``memory_cap_mb`` and/or ``measured``
         figures; a changed link or memory re-plans it. Returns its (new) plan."""
+        with tel.span("policy.decide", carrier=trace_ctx or None, **{tel.ATTR_DEVICE: device_id, "slicer.call": "report"}) as sp:
+            return _traced_plan(sp, self._report(device_id, report))
+
+    def _report(self, device_id: str, report: dict) -> dict:
         with self._lock:
             dev = self._devices.get(device_id)
             if dev is None:
@@ -178,6 +187,16 @@ class Policy:
         with self._lock:
             return {k: {"device_class": d.device_class, "node": d.node, "link": d.link, "plan": d.plan,
                         "measured": d.measured[-1] if d.measured else None} for k, d in self._devices.items()}
+
+
+def _traced_plan(sp: Any, plan: dict) -> dict:
+    """Put the plan's split, sparsity and deciding tier on the policy span."""
+    if sp is not None:
+        for key, val in ((tel.ATTR_SPLIT, plan.get("split")), (tel.ATTR_SPARSITY, plan.get("sparsity")),
+                         (tel.ATTR_TIER, plan.get("tier")), ("slicer.reason", plan.get("reason"))):
+            if val is not None:
+                sp.set_attribute(key, val)
+    return plan
 
 
 def finite(v: float) -> float | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from actors import telemetry as tel
 from actors.models.generate import ServerSession
 from actors.protocol import AdmissionError, decode_tokens, now_s
 from codec import CodecError, decode
@@ -84,6 +85,7 @@ class _Step:
     trace_ctx: dict
     x: torch.Tensor | None = None
     decode_s: float = 0.0
+    decode_t0: float = 0.0
     error: str | None = None
 
 
@@ -200,6 +202,7 @@ class Server:
     def _prepare(self, st: _Step) -> None:
         """Check and decode one step's payload; on any defect set ``st.error``."""
         s = st.session
+        st.decode_t0 = now_s()
         t0 = time.perf_counter()
         try:
             if not isinstance(st.payload, (bytes, bytearray, memoryview)):
@@ -241,7 +244,7 @@ class Server:
             groups: dict[int, list[_Step]] = defaultdict(list)
             for st in ok:
                 groups[st.session.split].append(st)
-            out: dict[int, tuple[int, float, float]] = {}  # id(step) -> (token, compute_s, start_t)
+            out: dict[int, tuple[int, float, float, float]] = {}  # id(step) -> (token, compute_s, start_t, group_s)
             cpu_share: dict[int, float] = {}  # id(step) -> its share of the group's CPU seconds
             for split, grp in groups.items():
                 t0 = time.perf_counter()
@@ -266,22 +269,37 @@ class Server:
                     tok = int(lg[0, -1].argmax())  # lg: (1, T, V): greedy next token
                     # Batch time is shared by new-token count: a prefill of 30 tokens
                     # costs the batch more than a decode of 1.
-                    out[id(st)] = (tok, dt * int(st.x.shape[1]) / tokens_in, start_t)
+                    out[id(st)] = (tok, dt * int(st.x.shape[1]) / tokens_in, start_t, dt)
                     cpu_share[id(st)] = dc * int(st.x.shape[1]) / tokens_in
             busy_s = time.perf_counter() - t_batch0
             by_dev: dict[str, float] = defaultdict(float)
             results = []
+            spans: list[tuple] = []  # recorded after the results: their cost lands in the "return" hop
             n_tokens = 0
             for st in steps:
                 s = st.session
                 s.last_t = now_s()
                 with self._lock:
                     self.decode_s_by_device[s.device_id] += st.decode_s
+                span_attrs = {tel.ATTR_SESSION: s.session_id, tel.ATTR_DEVICE: s.device_id, tel.ATTR_STEP: s.steps,
+                              tel.ATTR_SPLIT: s.split, tel.ATTR_BYTES: len(st.payload)}
+                # queueing lasts until this step's own decode starts (batch-mates decode first)
+                dec_end = st.decode_t0 + st.decode_s
+                spans.append(("server.queue", st.recv_t, st.decode_t0, st.trace_ctx, span_attrs))
+                spans.append(("server.decode", st.decode_t0, dec_end, st.trace_ctx,
+                              {**span_attrs, **({"slicer.error": st.error} if st.error else {})}))
                 if st.error is not None or id(st) not in out:
                     results.append({"error": st.error or "not computed", "decode_s": st.decode_s,
                                     "server_recv_t": st.recv_t})
                     continue
-                tok, cs, start_t = out[id(st)]
+                tok, cs, start_t, group_s = out[id(st)]
+                done_t = now_s()
+                # the batch's interval, from the end of this step's decode (batch-mates'
+                # decodes and grouping included) to its result; the device's share of the
+                # compute is an attribute
+                spans.append(("server.compute", min(dec_end, start_t), done_t, st.trace_ctx,
+                              {**span_attrs, "slicer.batch_size": len(ok), "slicer.compute_share_s": cs,
+                               "slicer.batch_compute_s": group_s}))
                 s.steps += 1
                 s.tokens += int(st.x.shape[1])
                 s.compute_s += cs
@@ -295,8 +313,10 @@ class Server:
                 results.append({
                     "token": tok, "error": None, "server_recv_t": st.recv_t, "decode_s": st.decode_s,
                     "server_compute_s": cs, "server_start_t": start_t, "batch_size": len(ok),
-                    "server_done_t": now_s(), "position": st.position,
+                    "server_done_t": done_t, "position": st.position,
                 })
+            for name, a, b, carrier, attrs in spans:
+                tel.record_span(name, a, b, carrier, **attrs)
             self.batch_sizes.append(len(ok))
             self.meter.busy_end(len(ok), n_tokens, dict(by_dev))
             with self._lock:

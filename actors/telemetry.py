@@ -45,6 +45,7 @@ ATTR_POLICY = "slicer.policy"
 
 #: Span names of the hops (a contract with `slicer traces`' breakdown).
 HOPS = {
+    "edge.setup": "edge compute",
     "edge.compute": "edge compute",
     "edge.encode": "codec",
     "transfer": "wire",
@@ -53,6 +54,9 @@ HOPS = {
     "server.compute": "server compute",
     "return": "wire",
     "policy.decide": "policy",
+    "policy.report": "policy",
+    "session.open": "wire",
+    "session.close": "wire",
 }
 
 
@@ -159,6 +163,20 @@ def span(name: str, carrier: dict[str, str] | None = None, **attributes: Any) ->
     attrs = {k: v for k, v in attributes.items() if v is not None}
     with _state.tracer.start_as_current_span(name, context=ctx, attributes=attrs) as s:
         yield s
+
+
+def record_span(name: str, start_s: float, end_s: float, carrier: dict[str, str] | None = None,
+                **attributes: Any) -> None:
+    """A finished span with explicit wall-clock bounds (``time.time()`` seconds), child of
+    ``carrier``'s context if given, else of the current span. Hops are timed where they
+    happen (a server batch, an encode inside a model step) and recorded afterwards, so
+    spans line up with the records' timestamps exactly and cost nothing on the hot path."""
+    if not _state.enabled or end_s is None or start_s is None:
+        return
+    ctx = propagate.extract(carrier) if carrier else None
+    attrs = {k: v for k, v in attributes.items() if v is not None}
+    s = _state.tracer.start_span(name, context=ctx, attributes=attrs, start_time=int(start_s * 1e9))
+    s.end(end_time=int(max(start_s, end_s) * 1e9))
 
 
 def attach(carrier: dict[str, str] | None):

@@ -98,6 +98,12 @@ def group_traces(spans: Iterable[dict[str, Any]]) -> list[Trace]:
     return sorted(by.values(), key=lambda t: t.root["start_ns"])
 
 
+def request_traces(spans: Iterable[dict[str, Any]]) -> list[Trace]:
+    """Traces whose root is a ``request`` span (policy decisions made outside a request,
+    e.g. at registration, form traces of their own and are left out)."""
+    return [t for t in group_traces(spans) if t.root["name"] == "request"]
+
+
 def breakdown(traces: Iterable[Trace]) -> dict[tuple[str, str], dict[str, float]]:
     """Seconds per category, summed over requests, keyed by (device class, policy).
     Each hop's own time counts, minus time covered by its child hops (no double count)."""

@@ -21,7 +21,7 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"slicer traces: {e}")
         return 2
-    traces = tv.group_traces(spans)
+    traces = tv.request_traces(spans) or tv.group_traces(spans)
     if not traces:
         print("no spans in this run")
         return 1

@@ -1,0 +1,50 @@
+"""Spans of one request, in-process: one trace, correct parents, hops covering its time,
+bytes equal to the record's."""
+from __future__ import annotations
+
+import pytest
+
+from actors import telemetry as tel
+from actors.server import Server, ServerConfig
+from orchestrator import traceview as tv
+from tests.actors.conftest import fixed_planner
+from tests.actors.test_edge_server import PROMPTS, _edge
+
+
+@pytest.fixture
+def tracing():
+    tel.init_tracing("test")
+    yield
+    tel.init_tracing("test", enabled=False)
+
+
+@pytest.mark.parametrize("split,w", [(2, 1), (3, 3), (0, 1)])
+def test_one_trace_per_request_with_linked_hops(tiny_model, tracing, split, w):
+    server = Server(tiny_model, ServerConfig())
+    edge, _ = _edge(tiny_model, server, fixed_planner(split, w))
+    recs = [edge.generate({"request_id": f"r{i}", "index": i, "prompt_ids": p, "max_new_tokens": 5})
+            for i, p in enumerate(PROMPTS)]
+    traces = tv.request_traces(tel.drain())
+    assert [t.request_id for t in traces] == [r["request_id"] for r in recs]
+    for t, rec in zip(traces, recs):
+        ids = {s["span_id"] for s in t.spans}
+        root = t.root
+        assert root["name"] == "request" and root["parent_id"] is None
+        assert all(s["parent_id"] in ids for s in t.spans if s is not root)  # nothing dangles
+        names = {s["name"] for s in t.spans}
+        assert {"edge.compute", "server.queue", "server.decode", "server.compute", "transfer", "return",
+                "policy.decide"} <= names
+        assert t.hop_coverage() >= 0.95, tv.format_waterfall(t)
+        sent = sum(s["attributes"]["slicer.bytes"] for s in t.spans if s["name"] == "transfer")
+        assert sent == rec["bytes_sent"] == root["attributes"]["slicer.bytes"]
+        for s in t.spans:
+            assert s["start_ns"] <= s["end_ns"]
+            assert root["start_ns"] <= s["start_ns"] and s["end_ns"] <= root["end_ns"] + 1_000_000
+
+
+def test_tracing_off_records_nothing_and_keeps_results(tiny_model):
+    tel.init_tracing("test", enabled=False)
+    server = Server(tiny_model, ServerConfig())
+    edge, _ = _edge(tiny_model, server, fixed_planner(2, 1))
+    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 3})
+    assert rec["ok"] and tel.drain() == []
