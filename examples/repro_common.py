@@ -152,25 +152,28 @@ def prefill_fidelity(prep: Prepared, cfg) -> Fidelity:
                     widths=widths, sizes=sizes)
 
 
-def write_csv(rows: Sequence[dict], path: Path) -> None:
+def write_csv(rows: Sequence[dict], path: Path, columns: Sequence[str] | None = None, digits: int | None = None) -> None:
+    """Rows as CSV. Floats in their shortest round-trip form (a reader recomputes exactly
+    what was written), or to ``digits`` significant digits; ``columns`` selects fields."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    names: list[str] = []
-    for r in rows:
-        names += [k for k in r if k not in names]
+    names: list[str] = list(columns or [])
+    if not columns:
+        for r in rows:
+            names += [k for k in r if k not in names]
     with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=names)
+        w = csv.DictWriter(f, fieldnames=names, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: _fmt(v) for k, v in r.items()})
+            w.writerow({k: _fmt(v, digits) for k, v in r.items()})
 
 
-def _fmt(v):
+def _fmt(v, digits: int | None = None):
     if isinstance(v, float):
         if math.isinf(v) or math.isnan(v):
             return str(v)
-        return repr(v)  # shortest round-trip form: a reader recomputes exactly what was written
+        return repr(v) if digits is None else f"{v:.{digits}g}"
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(str(_fmt(x)) for x in v) + "]"
+        return "[" + ", ".join(str(_fmt(x, digits)) for x in v) + "]"
     return v
 
 
