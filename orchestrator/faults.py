@@ -91,16 +91,31 @@ class Resubmitter:
         if missing:
             return (f"EdgeLostError: device {dev_id} (class {cls}) lost its actor ({cause}) and no alive node of "
                     f"class {cls} can take it: {missing}")
-        from actors.ray_actors import get
-
         try:
-            self.where[dev_id] = get(handle.where.remote({}), self.restart_timeout_s,
-                                     f"restart of the actor of device {dev_id}")
+            self.where[dev_id] = self._await_restart(dev_id, handle)
         except Exception as e2:  # restarts exhausted, or the node vanished meanwhile
             missing = self._no_node(cls)
             why = f"no alive node of class {cls}: {missing}" if missing else f"{type(e2).__name__}: {_first_line(e2)}"
             return f"EdgeLostError: device {dev_id} (class {cls}) lost its actor ({cause}) and it did not come back: {why}"
         return None
+
+    def _await_restart(self, dev_id: str, handle: Any) -> dict:
+        """``where()`` of the restarted actor. While Ray restarts it, calls fail at once
+        with ``ActorUnavailableError`` (at-most-once calls): poll until it answers,
+        it is dead for good (``ActorDiedError``) or ``restart_timeout_s`` passes."""
+        from ray.exceptions import ActorUnavailableError
+
+        from actors.ray_actors import get
+
+        deadline = time.monotonic() + self.restart_timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the actor of device {dev_id} did not restart within {self.restart_timeout_s:g} s")
+            try:
+                return get(handle.where.remote({}), min(left, 30.0), f"restart of the actor of device {dev_id}")
+            except ActorUnavailableError:
+                time.sleep(min(0.5, max(0.0, left)))
 
     @staticmethod
     def _no_node(device_class: str) -> str | None:

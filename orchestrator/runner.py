@@ -269,12 +269,18 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
 
     timeout_s = wl.server.step_timeout_s
     policy = RA.make_policy(policy_config(wl, requests), profile, trace=trace, **where_to["policy"])
-    server = RA.make_server(model_ref, server_config(wl), trace=trace, **where_to["server"])
+    from orchestrator import faults
+
+    # Restarts: the server's sessions are rebuilt by the edges' replay (actors.recovery),
+    # an edge's request is resubmitted by the driver (orchestrator.faults.Resubmitter).
+    server = RA.make_server(model_ref, server_config(wl), trace=trace, max_restarts=faults.SERVER_MAX_RESTARTS,
+                            **where_to["server"])
     handles += [policy, server]
     edges = {}
     for dev_id, g in wl.all_devices():
         edges[dev_id] = RA.make_edge(edge_config(wl, dev_id, g), model_ref, server, policy,
-                                     timeout_s=timeout_s, trace=trace, **where_to["edges"][g.device_class])
+                                     timeout_s=timeout_s, trace=trace, max_restarts=faults.EDGE_MAX_RESTARTS,
+                                     **where_to["edges"][g.device_class])
         handles.append(edges[dev_id])
     # Wait for every actor to be up (model loaded, plan received) before timing requests.
     where = RA.get(
@@ -285,6 +291,9 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
         # generous, but there is one.
         timeout_s=max(300.0, 30.0 * len(edges)), what="actors starting (model load, first plan)")
     server_where, edge_where = where[0], dict(zip(edges, where[1:]))
+    resub = faults.Resubmitter({d: g.device_class for d, g in wl.all_devices()},
+                               restart_timeout_s=max(180.0, 3 * timeout_s))
+    faults.notify_placed({"server": server, "policy": policy, "edges": dict(edges), "where": dict(edge_where)})
     if progress is not None:
         progress.write(f"slicer: {len(edges)} devices on {len(set(w['node_id'] for w in edge_where.values()))} edge "
                        f"node(s), server on {server_where['node_id'][:8]} (setup {time.perf_counter() - t_setup:.1f} s)\n")
@@ -312,7 +321,9 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
         ready, _ = ray.wait(list(inflight), num_returns=1, timeout=min(load_interval_s, 1.0))
         now = time.perf_counter()
         if now >= next_sample:
-            load_rows.append(RA.get(server.load_sample.remote(), timeout_s=30, what="server load sample"))
+            row = faults.sample_or_none(server)  # None while the server restarts
+            if row is not None:
+                load_rows.append(row)
             next_sample = now + load_interval_s
         if not ready:
             if now - last_progress > request_timeout_s:
@@ -324,11 +335,17 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
             dev_id = inflight.pop(ref)
             try:
                 rec = RA.get(ref, timeout_s=30, what=f"request of {dev_id}")
-            except Exception as e:  # the actor died: record the cause, never lose it silently
+            except Exception as e:  # the actor died: resubmit to its restart, or record the cause
                 i = next_i[dev_id] - 1
+                err = resub.on_error(dev_id, requests[dev_id][i], e, edges[dev_id])
+                if err is None:
+                    edge_where[dev_id] = resub.where.get(dev_id, edge_where[dev_id])
+                    inflight[edges[dev_id].generate.remote(requests[dev_id][i], {})] = dev_id
+                    continue
                 rec = {"request_id": requests[dev_id][i]["request_id"], "device": dev_id, "index": i, "ok": False,
-                       "error": f"{type(e).__name__}: {e}", "latency_s": 0.0, "new_tokens": 0, "tokens": []}
-            rec["node"] = edge_where[dev_id]["node_id"]
+                       "error": err, "latency_s": 0.0, "new_tokens": 0, "tokens": []}
+            resub.annotate(rec)
+            rec["node"] = rec.get("node") or edge_where[dev_id]["node_id"]
             records.append(rec)
             if progress is not None:
                 R.progress_line(rec, len(records), total, progress)
