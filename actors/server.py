@@ -329,6 +329,17 @@ class Server:
     def _make_step(self, session_id: str, payload: bytes, position: int, trace_ctx: dict | None) -> _Step:
         with self._lock:
             s = self._get(session_id)
+            # Refused at the door, before a batch: a non-bytes payload or a non-integer
+            # position must never reach code shared with other devices' steps (the fuzz
+            # test found a None payload failing a whole batch).
+            bad = None
+            if not isinstance(payload, (bytes, bytearray, memoryview)):
+                bad = f"payload is {type(payload).__name__}, expected bytes"
+            elif not isinstance(position, int) or isinstance(position, bool):
+                bad = f"position is {type(position).__name__}, expected an integer"
+            if bad is not None:
+                self.bad_payloads_by_device[s.device_id] += 1
+                raise AdmissionError(f"device {s.device_id}: bad payload at step {s.steps} (session {session_id}): {bad}")
         return _Step(s, payload, int(position), now_s(), trace_ctx or {})
 
     def step_now(self, session_id: str, payload: bytes, position: int, trace_ctx: dict | None = None) -> dict[str, Any]:
