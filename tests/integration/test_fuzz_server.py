@@ -1,0 +1,196 @@
+"""Fuzz of the server's payload path (not only the decoder): one device sends corrupt
+payloads (truncated, bit-flipped, random, oversized, wrong shape, NaN, wrong type, wrong
+position, out-of-vocabulary ids) into the BATCHING server while seven devices generate.
+The seven finish with exactly the unsplit greedy tokens, the bad device gets an
+``AdmissionError`` naming itself and the defect for every bad payload, its session stays
+usable, and the server's books show the bad payloads against that device only.
+
+The server runs as in its actor (``Server.step`` coroutines on an event loop feeding
+``_batch_loop``; one compute thread), here on a loop in a background thread; each device
+is a thread, so bad and good steps land in the same batches."""
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+
+import pytest
+import torch
+
+from actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy
+from actors.models import load_model
+from actors.policy_actor import Policy, PolicyConfig
+from actors.protocol import AdmissionError, encode_ids
+from actors.server import Server, ServerConfig
+from codec import CodecConfig, encode
+from tests.integration.conftest import PROMPTS, TINY_LLAMA
+
+pytestmark = pytest.mark.integration
+
+MAX_PAYLOAD = 16 << 10
+NEW_TOKENS = 10
+
+
+class LoopServer:
+    """An async ``Server`` on its own event loop thread, called from device threads."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None):
+        return self.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {})
+
+    def step(self, session_id, payload, position, trace_ctx=None):
+        fut = asyncio.run_coroutine_threadsafe(self.server.step(session_id, payload, position, trace_ctx or {}), self.loop)
+        return fut.result(timeout=60)  # nothing waits forever
+
+    def close_session(self, session_id, trace_ctx=None):
+        return self.server.close_session(session_id, trace_ctx or {})
+
+    def stop(self):
+        async def cancel_all():
+            for t in asyncio.all_tasks():
+                if t is not asyncio.current_task():
+                    t.cancel()
+
+        asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _plan(split):
+    def planner(cfg, profile, dev):
+        return {"split": split, "offload_step": 1, "codec_spec": "lossless", "front_precision": "float32", "tier": 0,
+                "reason": "fuzz", "predicted_memory_bytes": 1e6, "feasible": True}
+    return planner
+
+
+def _corruptions(rng: random.Random, good: bytes, hidden: int) -> list[tuple[str, object]]:
+    """(kind, payload) pairs; every one must be refused."""
+    raw = CodecConfig(method="raw")
+    out: list[tuple[str, object]] = []
+    for _ in range(25):
+        cut = rng.randrange(0, len(good))
+        out.append(("truncated", good[:cut]))
+        b = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        out.append(("bit-flipped", bytes(b)))
+        out.append(("random", rng.randbytes(rng.randint(0, 600))))
+        out.append(("random-after-magic", good[:4] + rng.randbytes(rng.randint(0, 300))))
+    out += [
+        ("oversized", b"\0" * (MAX_PAYLOAD + 1)),
+        ("oversized-valid", encode(torch.randn(1, MAX_PAYLOAD // (4 * hidden) + 1, hidden), raw)),
+        ("wrong-hidden", encode(torch.randn(1, 3, hidden + 1), raw)),
+        ("wrong-batch", encode(torch.randn(2, 3, hidden), raw)),
+        ("wrong-rank", encode(torch.randn(3, 1, 1, hidden), raw)),
+        ("empty-tokens", encode(torch.randn(1, 0, hidden), raw)),
+        ("nan", encode(torch.full((1, 2, hidden), float("nan")), raw)),
+        ("inf", encode(torch.full((1, 2, hidden), float("inf")), raw)),
+        ("token-ids-into-feature-session", encode_ids(torch.tensor([[1, 2, 3]]))),
+        ("too-many-tokens", encode(torch.randn(1, 64, hidden), raw)),
+        ("not-bytes-str", "hello"),
+        ("not-bytes-list", [1, 2, 3]),
+        ("not-bytes-none", None),
+        ("empty", b""),
+    ]
+    return out
+
+
+def test_corrupt_payloads_from_one_device_while_seven_generate(tiny_model_dir):
+    torch.set_num_threads(1)
+    model = load_model(str(tiny_model_dir))
+    hidden = TINY_LLAMA["hidden_size"]
+    server = Server(model, ServerConfig(max_batch=8, batch_window_ms=3, max_payload_bytes=MAX_PAYLOAD))
+    srv = LoopServer(server)
+    rng = random.Random(1234)
+    results: dict[str, list[dict]] = {}
+    errors: list[tuple[str, str]] = []
+    crashed: list[BaseException] = []
+    split = 2
+    good_payload = encode(model.run(0, split, torch.tensor([PROMPTS[0]]), model.new_cache(0, split)),
+                          CodecConfig(method="raw"))  # a valid (1, 5, H) prefill feature
+
+    def good_device(i: int):
+        try:
+            policy = Policy(PolicyConfig(name="fixed"), model.profile, planner=_plan(split))
+            dev = EdgeDevice(EdgeConfig(device_id=f"good-{i}", device_class="raspberry-pi-5"), "unused", srv,
+                             InProcessPolicy(policy), model=model)
+            results[dev.cfg.device_id] = [
+                dev.generate({"request_id": f"good-{i}/r{k}", "index": k, "prompt_ids": PROMPTS[(i + k) % len(PROMPTS)],
+                              "max_new_tokens": NEW_TOKENS}) for k in range(3)]
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            crashed.append(e)
+
+    def bad_device():
+        try:
+            sid = srv.open_session("bad", "bad/r0", split, 32)
+            cases = _corruptions(rng, good_payload, hidden)
+            rng.shuffle(cases)
+            for kind, p in cases:
+                try:
+                    srv.step(sid, p, 0)
+                except AdmissionError as e:
+                    errors.append((kind, str(e)))
+                else:
+                    errors.append((kind, "ACCEPTED"))
+            # wrong positions and a forged session id
+            for kind, pos, s in (("position-ahead", 3, sid), ("position-negative", -1, sid), ("forged-session", 0, "good-0/x/1")):
+                try:
+                    srv.step(s, good_payload, pos)
+                except AdmissionError as e:
+                    errors.append((kind, str(e)))
+                else:
+                    errors.append((kind, "ACCEPTED"))
+            # the bad device's own session is intact: a valid prefill at position 0 works
+            results["bad"] = [srv.step(sid, good_payload, 0)]
+            srv.close_session(sid)
+        except BaseException as e:  # noqa: BLE001
+            crashed.append(e)
+
+    threads = [threading.Thread(target=good_device, args=(i,)) for i in range(7)] + [threading.Thread(target=bad_device)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(240)
+        assert not any(t.is_alive() for t in threads), "a device thread hung"
+    finally:
+        srv.stop()
+    assert not crashed, crashed
+
+    ref = {}
+    for i in range(7):
+        for r in results[f"good-{i}"]:
+            assert r["ok"], r["error"]
+            p = tuple(PROMPTS[(i + r["index"]) % len(PROMPTS)])
+            if p not in ref:
+                ref[p] = _reference(model, list(p), NEW_TOKENS)
+            assert r["tokens"] == ref[p], r["request_id"]
+    accepted = [k for k, msg in errors if msg == "ACCEPTED"]
+    assert not accepted, accepted
+    assert len(errors) >= 100
+    for kind, msg in errors:
+        if kind != "forged-session":
+            assert msg.startswith("device bad: bad payload"), (kind, msg)
+        else:
+            assert "unknown session" in msg
+    assert isinstance(results["bad"][0]["token"], int)
+    st = server.stats()
+    assert st["bad_payloads_by_device"] == {"bad": len(errors) - 1}  # the forged id never reached a session
+    assert set(st["bad_payloads_by_device"]) == {"bad"}  # no good device was blamed
+    assert st["batch_size_max"] >= 2  # good and bad steps really shared batches
+    assert st["open_sessions"] == 0
+
+
+def _reference(model, prompt, n):
+    cache = model.new_cache(0, model.num_units)
+    x, out = torch.tensor([prompt]), []
+    for _ in range(n):
+        logits = model.run(0, model.num_units, x, cache)  # (1, T, V)
+        out.append(int(logits[0, -1].argmax()))
+        x = torch.tensor([[out[-1]]])
+    return out
