@@ -53,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--model", default=None, help="model folder (default examples/models/slicer-tiny, else stories260k)")
     p.add_argument("--requests", type=int, default=None, help="requests per device (default 2; quick 1)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per request (default 24; quick 8)")
+    p.add_argument("--groups", default=None,
+                   help="device classes to use, comma-separated, from: " + ", ".join(g[0] for g in GROUPS)
+                   + " (default all; one class = one split point, so the server's batches are not split by ℓ)")
     p.add_argument("--replot", action="store_true", help="re-render README.md and the PNG from OUT/results.json")
     p.add_argument("--out", type=Path, default=None,
                    help=f"results folder (default examples/results/{NAME}; with --quick, {NAME}-quick)")
@@ -66,13 +69,13 @@ def weights_mib(model: str) -> float:
     return prof.front_param_bytes(prof.num_layers) / 2**20
 
 
-def base_workload(model: str, prompts, requests: int, tokens: int):
+def base_workload(model: str, prompts, requests: int, tokens: int, groups=GROUPS):
     from orchestrator.workload import parse_workload
 
     w = weights_mib(model)
     devices = [{"class": cls, "count": 1, "link": {"rate_mbps": rate, "snr_db": snr},
                 "budgets": {"latency_ms": lat, "memory_mb": round(frac * w, 3)}}
-               for cls, lat, frac, rate, snr in GROUPS]
+               for cls, lat, frac, rate, snr in groups]
     raw = {"name": "fig2-right", "model": model, "inputs": {"prompts": prompts}, "devices": devices,
            "policy": "slicer", "requests": requests, "max_new_tokens": tokens, "seed": 0,
            "server": {"max_batch": 16, "batch_window_ms": 2}}
@@ -92,7 +95,7 @@ def run_all(args, folder: Path, prompts) -> tuple[list[dict], dict]:
     from orchestrator.runner import run_inprocess, run_many, scale_devices, variant
     from orchestrator.workload import PolicySpec
 
-    base = base_workload(str(folder), prompts, args.requests, args.max_new_tokens)
+    base = base_workload(str(folder), prompts, args.requests, args.max_new_tokens, args.group_specs)
     runs = []
     for n in args.counts:
         wl = scale_devices(base, n)
@@ -170,11 +173,11 @@ def plot(rat: list[dict], path: Path, backend: str, model: str) -> None:
     plt.close(fig)
 
 
-def markdown(rows, rat, args, folder: Path, wall: float) -> str:
+def markdown(rows, rat, args, folder: Path, wall: float, env: str | None = None) -> str:
     w = weights_mib(str(folder))
     groups = "; ".join(f"{cls}: latency budget {lat:g} ms/token, memory budget {frac * w:.2f} MiB ({frac:g} of the "
                        f"model's {w:.2f} MiB of weights), link {rate:g} Mbit/s at {snr:g} dB"
-                       for cls, lat, frac, rate, snr in GROUPS)
+                       for cls, lat, frac, rate, snr in args.group_specs)
     backend = ("the local Ray cluster (orchestrator.runner.run_many: one embedded cluster, a server node and a node "
                "per edge class; edge, server and policy actors placed by labels)" if args.backend == "ray" else
                "the runtime's plain classes in this process (orchestrator.runner.run_inprocess; requests one at a "
@@ -191,7 +194,7 @@ def markdown(rows, rat, args, folder: Path, wall: float) -> str:
             "time does not enter server compute)"),
         (f"\nModel {folder.name}; devices spread in turn over: {groups}. {args.requests} request(s) per device, "
         f"{args.max_new_tokens} new tokens each, greedy; the same prompts per device index under both policies. "
-        f"Backend: {backend}. Environment: {C.environment()}; wall time {wall:.0f} s.\n"),
+        f"Backend: {backend}. Environment: {env or C.environment()}; wall time {wall:.0f} s.\n"),
         C.md_table(rat, ["devices", "cloud_server_s", "slicer_server_s", "ratio_cloud_over_slicer", "tokens_cloud",
                          "tokens_slicer", "batch_mean_cloud", "batch_mean_slicer", "slicer_plans"],
                    ["devices", "cloud-only server s", "SLICER server s", "ratio", "tokens (cloud)", "tokens (SLICER)",
@@ -222,14 +225,21 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    names = [g.strip() for g in (args.groups or ",".join(g[0] for g in GROUPS)).split(",") if g.strip()]
+    unknown = [g for g in names if g not in {x[0] for x in GROUPS}]
+    if unknown or not names:
+        print(f"--groups {args.groups!r}: allowed {', '.join(g[0] for g in GROUPS)}", file=sys.stderr)
+        return 2
+    args.group_specs = tuple(g for g in GROUPS if g[0] in names)
     folder, prompts = pick_model(args.model)
     if args.replot:
         saved = json.loads((args.out / "results.json").read_text())
         args.backend, args.counts = saved["backend"], saved["counts"]
+        args.group_specs = tuple(g for g in GROUPS if g[0] in saved.get("groups", names))
         args.requests = saved.get("requests", args.requests)
         args.max_new_tokens = saved.get("max_new_tokens", args.max_new_tokens)
-        (args.out / "README.md").write_text(markdown(saved["runs"], saved["ratios"], args, folder, saved["wall_s"]),
-                                            encoding="utf-8")
+        text = markdown(saved["runs"], saved["ratios"], args, folder, saved["wall_s"], saved.get("environment"))
+        (args.out / "README.md").write_text(text, encoding="utf-8")
         plot(saved["ratios"], args.out / "server_time.png", args.backend, folder.name)
         print(f"re-rendered {args.out}/README.md and server_time.png from results.json")
         return 0
@@ -244,7 +254,9 @@ def main(argv=None) -> int:
     C.write_csv([{k: v for k, v in r.items() if k != "plan_dicts"} for r in rows], out / "runs.csv")
     C.write_csv(rat, out / "server_time.csv")
     (out / "results.json").write_text(json.dumps({"quick": args.quick, "backend": args.backend, "model": folder.name,
-                                                   "counts": args.counts, "requests": args.requests,
+                                                   "counts": args.counts, "groups": [g[0] for g in args.group_specs],
+                                                   "environment": C.environment(),
+                                                   "requests": args.requests,
                                                    "max_new_tokens": args.max_new_tokens, "labels": C.LABELS, "runs": rows,
                                                    "ratios": rat, **info}, indent=1, default=str))
     (out / "README.md").write_text(markdown(rows, rat, args, folder, info["wall_s"]), encoding="utf-8")
