@@ -95,6 +95,8 @@ def build_summary(workload: dict, records: list[dict], server_stats: dict, decis
         for r in recs:
             p = {"split": r.get("split"), "offload_step": r.get("offload_step"), "codec": r.get("codec"),
                  "mode": r.get("mode"), "front_precision": r.get("front_precision")}
+            if r.get("plan_feasible") is False:  # no setting met the budgets: say which constraint binds
+                p.update(feasible=False, binding=r.get("plan_binding"), reason=r.get("plan_reason"))
             if not plans or plans[-1] != p:
                 plans.append(p)
         tokens = sum(r.get("new_tokens", 0) for r in ok)
@@ -187,6 +189,11 @@ def format_table(summary: dict) -> str:
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
     t, s = summary["totals"], summary["server"]
+    for dev, d in summary["devices"].items():
+        for p in d.get("plans", []):
+            if p.get("feasible") is False:
+                out.append(f"{dev}: no plan meets its budgets; binding constraint {p.get('binding') or '?'}: "
+                           f"{p.get('reason') or ''}".rstrip(": "))
     out.append("")
     out.append(f"requests {t['completed']}/{t['requests']} completed, {t['tokens']} tokens in {summary['wall_s']:.1f} s "
                f"({t['tokens_per_s']} tok/s); latency p50 {t['latency_p50_ms']} ms, p95 {t['latency_p95_ms']} ms")
@@ -198,6 +205,10 @@ def format_table(summary: dict) -> str:
 
 def progress_line(rec: dict, done: int, total: int, stream: TextIO = sys.stderr) -> None:
     status = "ok" if rec.get("ok") else f"FAILED: {rec.get('error')}"
+    if rec.get("plan_feasible") is False:
+        status += f" (plan infeasible, binding {rec.get('plan_binding') or '?'})"
+    if (rec.get("attempts") or 1) > 1:
+        status += f" (after {rec['attempts'] - 1} resubmission(s))"
     stream.write(f"[{done}/{total}] {rec.get('device')} {rec.get('request_id')} {rec.get('mode')} "
                  f"l={rec.get('split')} {rec.get('new_tokens')} tok {rec.get('bytes_sent')} B "
                  f"{rec.get('latency_s', 0) * 1e3:.0f} ms {status}\n")

@@ -138,6 +138,16 @@ def check_device_classes(wl: Workload) -> None:
                                 f"allowed {', '.join(sorted(catalog))}")
 
 
+def _check_model_fit(wl: Workload, profile, model_ref: str, requests: dict[str, list[dict]]) -> None:
+    """Fields that need the model (split range, context, KV room): ``orchestrator.validation``."""
+    from actors.server import ServerConfig
+    from orchestrator.validation import check_against_model, model_max_positions
+
+    longest = max((len(r["prompt_ids"]) for rs in requests.values() for r in rs), default=1)
+    check_against_model(wl, profile, longest, max_positions=model_max_positions(model_ref),
+                        max_tokens_per_session=ServerConfig().max_tokens_per_session)
+
+
 # ----------------------------------------------------------------------------- in-process
 
 
@@ -157,6 +167,7 @@ def run_inprocess(wl: Workload, *, model: Any = None, planner: Callable | None =
     model_ref = wl.model_ref()
     model = model or load_model(model_ref)
     requests = make_requests(wl, model_ref, int(getattr(model.config, "vocab_size", 0) or 0))
+    _check_model_fit(wl, model.profile, model_ref, requests)
     server = Server(model, server_config(wl))
     policy = Policy(policy_config(wl, requests), model.profile, planner=planner)
     edges = {}
@@ -251,6 +262,7 @@ def _drive(wl: Workload, *, out, trace, progress, load_interval_s, write, t_setu
     profile = profile_from_config(model_ref)
     vocab = int(profile.vocab_size or 0)
     requests = make_requests(wl, model_ref, vocab)
+    _check_model_fit(wl, profile, model_ref, requests)
     where_to = place(wl)
     handles: list = []
     try:

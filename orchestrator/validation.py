@@ -1,0 +1,62 @@
+"""Checks of a workload against its model, before any actor starts.
+
+``orchestrator.workload`` validates every field on its own (types, ranges, names); what
+needs the model (its units, context length, KV size) is checked here, once the model's
+profile is known, so a run fails in milliseconds with the field named instead of in an
+actor's constructor or on the server mid-run:
+
+- ``policy.split`` (fixed policy) must lie in ``1..num_units - 1``;
+- the longest prompt plus ``max_new_tokens`` must fit the model's context
+  (``max_position_embeddings``) and the server's per-session limit;
+- one session of the longest request must fit ``server.max_kv_mb`` (else every request
+  would be refused), and ``server.max_sessions`` must hold one session per device
+  (each device keeps one request in flight).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.workload import Workload, WorkloadError
+
+
+def model_max_positions(model_ref: Any) -> int | None:
+    """The model's ``max_position_embeddings`` (its config), or None when unknown."""
+    try:
+        if isinstance(model_ref, dict):
+            return int(model_ref.get("max_position_embeddings") or 0) or None
+        from transformers import AutoConfig
+
+        return int(getattr(AutoConfig.from_pretrained(str(model_ref)), "max_position_embeddings", 0) or 0) or None
+    except Exception:  # no config to read: the check is skipped, the run decides
+        return None
+
+
+def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, *, max_positions: int | None = None,
+                        max_tokens_per_session: int = 4096) -> None:
+    """Raise ``WorkloadError`` naming the field when the workload cannot run on the model
+    described by ``profile`` (``policies.profile.ModelProfile``: its split units are
+    ``profile.layers``) with ``max_positions`` tokens of context (None: unknown)."""
+    n = int(profile.num_layers)
+    if wl.policy.split is not None and not 1 <= wl.policy.split <= n - 1:
+        raise WorkloadError(f"workload field policy.split={wl.policy.split} is invalid for model {wl.model!r}: "
+                            f"allowed 1..{n - 1} (the model has {n} units; for none on the edge or all of them "
+                            "use policy cloud-only or edge-only)")
+    ctx = int(longest_prompt_tokens) + int(wl.max_new_tokens)
+    max_pos = int(max_positions or 0)
+    if max_pos and ctx > max_pos:
+        raise WorkloadError(f"workload field max_new_tokens={wl.max_new_tokens}: with the longest prompt "
+                            f"({longest_prompt_tokens} tokens) a request reaches {ctx} tokens, more than the model's "
+                            f"max_position_embeddings={max_pos}; allowed max_new_tokens <= {max_pos - longest_prompt_tokens}")
+    if ctx > max_tokens_per_session:
+        raise WorkloadError(f"workload field max_new_tokens={wl.max_new_tokens}: a request reaches {ctx} tokens, more "
+                            f"than the server's per-session limit of {max_tokens_per_session}")
+    # Worst case: cloud-only (split 0) holds the KV cache of every layer on the server.
+    kv = int(profile.kv_bytes_per_token(0, n)) * ctx
+    cap = int(wl.server.max_kv_mb * 2**20)
+    if kv > cap:
+        raise WorkloadError(f"workload field server.max_kv_mb={wl.server.max_kv_mb:g} cannot hold one request: its KV "
+                            f"cache needs up to {kv} bytes ({kv / 2**20:.3f} MiB, {ctx} tokens at split 0)")
+    n_dev = sum(g.count for g in wl.devices)
+    if wl.server.max_sessions < n_dev:
+        raise WorkloadError(f"workload field server.max_sessions={wl.server.max_sessions} is fewer than the {n_dev} "
+                            "devices, each of which keeps one request (session) open: allowed >= the device count")

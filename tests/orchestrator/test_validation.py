@@ -1,0 +1,80 @@
+"""Up-front validation of what needs the model (orchestrator.validation, called by both
+runners before any actor starts) and infeasible budgets surfaced with the binding
+constraint in records, summary and console."""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from orchestrator import results as R
+from orchestrator.runner import run_inprocess
+from orchestrator.validation import check_against_model, model_max_positions
+from orchestrator.workload import WorkloadError, parse_workload
+
+TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97, "max_position_embeddings": 128}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from actors.models import load_model
+
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("tiny-val")
+    load_model(dict(TINY), seed=7).hf.save_pretrained(d)
+    return d
+
+
+def _wl(model_dir, **kw):
+    d = {"name": "v", "model": str(model_dir), "inputs": {"prompts": [[1, 2, 3]]},
+         "devices": [{"class": "raspberry-pi-5", "count": 2}], "requests": 1, "max_new_tokens": 4}
+    d.update(kw)
+    return parse_workload(d)
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"policy": {"name": "fixed", "split": 6}}, r"policy\.split=6 .*allowed 1\.\.5"),
+    ({"policy": {"name": "fixed", "split": 0}}, r"policy\.split=0 .*cloud-only"),
+    ({"max_new_tokens": 126}, r"max_new_tokens=126: .*129 tokens.*max_position_embeddings=128; allowed max_new_tokens <= 125"),
+    ({"server": {"max_kv_mb": 0.001}}, r"server\.max_kv_mb=0\.001 cannot hold one request"),
+    ({"server": {"max_sessions": 1}}, r"server\.max_sessions=1 is fewer than the 2 devices"),
+])
+def test_model_dependent_fields_fail_before_any_run(model_dir, kw, needle):
+    from actors.models import profile_from_config
+
+    wl = _wl(model_dir, **kw)
+    with pytest.raises(WorkloadError, match=needle):
+        check_against_model(wl, profile_from_config(str(model_dir)), 3, max_positions=model_max_positions(str(model_dir)))
+    with pytest.raises(WorkloadError, match=needle):  # and the runner calls it before generating anything
+        run_inprocess(wl)
+
+
+def test_valid_edges_of_the_ranges_pass(model_dir):
+    from actors.models import profile_from_config
+
+    prof = profile_from_config(str(model_dir))
+    for kw in ({"policy": {"name": "fixed", "split": 5}}, {"max_new_tokens": 125}, {"server": {"max_sessions": 2}}):
+        check_against_model(_wl(model_dir, **kw), prof, 3, max_positions=128)
+    assert model_max_positions(str(model_dir)) == 128
+    assert model_max_positions("/nonexistent/model") is None  # unknown: skipped, not guessed
+
+
+def test_infeasible_budget_names_the_binding_constraint_everywhere(model_dir):
+    # A memory budget below any front segment: no setting is feasible; the policy names memory.
+    wl = _wl(model_dir, devices=[{"class": "raspberry-pi-5", "budgets": {"memory_mb": 0.0001, "latency_ms": 1000}}])
+    out = run_inprocess(wl)
+    rec = out.records[0]
+    assert rec["plan_feasible"] is False and rec["plan_binding"] == "memory"
+    plan = out.summary["devices"]["raspberry-pi-5-0"]["plans"][0]
+    assert plan["feasible"] is False and plan["binding"] == "memory" and plan["reason"]
+    table = R.format_table(out.summary)
+    assert "raspberry-pi-5-0: no plan meets its budgets; binding constraint memory" in table
+    buf = io.StringIO()
+    R.progress_line(rec, 1, 1, buf)
+    assert "plan infeasible, binding memory" in buf.getvalue()
+    # a feasible device shows none of it
+    ok = run_inprocess(_wl(model_dir, devices=[{"class": "raspberry-pi-5", "budgets": {"memory_mb": 100}}]))
+    assert ok.records[0]["plan_feasible"] is not False
+    assert "no plan meets" not in R.format_table(ok.summary)
