@@ -124,7 +124,8 @@ def server_config(wl: Workload):
     s = wl.server
     return ServerConfig(max_batch=s.max_batch, batch_window_ms=s.batch_window_ms, batching=s.batching,
                         max_sessions=s.max_sessions, max_kv_bytes=int(s.max_kv_mb * 2**20),
-                        max_payload_bytes=s.max_payload_bytes)
+                        max_payload_bytes=s.max_payload_bytes, max_sessions_per_device=s.max_sessions_per_device,
+                        max_kv_bytes_per_device=int(s.max_kv_mb_per_device * 2**20))
 
 
 def check_device_classes(wl: Workload) -> None:

@@ -56,6 +56,10 @@ def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, 
     if kv > cap:
         raise WorkloadError(f"workload field server.max_kv_mb={wl.server.max_kv_mb:g} cannot hold one request: its KV "
                             f"cache needs up to {kv} bytes ({kv / 2**20:.3f} MiB, {ctx} tokens at split 0)")
+    cap_dev = int(wl.server.max_kv_mb_per_device * 2**20)
+    if kv > cap_dev:
+        raise WorkloadError(f"workload field server.max_kv_mb_per_device={wl.server.max_kv_mb_per_device:g} cannot hold "
+                            f"one request: its KV cache needs up to {kv} bytes ({kv / 2**20:.3f} MiB)")
     n_dev = sum(g.count for g in wl.devices)
     if wl.server.max_sessions < n_dev:
         raise WorkloadError(f"workload field server.max_sessions={wl.server.max_sessions} is fewer than the {n_dev} "

@@ -160,6 +160,10 @@ class ServerSpec:
     """Largest payload accepted in one step."""
     step_timeout_s: float = 60.0
     """An edge waits at most this long for one server step."""
+    max_sessions_per_device: int = 4
+    """Most sessions ONE device may hold at once (a device has one request in flight)."""
+    max_kv_mb_per_device: float = 128.0
+    """Most KV-cache MiB ONE device may hold, so no device can take the whole ``max_kv_mb``."""
 
 
 @dataclass(frozen=True)
@@ -386,6 +390,9 @@ def _server(path: str, raw: Any) -> ServerSpec:
         max_kv_mb=_num(f"{path}.max_kv_mb", d.get("max_kv_mb", 512.0), 0, lo_open=True),
         max_payload_bytes=_num(f"{path}.max_payload_bytes", d.get("max_payload_bytes", 8 << 20), 64, 1 << 31, integer=True),
         step_timeout_s=_num(f"{path}.step_timeout_s", d.get("step_timeout_s", 60.0), 0, 3600, lo_open=True),
+        max_sessions_per_device=_num(f"{path}.max_sessions_per_device", d.get("max_sessions_per_device", 4), 1, 100000,
+                                     integer=True),
+        max_kv_mb_per_device=_num(f"{path}.max_kv_mb_per_device", d.get("max_kv_mb_per_device", 128.0), 0, lo_open=True),
     )
 
 

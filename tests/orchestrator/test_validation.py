@@ -40,6 +40,7 @@ def _wl(model_dir, **kw):
     ({"max_new_tokens": 126}, r"max_new_tokens=126: .*129 tokens.*max_position_embeddings=128; allowed max_new_tokens <= 125"),
     ({"server": {"max_kv_mb": 0.001}}, r"server\.max_kv_mb=0\.001 cannot hold one request"),
     ({"server": {"max_sessions": 1}}, r"server\.max_sessions=1 is fewer than the 2 devices"),
+    ({"server": {"max_kv_mb_per_device": 0.001}}, r"server\.max_kv_mb_per_device=0\.001 cannot hold one request"),
 ])
 def test_model_dependent_fields_fail_before_any_run(model_dir, kw, needle):
     from actors.models import profile_from_config
@@ -49,6 +50,17 @@ def test_model_dependent_fields_fail_before_any_run(model_dir, kw, needle):
         check_against_model(wl, profile_from_config(str(model_dir)), 3, max_positions=model_max_positions(str(model_dir)))
     with pytest.raises(WorkloadError, match=needle):  # and the runner calls it before generating anything
         run_inprocess(wl)
+
+
+def test_per_device_server_limits_are_workload_fields(model_dir):
+    with pytest.raises(WorkloadError, match=r"server\.max_sessions_per_device=0 is invalid: allowed an integer >= 1"):
+        _wl(model_dir, server={"max_sessions_per_device": 0})
+    with pytest.raises(WorkloadError, match=r"server\.max_kv_mb_per_device=-1 is invalid"):
+        _wl(model_dir, server={"max_kv_mb_per_device": -1})
+    from orchestrator.runner import server_config
+
+    cfg = server_config(_wl(model_dir, server={"max_sessions_per_device": 2, "max_kv_mb_per_device": 1.5}))
+    assert cfg.max_sessions_per_device == 2 and cfg.max_kv_bytes_per_device == int(1.5 * 2**20)
 
 
 def test_valid_edges_of_the_ranges_pass(model_dir):
