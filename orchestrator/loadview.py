@@ -63,13 +63,16 @@ def format_totals(name: str, t: dict[str, Any]) -> str:
             f"mean batch {t['mean_batch']:.2f}, max queue {t['queue_max']}")
 
 
-def plot(runs: dict[str, list[dict[str, Any]]], out: str | Path) -> None:
+def plot(runs: dict[str, list[dict[str, Any]]], out: str | Path) -> dict[str, dict[str, list[float]]]:
+    """Write the timeline PNG; returns the series drawn per run (what the tests compare
+    with the table)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
+    drawn: dict[str, dict[str, list[float]]] = {}
     for name, rows in runs.items():
         t = [r["t_s"] for r in rows]
         axes[0].plot(t, [100 * r["busy_frac"] for r in rows], label=name)
@@ -80,6 +83,8 @@ def plot(runs: dict[str, list[dict[str, Any]]], out: str | Path) -> None:
             acc += sum(r.get("compute_s", {}).values())
             cum.append(acc)
         axes[3].plot(t, cum, label=name)
+        drawn[name] = {"t_s": t, "busy_pct": [100 * r["busy_frac"] for r in rows], "compute_cum_s": cum,
+                       "tokens_per_s": [r["tokens_per_s"] for r in rows]}
     for ax, lab in zip(axes, ["server busy %", "queue depth (max)", "tokens / s", "server compute s (cum.)"]):
         ax.set_ylabel(lab)
         ax.grid(alpha=0.3)
@@ -89,3 +94,4 @@ def plot(runs: dict[str, list[dict[str, Any]]], out: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
+    return drawn

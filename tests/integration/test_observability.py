@@ -98,3 +98,23 @@ def test_server_metrics_on_the_prometheus_endpoint(traced_run):
     lines = [l for l in text.splitlines() if l.startswith("ray_slicer_server_steps_total")]
     assert lines and float(lines[0].rsplit(" ", 1)[1]) > 0
     assert "ray_slicer_server_device_compute_seconds_total" in text
+
+
+def test_load_timeline_table_and_plot_agree_with_the_run(traced_run, tmp_path, capsys):
+    from orchestrator import loadview as lv
+    from orchestrator.cli import main
+
+    out, run = traced_run
+    rows = lv.load_timeline(run)
+    tot = lv.totals(rows)
+    # the timeline's compute seconds per device are the server's own accounting
+    server = out.summary["server"]
+    for dev, s in tot["compute_s_by_device"].items():
+        assert s == pytest.approx(server["compute_s_by_device"][dev], rel=0.02, abs=1e-3)
+    assert tot["tokens"] == sum(r["new_tokens"] for r in out.records if r["mode"] != "edge-only")
+    png = tmp_path / "load.png"
+    assert main(["load", str(run), "--plot", str(png)]) == 0
+    assert "server compute" in capsys.readouterr().out
+    drawn = lv.plot({"run": rows}, png)["run"]
+    assert drawn["compute_cum_s"][-1] == pytest.approx(tot["server_compute_s"])
+    assert max(drawn["busy_pct"]) <= 100 and png.read_bytes()[:4] == b"\x89PNG"
