@@ -95,7 +95,7 @@ class Resubmitter:
             self.where[dev_id] = self._await_restart(dev_id, handle)
         except Exception as e2:  # restarts exhausted, or the node vanished meanwhile
             missing = self._no_node(cls)
-            why = f"no alive node of class {cls}: {missing}" if missing else f"{type(e2).__name__}: {_first_line(e2)}"
+            why = f"no alive node of class {cls}: {missing}" if missing else _first_line(e2)
             return f"EdgeLostError: device {dev_id} (class {cls}) lost its actor ({cause}) and it did not come back: {why}"
         return None
 
@@ -113,8 +113,13 @@ class Resubmitter:
             if left <= 0:
                 raise TimeoutError(f"the actor of device {dev_id} did not restart within {self.restart_timeout_s:g} s")
             try:
-                return get(handle.where.remote({}), min(left, 30.0), f"restart of the actor of device {dev_id}")
-            except ActorUnavailableError:
+                return get(handle.where.remote({}), min(left, 5.0), f"restart of the actor of device {dev_id}")
+            except (ActorUnavailableError, TimeoutError):
+                # Still restarting, or pending placement: fail fast once the cluster
+                # knows the node is gone and no other node of the class is alive.
+                missing = self._no_node(self.device_class.get(dev_id, "?"))
+                if missing:
+                    raise RuntimeError(f"no alive node of class {self.device_class.get(dev_id, '?')}: {missing}") from None
                 time.sleep(min(0.5, max(0.0, left)))
 
     @staticmethod

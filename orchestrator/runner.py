@@ -356,7 +356,8 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
                     inflight[edges[dev_id].generate.remote(requests[dev_id][i], {})] = dev_id
                     continue
                 rec = {"request_id": requests[dev_id][i]["request_id"], "device": dev_id, "index": i, "ok": False,
-                       "error": err, "latency_s": 0.0, "new_tokens": 0, "tokens": []}
+                       "device_class": resub.device_class.get(dev_id), "error": err, "latency_s": 0.0,
+                       "new_tokens": 0, "tokens": []}
             resub.annotate(rec)
             rec["node"] = rec.get("node") or edge_where[dev_id]["node_id"]
             records.append(rec)
