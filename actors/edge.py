@@ -150,10 +150,19 @@ class EdgeDevice:
     def emulated(self) -> bool:
         return self.slowdown != 1.0 or self.emulate_link or self.emu.get("memory_mb") is not None
 
-    def model_for(self, precision: str) -> Any:
-        """The model at a front precision (float32/float16/bfloat16; int8/int4 run as
-        float16 weights here: their memory is what the plan accounts)."""
-        key = precision if precision in _DTYPES else "float16"
+    def model_for(self, precision: str, split: int | None = None) -> Any:
+        """The model with its front at ``precision``: float32/float16/bfloat16 weights,
+        or int8/int4 weight-only quantized units ``[0, split)``
+        (``actors.models.quant.quantize_front``: dequantized on the fly)."""
+        if precision in ("int8", "int4") and split:
+            key = f"{precision}@{split}"
+            if key not in self._models:
+                from actors.models.quant import quantize_front
+
+                ell = max(1, min(int(split), self.num_units))
+                self._models[key] = quantize_front(self.model_for("float32"), ell, bits=8 if precision == "int8" else 4)
+            return self._models[key]
+        key = precision if precision in _DTYPES else "float32"
         if key not in self._models:
             self._models[key] = self._load(self.model_ref, dtype=_DTYPES[key])
         return self._models[key]
@@ -231,7 +240,8 @@ class EdgeDevice:
         else:  # no feature crosses: token ids (cloud-only) or nothing (edge-only)
             codec_spec, codec = ("tokens" if mode == "cloud-only" else "none"), CodecConfig(method="raw")
         precision = self.cfg.precision or plan.get("front_precision") or "float32"
-        model = self.model_for(precision)
+        # edge-only and local steps run every unit here: quantize all of them then
+        model = self.model_for(precision, self.num_units if mode in ("edge-only", "local-then-offload") else plan["split"])
         ids = torch.tensor([request["prompt_ids"]], dtype=torch.long)  # (1, T)
         n_new = int(request["max_new_tokens"])
         max_ctx = ids.shape[1] + n_new

@@ -193,3 +193,26 @@ def test_link_schedule_reports_and_replans(tiny_model):
     assert [d["trigger"] for d in log] == ["register", "link"]
     assert log[1]["changed"] and log[1]["previous"]["split"] == 4 and log[1]["split"] == 2
     assert "rate_mbps 50.0 -> 2.0" in log[1]["reason"]
+
+
+@pytest.mark.parametrize("precision", ["int8", "bfloat16"])
+def test_lower_precision_front_still_generates(tiny_model, precision):
+    server = Server(tiny_model, ServerConfig())
+    edge, _ = _edge(tiny_model, server, fixed_planner(3, 1, precision=precision))
+    edge.model_ref = None  # model_for must build from the shared float32 copy for int8
+    edge._load = lambda ref, dtype: tiny_model if dtype == torch.float32 else _cast(tiny_model, dtype)
+    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 4})
+    assert rec["ok"], rec["error"]
+    assert rec["front_precision"] == precision
+    front = edge.model_for(precision, 3)
+    assert front is not tiny_model  # a separate copy at the front's precision
+    if precision == "int8":
+        assert front.front_bits == 8 and front.quantized_modules > 0
+
+
+def _cast(model, dtype):
+    import copy
+
+    from actors.models.split import SplitModel
+
+    return SplitModel(copy.deepcopy(model.hf).to(dtype), name=model.name)
