@@ -1,5 +1,5 @@
 """Fault injection on a local multi-node cluster (loopback), each fault mid-generation
-with four devices running: every request completes with exactly the unsplit greedy
+with three devices running: every request completes with exactly the unsplit greedy
 tokens, or fails with an error naming the cause; none is lost and none hangs (every
 run is bounded by the runtime's timeouts; pytest's own timeout is the backstop)."""
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _wl(model_dir):
     return parse_workload({
         "name": "faults", "model": str(model_dir), "inputs": {"prompts": PROMPTS},
         "devices": [{"class": "raspberry-pi-5", "count": 2, "link": link, "emulation": {"link": True}},
-                    {"class": "jetson-orin-nano", "count": 2, "link": link, "emulation": {"link": True}}],
+                    {"class": "jetson-orin-nano", "count": 1, "link": link, "emulation": {"link": True}}],
         "policy": {"name": "fixed", "split": 2, "offload_step": 1}, "codec": "lossless", "precision": "float32",
         "requests": 3, "max_new_tokens": NEW_TOKENS, "server": {"step_timeout_s": 60}})
 
@@ -118,8 +118,8 @@ def test_last_node_of_a_class_removed_fails_its_requests_with_the_cause(local_cl
         local_cluster.add_edge_node("jetson-orin-nano")  # later tests in this module get their class back
     _check_complete(wl, out, tiny_reference)
     failed = [r for r in out.records if not r["ok"]]
-    assert failed and {r["device"] for r in failed} <= {"jetson-orin-nano-0", "jetson-orin-nano-1"}
+    assert failed and {r["device"] for r in failed} == {"jetson-orin-nano-0"}
     for r in failed:
         assert "EdgeLostError" in r["error"] and "jetson-orin-nano" in r["error"] and "no alive node" in r["error"]
     # the other class went on unaffected
-    assert all(r["ok"] for r in out.records if r["device_class"] == "raspberry-pi-5")
+    assert all(r["ok"] for r in out.records if r["device"] != "jetson-orin-nano-0")
