@@ -25,8 +25,9 @@ server client that "restarts".
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from actors.protocol import AdmissionError
 
@@ -41,7 +42,7 @@ def _ray_actor_error_types() -> tuple[type[BaseException], ...]:
         from ray.exceptions import RayActorError
 
         return (RayActorError,)
-    except Exception:  # Ray absent: only the in-process markers apply
+    except ImportError:  # Ray absent: only the in-process markers apply
         return ()
 
 

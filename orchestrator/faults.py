@@ -33,8 +33,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 #: Ray restarts of one edge actor over a run (a crash loop ends after these).
 EDGE_MAX_RESTARTS = 3
@@ -51,7 +52,7 @@ def actor_died(e: BaseException) -> bool:
     """True for the errors that mean 'the actor process is gone' (retry on a restart)."""
     try:
         from ray.exceptions import RayActorError
-    except Exception:
+    except ImportError:
         return False
     return isinstance(e, RayActorError)
 
@@ -93,7 +94,7 @@ class Resubmitter:
                     f"class {cls} can take it: {missing}")
         try:
             self.where[dev_id] = self._await_restart(dev_id, handle)
-        except Exception as e2:  # restarts exhausted, or the node vanished meanwhile
+        except Exception as e2:  # noqa: BLE001 (restarts exhausted, node gone, timeout: each reported with its cause)
             missing = self._no_node(cls)
             why = f"no alive node of class {cls}: {missing}" if missing else _first_line(e2)
             return f"EdgeLostError: device {dev_id} (class {cls}) lost its actor ({cause}) and it did not come back: {why}"
@@ -147,7 +148,7 @@ def sample_or_none(server: Any, timeout_s: float = 10.0) -> dict | None:
 
     try:
         return get(server.load_sample.remote(), timeout_s=timeout_s, what="server load sample")
-    except Exception:
+    except Exception:  # noqa: BLE001 (a missing load sample must never end a run)
         return None
 
 

@@ -27,7 +27,7 @@ def model_max_positions(model_ref: Any) -> int | None:
         from transformers import AutoConfig
 
         return int(getattr(AutoConfig.from_pretrained(str(model_ref)), "max_position_embeddings", 0) or 0) or None
-    except Exception:  # no config to read: the check is skipped, the run decides
+    except Exception:  # noqa: BLE001 (no readable config: the check is skipped, the run decides)
         return None
 
 

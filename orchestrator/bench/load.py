@@ -9,9 +9,9 @@ from __future__ import annotations
 
 HELP = "load: 16 devices, hundreds of short requests, nothing lost; latency p50/p99, tokens/s"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
+import argparse
+import json
+import math
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,7 +65,12 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from orchestrator.runner import make_requests, run_workload, scale_devices, variant
-    from orchestrator.workload import REPO_ROOT, PolicySpec, WorkloadError, load_workload
+    from orchestrator.workload import (
+        REPO_ROOT,
+        PolicySpec,
+        WorkloadError,
+        load_workload,
+    )
 
     if args.devices < 1 or args.requests < args.devices:
         raise WorkloadError(f"--devices={args.devices} and --requests={args.requests}: need devices >= 1 and "

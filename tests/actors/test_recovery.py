@@ -8,7 +8,12 @@ import pytest
 from actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy
 from actors.policy_actor import Policy, PolicyConfig
 from actors.protocol import AdmissionError
-from actors.recovery import RecoveringServerClient, ServerLostError, ServerRestarted, server_lost
+from actors.recovery import (
+    RecoveringServerClient,
+    ServerLostError,
+    ServerRestarted,
+    server_lost,
+)
 from actors.server import Server, ServerConfig
 from tests.actors.conftest import fixed_planner, greedy_reference
 
