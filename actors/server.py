@@ -89,6 +89,16 @@ class _Step:
     error: str | None = None
 
 
+def _clean_ctx(trace_ctx: Any) -> dict:
+    """A device's trace carrier reduced to what W3C propagation reads (a few short
+    str -> str entries): anything else is dropped, so a malformed carrier can never
+    fail the tracing code that runs inside a batch shared with other devices."""
+    if not isinstance(trace_ctx, dict):
+        return {}
+    return {k: v for k, v in list(trace_ctx.items())[:8]
+            if isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512}
+
+
 class Server:
     """The shared server (see the module docstring)."""
 
@@ -136,6 +146,9 @@ class Server:
                      trace_ctx: dict | None = None) -> str:
         """Admit a session running units ``[split, n)`` for up to ``max_tokens`` tokens
         of context. Raises ``AdmissionError`` naming the limit it would break."""
+        for name, v in (("device_id", device_id), ("request_id", request_id)):
+            if not isinstance(v, str) or not 0 < len(v) <= 256:
+                raise AdmissionError(f"{name}={str(v)[:80]!r} is invalid: allowed a string of 1..256 characters")
         if not isinstance(split, int) or not 0 <= split < self.num_units:
             raise AdmissionError(f"device {device_id}: split={split!r} is invalid: allowed 0..{self.num_units - 1}")
         if not isinstance(max_tokens, int) or not 1 <= max_tokens <= self.cfg.max_tokens_per_session:
@@ -340,7 +353,7 @@ class Server:
             if bad is not None:
                 self.bad_payloads_by_device[s.device_id] += 1
                 raise AdmissionError(f"device {s.device_id}: bad payload at step {s.steps} (session {session_id}): {bad}")
-        return _Step(s, payload, int(position), now_s(), trace_ctx or {})
+        return _Step(s, payload, int(position), now_s(), _clean_ctx(trace_ctx))
 
     def step_now(self, session_id: str, payload: bytes, position: int, trace_ctx: dict | None = None) -> dict[str, Any]:
         """One step computed at once (no queue, no batching): the in-process path.

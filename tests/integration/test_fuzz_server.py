@@ -194,3 +194,21 @@ def _reference(model, prompt, n):
         out.append(int(logits[0, -1].argmax()))
         x = torch.tensor([[out[-1]]])
     return out
+
+
+def test_malformed_identity_and_trace_carrier_are_contained(tiny_model_dir):
+    """Arguments besides the payload: ids must be short strings; a trace carrier that is
+    not str -> str is dropped (it reaches tracing code inside a shared batch)."""
+    model = load_model(str(tiny_model_dir))
+    server = Server(model, ServerConfig())
+    for bad in (None, 7, "", "x" * 300, ("a",)):
+        with pytest.raises(AdmissionError, match="device_id=.* is invalid"):
+            server.open_session(bad, "r", 2, 8)
+        with pytest.raises(AdmissionError, match="request_id=.* is invalid"):
+            server.open_session("d", bad, 2, 8)
+    sid = server.open_session("d", "r", 2, 16)
+    payload = encode(model.run(0, 2, torch.tensor([PROMPTS[1]]), model.new_cache(0, 2)), CodecConfig(method="raw"))
+    res = server.step_now(sid, payload, 0, {"traceparent": ["not", "a", "string"], 3: "x", "k": "v" * 10000})
+    assert isinstance(res["token"], int)
+    st = server._make_step(sid, payload, len(PROMPTS[1]), [("not", "a dict")])
+    assert st.trace_ctx == {}
