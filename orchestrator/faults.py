@@ -190,6 +190,23 @@ def kill_actor(handle: Any, restart: bool = True) -> None:
     ray.kill(handle, no_restart=not restart)
 
 
+def wait_for_steps(server: Any, at_least: int, device_id: str | None = None, timeout_s: float = 120.0) -> int:
+    """Poll the server's books until ``device_id`` (None: all devices together) has had
+    ``at_least`` steps computed; returns the count. Fault tests use it to strike
+    mid-generation whatever the machine's speed (a wall-clock delay is not enough)."""
+    from actors.ray_actors import get
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        by_dev = get(server.stats.remote(), 30.0, "server stats")["steps_by_device"]
+        n = by_dev.get(device_id, 0) if device_id is not None else sum(by_dev.values())
+        if n >= at_least:
+            return n
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{device_id or 'the devices'} reached only {n} of {at_least} steps in {timeout_s:g} s")
+        time.sleep(0.02)
+
+
 def after(delay_s: float, fn: Callable[[], None]) -> threading.Thread:
     """Run ``fn`` after ``delay_s`` seconds in a daemon thread; exceptions are kept on
     the thread as ``.error`` so a test can assert the fault really happened."""

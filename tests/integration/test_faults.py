@@ -19,10 +19,11 @@ NEW_TOKENS = 12
 
 
 def _wl(model_dir):
-    # Link emulation at 0.05 Mbit/s: ~24 ms per decode step, ~0.1 s per prefill, so a
-    # request lasts ~0.4 s and a fault injected 1 s after start lands mid-generation of
-    # some request of every device (each runs 3 in a row).
-    link = {"rate_mbps": 0.05, "snr_db": 20}
+    # Link emulation at 0.02 Mbit/s: ~60 ms per decode step, ~0.3 s per prefill, so a
+    # request lasts ~1 s and a device ~3 s (3 requests in a row); each fault strikes once
+    # the server has computed a few steps of the target (``faults.wait_for_steps``): mid-
+    # generation whatever the machine's speed, with most of the work still to come.
+    link = {"rate_mbps": 0.02, "snr_db": 20}
     return parse_workload({
         "name": "faults", "model": str(model_dir), "inputs": {"prompts": PROMPTS},
         "devices": [{"class": "raspberry-pi-5", "count": 2, "link": link, "emulation": {"link": True}},
@@ -40,12 +41,19 @@ def _check_complete(wl, out, ref):
             assert r["tokens"] == ref(PROMPTS[r["index"] % len(PROMPTS)], NEW_TOKENS), r["request_id"]
 
 
-def _run_with_fault(wl, fault):
+def _run_with_fault(wl, fault, steps: int = 4, device: str | None = None):
+    """Run ``wl``; ``fault(actors)`` strikes once ``device`` (None: all together) has had
+    ``steps`` server steps."""
     box = {}
 
     def placed(actors):
         box["actors"] = actors
-        box["thread"] = faults.after(1.0, lambda: fault(actors))
+
+        def strike():
+            faults.wait_for_steps(actors["server"], steps, device)
+            fault(actors)
+
+        box["thread"] = faults.after(0.0, strike)
 
     t0 = time.monotonic()
     with faults.on_placed(placed):
@@ -60,7 +68,7 @@ def test_edge_actor_killed_mid_generation_is_restarted_and_its_request_replayed(
         local_cluster, tiny_model_dir, tiny_reference):
     wl = _wl(tiny_model_dir)
     victim = "raspberry-pi-5-1"
-    out, _ = _run_with_fault(wl, lambda a: faults.kill_actor(a["edges"][victim], restart=True))
+    out, _ = _run_with_fault(wl, lambda a: faults.kill_actor(a["edges"][victim], restart=True), device=victim)
     _check_complete(wl, out, tiny_reference)
     assert all(r["ok"] for r in out.records), [r["error"] for r in out.records if not r["ok"]]
     retried = [r for r in out.records if r["attempts"] > 1]
@@ -71,7 +79,7 @@ def test_edge_actor_killed_mid_generation_is_restarted_and_its_request_replayed(
 
 def test_server_killed_mid_generation_sessions_rebuilt_by_replay(local_cluster, tiny_model_dir, tiny_reference):
     wl = _wl(tiny_model_dir)
-    out, _ = _run_with_fault(wl, lambda a: faults.kill_actor(a["server"], restart=True))
+    out, _ = _run_with_fault(wl, lambda a: faults.kill_actor(a["server"], restart=True), steps=12)
     _check_complete(wl, out, tiny_reference)
     assert all(r["ok"] for r in out.records), [r["error"] for r in out.records if not r["ok"]]
     rebuilt = [ev for r in out.records for ev in r.get("server_recoveries") or []]
@@ -92,7 +100,7 @@ def test_edge_node_removed_devices_move_to_another_node_of_their_class(local_clu
         box["old"] = box["where"]["raspberry-pi-5-0"]
         local_cluster.remove_node(box["old"])
 
-    out, _ = _run_with_fault(wl, fault)
+    out, _ = _run_with_fault(wl, fault, device="raspberry-pi-5-0")
     _check_complete(wl, out, tiny_reference)
     assert all(r["ok"] for r in out.records), [r["error"] for r in out.records if not r["ok"]]
     rpi_nodes = set(local_cluster.node_ids_by_class()["raspberry-pi-5"])
@@ -113,7 +121,7 @@ def test_last_node_of_a_class_removed_fails_its_requests_with_the_cause(local_cl
         local_cluster.remove_node(box["old"])
 
     try:
-        out, _ = _run_with_fault(wl, fault)
+        out, _ = _run_with_fault(wl, fault, device="jetson-orin-nano-0")
     finally:
         local_cluster.add_edge_node("jetson-orin-nano")  # later tests in this module get their class back
     _check_complete(wl, out, tiny_reference)
