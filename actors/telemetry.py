@@ -23,14 +23,19 @@ import contextlib
 import os
 import random
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 
 #: Attribute names used on spans (a contract with `slicer traces`).
 ATTR_REQUEST = "slicer.request_id"
@@ -106,15 +111,16 @@ def span_to_dict(s: ReadableSpan) -> dict[str, Any]:
 
 
 class _State:
-    provider: TracerProvider | None = None
-    tracer: Any = None
-    buffer: _BufferExporter | None = None
-    enabled: bool = False
-    otlp: bool = False
-    service: str = ""
-    resource: dict[str, Any] = {}
-    #: hop spans recorded on the fast path: (trace_id, span_id, parent_id, name, start_ns, end_ns, attrs)
-    hops: list[tuple] = []
+    def __init__(self) -> None:
+        self.provider: TracerProvider | None = None
+        self.tracer: Any = None
+        self.buffer: _BufferExporter | None = None
+        self.enabled = False
+        self.otlp = False
+        self.service = ""
+        self.resource: dict[str, Any] = {}
+        #: hop spans recorded on the fast path: (trace_id, span_id, parent_id, name, start_ns, end_ns, attrs)
+        self.hops: list[tuple] = []
 
 
 _state = _State()
@@ -137,7 +143,9 @@ def init_tracing(service_name: str, *, enabled: bool = True, attributes: dict[st
     provider.add_span_processor(SimpleSpanProcessor(buf))
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         try:  # optional extra: pip install "slicer[otlp]"
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter,
+            )
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

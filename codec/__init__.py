@@ -10,7 +10,7 @@ Importing this package never needs Triton or a GPU.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -21,9 +21,9 @@ from codec.config import METHODS, CodecConfig
 from codec.errors import CodecError
 
 __all__ = [
+    "METHODS",
     "CodecConfig",
     "CodecError",
-    "METHODS",
     "decode",
     "decode_batch",
     "encode",

@@ -143,11 +143,11 @@ class CodecConfig:
             return env
         return "triton" if device_type == "cuda" else "torch"
 
-    def replace(self, **changes: Any) -> "CodecConfig":
+    def replace(self, **changes: Any) -> CodecConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def parse(cls, spec: str) -> "CodecConfig":
+    def parse(cls, spec: str) -> CodecConfig:
         """Parse a CLI spec: ``lossless`` / ``raw``, or ``METHOD[:k=v,k=v...]``, e.g.
         ``slicer:sparsity=0.75,bits=8`` or ``slicer:bits=8/4/2,delta=none``. List values
         are separated by ``/``; ``none`` is None."""

@@ -104,7 +104,7 @@ def pack(method_id: int, dtype: torch.dtype, shape: tuple[int, ...], sections: l
 
 
 class _Reader:
-    __slots__ = ("buf", "pos", "end")
+    __slots__ = ("buf", "end", "pos")
 
     def __init__(self, buf: memoryview, end: int):
         self.buf, self.pos, self.end = buf, 0, end

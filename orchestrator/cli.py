@@ -18,7 +18,7 @@ import importlib
 import importlib.util
 import pkgutil
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from orchestrator import bench as _bench_pkg
 from orchestrator import commands as _commands_pkg

@@ -75,14 +75,15 @@ def plot(runs: dict[str, list[dict[str, Any]]], out: str | Path) -> dict[str, di
     drawn: dict[str, dict[str, list[float]]] = {}
     for name, rows in runs.items():
         t = [r["t_s"] for r in rows]
-        axes[0].plot(t, [100 * r["busy_frac"] for r in rows], label=name)
+        mk = "o" if len(rows) < 30 else None  # a short run has few samples: show them
+        axes[0].plot(t, [100 * r["busy_frac"] for r in rows], label=name, marker=mk)
         axes[1].step(t, [r.get("queue_max", r["queue_depth"]) for r in rows], where="post", label=name)
-        axes[2].plot(t, [r["tokens_per_s"] for r in rows], label=name)
+        axes[2].plot(t, [r["tokens_per_s"] for r in rows], label=name, marker=mk)
         cum, acc = [], 0.0
         for r in rows:
             acc += sum(r.get("compute_s", {}).values())
             cum.append(acc)
-        axes[3].plot(t, cum, label=name)
+        axes[3].plot(t, cum, label=name, marker=mk)
         drawn[name] = {"t_s": t, "busy_pct": [100 * r["busy_frac"] for r in rows], "compute_cum_s": cum,
                        "tokens_per_s": [r["tokens_per_s"] for r in rows]}
     for ax, lab in zip(axes, ["server busy %", "queue depth (max)", "tokens / s", "server compute s (cum.)"]):

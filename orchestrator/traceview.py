@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from actors.telemetry import ATTR_DEVICE_CLASS, ATTR_POLICY, ATTR_REQUEST, HOPS
 
@@ -141,8 +142,9 @@ def format_breakdown(bd: dict[tuple[str, str], dict[str, float]]) -> str:
 def format_waterfall(t: Trace, width: int = 50) -> str:
     r = t.root
     t0, dur = r["start_ns"], max(1, t.duration_ns)
-    lines = [f"request {t.request_id}  trace {t.trace_id}  {dur / 1e6:.2f} ms  "
-             f"hop coverage {100 * t.hop_coverage():.1f}%"]
+    head = (f"request {t.request_id}  trace {t.trace_id}  {dur / 1e6:.2f} ms  "
+            f"hop coverage {100 * t.hop_coverage():.1f}%")
+    lines = [head]
     svc_w = max((len(str(s.get("service", ""))) for s in t.spans), default=8)
     for s in sorted(t.spans, key=lambda s: (s["start_ns"], -s["end_ns"])):
         a = int(width * (s["start_ns"] - t0) / dur)
@@ -151,7 +153,7 @@ def format_waterfall(t: Trace, width: int = 50) -> str:
         name = "  " * t.depth(s) + s["name"]
         extra = s["attributes"].get("slicer.bytes")
         extra = f" {extra}B" if extra is not None else ""
-        lines.append(f"{name:<28} {str(s.get('service', '')):<{svc_w}} |{bar:<{width}}| "
+        lines.append(f"{name:<28} {s.get('service', '')!s:<{svc_w}} |{bar:<{width}}| "
                      f"{(s['end_ns'] - s['start_ns']) / 1e6:8.2f} ms{extra}")
     return "\n".join(lines)
 

@@ -72,7 +72,7 @@ class ModelProfile:
     def split_points(self) -> list[int]:
         """Valid split points ``ell``: the edge runs ``[0, ell)``. ``0`` is cloud-only and
         ``num_layers`` is edge-only; these are included."""
-        return list(range(0, self.num_layers + 1))
+        return list(range(self.num_layers + 1))
 
     def front_param_bytes(self, ell: int) -> int:
         return sum(l.param_bytes for l in self.layers[:ell])
@@ -93,7 +93,7 @@ class ModelProfile:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelProfile":
+    def from_json(cls, text: str) -> ModelProfile:
         d = json.loads(text)
         layers = tuple(
             LayerProfile(**{**l, "out_shape": tuple(l.get("out_shape", ()))}) for l in d.pop("layers")

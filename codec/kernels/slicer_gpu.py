@@ -12,8 +12,6 @@ falls back to the reference.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 

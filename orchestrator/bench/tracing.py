@@ -4,8 +4,8 @@ from __future__ import annotations
 
 HELP = "tokens/s of the multi-client example with tracing on vs off (target: under 5% cost)"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
+import argparse
+import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
