@@ -1,7 +1,7 @@
 """Fault injection on a local multi-node cluster (loopback), each fault mid-generation
 with three devices running: every request completes with exactly the unsplit greedy
 tokens, or fails with an error naming the cause; none is lost and none hangs (every
-run is bounded by the runtime's timeouts; pytest's own timeout is the backstop)."""
+wait of the runner, the recovery and the fault thread has its own timeout)."""
 from __future__ import annotations
 
 import time
