@@ -152,6 +152,10 @@ def build_summary(workload: dict, records: list[dict], server_stats: dict, decis
             "latency_p50_ms": _ms(percentile(lat_all, 50)), "latency_p95_ms": _ms(percentile(lat_all, 95)),
             "bytes_sent": sum(r.get("bytes_sent", 0) for r in records),
             "emulated": any(r.get("emulated") for r in records),
+            # Faults survived (orchestrator.faults, actors.recovery): requests resubmitted
+            # after their edge actor died, server sessions rebuilt by replay.
+            "resubmitted": sum(1 for r in records if (r.get("attempts") or 1) > 1),
+            "server_sessions_rebuilt": sum(len(r.get("server_recoveries") or []) for r in records),
         },
     }
 

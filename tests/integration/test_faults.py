@@ -75,6 +75,7 @@ def test_edge_actor_killed_mid_generation_is_restarted_and_its_request_replayed(
     assert [r["device"] for r in retried] == [victim]  # the one in flight, resubmitted once
     assert retried[0]["attempts"] == 2 and "Actor" in retried[0]["recovered_from"][0]
     assert all(r["attempts"] == 1 for r in out.records if r["device"] != victim)
+    assert out.summary["totals"]["resubmitted"] == 1
 
 
 def test_server_killed_mid_generation_sessions_rebuilt_by_replay(local_cluster, tiny_model_dir, tiny_reference):
@@ -86,6 +87,7 @@ def test_server_killed_mid_generation_sessions_rebuilt_by_replay(local_cluster, 
     assert rebuilt, "the server kill hit no session"
     assert any(ev["replayed_steps"] > 0 for ev in rebuilt)  # mid-request: the sent log was replayed
     assert all(r["attempts"] == 1 for r in out.records)  # the edges never failed
+    assert out.summary["totals"]["server_sessions_rebuilt"] == len(rebuilt)
 
 
 def test_edge_node_removed_devices_move_to_another_node_of_their_class(local_cluster, tiny_model_dir, tiny_reference):
