@@ -295,6 +295,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, nargs="+", default=[2, 4], help="decoder layers to tap (default 2 4)")
     p.add_argument("--no-model", action="store_true", help="skip the model activations")
     p.add_argument("--no-speed", action="store_true", help="skip the 128x4096 speed input")
+    p.add_argument("--backend", choices=("torch", "triton"), default="torch",
+                   help="triton: GB/s of the GPU encoder against a device-to-device copy (needs CUDA)")
+    p.add_argument("--tokens", type=int, nargs="+", default=[1, 4, 16, 64, 256, 1024, 4096, 8192],
+                   help="rows of 4096 for --backend triton (default 1..8192)")
+
+
+def kernel_throughput(tokens: list[int], dtypes=("float16", "bfloat16", "float32"), sparsity: float = 0.75,
+                      reps: int = 20, width: int = 4096, device: str = "cuda") -> list[dict]:
+    """Encode/decode GB/s of the SLICER Triton path on ``device`` for (tokens, width)
+    tensors, against a device-to-device copy of the same tensor (the ceiling), medians of
+    ``reps`` synchronized runs. GB/s counts the input tensor's bytes once."""
+    import statistics
+
+    import torch
+
+    import codec
+
+    def timed(fn) -> float:
+        fn()
+        out = []
+        for _ in range(reps):
+            torch.cuda.synchronize() if device == "cuda" else None
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize() if device == "cuda" else None
+            out.append(time.perf_counter() - t0)
+        return statistics.median(out)
+
+    rows = []
+    for dt in dtypes:
+        for t in tokens:
+            x = torch.randn(t, width, device=device).to(getattr(torch, dt))
+            cfg = codec.CodecConfig(method="slicer", sparsity=sparsity, backend="triton")
+            payload = codec.encode(x, cfg)
+            gb = x.numel() * x.element_size() / 1e9
+            t_copy = timed(lambda: x.clone())
+            t_enc = timed(lambda: codec.encode(x, cfg))
+            t_dec = timed(lambda: codec.decode(payload, device=device))
+            rows.append({"dtype": dt, "tokens": t, "width": width, "sparsity": sparsity,
+                         "copy_GBps": gb / t_copy, "encode_GBps": gb / t_enc, "decode_GBps": gb / t_dec,
+                         "encode_over_copy": t_copy / t_enc, "encode_ms": t_enc * 1e3, "decode_ms": t_dec * 1e3,
+                         "bits_per_element": len(payload) * 8 / x.numel()})
+    return rows
 
 
 def _fmt(v: float, nd: int = 3) -> str:
@@ -317,6 +360,24 @@ def print_table(rows: list[Row], out=sys.stdout) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.backend == "triton":
+        interp = os.environ.get("TRITON_INTERPRET") == "1"
+        if not torch.cuda.is_available() and not interp:
+            print("slicer bench codec --backend triton needs a CUDA GPU (or TRITON_INTERPRET=1 for a slow "
+                  "CPU smoke run with small --tokens); none here")
+            return 2
+        rows = kernel_throughput(args.tokens, reps=args.reps or 20, device="cuda" if torch.cuda.is_available() else "cpu",
+                                 width=4096 if torch.cuda.is_available() else 64)
+        print(f"{'dtype':<9} {'tokens':>6} {'copy GB/s':>10} {'enc GB/s':>9} {'dec GB/s':>9} {'enc/copy':>8} {'enc ms':>8}")
+        for r in rows:
+            print(f"{r['dtype']:<9} {r['tokens']:>6} {r['copy_GBps']:>10.1f} {r['encode_GBps']:>9.2f} "
+                  f"{r['decode_GBps']:>9.2f} {r['encode_over_copy']:>8.3f} {r['encode_ms']:>8.3f}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"benchmark": "codec-triton", "device": torch.cuda.get_device_name() if torch.cuda.is_available()
+                           else "cpu (TRITON_INTERPRET)", "rows": rows}, f, indent=1)
+        return 0
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -72,3 +72,15 @@ def test_env_var_forces_backend(monkeypatch):
     monkeypatch.setenv("SLICER_CODEC_BACKEND", "torch")
     assert C(method="slicer").resolved_backend("cuda") == "torch"
     assert C(method="slicer", backend="triton").resolved_backend("cpu") == "triton"
+
+
+def test_kernel_throughput_bench_rows():
+    from orchestrator.bench.codec import kernel_throughput
+
+    rows = kernel_throughput([2], dtypes=("bfloat16",), reps=1, width=64, device=DEV)
+    (r,) = rows
+    assert r["tokens"] == 2 and r["dtype"] == "bfloat16"
+    assert r["encode_GBps"] > 0 and r["copy_GBps"] > 0 and r["encode_over_copy"] == pytest.approx(
+        r["encode_GBps"] / r["copy_GBps"])
+    x_bytes = 2 * 64 * 2
+    assert r["encode_GBps"] == pytest.approx(x_bytes / 1e9 / (r["encode_ms"] / 1e3))
