@@ -58,7 +58,7 @@ from codec.baselines import rows_cols
 from codec.config import CodecConfig
 from codec.errors import CodecError
 from codec.reference import entropy, hadamard
-from codec.wire import Frame, header_nbytes
+from codec.wire import Cursor, Frame, header_nbytes, varint
 
 #: Rounding offsets r (zero bin |x| < (1-r)Δ), in 1/256 units; see the module docstring.
 RATE_ROUND_CODE = 128  # r = 0.5
@@ -83,7 +83,7 @@ def _symbols(q: torch.Tensor, qmax: int) -> np.ndarray:
 
 
 def _params_nbytes(rotated: bool, qmax: int) -> int:
-    return _PARAMS_FIXED + (4 if rotated else 0) + len(entropy._varint(qmax))
+    return _PARAMS_FIXED + (4 if rotated else 0) + len(varint(qmax))
 
 
 def _total_nbytes(shape: tuple[int, ...], sec0: int, sec1: int) -> int:
@@ -134,7 +134,7 @@ class _ECSQ:
         head = bytes((1 if cfg.rotate else 0,))
         if cfg.rotate:
             head += struct.pack("<I", cfg.seed)
-        head += struct.pack("<f", delta) + bytes((r_code, rho_code)) + entropy._varint(qmax)
+        head += struct.pack("<f", delta) + bytes((r_code, rho_code)) + varint(qmax)
         return [head, entropy.encode_symbols(_symbols(q, qmax), 2 * qmax + 1)]
 
     def _est_total(self, shape, xs: np.ndarray, delta: float, r_code: int, cfg: CodecConfig) -> int:
@@ -246,7 +246,7 @@ class _ECSQ:
             pos += 4
         (delta,) = struct.unpack_from("<f", head, pos)
         r_code, rho_code = head[pos + 4], head[pos + 5]
-        cur = entropy._Cursor(head[pos + 6 :])
+        cur = Cursor(head[pos + 6 :], context="ecsq params")
         qmax = cur.varint("qmax", QMAX_LIMIT)
         if cur.pos != len(head) - pos - 6:
             raise CodecError("ecsq params section has trailing bytes")
@@ -284,7 +284,7 @@ class _ECSQ:
         levels = max(1, (1 << (qb - 1)) - 1)
         n = math.prod(shape)
         width = (2 * levels).bit_length()  # = bits, except 2 for bits = 1 (q ∈ {-1, 0, 1})
-        stream = 0 if n == 0 else 1 + len(entropy._varint(2 * levels)) + 1 + (n * width + 7) // 8
+        stream = 0 if n == 0 else 1 + len(varint(2 * levels)) + 1 + (n * width + 7) // 8
         return _params_nbytes(cfg.rotate, levels) + stream
 
     def max_sections(self, cfg) -> int:

@@ -56,7 +56,7 @@ from codec.reference import quant
 from codec.reference.atkf import atkf_positions, keep_count
 from codec.reference.bitpack import pack_bits
 from codec.reference.ms import all_block_sizes, split_blocks
-from codec.wire import Frame
+from codec.wire import Cursor, Frame, varint
 
 NSECTIONS = 4
 
@@ -98,18 +98,6 @@ def inspect(payload: bytes) -> Parsed:
     return SLICER.parse(frame)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _entropy_module():
     try:
         from codec.reference import entropy
@@ -128,7 +116,7 @@ def _entropy_block(codes: np.ndarray, bits: int) -> bytes:
     if lo == hi:
         return stream
     width = (hi - lo).bit_length()
-    packed = bytes((1,)) + _varint(lo) + bytes((width,)) + pack_bits(codes - lo, width)
+    packed = bytes((1,)) + varint(lo) + bytes((width,)) + pack_bits(codes - lo, width)
     return stream if len(stream) <= len(packed) else packed
 
 
@@ -172,7 +160,7 @@ class _Slicer:
             for b in range(mtot):
                 if sizes[b]:
                     s = _entropy_block(codes[starts[b] : starts[b] + sizes[b]], int(widths[b]))
-                    parts += [_varint(len(s)), s]
+                    parts += [varint(len(s)), s]
             values = b"".join(parts)
         else:
             values = quant.pack_blocks(codes, sizes, widths)
@@ -257,28 +245,16 @@ class _Slicer:
     @staticmethod
     def _entropy_codes(buf, sizes: np.ndarray, widths: np.ndarray) -> list[np.ndarray]:
         ent = _entropy_module()
-        out, pos = [np.zeros(0, dtype=np.int64)], 0
+        out = [np.zeros(0, dtype=np.int64)]
+        cur = Cursor(buf, context="slicer value section")
         for n, w in zip(sizes.tolist(), widths.tolist()):
             if n == 0:
                 continue
-            length = shift = 0
-            for i in range(6):
-                if pos >= len(buf):
-                    raise CodecError("slicer entropy values truncated in a block length")
-                byte = buf[pos]
-                pos += 1
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-                if i == 4:
-                    raise CodecError("slicer entropy block length: varint longer than 5 bytes")
-            if length > len(buf) - pos:
-                raise CodecError(f"slicer entropy block of {length} bytes overruns the value section")
-            out.append(np.asarray(ent.decode_symbols(buf[pos : pos + length], n, 1 << w), dtype=np.int64))
-            pos += length
-        if pos != len(buf):
-            raise CodecError(f"slicer value section has {len(buf) - pos} trailing bytes")
+            length = cur.varint("entropy block length", len(buf))
+            block = cur.take(length, "entropy block")
+            out.append(np.asarray(ent.decode_symbols(block, n, 1 << w), dtype=np.int64))
+        if cur.pos != len(buf):
+            raise CodecError(f"slicer value section has {len(buf) - cur.pos} trailing bytes")
         return np.concatenate(out)
 
     def predict_bytes(self, shape, dtype, cfg: CodecConfig) -> int:

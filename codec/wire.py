@@ -59,7 +59,8 @@ class Frame:
         return math.prod(self.shape)
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """Unsigned LEB128: the codec's one variable-length integer (≤ 5 bytes where read)."""
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -95,26 +96,30 @@ def pack(method_id: int, dtype: torch.dtype, shape: tuple[int, ...], sections: l
     head = bytearray(MAGIC)
     head += bytes((VERSION, method_id, DTYPE_CODES[dtype], len(shape)))
     for d in shape:
-        head += _varint(int(d))
+        head += varint(int(d))
     head.append(len(sections))
     for s in sections:
-        head += _varint(len(s))
+        head += varint(len(s))
     body = bytes(head) + b"".join(sections)
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
-class _Reader:
-    __slots__ = ("buf", "end", "pos")
+class Cursor:
+    """Bounds-checked reading of a byte buffer: every read checks what is left first and
+    raises ``CodecError`` naming ``context`` and the field. Used by the wire header and by
+    every section parser that reads varints."""
 
-    def __init__(self, buf: memoryview, end: int):
-        self.buf, self.pos, self.end = buf, 0, end
+    __slots__ = ("buf", "context", "end", "pos")
+
+    def __init__(self, buf: memoryview, end: int | None = None, context: str = "payload", pos: int = 0):
+        self.buf, self.end, self.context, self.pos = buf, len(buf) if end is None else end, context, pos
 
     def u8(self, what: str) -> int:
         if self.pos >= self.end:
-            raise CodecError(f"payload truncated while reading {what}")
+            raise CodecError(f"{self.context} truncated while reading {what}")
         v = self.buf[self.pos]
         self.pos += 1
-        return v
+        return int(v)
 
     def varint(self, what: str, limit: int) -> int:
         n = shift = 0
@@ -124,9 +129,16 @@ class _Reader:
             shift += 7
             if not b & 0x80:
                 if n > limit:
-                    raise CodecError(f"{what} = {n} exceeds the limit {limit}")
+                    raise CodecError(f"{self.context}: {what} = {n} exceeds the limit {limit}")
                 return n
-        raise CodecError(f"{what}: varint longer than 5 bytes")
+        raise CodecError(f"{self.context}: {what} varint longer than 5 bytes")
+
+    def take(self, nbytes: int, what: str) -> memoryview:
+        if nbytes > self.end - self.pos:
+            raise CodecError(f"{self.context} truncated: {what} needs {nbytes} bytes, {self.end - self.pos} left")
+        v = self.buf[self.pos : self.pos + nbytes]
+        self.pos += nbytes
+        return v
 
 
 def unpack(payload: bytes | bytearray | memoryview) -> Frame:
@@ -142,8 +154,7 @@ def unpack(payload: bytes | bytearray | memoryview) -> Frame:
     crc = int.from_bytes(buf[end:], "little")
     if zlib.crc32(buf[:end]) != crc:
         raise CodecError("checksum mismatch: payload corrupt or truncated")
-    r = _Reader(buf, end)
-    r.pos = 4
+    r = Cursor(buf, end, "payload", pos=4)
     version = r.u8("version")
     if version != VERSION:
         raise CodecError(f"payload version {version} not supported (this build reads version {VERSION})")

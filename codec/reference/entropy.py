@@ -36,6 +36,7 @@ import numpy as np
 
 from codec.errors import CodecError
 from codec.reference.bitpack import pack_bits, packed_nbytes, unpack_bits
+from codec.wire import Cursor, varint
 
 #: Largest alphabet a stream may use (symbols are < alphabet_size ≤ this).
 MAX_ALPHABET = 1 << 24
@@ -53,51 +54,6 @@ def _constriction():
     except ImportError as e:  # pragma: no cover - a missing dependency, not a data error
         raise CodecError("entropy coding needs the 'constriction' package: pip install constriction") from e
     return constriction
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-class _Cursor:
-    __slots__ = ("buf", "pos")
-
-    def __init__(self, buf: memoryview):
-        self.buf, self.pos = buf, 0
-
-    def u8(self, what: str) -> int:
-        if self.pos >= len(self.buf):
-            raise CodecError(f"entropy stream truncated while reading {what}")
-        v = self.buf[self.pos]
-        self.pos += 1
-        return int(v)
-
-    def varint(self, what: str, limit: int) -> int:
-        n = shift = 0
-        for _ in range(5):
-            b = self.u8(what)
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                if n > limit:
-                    raise CodecError(f"entropy stream: {what} = {n} exceeds {limit}")
-                return n
-        raise CodecError(f"entropy stream: {what} varint longer than 5 bytes")
-
-    def take(self, nbytes: int, what: str) -> memoryview:
-        if nbytes > len(self.buf) - self.pos:
-            raise CodecError(f"entropy stream truncated: {what} needs {nbytes} bytes, {len(self.buf) - self.pos} left")
-        v = self.buf[self.pos : self.pos + nbytes]
-        self.pos += nbytes
-        return v
 
 
 def _step(bits: int) -> float:
@@ -131,10 +87,10 @@ def _plan_hist(n: int, lo: int, span: int, counts_fn):
     for modes 0 and 1 and the model's cross-entropy estimate (+ 2 words of ANS state)
     for mode 2."""
     if span == 0:
-        return 1 + len(_varint(lo)), 0, 0, 0, None
+        return 1 + len(varint(lo)), 0, 0, 0, None
     width = span.bit_length()
-    best = (1 + len(_varint(lo)) + 1 + packed_nbytes(n, width), 1, width, 0, None)
-    head = 1 + len(_varint(lo)) + len(_varint(span)) + 1
+    best = (1 + len(varint(lo)) + 1 + packed_nbytes(n, width), 1, width, 0, None)
+    head = 1 + len(varint(lo)) + len(varint(span)) + 1
     if head + packed_nbytes(span + 1, min(TABLE_BITS)) >= best[0]:
         return best  # the model table alone costs more than packing: rANS cannot win
     counts = np.asarray(counts_fn(), dtype=np.int64)
@@ -189,15 +145,15 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int) -> bytes:
     if mode == -1:
         return b""
     if mode == 0:
-        return bytes((0,)) + _varint(lo)
+        return bytes((0,)) + varint(lo)
     if mode == 1:
-        return bytes((1,)) + _varint(lo) + bytes((width,)) + pack_bits(sym - lo, width)
+        return bytes((1,)) + varint(lo) + bytes((width,)) + pack_bits(sym - lo, width)
     c = _constriction()
     model = c.stream.model.Categorical(_weights(codes, b), perfect=False)
     coder = c.stream.stack.AnsCoder()
     coder.encode_reverse((sym - lo).astype(np.int32), model)
     words = coder.get_compressed().astype("<u4")
-    return bytes((2,)) + _varint(lo) + _varint(span) + bytes((b,)) + pack_bits(codes, b) + words.tobytes()
+    return bytes((2,)) + varint(lo) + varint(span) + bytes((b,)) + pack_bits(codes, b) + words.tobytes()
 
 
 def decode_symbols(buf: bytes | memoryview, n: int, alphabet_size: int) -> np.ndarray:
@@ -212,7 +168,7 @@ def decode_symbols(buf: bytes | memoryview, n: int, alphabet_size: int) -> np.nd
         if len(view):
             raise CodecError(f"entropy stream of {len(view)} bytes for 0 symbols")
         return np.zeros(0, dtype=np.int64)
-    cur = _Cursor(view)
+    cur = Cursor(view, context="entropy stream")
     mode = cur.u8("mode")
     if mode == 0:
         s = cur.varint("constant symbol", alphabet_size - 1)
@@ -279,8 +235,7 @@ def constant_symbol(buf: bytes | memoryview, n: int, alphabet_size: int) -> int 
     view = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf.cast("B")
     if n < 1 or len(view) < 2 or view[0] != 0:
         return None
-    cur = _Cursor(view)
-    cur.pos = 1
+    cur = Cursor(view, context="entropy stream", pos=1)
     s = cur.varint("constant symbol", alphabet_size - 1)
     if cur.pos != len(view):
         raise CodecError(f"entropy stream has {len(view) - cur.pos} trailing bytes")

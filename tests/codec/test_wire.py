@@ -87,10 +87,10 @@ def _repack(method_id: int, dcode: int, shape: tuple[int, ...], sections: list[b
     head = bytearray(wire.MAGIC)
     head += bytes((wire.VERSION, method_id & 0xFF, dcode & 0xFF, len(shape) & 0xFF))
     for d in shape:
-        head += wire._varint(int(d))
+        head += wire.varint(int(d))
     head.append(len(sections) & 0xFF)
     for s in sections:
-        head += wire._varint(len(s))
+        head += wire.varint(len(s))
     body = bytes(head) + b"".join(sections)
     return body + zlib.crc32(body).to_bytes(4, "little")
 
