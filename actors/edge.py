@@ -305,7 +305,6 @@ class EdgeDevice:
                                            int(ids.shape[1]) + n_new, trace_ctx)
             self._hop("session.open", now_s())
         tokens: list[int] = []
-        self.session_log: list[tuple[int, bytes]] = []  # (position, payload) sent this request
         position = 0  # server-side position of the next payload's first token
         try:
             for i in range(n_new):
@@ -336,9 +335,6 @@ class EdgeDevice:
                 delay = self._link_delay_s(len(payload))
                 if delay:
                     time.sleep(delay)
-                # Kept for the request's life: enough to rebuild the server-side session
-                # by replaying it if the server restarts (payloads are small: ~1 KB/step).
-                self.session_log.append((position, payload))
                 send_t = now_s()
                 res = self.server.step(sid, payload, position, trace_ctx)
                 recv_t = now_s()

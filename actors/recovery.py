@@ -4,7 +4,7 @@ A server actor that dies (process crash, ``ray.kill`` without ``no_restart``) is
 restarted by Ray (``max_restarts``) with an empty session table: every KV cache is gone.
 ``RecoveringServerClient`` wraps the edge's server client (``actors.edge.ServerClient``)
 and keeps, per session, the ``open_session`` arguments and every ``(position, payload)``
-the edge sent (the same data as ``EdgeDevice.session_log``; ~1 KB per decode step on the
+the edge sent (~1 KB per decode step on the
 tiny models). When a call finds the server gone (``ray.exceptions.RayActorError``: the
 actor died or is restarting) or restarted (``AdmissionError`` "unknown session"), it
 opens a fresh session on the (restarted) server, replays the log step by step (same
