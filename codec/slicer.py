@@ -54,7 +54,7 @@ from codec.errors import CodecError
 from codec.reference import index as _index
 from codec.reference import quant
 from codec.reference.atkf import atkf_positions, keep_count
-from codec.reference.bitpack import pack_bits
+from codec.reference.bitpack import pack_bits, unpack_bits
 from codec.reference.ms import all_block_sizes, split_blocks
 from codec.wire import Cursor, Frame, varint
 
@@ -227,7 +227,7 @@ class _Slicer:
             )
         off = 3 + 2 * nb
         nw = (mtot + 1) // 2
-        widths = quant.unpack_uint(params[off : off + nw], mtot, 4, "slicer width field") + 1  # (Mtot,) 1..16
+        widths = unpack_bits(params[off : off + nw], mtot, 4, "slicer width field") + 1  # (Mtot,) 1..16
         rng = np.frombuffer(params[off + nw :], dtype="<f4").astype(np.float32).reshape(mtot, 2)
         lo, hi = rng[:, 0].copy(), rng[:, 1].copy()
         sizes = all_block_sizes(k, n_pos, blocks)

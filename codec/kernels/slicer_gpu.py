@@ -23,6 +23,7 @@ from codec.kernels.bitpack import pack_bits
 from codec.reference import index as _index
 from codec.reference import quant
 from codec.reference.atkf import keep_count
+from codec.reference.bitpack import pack_bits as ref_pack_bits
 from codec.reference.ms import all_block_sizes, block_sizes
 
 
@@ -32,9 +33,7 @@ def _bytes(t: torch.Tensor) -> bytes:
 
 def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if bits > 16:  # only Elias-Fano/Rice low parts of astronomically sparse tensors
-        from codec.reference.bitpack import pack_bits as ref_pack
-
-        return torch.frombuffer(bytearray(ref_pack(codes.cpu().numpy(), bits)), dtype=torch.uint8)
+        return torch.frombuffer(bytearray(ref_pack_bits(codes.cpu().numpy(), bits)), dtype=torch.uint8)
     return pack_bits(codes, bits)
 
 
@@ -128,7 +127,7 @@ def encode_sections(x: torch.Tensor, cfg: CodecConfig) -> list[bytes]:
         bytes((cid,)),
         k.to_bytes(nb, "little"), n_pos.to_bytes(nb, "little"),
         bytes(blocks),
-        quant.pack_uint(widths_np - 1, 4),
+        ref_pack_bits(widths_np - 1, 4),
         torch.stack([lo, hi], dim=1).cpu().numpy().astype("<f4").tobytes(),
     ])
     return [params, idx_sec, lab_sec, values]

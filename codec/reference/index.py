@@ -45,17 +45,7 @@ import numpy as np
 
 from codec.errors import CodecError
 from codec.reference.bitpack import pack_bits, packed_nbytes, unpack_bits
-from codec.reference.quant import pack_uint, unpack_uint
 
-
-def _pack(codes: np.ndarray, bits: int) -> bytes:
-    return pack_uint(codes, bits) if bits <= 16 else pack_bits(codes, bits)
-
-
-def _unpack(buf, n: int, bits: int, what: str) -> np.ndarray:
-    if bits <= 16:
-        return unpack_uint(buf, n, bits, what)
-    return unpack_bits(buf, n, bits)
 
 CODING_IDS: dict[str, int] = {"csr": 0, "bitmap": 1, "rice": 2, "ef": 3}
 CODING_NAMES: dict[int, str] = {v: k for k, v in CODING_IDS.items()}
@@ -179,7 +169,7 @@ def ef_encode(positions: np.ndarray, numel: int) -> bytes:
     nbits = k + ((numel - 1) >> low) + 1
     upper = np.zeros(nbits, dtype=bool)
     upper[(positions >> low) + np.arange(k)] = True
-    lows = _pack(positions & ((1 << low) - 1), low) if low else b""
+    lows = pack_bits(positions & ((1 << low) - 1), low) if low else b""
     return lows + np.packbits(upper, bitorder="little").tobytes()
 
 
@@ -192,7 +182,7 @@ def rice_encode(positions: np.ndarray, numel: int) -> bytes:
     ones = np.cumsum((g >> r) + 1) - 1  # (k,) bit index of each unary terminator
     unary = np.zeros(int(ones[-1]) + 1, dtype=bool)
     unary[ones] = True
-    lows = _pack(g & ((1 << r) - 1), r) if r else b""
+    lows = pack_bits(g & ((1 << r) - 1), r) if r else b""
     return bytes((r,)) + lows + np.packbits(unary, bitorder="little").tobytes()
 
 
@@ -215,7 +205,7 @@ def encode(coding: str, positions: np.ndarray, labels: np.ndarray, shape: tuple[
     numel = math.prod(shape)
     if coding == "csr":
         return 0, csr_encode(positions, labels, shape, nblocks), b""
-    lab = pack_uint(labels, label_bits(nblocks))
+    lab = pack_bits(labels, label_bits(nblocks))
     if coding == "bitmap":
         return 1, bitmap_encode(positions, numel), lab
     if coding == "rice":
@@ -257,7 +247,7 @@ def ef_decode(buf, numel: int, k: int) -> np.ndarray:
     nlow = packed_nbytes(k, low)
     if len(buf) != ef_nbytes(numel, k):
         raise CodecError(f"Elias-Fano index holds {len(buf)} bytes, N={numel}, k={k} need {ef_nbytes(numel, k)}")
-    lows = _unpack(buf[:nlow], k, low, "Elias-Fano low bits") if low else np.zeros(k, dtype=np.int64)
+    lows = unpack_bits(buf[:nlow], k, low, "Elias-Fano low bits") if low else np.zeros(k, dtype=np.int64)
     upper = _bits_exact(buf[nlow:], k + ((numel - 1) >> low) + 1, "Elias-Fano upper bits")
     ones = np.flatnonzero(upper.view(bool))
     if ones.shape[0] != k:
@@ -280,7 +270,7 @@ def rice_decode(buf, numel: int, k: int) -> np.ndarray:
     nlow = packed_nbytes(k, r)
     if len(buf) < 1 + nlow + 1:
         raise CodecError(f"Rice index of {len(buf)} bytes is too short for k={k}, r={r}")
-    lows = _unpack(buf[1 : 1 + nlow], k, r, "Rice low bits") if r else np.zeros(k, dtype=np.int64)
+    lows = unpack_bits(buf[1 : 1 + nlow], k, r, "Rice low bits") if r else np.zeros(k, dtype=np.int64)
     raw = np.frombuffer(buf[1 + nlow :], dtype=np.uint8)
     if raw[-1] == 0:
         raise CodecError("Rice index: unary stream ends with a zero byte (not canonical)")
@@ -353,7 +343,7 @@ def decode(coding_id: int, index_buf, label_buf, shape: tuple[int, ...], sizes: 
         pos = ef_decode(index_buf, numel, k)
     else:
         raise CodecError(f"index coding id {coding_id} unknown: allowed {sorted(CODING_NAMES)}")
-    labels = unpack_uint(label_buf, k, label_bits(nblocks), "label section")
+    labels = unpack_bits(label_buf, k, label_bits(nblocks), "label section")
     if k and int(labels.max()) >= nblocks:
         raise CodecError(f"block label {int(labels.max())} >= {nblocks} blocks")
     counts = np.bincount(labels, minlength=nblocks)

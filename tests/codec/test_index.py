@@ -13,7 +13,6 @@ import codec
 from codec import CodecConfig, CodecError, wire
 from codec.reference import index
 from codec.reference.bitpack import pack_bits, unpack_bits
-from codec.reference.quant import pack_uint, unpack_uint
 
 CODINGS = ["csr", "bitmap", "rice", "ef"]
 
@@ -69,14 +68,22 @@ def test_auto_in_payload_is_the_smallest():
         assert lens["auto"] == min(lens[c] for c in CODINGS)
 
 
-@pytest.mark.parametrize("bits", list(range(1, 17)))
-def test_pack_uint_is_pack_bits(bits):
+@pytest.mark.parametrize("bits", [*range(1, 17), 17, 24, 31, 32])
+def test_pack_bits_is_the_lsb_first_stream(bits):
+    """Against a bit-by-bit construction of the frozen layout, and round trip."""
     g = np.random.default_rng(bits)
     for n in (0, 1, 7, 1001):
         c = g.integers(0, 1 << bits, n)
-        buf = pack_uint(c, bits)
-        assert buf == pack_bits(c, bits)
-        assert np.array_equal(unpack_uint(buf, n, bits), unpack_bits(buf, n, bits))
+        stream = [(int(v) >> j) & 1 for v in c for j in range(bits)]
+        stream += [0] * (-len(stream) % 8)
+        want = bytes(sum(b << i for i, b in enumerate(stream[k : k + 8])) for k in range(0, len(stream), 8))
+        buf = pack_bits(c, bits)
+        assert buf == want
+        assert np.array_equal(unpack_bits(buf, n, bits), c)
+        if (n * bits) % 8:
+            bad = buf[:-1] + bytes((buf[-1] | 0x80,))
+            with pytest.raises(CodecError, match="padding"):
+                unpack_bits(bad, n, bits)
 
 
 def test_decoders_reject_noncanonical_and_bad_streams():
@@ -92,7 +99,7 @@ def test_decoders_reject_noncanonical_and_bad_streams():
         bad[-1] |= 0x80  # bit 103 > N
         index.decode(1, bytes(bad), lb, shape, sizes)
     with pytest.raises(CodecError, match="sizes"):
-        index.decode(1, bm, pack_uint(np.array([0, 0, 0]), 1), shape, sizes)
+        index.decode(1, bm, pack_bits(np.array([0, 0, 0]), 1), shape, sizes)
     _, rc, _ = index.encode("rice", pos, lab, shape, 2)
     with pytest.raises(CodecError):
         index.decode(2, rc + b"\x00", lb, shape, sizes)
