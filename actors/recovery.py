@@ -158,6 +158,7 @@ class RecoveringServerClient:
             if attempt and time.monotonic() - t0 > self.recovery_timeout_s:
                 break
             self.sleep(min(self.max_backoff_s, self.backoff_s * 2**attempt))
+            sid = None
             try:
                 sid = self.inner.open_session(*log.open_args, trace_ctx)
                 for pos, p in log.sent:
@@ -165,6 +166,11 @@ class RecoveringServerClient:
                 res = self.inner.step(sid, payload, position, trace_ctx)
             except Exception as e:
                 if not server_lost(e):
+                    if sid is not None:  # never leave the rebuilt session holding its KV quota
+                        try:
+                            self.inner.close_session(sid, trace_ctx)
+                        except Exception:  # noqa: BLE001 - the original error is what matters
+                            pass
                     raise
                 last = e
                 continue

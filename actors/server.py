@@ -28,7 +28,7 @@ import torch
 from actors import telemetry as tel
 from actors.models.generate import ServerSession
 from actors.protocol import AdmissionError, decode_tokens, now_s
-from codec import CodecError, decode
+from codec import CodecError, decode, wire
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,16 @@ class Server:
             if s.split == 0:
                 x = decode_tokens(bytes(st.payload), self.vocab_size)  # (1, T) ids
             else:
+                # Check the declared shape before decoding: an entropy-coded payload of a
+                # few dozen bytes can declare 2**28 elements (ecsq: a 16.7M-element zero
+                # tensor in 31 bytes), which must never reach an allocation here.
+                hdr = wire.unpack(bytes(st.payload))
+                h = self.profile.hidden_size or (hdr.shape[-1] if hdr.shape else 0)
+                room = s.max_tokens - s.cache.length
+                shape = hdr.shape[1:] if len(hdr.shape) == 3 and hdr.shape[0] == 1 else hdr.shape
+                if len(shape) != 2 or shape[1] != h or not 1 <= shape[0] <= room:
+                    raise AdmissionError(f"payload declares shape {hdr.shape}: expected (1, T, {h}) "
+                                         f"with 1 <= T <= {room}, the tokens left of the {s.max_tokens} it was admitted for")
                 x = decode(bytes(st.payload))
                 h = self.profile.hidden_size or x.shape[-1]
                 if x.dim() == 2:

@@ -38,7 +38,7 @@ def _help_of(modname: str) -> str:
         for line in f:
             if line.startswith("HELP"):
                 try:
-                    return str(ast.literal_eval(line.split("=", 1)[1].strip()))
+                    return str(ast.literal_eval(line.split("=", 1)[1].strip())).replace("%", "%%")  # argparse formats help
                 except Exception:
                     return ""
     return ""

@@ -119,6 +119,17 @@ def test_corrupt_payload_rejected_other_session_goes_on(tiny_model):
         server.step_now(sid, encode(h, CodecConfig(method="raw")), 5)
     with pytest.raises(AdmissionError, match="unknown session"):
         server.step_now("nope", encode(h, CodecConfig(method="raw")), 0)
+    # a few dozen bytes declaring a huge tensor are refused from the header, before any
+    # allocation: an all-zero ECSQ payload is tiny whatever its declared size
+    huge = encode(torch.zeros(1, 1 << 16, 32), CodecConfig(method="ecsq", rate=1.0))
+    assert len(huge) < 200
+    import tracemalloc
+    tracemalloc.start()
+    with pytest.raises(AdmissionError, match=r"declares shape \(1, 65536, 32\)"):
+        server.step_now(sid, huge, 0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20  # decoding would have allocated 8 MiB
     # the bad device's session is still usable, and another device is unaffected
     assert isinstance(server.step_now(sid, encode(h, CodecConfig(method="raw")), 0)["token"], int)
     rec = good.generate({"request_id": "g", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 4})

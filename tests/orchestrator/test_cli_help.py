@@ -1,0 +1,21 @@
+"""Every command's and benchmark's --help renders (argparse formats help strings)."""
+from __future__ import annotations
+
+import pkgutil
+
+import pytest
+
+from orchestrator import bench, commands
+from orchestrator.cli import main
+
+COMMANDS = [m.name.replace("_", "-") for m in pkgutil.iter_modules(commands.__path__)]
+BENCHES = [m.name.replace("_", "-") for m in pkgutil.iter_modules(bench.__path__)]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["bench", "--help"]] + [[c, "--help"] for c in COMMANDS]
+                         + [["bench", b, "--help"] for b in BENCHES])
+def test_help_renders(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    assert "usage: slicer" in capsys.readouterr().out
