@@ -86,7 +86,13 @@ class _OPSC:
         rows, cols = rows_cols(tuple(x.shape))
         x2 = x.detach().float().reshape(rows, cols).cpu()  # (rows, cols)
         qbit = _qbit(cfg)
-        rms = x2.pow(2).mean(dim=1, keepdim=True).sqrt() if rows else x2[:, :1]  # (rows, 1)
+        # RMS computed scale-free: squares of |x| < ~1e-23 underflow in float32, which made
+        # every element an outlier and broke the cols/threshold**2 bound of predict_bytes
+        if rows and x2.shape[1]:
+            amax = x2.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # (rows, 1)
+            rms = amax * (x2 / amax).pow(2).mean(dim=1, keepdim=True).sqrt()  # (rows, 1)
+        else:
+            rms = x2[:, :1]
         out_mask = x2.abs() > cfg.threshold * rms  # (rows, cols)
         inl = ~out_mask
         big = torch.tensor(float("inf"))

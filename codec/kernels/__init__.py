@@ -10,12 +10,13 @@ import importlib.util
 import os
 
 
-def available() -> bool:
-    """True when Triton can run here: a CUDA device, or the interpreter on CPU."""
+def available(device_type: str = "cuda") -> bool:
+    """True when Triton can run on a tensor of this device type: a CUDA tensor on a CUDA
+    machine, or any tensor under the interpreter (``TRITON_INTERPRET=1``)."""
     if importlib.util.find_spec("triton") is None:
         return False
     if os.environ.get("TRITON_INTERPRET") == "1":
         return True
     import torch
 
-    return torch.cuda.is_available()
+    return device_type == "cuda" and torch.cuda.is_available()

@@ -7,6 +7,7 @@ coding, dtypes, ties and kept zeros.
 from __future__ import annotations
 
 import os
+import zlib
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ CASES = [
 @pytest.mark.parametrize("shape,kw", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_triton_payload_equals_reference(shape, kw, dtype):
-    g = torch.Generator().manual_seed(hash((shape, tuple(sorted(kw)))) % 2**31)
+    g = torch.Generator().manual_seed(zlib.crc32(repr((shape, sorted(kw.items()))).encode()))  # stable across runs
     x = (torch.round(torch.randn(shape, generator=g) * 8) / 8).to(dtype)  # exact ties on purpose
     ref = codec.encode(x, CodecConfig(method="slicer", backend="torch", **kw))
     got = codec.encode(x.to(DEV), CodecConfig(method="slicer", backend="triton", **kw))

@@ -279,3 +279,14 @@ def test_all_zero_ecsq_is_lazy_at_any_size():
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20 and y.shape == (1 << 14, 1 << 13) and not bool(y[::997, ::991].any())
+
+
+def test_float64_beyond_float32_is_refused_by_every_method():
+    import torch
+
+    from codec import CodecConfig, CodecError, encode
+
+    x = torch.tensor([[1e300, 1.0, -2.0, 3.0]], dtype=torch.float64)
+    for method in ("slicer", "opsc", "ecsq", "int8"):
+        with pytest.raises(CodecError, match="NaN or Inf"):
+            encode(x, CodecConfig(method=method))
