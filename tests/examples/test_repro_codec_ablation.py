@@ -2,8 +2,6 @@
 outputs exist and hang together (rows, ranges, Eq. 1, ABQ monotone in δ, size invariance)."""
 from __future__ import annotations
 
-import csv
-import importlib.util
 import itertools
 import json
 import math
@@ -11,21 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.examples.repro_helpers import load
+from tests.examples.repro_helpers import read_csv as rows
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "repro_codec_ablation.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def load(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def rows(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")

@@ -2,27 +2,16 @@
 device classes and links, the Pareto front recomputed by brute force, accuracy provenance."""
 from __future__ import annotations
 
-import csv
-import importlib.util
 import itertools
 from pathlib import Path
 
 import pytest
 
+from tests.examples.repro_helpers import load
+from tests.examples.repro_helpers import read_csv as read
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "repro_research_question.py"
-
-
-def load(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def read(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")

@@ -2,22 +2,16 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 
+from tests.examples.repro_helpers import load
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "repro_server_time.py"
 MODEL = REPO / "examples" / "models" / "slicer-tiny"
-
-
-def load(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_quick_run_is_consistent(tmp_path):

@@ -17,6 +17,7 @@ from orchestrator.evaluation.scorers import (
     load_tokenizer,
 )
 from orchestrator.evaluation.tasks import load_task
+from tests.orchestrator.conftest import make_char_llama
 
 TASKS = Path(__file__).resolve().parents[2] / "examples" / "tasks"
 
@@ -24,24 +25,7 @@ TASKS = Path(__file__).resolve().parents[2] / "examples" / "tasks"
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     """A random tiny Llama with a character-level tokenizer, saved as a model folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {"<s>": 0, "</s>": 1, "<unk>": 2}
-    for c in [chr(i) for i in range(32, 127)] + ["\n", "\t"]:
-        vocab[c] = len(vocab)
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=0, eos_token_id=1)
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny-char-llama")
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return make_char_llama(tmp_path_factory, seed=0, name="tiny-char-llama")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,28 @@
+"""Shared helpers of the orchestrator tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def make_char_llama(tmp_path_factory, seed: int, name: str) -> Path:
+    """A random tiny Llama with a character-level tokenizer, saved as a model folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "</s>": 1, "<unk>": 2}
+    for c in [chr(i) for i in range(32, 127)] + ["\n", "\t"]:
+        vocab[c] = len(vocab)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=0, eos_token_id=1)
+    torch.manual_seed(seed)
+    d = tmp_path_factory.mktemp(name)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
