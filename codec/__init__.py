@@ -84,12 +84,31 @@ def _encode_sections(method, x: torch.Tensor, cfg: CodecConfig) -> list[bytes]:
     return method.encode(x, cfg)
 
 
-def decode(payload: bytes, device: torch.device | str | None = None) -> torch.Tensor:
-    """Decode a payload into a tensor of its shape and dtype. Raises ``CodecError`` (and
-    nothing else) on any bad payload."""
+def decode(payload: bytes, device: torch.device | str | None = None, backend: str = "auto") -> torch.Tensor:
+    """Decode a payload into a tensor of its shape and dtype, on ``device`` (default CPU).
+    Raises ``CodecError`` (and nothing else) on any bad payload.
+
+    ``backend`` as in ``CodecConfig.backend``: with ``auto``, a SLICER payload decoded onto
+    a CUDA device is decoded there by the Triton kernels (the dense tensor never exists on
+    the host); ``triton`` forces them (on CPU that needs ``TRITON_INTERPRET=1``), ``torch``
+    the reference. Both give the same tensor bit for bit."""
+    if backend not in ("auto", "torch", "triton"):
+        raise CodecError(f"decode backend {backend!r} is invalid: allowed auto, torch, triton")
     frame = _wire.unpack(payload)
     name, method = _methods.get_by_id(frame.method_id)
+    target = torch.device(device) if device is not None else torch.device("cpu")
     try:
+        if name == "slicer" and CodecConfig(backend=backend).resolved_backend(target.type) == "triton":
+            from codec import kernels
+
+            if not kernels.available(target.type):
+                raise CodecError(
+                    "decode backend 'triton' needs Triton and a CUDA device, or TRITON_INTERPRET=1 "
+                    "for CPU; use backend='torch' for the reference"
+                )
+            from codec.kernels import slicer_decode
+
+            return slicer_decode.decode(frame, target)
         y = method.decode(frame)
     except CodecError:
         raise

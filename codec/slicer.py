@@ -90,6 +90,21 @@ class Parsed:
     """(k,) integer codes in the order of ``positions``."""
 
 
+@dataclass(frozen=True)
+class Params:
+    """The params section: everything but the positions and the codes."""
+
+    k: int
+    n_pos: int
+    blocks: tuple[int, int]
+    sizes: np.ndarray
+    widths: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    coding_id: int
+    entropy: bool
+
+
 def inspect(payload: bytes) -> Parsed:
     """Parse a SLICER payload (wire header included) into its fields."""
     from codec import wire
@@ -200,9 +215,22 @@ class _Slicer:
 
     def parse(self, frame: Frame) -> Parsed:
         """Every field of a SLICER payload, validated (``CodecError`` on any defect)."""
+        h = self.parse_params(frame)
+        _, idx_sec, lab_sec, val_sec = frame.sections
+        positions = _index.decode(h.coding_id, idx_sec, lab_sec, frame.shape, h.sizes)  # (k,) block-major
+        if h.entropy:
+            codes = self._entropy_codes(val_sec, h.sizes, h.widths)
+        else:
+            codes = quant.unpack_blocks(val_sec, h.sizes, h.widths)  # (k,) block-major
+        return Parsed(h.k, h.n_pos, h.blocks, h.sizes, h.widths, h.lo, h.hi, _index.CODING_NAMES[h.coding_id],
+                      h.entropy, positions, codes)
+
+    def parse_params(self, frame: Frame) -> Params:
+        """The params section (section 0) of a SLICER payload, validated: a few dozen bytes,
+        read on the host by every decoder (the reference and the Triton one)."""
         if len(frame.sections) != NSECTIONS:
             raise CodecError(f"slicer payload has {len(frame.sections)} sections, expected {NSECTIONS}")
-        params, idx_sec, lab_sec, val_sec = frame.sections
+        params = frame.sections[0]
         numel = frame.numel
         nb = ratemodel.count_nbytes(numel)
         if len(params) < 1 + 2 * nb + 2:
@@ -235,12 +263,7 @@ class _Slicer:
             raise CodecError("slicer block ranges must be finite with 0 <= lo <= hi")
         if np.any(rng[sizes == 0] != 0):
             raise CodecError("slicer: an empty block carries a nonzero range")
-        positions = _index.decode(coding_id, idx_sec, lab_sec, frame.shape, sizes)  # (k,) block-major
-        if entropy:
-            codes = self._entropy_codes(val_sec, sizes, widths)
-        else:
-            codes = quant.unpack_blocks(val_sec, sizes, widths)  # (k,) block-major
-        return Parsed(k, n_pos, blocks, sizes, widths, lo, hi, _index.CODING_NAMES[coding_id], entropy, positions, codes)
+        return Params(k, n_pos, blocks, sizes, widths, lo, hi, coding_id, entropy)
 
     @staticmethod
     def _entropy_codes(buf, sizes: np.ndarray, widths: np.ndarray) -> list[np.ndarray]:

@@ -162,7 +162,7 @@ class ServerSession:
     def decode_payload(self, payload: bytes) -> torch.Tensor:
         if self.split == 0:
             return decode_ids(payload)  # (1, T)
-        return codec.decode(payload)  # (1, T, H)
+        return codec.decode(payload, device=self.model.device)  # (1, T, H); on a GPU, decoded there
 
     def step_logits(self, payload: bytes) -> torch.Tensor:
         """Run one step; return the logits of every position of the payload ``(1, T, V)``."""
@@ -278,7 +278,7 @@ def edge_single_shot(model, x: torch.Tensor, split: int, codec_cfg: CodecConfig 
 
 def server_single_shot(model, payload: bytes, split: int) -> torch.Tensor:
     """The server half: decode and run ``[split, n)``; returns the logits."""
-    return model.run(split, model.num_units, codec.decode(payload))
+    return model.run(split, model.num_units, codec.decode(payload, device=model.device))
 
 
 @torch.no_grad()

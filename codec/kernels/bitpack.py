@@ -63,8 +63,9 @@ def pack_bits(codes: torch.Tensor, bits: int, block: int = 128) -> torch.Tensor:
 
 
 def unpack_bits(buf: torch.Tensor, n: int, bits: int, block: int = 128) -> torch.Tensor:
-    """uint8 tensor of ``ceil(n*bits/8)`` bytes -> (n,) int32 codes."""
-    assert 1 <= bits <= 16, bits
+    """uint8 tensor of ``ceil(n*bits/8)`` bytes -> (n,) int32 codes (widths up to 31: a
+    code is read from a 64-bit window starting in its first 32-bit word)."""
+    assert 1 <= bits <= 31, bits
     nbytes = (n * bits + 7) // 8
     assert buf.numel() == nbytes, (buf.numel(), nbytes)
     n_words = (nbytes + 3) // 4 + 1  # one spare word: a code may straddle into it
