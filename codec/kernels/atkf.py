@@ -1,24 +1,35 @@
-"""ATKF top-k selection in Triton by radix select: exact k, the reference's tie-breaking.
+"""ATKF top-k selection and the MS block cuts in Triton, by radix multi-select: exact
+counts and the reference's tie-breaking, no sort.
 
 The kept set is defined by a total order (``codec/reference/atkf.py`` is the spec):
 score descending, then tie hash ascending, where score = |x|·w (w = f32(1/(1+λ)) for
 x > 0, f32(1/(1−λ)) otherwise: one IEEE multiply, identical on every backend) and the tie
 hash is murmur3's fmix32 of ``(i·0x9E3779B1 + seed) mod 2**32`` over the flat index i (a
-bijection, so no two elements share a hash and the order is total).
+bijection, so no two elements share a hash and the order is total). The MS blocks
+(``codec/reference/ms.py``) cut each sign's kept entries in the same kind of order, by
+magnitude (w = 1) and the same hash.
 
-Selection never sorts: non-negative float32 scores order like their bit patterns, so the
-k-th largest key is found digit by digit (four 8-bit passes, MSB first), each pass a
-``tl.histogram`` over the elements that still match the chosen prefix, summed across
-programs with atomics; then, among the elements tied at that key, the ones with the
-smallest hashes are found by four more passes over the hash digits. The digit choices
-stay on the device (small torch ops on 256-bin histograms), so there is no host round
-trip between passes.
+``select`` finds the thresholds of several cuts at once ("the c-th element of this
+subset in that order"): non-negative float32 keys order like their bit patterns, so
+every cut's threshold key is found digit by digit (four 8-bit passes, MSB first), each
+pass one read of the input and one ``tl.histogram`` per cut over the elements that still
+match that cut's prefix, summed across programs with atomics. Where more elements share
+the threshold key than the cut still needs, four more passes over the hash digits pick
+the smallest hashes; where no cut has such ties (the common case for float32 data) those
+passes read nothing. The histograms carry the sign as a ninth bit, so the same passes
+also count the kept negatives (the sign separation needs that count). Digit choices
+stay on the device (small torch ops on the histograms): no host round trip between
+passes. ``emit`` then writes, in one more pass, every element's block label (-1 where
+not kept).
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+ALL, POS, NEG = 2, 0, 1
+"""Cut subsets: every element, the positive side (x >= 0, kept zeros included), x < 0."""
 
 
 @triton.jit
@@ -33,102 +44,171 @@ def _fmix32(i, seed):
 
 
 @triton.jit
-def _score_key(x_ptr, offs, m, w_pos, w_neg):
-    x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+def _key(x, w_pos, w_neg):
     s = tl.abs(x) * tl.where(x > 0, w_pos, w_neg)
     return s.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF  # >= 0 floats order as ints
 
 
 @triton.jit
-def _hash_of(idx_ptr, offs, m, seed, HAS_IDX: tl.constexpr):
-    if HAS_IDX:
-        i = tl.load(idx_ptr + offs, mask=m, other=0).to(tl.int64)
-    else:
-        i = offs.to(tl.int64)
-    return _fmix32(i, seed)
+def _kept(x, h, kw_pos, kw_neg, top_ptr):
+    """The ATKF kept set from the top-k threshold (key, max hash) in ``top_ptr``."""
+    key = _key(x, kw_pos, kw_neg)
+    t = tl.load(top_ptr)
+    return (key > t) | ((key == t) & (h <= tl.load(top_ptr + 2)))
 
 
 @triton.jit
-def _hist_kernel(x_ptr, idx_ptr, n, w_pos, w_neg, seed, state_ptr, hist_ptr,
-                 PASS: tl.constexpr, HAS_IDX: tl.constexpr, BLOCK: tl.constexpr):
-    # state: [key_prefix, k_rem, hash_prefix]; PASS 0..3 key digits, 4..7 hash digits.
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    m = offs < n
-    key = _score_key(x_ptr, offs, m, w_pos, w_neg)
-    if PASS < 4:
-        shift: tl.constexpr = 8 * (3 - PASS)
-        if PASS > 0:
-            prefix = tl.load(state_ptr)
-            m = m & ((key >> (shift + 8)) == prefix)
-        digit = (key >> shift) & 0xFF
-    else:
-        hshift: tl.constexpr = 8 * (7 - PASS)
-        m = m & (key == tl.load(state_ptr))
-        h = _hash_of(idx_ptr, offs, m, seed, HAS_IDX)
-        if PASS > 4:
-            m = m & ((h >> (hshift + 8)) == tl.load(state_ptr + 2))
-        digit = (h >> hshift) & 0xFF
-    hist = tl.histogram(digit.to(tl.int32), 256, mask=m)
-    tl.atomic_add(hist_ptr + tl.arange(0, 256), hist.to(tl.int64))
+def _in_subset(neg, sgn):
+    return (sgn == 2) | (neg == (sgn == 1))
 
 
 @triton.jit
-def _mask_kernel(x_ptr, idx_ptr, n, w_pos, w_neg, seed, state_ptr, out_ptr,
-                 HAS_IDX: tl.constexpr, BLOCK: tl.constexpr):
+def _hist_kernel(x_ptr, n, w_pos, w_neg, seed, state_ptr, sign_ptr, hist_ptr, active_ptr, top_ptr, kw_pos, kw_neg,
+                 PASS: tl.constexpr, NC: tl.constexpr, KEPT: tl.constexpr, BLOCK: tl.constexpr):
+    # state (NC, 5) int64: key prefix, k remaining, hash prefix, ties flag, negatives taken.
+    # PASS 0..3: key digits; 4..7: hash digits (only cuts with the ties flag set).
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
-    key = _score_key(x_ptr, offs, m, w_pos, w_neg)
-    t = tl.load(state_ptr)
-    hmax = tl.load(state_ptr + 2)
-    h = _hash_of(idx_ptr, offs, m, seed, HAS_IDX)
-    keep = (key > t) | ((key == t) & (h <= hmax))
-    tl.store(out_ptr + offs, keep.to(tl.int8), mask=m)
+    if PASS >= 4:
+        m = m & (tl.load(active_ptr + offs * 0) != 0)  # no ties anywhere: the pass reads nothing
+    x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    h = _fmix32(offs.to(tl.int64), seed)
+    if KEPT:
+        m = m & _kept(x, h, kw_pos, kw_neg, top_ptr)
+    key = _key(x, w_pos, w_neg)
+    neg = x < 0
+    for j in tl.static_range(NC):
+        mj = m & _in_subset(neg, tl.load(sign_ptr + j))
+        if PASS < 4:
+            shift: tl.constexpr = 8 * (3 - PASS)
+            if PASS > 0:
+                mj = mj & ((key >> (shift + 8)) == tl.load(state_ptr + 5 * j))
+            digit = (key >> shift) & 0xFF
+        else:
+            hshift: tl.constexpr = 8 * (7 - PASS)
+            mj = mj & (tl.load(state_ptr + 5 * j + 3) != 0) & (key == tl.load(state_ptr + 5 * j))
+            if PASS > 4:
+                mj = mj & ((h >> (hshift + 8)) == tl.load(state_ptr + 5 * j + 2))
+            digit = (h >> hshift) & 0xFF
+        hist = tl.histogram((digit + 256 * neg.to(tl.int64)).to(tl.int32), 512, mask=mj)
+        tl.atomic_add(hist_ptr + j * 512 + tl.arange(0, 512), hist.to(tl.int64))
 
 
-def _weights(asymmetry: float) -> tuple[float, float]:
+@triton.jit
+def _emit_kernel(x_ptr, n, kw_pos, kw_neg, seed, top_ptr, cut_ptr, sign_ptr, base_pos, base_neg, out_ptr,
+                 NC: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    h = _fmix32(offs.to(tl.int64), seed)
+    kept = _kept(x, h, kw_pos, kw_neg, top_ptr)
+    key = _key(x, 1.0, 1.0)  # the magnitude's bits
+    neg = x < 0
+    lab = tl.where(neg, base_neg, base_pos)
+    for j in tl.static_range(NC):  # one more block for every cut of its sign it lies beyond
+        t = tl.load(cut_ptr + 5 * j)
+        beyond = (key < t) | ((key == t) & (h > tl.load(cut_ptr + 5 * j + 2)))
+        lab += (_in_subset(neg, tl.load(sign_ptr + j)) & beyond).to(tl.int32)
+    tl.store(out_ptr + offs, tl.where(kept, lab, -1).to(tl.int8), mask=m)
+
+
+def weights(asymmetry: float) -> tuple[float, float]:
     # float64 reciprocal rounded once to float32, as the reference does
     w_pos = float(torch.tensor(1.0 / (1.0 + asymmetry), dtype=torch.float64).float())
     w_neg = float(torch.tensor(1.0 / (1.0 - asymmetry), dtype=torch.float64).float())
     return w_pos, w_neg
 
 
-def topk_mask(x: torch.Tensor, k: int, asymmetry: float = 0.0, seed: int = 0,
-              index: torch.Tensor | None = None, block: int = 1024) -> torch.Tensor:
-    """Boolean mask (same shape as ``x``) of the k first entries of the flattened ``x`` in
-    the ATKF order. ``index`` (same length) gives the flat index each entry's tie hash is
-    computed from (default: its own position), so a gathered subset (one sign's kept
-    entries, for the MS block cuts) is ranked exactly as the reference ranks it."""
-    flat = x.reshape(-1).contiguous()
-    n = flat.numel()
-    if k <= 0:
-        return torch.zeros_like(x, dtype=torch.bool)
-    if k >= n:
-        return torch.ones_like(x, dtype=torch.bool)
-    dev = flat.device
-    w_pos, w_neg = _weights(asymmetry)
-    # state[0] key prefix -> threshold key, state[1] k remaining, state[2] hash prefix -> max hash
-    state = torch.tensor([0, k, 0], dtype=torch.int64, device=dev)
-    grid = (triton.cdiv(n, block),)
-    has_idx = index is not None
-    idx = index.reshape(-1).to(torch.int64).contiguous() if has_idx else flat
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    flat = x.reshape(-1)
+    return (flat.float() if flat.dtype == torch.float64 else flat).contiguous()  # float64: rounded like the reference
+
+
+def select(flat: torch.Tensor, ranks: list[int], signs: list[int], w: tuple[float, float], seed: int,
+           top: torch.Tensor | None = None, kw: tuple[float, float] = (1.0, 1.0), block: int = 1024) -> torch.Tensor:
+    """Thresholds of cuts j = 0..NC-1: the ``ranks[j]``-th element (1-based) of subset
+    ``signs[j]`` (ALL, POS, NEG; within the kept set of ``top`` when given) in the order
+    (key desc, hash asc), key = |x|·w. Each rank must lie in [1, subset size).
+
+    Returns the (NC, 5) int64 device state: column 0 the threshold key, 2 the largest
+    hash taken at that key, 4 how many negatives the cut takes (its subset's elements
+    ordered before it, itself included)."""
+    nc, n, dev = len(ranks), flat.numel(), flat.device
+    state = torch.zeros(nc, 5, dtype=torch.int64, device=dev)
+    state[:, 1] = torch.tensor(ranks, dtype=torch.int64)
+    sign_t = torch.tensor(signs, dtype=torch.int32, device=dev)
+    active = torch.ones(1, dtype=torch.int32, device=dev)
+    kept = top is not None
+    top = top if kept else state
     digits = torch.arange(256, device=dev)
+    grid = (triton.cdiv(n, block),)
     for p in range(8):
-        hist = torch.zeros(256, dtype=torch.int64, device=dev)
-        _hist_kernel[grid](flat, idx, n, w_pos, w_neg, seed, state, hist, PASS=p, HAS_IDX=has_idx, BLOCK=block)
-        k_rem = state[1]
+        hist = torch.zeros(nc, 512, dtype=torch.int64, device=dev)
+        _hist_kernel[grid](flat, n, w[0], w[1], seed, state, sign_t, hist, active, top, kw[0], kw[1],
+                           PASS=p, NC=nc, KEPT=kept, BLOCK=block)
+        tot = hist[:, :256] + hist[:, 256:]
+        negs = hist[:, 256:]
+        k_rem = state[:, 1]
         if p < 4:  # largest keys first: count of elements with digit >= d
-            ge = hist.flip(0).cumsum(0).flip(0)
-            d = torch.where(ge >= k_rem, digits, -1).max()
-            above = ge[d] - hist[d]
-            state[0] = state[0] * 256 + d
+            ge = tot.flip(1).cumsum(1).flip(1)
+            d = torch.where(ge >= k_rem[:, None], digits, -1).max(1).values[:, None]
+            at = tot.gather(1, d)[:, 0]
+            neg_ge = negs.flip(1).cumsum(1).flip(1)
+            state[:, 4] += (neg_ge.gather(1, d) - negs.gather(1, d))[:, 0]
+            state[:, 0] = state[:, 0] * 256 + d[:, 0]
+            state[:, 1] = k_rem - (ge.gather(1, d)[:, 0] - at)
+            if p == 3:  # ties to break where more elements sit at the key than are still needed
+                ties = at > state[:, 1]
+                state[:, 3] = ties.long()
+                state[:, 2] = torch.where(ties, 0, 0xFFFFFFFF)  # no ties: every element at the key is taken
+                state[:, 4] += torch.where(ties, 0, negs.gather(1, d)[:, 0])
+                active[0] = ties.any()
         else:  # smallest hashes first: count with digit <= d
-            le = hist.cumsum(0)
-            d = torch.where(le >= k_rem, digits, 256).min()
-            above = le[d] - hist[d]
-            state[2] = state[2] * 256 + d
-        state[1] = k_rem - above
-    out = torch.empty(n, dtype=torch.int8, device=dev)
-    _mask_kernel[grid](flat, idx, n, w_pos, w_neg, seed, state, out, HAS_IDX=has_idx, BLOCK=block)
-    return out.bool().reshape(x.shape)
+            ties = state[:, 3] == 1
+            le = tot.cumsum(1)
+            d = torch.where(ties, torch.where(le >= k_rem[:, None], digits, 256).min(1).values, 0)[:, None]
+            at = tot.gather(1, d)[:, 0]
+            took = (negs.cumsum(1).gather(1, d) - negs.gather(1, d))[:, 0] + (negs.gather(1, d)[:, 0] if p == 7 else 0)
+            state[:, 4] += torch.where(ties, took, 0)
+            state[:, 2] = torch.where(ties, state[:, 2] * 256 + d[:, 0], state[:, 2])
+            state[:, 1] = torch.where(ties, k_rem - (le.gather(1, d)[:, 0] - at), k_rem)
+    return state
+
+
+def top_state(flat: torch.Tensor, k: int, asymmetry: float, seed: int) -> torch.Tensor:
+    """The ATKF threshold state of ``select`` (one cut over ALL), also for k = 0 (nothing
+    kept) and k >= N (everything kept); column 4 counts the kept negatives."""
+    n = flat.numel()
+    if 0 < k < n:
+        return select(flat, [k], [ALL], weights(asymmetry), seed)
+    state = torch.zeros(1, 5, dtype=torch.int64, device=flat.device)
+    if k <= 0:
+        state[0, 0] = 1 << 32  # above every key: nothing kept
+    else:
+        state[0, 0] = -1  # below every key: everything kept
+        state[0, 4] = int((flat < 0).sum()) if n else 0
+    return state
+
+
+def emit(flat: torch.Tensor, asymmetry: float, seed: int, top: torch.Tensor, cuts: torch.Tensor | None = None,
+         signs: list[int] = (), base: tuple[int, int] = (0, 0), block: int = 1024) -> torch.Tensor:
+    """(N,) int8: each element's block label (``base`` of its sign plus the cuts of its
+    sign it lies beyond), -1 where it is not kept."""
+    n = flat.numel()
+    out = torch.empty(n, dtype=torch.int8, device=flat.device)
+    if n:
+        kw = weights(asymmetry)
+        nc = len(signs)
+        sign_t = torch.tensor(list(signs) or [0], dtype=torch.int32, device=flat.device)
+        _emit_kernel[(triton.cdiv(n, block),)](flat, n, kw[0], kw[1], seed, top, top if cuts is None else cuts,
+                                               sign_t, base[0], base[1], out, NC=nc, BLOCK=block)
+    return out
+
+
+def topk_mask(x: torch.Tensor, k: int, asymmetry: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """Boolean mask (same shape as ``x``) of the k first entries of the flattened ``x`` in
+    the ATKF order."""
+    flat = _flat(x)
+    return (emit(flat, asymmetry, seed, top_state(flat, k, asymmetry, seed)) >= 0).reshape(x.shape)

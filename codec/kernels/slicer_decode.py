@@ -29,21 +29,13 @@ import triton
 import triton.language as tl
 
 from codec.kernels.bitpack import unpack_bits
+from codec.kernels.ranks import label_bases, rank_in_block
 from codec.reference import index as _index
 from codec.reference.bitpack import packed_nbytes
 from codec.slicer import SLICER
 from codec.wire import Frame
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # written by the kernel; float64 via float32
-
-
-@triton.jit
-def _label_count_kernel(lab_ptr, k, cnt_ptr, MT: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    m = offs < k
-    lab = tl.load(lab_ptr + offs, mask=m, other=0)
-    tl.store(cnt_ptr + pid * MT + tl.arange(0, MT), tl.histogram(lab, MT, mask=m))
 
 
 @triton.jit
@@ -55,10 +47,7 @@ def _dequant_scatter_kernel(pos_ptr, lab_ptr, k, base_ptr, vstart_ptr, w_ptr, lo
     m = offs < k
     lab = tl.load(lab_ptr + offs, mask=m, other=0)  # (BLOCK,) int32
     pos = tl.load(pos_ptr + offs, mask=m, other=0)  # (BLOCK,) int64
-    # rank among the earlier entries of the same block in this program
-    onehot = (lab[:, None] == tl.arange(0, MT)[None, :]).to(tl.int32)  # (BLOCK, MT)
-    before = tl.sum(tl.cumsum(onehot, axis=0) * onehot, axis=1) - 1
-    rank = tl.load(base_ptr + pid * MT + lab, mask=m, other=0) + before
+    rank = rank_in_block(lab, m, base_ptr, MT)
     w = tl.load(w_ptr + lab, mask=m, other=1).to(tl.int64)
     bit = tl.load(vstart_ptr + lab, mask=m, other=0) + rank * w  # int64 offset in the value stream
     wi = bit >> 5
@@ -199,15 +188,11 @@ def _decode_values(frame: Frame, h, dev: torch.device, block: int) -> torch.Tens
     out_dtype = frame.dtype if frame.dtype in _KERNEL_DTYPES else torch.float32
     out = torch.zeros(numel, dtype=out_dtype, device=dev)
     if k:
-        mt = triton.next_power_of_2(mtot)  # = 2**label_bits: every stored label is < mt
+        base, total, mt = label_bases(lab, mtot, block)  # mt = 2**label_bits: every stored label is < mt
         grid = (triton.cdiv(k, block),)
-        counts = torch.empty(grid[0], mt, dtype=torch.int32, device=dev)
-        _label_count_kernel[grid](lab, k, counts, MT=mt, BLOCK=block)
-        total = counts.sum(0, dtype=torch.int64)
         sizes = torch.zeros(mt, dtype=torch.int64)
         sizes[:mtot] = torch.from_numpy(h.sizes)
         checks.append((total == sizes.to(dev)).all())
-        base = (torch.cumsum(counts, 0, dtype=torch.int64) - counts).contiguous()  # entries of each block before a program
         vstart = np.cumsum(vbits) - vbits
         o = ((h.hi - h.lo) / ((1 << h.widths) - 1).astype(np.float32)).astype(np.float32)  # quant.step
         params = [torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in (vstart, h.widths.astype(np.int32), h.lo, h.hi, o)]

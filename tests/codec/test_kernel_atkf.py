@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 
 def _spec_mask(x: torch.Tensor, k: int, lam: float, seed: int) -> np.ndarray:
     """The total order of the ATKF spec, by a full sort (test oracle only)."""
-    from codec.kernels.atkf import _weights
+    from codec.kernels.atkf import weights as _weights
 
     f = x.reshape(-1).float()
     wp, wn = _weights(lam)

@@ -32,6 +32,8 @@ CASES = [
     ((17, 64), dict(sparsity=0.5, bits=8, delta=0.3, blocks=(3, 3))),
     ((1, 100), dict(sparsity=0.0, blocks=1, bits=16, delta=None)),
     ((33,), dict(sparsity=0.6, blocks=(4, 1), bits=3, delta=None, seed=99)),
+    ((9, 31), dict(sparsity=0.95, blocks=(64, 64), bits=1, delta=None)),  # empty leading blocks, 126 cuts
+    ((7, 50), dict(sparsity=0.3, blocks=(5, 5), bits=(9, 16, 3, 1, 12), delta=None)),  # widths 1..16 mixed
 ]
 
 
@@ -63,6 +65,17 @@ def test_wide_row_bf16():
     x = torch.randn(17, 4096, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
     cfg = dict(method="slicer", sparsity=0.75)
     assert codec.encode(x.to(DEV), CodecConfig(backend="triton", **cfg)) == codec.encode(x, CodecConfig(backend="torch", **cfg))
+
+
+def test_tie_free_float32_and_float64():
+    """Distinct float32 scores: the hash passes read nothing (no ties at any threshold);
+    float64 input is rounded to float32 first, as the reference does."""
+    x = torch.randn(13, 300, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 1e3
+    for dtype in (torch.float32, torch.float64):
+        for kw in (dict(sparsity=0.75, asymmetry=0.2), dict(sparsity=0.5, blocks=(4, 4), bits=8, delta=0.2)):
+            cfg = CodecConfig(method="slicer", **kw)
+            got = codec.encode(x.to(dtype).to(DEV), cfg.replace(backend="triton"))
+            assert got == codec.encode(x.to(dtype), cfg.replace(backend="torch"))
 
 
 def test_env_var_forces_backend(monkeypatch):
