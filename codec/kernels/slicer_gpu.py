@@ -17,8 +17,8 @@ entry, finds its place in the block-major value stream without a sort (``ranks.p
 and ORs its code into the stream's words (any widths 1..16, mixed). Labels and the
 Rice/Elias-Fano parts go through the Triton bit packer.
 
-Byte identity rests on the reference's exact arithmetic: ``rint`` as
-``(y + 2^23) - 2^23`` (0 <= y < 2^23: round half to even), kernels launched with
+Byte identity rests on the reference's exact arithmetic: ``rint`` from the truncation
+and the exact remainder ``y - trunc(y)`` (0 <= y < 2^23: round half to even), kernels launched with
 ``enable_fp_fusion=False`` (no FMA), block parameters computed by single torch ops
 (correctly rounded float32 division), integer sums. What stays on the host: the scalar
 decisions (k, n+, block sizes, ABQ's pass/fail per block, the index coding's size
@@ -76,8 +76,11 @@ def _quant_pack_kernel(mag_ptr, lab_ptr, k, base_ptr, vstart_ptr, w_ptr, lo_ptr,
     top = (tl.full((BLOCK,), 1, tl.int64) << w) - 1
     y = (tl.load(mag_ptr + offs, mask=m, other=0.0) - tl.load(lo_ptr + lab, mask=m, other=0.0)) \
         * tl.load(inv_ptr + lab, mask=m, other=0.0)  # 0 <= y <= ~2^16: subtract, then multiply
-    r = (y + 8388608.0) - 8388608.0  # rint, half to even (float32 spacing is 1 in [2^23, 2^24))
-    code = tl.minimum(tl.maximum(r, 0.0).to(tl.int64), top)
+    # rint, half to even, from exact steps: y >= 0, so the cast truncates, and y - trunc(y)
+    # is exact below 2^23 (no constant-folding or contraction can change it)
+    t = y.to(tl.int64)
+    frac = y - t.to(tl.float32)
+    code = tl.minimum(t + ((frac > 0.5) | ((frac == 0.5) & ((t & 1) == 1))).to(tl.int64), top)
     bit = tl.load(vstart_ptr + lab, mask=m, other=0) + rank * w
     word = bit >> 5
     v = code << (bit & 31)  # up to 47 bits: at most two words
