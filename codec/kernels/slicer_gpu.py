@@ -200,9 +200,9 @@ def _index_sections(coding: str, shape, pos: torch.Tensor, kept: torch.Tensor, l
     k = pos.numel()
     gaps = torch.diff(pos, prepend=pos.new_tensor([-1])) - 1 if k else pos
     rice_r, rice_size = 0, 1
-    if k:
+    if k and coding in ("auto", "rice"):
         cands = _index.rice_candidates(numel, k)
-        sums = {r: int((gaps >> r).sum().item()) for r in cands}
+        sums = dict(zip(cands, torch.stack([(gaps >> r).sum() for r in cands]).tolist()))  # one host read
         rice_r, rice_size = min(((r, _index._rice_size(k, r, sums[r])) for r in cands), key=lambda t: (t[1], t[0]))
     if coding == "auto":
         lab_b = _index.labels_nbytes(k, mtot)

@@ -94,6 +94,7 @@ def test_kernel_throughput_bench_rows():
     rows = kernel_throughput([2], dtypes=("bfloat16",), reps=1, width=64, device=DEV)
     (r,) = rows
     assert r["tokens"] == 2 and r["dtype"] == "bfloat16"
+    assert r["decode_over_copy"] == pytest.approx(r["decode_GBps"] / r["copy_GBps"])
     assert r["encode_GBps"] > 0 and r["copy_GBps"] > 0 and r["encode_over_copy"] == pytest.approx(
         r["encode_GBps"] / r["copy_GBps"])
     x_bytes = 2 * 64 * 2
