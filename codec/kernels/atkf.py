@@ -44,6 +44,16 @@ def _fmix32(i, seed):
 
 
 @triton.jit
+def _load_f32(x_ptr, offs, m, BF16: tl.constexpr):
+    """The input as float32. bfloat16 arrives as its int16 bits and is widened by a shift:
+    exact everywhere (the interpreter's own bf16 cast mishandles subnormals)."""
+    if BF16:
+        b = tl.load(x_ptr + offs, mask=m, other=0).to(tl.int32)
+        return (b << 16).to(tl.float32, bitcast=True)
+    return tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _key(x, w_pos, w_neg):
     s = tl.abs(x) * tl.where(x > 0, w_pos, w_neg)
     return s.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF  # >= 0 floats order as ints
@@ -64,7 +74,7 @@ def _in_subset(neg, sgn):
 
 @triton.jit
 def _hist_kernel(x_ptr, n, w_pos, w_neg, seed, state_ptr, sign_ptr, hist_ptr, active_ptr, top_ptr, kw_pos, kw_neg,
-                 PASS: tl.constexpr, NC: tl.constexpr, KEPT: tl.constexpr, BLOCK: tl.constexpr):
+                 PASS: tl.constexpr, NC: tl.constexpr, KEPT: tl.constexpr, BF16: tl.constexpr, BLOCK: tl.constexpr):
     # state (NC, 5) int64: key prefix, k remaining, hash prefix, ties flag, negatives taken.
     # PASS 0..3: key digits; 4..7: hash digits (only cuts with the ties flag set).
     pid = tl.program_id(0)
@@ -72,7 +82,7 @@ def _hist_kernel(x_ptr, n, w_pos, w_neg, seed, state_ptr, sign_ptr, hist_ptr, ac
     m = offs < n
     if PASS >= 4:
         m = m & (tl.load(active_ptr + offs * 0) != 0)  # no ties anywhere: the pass reads nothing
-    x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    x = _load_f32(x_ptr, offs, m, BF16)
     h = _fmix32(offs.to(tl.int64), seed)
     if KEPT:
         m = m & _kept(x, h, kw_pos, kw_neg, top_ptr)
@@ -97,11 +107,11 @@ def _hist_kernel(x_ptr, n, w_pos, w_neg, seed, state_ptr, sign_ptr, hist_ptr, ac
 
 @triton.jit
 def _emit_kernel(x_ptr, n, kw_pos, kw_neg, seed, top_ptr, cut_ptr, sign_ptr, base_pos, base_neg, out_ptr,
-                 NC: tl.constexpr, BLOCK: tl.constexpr):
+                 NC: tl.constexpr, BF16: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
-    x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    x = _load_f32(x_ptr, offs, m, BF16)
     h = _fmix32(offs.to(tl.int64), seed)
     kept = _kept(x, h, kw_pos, kw_neg, top_ptr)
     key = _key(x, 1.0, 1.0)  # the magnitude's bits
@@ -126,6 +136,11 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return (flat.float() if flat.dtype == torch.float64 else flat).contiguous()  # float64: rounded like the reference
 
 
+def _arg(flat: torch.Tensor):
+    """What the kernels read: bfloat16 as its int16 bits (see ``_load_f32``)."""
+    return (flat.view(torch.int16), True) if flat.dtype == torch.bfloat16 else (flat, False)
+
+
 def select(flat: torch.Tensor, ranks: list[int], signs: list[int], w: tuple[float, float], seed: int,
            top: torch.Tensor | None = None, kw: tuple[float, float] = (1.0, 1.0), block: int = 1024) -> torch.Tensor:
     """Thresholds of cuts j = 0..NC-1: the ``ranks[j]``-th element (1-based) of subset
@@ -144,10 +159,11 @@ def select(flat: torch.Tensor, ranks: list[int], signs: list[int], w: tuple[floa
     top = top if kept else state
     digits = torch.arange(256, device=dev)
     grid = (triton.cdiv(n, block),)
+    x, bf16 = _arg(flat)
     for p in range(8):
         hist = torch.zeros(nc, 512, dtype=torch.int64, device=dev)
-        _hist_kernel[grid](flat, n, w[0], w[1], seed, state, sign_t, hist, active, top, kw[0], kw[1],
-                           PASS=p, NC=nc, KEPT=kept, BLOCK=block)
+        _hist_kernel[grid](x, n, w[0], w[1], seed, state, sign_t, hist, active, top, kw[0], kw[1],
+                           PASS=p, NC=nc, KEPT=kept, BF16=bf16, BLOCK=block)
         tot = hist[:, :256] + hist[:, 256:]
         negs = hist[:, 256:]
         k_rem = state[:, 1]
@@ -202,8 +218,9 @@ def emit(flat: torch.Tensor, asymmetry: float, seed: int, top: torch.Tensor, cut
         kw = weights(asymmetry)
         nc = len(signs)
         sign_t = torch.tensor(list(signs) or [0], dtype=torch.int32, device=flat.device)
-        _emit_kernel[(triton.cdiv(n, block),)](flat, n, kw[0], kw[1], seed, top, top if cuts is None else cuts,
-                                               sign_t, base[0], base[1], out, NC=nc, BLOCK=block)
+        x, bf16 = _arg(flat)
+        _emit_kernel[(triton.cdiv(n, block),)](x, n, kw[0], kw[1], seed, top, top if cuts is None else cuts,
+                                               sign_t, base[0], base[1], out, NC=nc, BF16=bf16, BLOCK=block)
     return out
 
 
