@@ -131,7 +131,6 @@ class Server:
         self.compute_cpu_s_by_device: dict[str, float] = defaultdict(float)
         self.requests_by_device: dict[str, int] = defaultdict(int)
         self.steps_by_device: dict[str, int] = defaultdict(int)
-        self.tokens_by_device: dict[str, int] = defaultdict(int)
         self.decode_s_by_device: dict[str, float] = defaultdict(float)
         self.rejected: list[dict[str, Any]] = []
         self.bad_payloads_by_device: dict[str, int] = defaultdict(int)
@@ -332,7 +331,6 @@ class Server:
                     self.compute_s_by_device[s.device_id] += cs
                     self.compute_cpu_s_by_device[s.device_id] += cpu_share.get(id(st), 0.0)
                     self.steps_by_device[s.device_id] += 1
-                    self.tokens_by_device[s.device_id] += 1
                 results.append({
                     "token": tok, "error": None, "server_recv_t": st.recv_t, "decode_s": st.decode_s,
                     "server_compute_s": cs, "server_start_t": start_t, "batch_size": len(ok),
@@ -363,14 +361,25 @@ class Server:
             if bad is not None:
                 self.bad_payloads_by_device[s.device_id] += 1
                 raise AdmissionError(f"device {s.device_id}: bad payload at step {s.steps} (session {session_id}): {bad}")
+            if s.busy:  # two steps of one session in one batch would both extend its KV cache
+                raise AdmissionError(f"device {s.device_id}: session {session_id} already has a step in flight; "
+                                     "send a session's steps one after another")
+            s.busy = True
         return _Step(s, payload, int(position), now_s(), _clean_ctx(trace_ctx))
+
+    def _release(self, st: _Step) -> None:
+        with self._lock:
+            st.session.busy = False
 
     def step_now(self, session_id: str, payload: bytes, position: int, trace_ctx: dict | None = None) -> dict[str, Any]:
         """One step computed at once (no queue, no batching): the in-process path.
         Returns ``{"token": id, "error": None, ...timings}``; raises ``AdmissionError``
         for a bad payload or an unknown session."""
         st = self._make_step(session_id, payload, position, trace_ctx)
-        res = self._compute([st])[0]
+        try:
+            res = self._compute([st])[0]
+        finally:
+            self._release(st)
         res["queue_s"] = 0.0
         if res["error"] is not None:
             raise AdmissionError(res["error"])
@@ -380,11 +389,17 @@ class Server:
     async def step(self, session_id: str, payload: bytes, position: int, trace_ctx: dict | None = None) -> dict[str, Any]:
         """Queue one step and wait for its batch. Same result and errors as ``step_now``."""
         st = self._make_step(session_id, payload, position, trace_ctx)
-        self._ensure_loop()
-        fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((st, fut))
-        self.meter.queued(self._queue.qsize())
-        res = await fut
+        queued = False
+        try:
+            self._ensure_loop()
+            fut = asyncio.get_running_loop().create_future()
+            await self._queue.put((st, fut))
+            queued = True  # from here the batch loop releases the session, once computed
+            self.meter.queued(self._queue.qsize())
+            res = await fut
+        finally:
+            if not queued:
+                self._release(st)
         if res["error"] is not None:
             raise AdmissionError(res["error"])
         return res
@@ -418,7 +433,7 @@ class Server:
                 except asyncio.TimeoutError:
                     break
             self.meter.queued(self._queue.qsize())
-            # A session has at most one step in flight (the edge waits for each token),
+            # A session has at most one step in flight (``_make_step`` refuses a second),
             # so a batch never holds two steps of one cache.
             t_start = now_s()
             try:
@@ -426,6 +441,7 @@ class Server:
             except Exception as e:  # never let the loop die: fail this batch only
                 results = [{"error": f"server batch failed: {type(e).__name__}: {e}"} for _ in batch]
             for (st, fut), res in zip(batch, results):
+                self._release(st)
                 res.setdefault("queue_s", max(0.0, t_start - st.recv_t))
                 if not fut.done():
                     fut.set_result(res)

@@ -227,3 +227,19 @@ def _cast(model, dtype):
     from actors.models.split import SplitModel
 
     return SplitModel(copy.deepcopy(model.hf).to(dtype), name=model.name)
+def test_two_steps_of_one_session_at_once(tiny_model):
+    """A client that sends a second step before the first returned gets a clear refusal;
+    the first step and another device's step in the same batch are unaffected (both steps
+    used to run in one batch and extend the session's KV cache twice)."""
+    server = Server(tiny_model, ServerConfig(max_batch=8, batch_window_ms=50))
+    split = 2
+    a = server.open_session("dup", "r0", split, 16)
+    b = server.open_session("other", "r1", split, 16)
+    p = [1, 5, 9]
+    h = tiny_model.run(0, split, torch.tensor([p]), tiny_model.new_cache(0, split))
+    pay = encode(h, CodecConfig(method="raw"))
+    async def main():
+        return await asyncio.gather(server.step(a, pay, 0), server.step(a, pay, 0), server.step(b, pay, 0), return_exceptions=True)
+    r = asyncio.run(main())
+    assert isinstance(r[1], AdmissionError) and "in flight" in str(r[1])
+    assert r[0]["token"] == r[2]["token"] == greedy_reference(tiny_model, p, 1)[0]
