@@ -187,13 +187,15 @@ class EdgeDevice:
         return need
 
     # ------------------------------------------------------------------ link schedule
-    def _apply_schedule(self, request_index: int) -> dict | None:
+    def _apply_schedule(self, request_index: int, trace_ctx: dict) -> dict | None:
         changes = [c for c in self.cfg.link_schedule if int(c["at_request"]) == request_index]
         if not changes:
             return None
         for c in changes:
             self.link.update({k: v for k, v in c.items() if k != "at_request" and v is not None})
-        self.plan = self.policy.report(self.cfg.device_id, {"link": dict(self.link), "reason": f"link change before request {request_index}"}, {})
+        # the re-plan belongs to the request it happens before: its span joins that trace
+        self.plan = self.policy.report(self.cfg.device_id, {"link": dict(self.link), "reason": f"link change before request {request_index}"},
+                                       trace_ctx)
         return dict(self.link)
 
     # ------------------------------------------------------------------ one request
@@ -227,7 +229,7 @@ class EdgeDevice:
     def _generate(self, request: dict, trace_ctx: dict) -> dict:
         t_start = now_s()
         self._cursor = t_start
-        link_change = self._apply_schedule(int(request.get("index", self.requests_done)))
+        link_change = self._apply_schedule(int(request.get("index", self.requests_done)), trace_ctx)
         plan = dict(self.plan)
         mode = plan_mode(plan["split"], plan.get("offload_step"), self.num_units)
         if self.cfg.mode != "auto":

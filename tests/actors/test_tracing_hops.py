@@ -48,3 +48,20 @@ def test_tracing_off_records_nothing_and_keeps_results(tiny_model):
     edge, _ = _edge(tiny_model, server, fixed_planner(2, 1))
     rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 3})
     assert rec["ok"] and tel.drain() == []
+
+
+def test_link_change_replan_is_in_the_request_trace(tiny_model, tracing):
+    """The re-plan a link change triggers belongs to the request it happened before: the
+    policy call carries that request's trace context (it carried none, so a policy actor
+    in another process started a trace of its own)."""
+    server = Server(tiny_model, ServerConfig())
+    edge, _ = _edge(tiny_model, server, fixed_planner(2, 1), link={"rate_mbps": 50.0},
+                    link_schedule=[{"at_request": 1, "rate_mbps": 2.0}])
+    sent = []
+    report = edge.policy.report
+    edge.policy.report = lambda dev, rep, ctx=None: sent.append((rep, dict(ctx or {}))) or report(dev, rep, ctx)
+    for i in range(2):
+        edge.generate({"request_id": f"r{i}", "index": i, "prompt_ids": PROMPTS[0], "max_new_tokens": 2})
+    traces = {t.request_id: t for t in tv.request_traces(tel.drain())}
+    (link_ctx,) = [ctx for rep, ctx in sent if "link" in rep]
+    assert traces["r1"].trace_id in link_ctx.get("traceparent", "")
