@@ -124,6 +124,44 @@ def _emit_kernel(x_ptr, n, kw_pos, kw_neg, seed, top_ptr, cut_ptr, sign_ptr, bas
     tl.store(out_ptr + offs, tl.where(kept, lab, -1).to(tl.int8), mask=m)
 
 
+@triton.jit
+def _choose_kernel(hist_ptr, state_ptr, active_ptr, PASS: tl.constexpr):
+    """One program per cut: the digit of this pass from the summed histogram, and the
+    cut's state updated (prefix, k remaining, negatives taken, ties flag)."""
+    j = tl.program_id(0)
+    i = tl.arange(0, 256)
+    neg = tl.load(hist_ptr + j * 512 + 256 + i)
+    tot = tl.load(hist_ptr + j * 512 + i) + neg
+    row = state_ptr + 5 * j
+    k_rem = tl.load(row + 1)
+    cum = tl.cumsum(tot, 0)  # inclusive
+    if PASS < 4:  # largest keys first: the largest d with count(digit >= d) >= k_rem
+        ge = tl.sum(tot, 0) - cum + tot
+        d = tl.sum((ge >= k_rem).to(tl.int64), 0) - 1
+        at = tl.sum(tl.where(i == d, tot, 0), 0)
+        k_new = k_rem - (tl.sum(tl.where(i == d, ge, 0), 0) - at)
+        taken = tl.load(row + 4) + tl.sum(tl.where(i > d, neg, 0), 0)
+        tl.store(row, tl.load(row) * 256 + d)
+        tl.store(row + 1, k_new)
+        if PASS == 3:  # ties to break where more elements sit at the key than are still needed
+            ties = at > k_new
+            tl.store(row + 3, ties.to(tl.int64))
+            tl.store(row + 2, tl.where(ties, 0, 0xFFFFFFFF).to(tl.int64))  # no ties: all at the key taken
+            taken += tl.where(ties, 0, tl.sum(tl.where(i == d, neg, 0), 0))
+            tl.atomic_max(active_ptr, ties.to(tl.int32))
+        tl.store(row + 4, taken)
+    else:  # smallest hashes first: the smallest d with count(digit <= d) >= k_rem
+        if tl.load(row + 3) != 0:
+            d = tl.sum((cum < k_rem).to(tl.int64), 0)
+            at = tl.sum(tl.where(i == d, tot, 0), 0)
+            taken = tl.sum(tl.where(i < d, neg, 0), 0)
+            if PASS == 7:  # the last element taken: the one with the largest hash kept
+                taken += tl.sum(tl.where(i == d, neg, 0), 0)
+            tl.store(row + 4, tl.load(row + 4) + taken)
+            tl.store(row + 2, tl.load(row + 2) * 256 + d)
+            tl.store(row + 1, k_rem - (tl.sum(tl.where(i == d, cum, 0), 0) - at))
+
+
 def weights(asymmetry: float) -> tuple[float, float]:
     # float64 reciprocal rounded once to float32, as the reference does
     w_pos = float(torch.tensor(1.0 / (1.0 + asymmetry), dtype=torch.float64).float())
@@ -154,42 +192,17 @@ def select(flat: torch.Tensor, ranks: list[int], signs: list[int], w: tuple[floa
     state = torch.zeros(nc, 5, dtype=torch.int64, device=dev)
     state[:, 1] = torch.tensor(ranks, dtype=torch.int64)
     sign_t = torch.tensor(signs, dtype=torch.int32, device=dev)
-    active = torch.ones(1, dtype=torch.int32, device=dev)
+    active = torch.zeros(1, dtype=torch.int32, device=dev)  # set at pass 3 when any cut has ties
     kept = top is not None
     top = top if kept else state
-    digits = torch.arange(256, device=dev)
     grid = (triton.cdiv(n, block),)
     x, bf16 = _arg(flat)
-    for p in range(8):
-        hist = torch.zeros(nc, 512, dtype=torch.int64, device=dev)
+    hist = torch.empty(nc, 512, dtype=torch.int64, device=dev)
+    for p in range(8):  # three launches per pass, no host read
+        hist.zero_()
         _hist_kernel[grid](x, n, w[0], w[1], seed, state, sign_t, hist, active, top, kw[0], kw[1],
                            PASS=p, NC=nc, KEPT=kept, BF16=bf16, BLOCK=block)
-        tot = hist[:, :256] + hist[:, 256:]
-        negs = hist[:, 256:]
-        k_rem = state[:, 1]
-        if p < 4:  # largest keys first: count of elements with digit >= d
-            ge = tot.flip(1).cumsum(1).flip(1)
-            d = torch.where(ge >= k_rem[:, None], digits, -1).max(1).values[:, None]
-            at = tot.gather(1, d)[:, 0]
-            neg_ge = negs.flip(1).cumsum(1).flip(1)
-            state[:, 4] += (neg_ge.gather(1, d) - negs.gather(1, d))[:, 0]
-            state[:, 0] = state[:, 0] * 256 + d[:, 0]
-            state[:, 1] = k_rem - (ge.gather(1, d)[:, 0] - at)
-            if p == 3:  # ties to break where more elements sit at the key than are still needed
-                ties = at > state[:, 1]
-                state[:, 3] = ties.long()
-                state[:, 2] = torch.where(ties, 0, 0xFFFFFFFF)  # no ties: every element at the key is taken
-                state[:, 4] += torch.where(ties, 0, negs.gather(1, d)[:, 0])
-                active[0] = ties.any()
-        else:  # smallest hashes first: count with digit <= d
-            ties = state[:, 3] == 1
-            le = tot.cumsum(1)
-            d = torch.where(ties, torch.where(le >= k_rem[:, None], digits, 256).min(1).values, 0)[:, None]
-            at = tot.gather(1, d)[:, 0]
-            took = (negs.cumsum(1).gather(1, d) - negs.gather(1, d))[:, 0] + (negs.gather(1, d)[:, 0] if p == 7 else 0)
-            state[:, 4] += torch.where(ties, took, 0)
-            state[:, 2] = torch.where(ties, state[:, 2] * 256 + d[:, 0], state[:, 2])
-            state[:, 1] = torch.where(ties, k_rem - (le.gather(1, d)[:, 0] - at), k_rem)
+        _choose_kernel[(nc,)](hist, state, active, PASS=p)
     return state
 
 
