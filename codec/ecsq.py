@@ -39,6 +39,13 @@ Cost (``slicer bench codec``, 128×4096 float32, 1 thread, a loaded machine): en
 ``torch.topk`` (one float32 sort, then the bisection reads symbol histograms off it with
 ``searchsorted``), decode about 3× (rANS decoding is sequential).
 
+Extreme magnitudes: every finite input encodes. Δ lives in [2^-149, float32 max]: a
+subnormal Δ is a multiple of 2^-149 (so subnormal inputs are exact at a high rate), and
+1/Δ outside float32's normal range quantizes in float64. The all-zero payload of
+max|x| > ~1.7e38 (its Δ_zero exceeds float32) stores float32 max. The decoder saturates at
+the output dtype's largest value (the top bin reconstructs up to Δ past max|x|). With
+``rotate``, max|x| ≥ 2^64 is refused (CodecError): the Hadamard sums would overflow.
+
 Sections (frozen, wire version 1)::
 
     0  params   u8 flags (bit 0: rotated), u32 seed if rotated, f32 Δ, u8 r code
@@ -68,6 +75,16 @@ QMAX_LIMIT = (1 << 23) - 1
 #: Bisection steps on log2 Δ over a bracket of ~24 octaves: 2^-14 of the bracket ≈ 0.0015
 #: octave, i.e. a Δ within 0.1% of the largest step that fits.
 SEARCH_STEPS = 14
+#: Largest finite float32: the largest step Δ the f32 params field holds, and where the
+#: decoder saturates a reconstruction that would round past it.
+F32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38
+#: Smallest positive float32 (subnormal, 2^-149): the smallest step Δ. Below 2^-126 float32
+#: steps are multiples of it, and a step of 2^-149 codes subnormal inputs exactly.
+F32_TINY = 2.0**-149
+#: With ``rotate``, max|x| must stay below 2^64: the unnormalized Hadamard sums up to
+#: c ≤ 2^28 terms (rows of up to wire.MAX_ELEMENTS), the rotated values reach sqrt(c)·max|x|,
+#: and the decoder's inverse sums c of those: 2^64 · 2^28 · 2^14 · 2 = 2^107 < 2^128.
+ROTATE_AMAX_LIMIT = 2.0**64
 #: Bytes of section 0 without the seed and the qmax varint.
 _PARAMS_FIXED = 1 + 4 + 1 + 1
 N_SECTIONS = 2
@@ -75,7 +92,22 @@ N_SECTIONS = 2
 
 def _quantize(x: torch.Tensor, delta: float, r: float) -> torch.Tensor:
     """Dead-zone quantizer: int64 symbols q (signed), shape of ``x``."""
-    return (torch.sign(x) * torch.floor(x.abs() * (1.0 / delta) + r)).to(torch.int64)
+    if 2.0**-125 <= delta <= 2.0**125:
+        return (torch.sign(x) * torch.floor(x.abs() * (1.0 / delta) + r)).to(torch.int64)
+    # 1/Δ would leave float32's normal range (inf below 2^-128, lost bits above 2^126):
+    # divide in float64 instead (only extreme magnitudes, |x| beyond ~1e37 or below ~1e-31).
+    xd = x.double()
+    return (torch.sign(xd) * torch.floor(xd.abs() / delta + r)).to(torch.int64)
+
+
+def _step(delta: float) -> float:
+    """The step as the f32 params field holds it, where that is coarser than float32's
+    relative rounding: a subnormal step (< 2^-126) is a multiple of 2^-149, rounded up so the
+    step the encoder quantizes with is the one the decoder reads, and never smaller than
+    the rate search asked for (a smaller step could exceed the byte cap)."""
+    if delta < 2.0**-126:
+        return max(1, math.ceil(delta / F32_TINY)) * F32_TINY
+    return delta
 
 
 def _symbols(q: torch.Tensor, qmax: int) -> np.ndarray:
@@ -111,16 +143,29 @@ class _ECSQ:
         rows, cols = rows_cols(tuple(x.shape))
         x2 = x.detach().float().reshape(rows, cols)  # (rows, cols)
         if cfg.rotate:
+            amax = float(x2.abs().max()) if x2.numel() else 0.0
+            if amax >= ROTATE_AMAX_LIMIT:
+                raise CodecError(
+                    f"ecsq with rotate=True: max|x| = {amax:.4g} overflows the Hadamard rotation; "
+                    f"allowed max|x| < 2^64 ({ROTATE_AMAX_LIMIT:.4g}), or use rotate=False"
+                )
             x2 = hadamard.rotate(x2, cfg.seed)
         return x2
 
     def _pack(self, x2: torch.Tensor, delta: float, r_code: int, cfg: CodecConfig) -> list[bytes]:
         r = r_code / 256.0
+        delta = _step(delta)
         q = _quantize(x2, delta, r)  # (rows, cols) int64
         qabs = q.abs()
         qmax = int(qabs.max()) if q.numel() else 0
-        if qmax > QMAX_LIMIT:
-            raise CodecError(f"ecsq: step {delta} gives |q| = {qmax} > {QMAX_LIMIT}")
+        if not 0 <= qmax <= QMAX_LIMIT:
+            raise CodecError(f"ecsq: step {delta} gives |q| = {qmax}, allowed 0..{QMAX_LIMIT}")
+        if delta > F32_MAX:
+            # Only the all-zero payload has a step past float32 (Δ_zero of max|x| > ~1.7e38):
+            # its step is never used to reconstruct, so the field holds the largest float32.
+            if qmax:
+                raise CodecError(f"ecsq: step {delta} exceeds float32 with nonzero symbols")
+            delta = F32_MAX
         nz = qabs > 0
         count = int(nz.sum())
         if count:
@@ -145,6 +190,7 @@ class _ECSQ:
         n = xs.size
 
         def q_of(v: float) -> int:
+            v = float(v)  # float64: a float32 |v|/Δ overflows for a subnormal Δ
             return int(math.copysign(math.floor(abs(v) / delta + r), v))
 
         qa, qb = q_of(xs[0]), q_of(xs[-1])  # the quantizer is monotone: smallest, largest q
@@ -181,15 +227,18 @@ class _ECSQ:
             return self._pack(x2, 1.0, r_code, cfg)
         # Δ above this makes every symbol 0: floor(amax/Δ + r) = 0 ⇔ Δ > amax/(1-r).
         delta_zero = amax / (1.0 - r) * (1 + 1e-6)
-        # Δ below this would exceed the alphabet (and float32 resolution anyway).
-        delta_min = max(amax / QMAX_LIMIT * 2, amax * 2.0**-22)
+        # The largest step a payload with nonzero symbols can hold (f32 field).
+        delta_top = min(delta_zero, F32_MAX)
+        # Δ below this would exceed the alphabet (and float32 resolution anyway); 2^-149,
+        # the smallest float32, already codes subnormal inputs exactly.
+        delta_min = max(amax / QMAX_LIMIT * 2, amax * 2.0**-22, F32_TINY)
         body_cap = _rate_cap_bytes(shape, cfg)
         cap_total = body_cap + header_nbytes(shape, [body_cap] * N_SECTIONS)
 
         # Bisection on log2 Δ: `lo` does not fit (or is the floor), `hi` fits (Δ_zero
         # gives the smallest payload there is).
         xs = np.sort(x2.reshape(-1).cpu().numpy())  # (N,) float32; one sort serves every step
-        lo, hi = math.log2(delta_min), math.log2(delta_zero)
+        lo, hi = math.log2(delta_min), math.log2(delta_top)
         if self._est_total(shape, xs, 2.0**lo, r_code, cfg) <= cap_total:
             hi = lo
         else:
@@ -202,12 +251,15 @@ class _ECSQ:
         # The rANS estimate is within a few bytes: verify the real payload and widen Δ
         # by 0.5% at a time until it fits (bounded; at Δ_zero the payload is the
         # all-zero one, the documented fallback when even that exceeds the cap).
-        delta = 2.0**hi
+        delta = min(2.0**hi, delta_top)  # 2^log2(Δ) may round one ulp past Δ
         for _ in range(64):
             sections = self._pack(x2, delta, r_code, cfg)
-            if _total_nbytes(shape, len(sections[0]), len(sections[1])) <= cap_total or delta >= delta_zero:
+            if _total_nbytes(shape, len(sections[0]), len(sections[1])) <= cap_total:
                 return sections
-            delta = min(delta * 1.005, delta_zero)
+            if delta >= delta_top:
+                break
+            # _step: a subnormal step moves by at least one 2^-149 grid point.
+            delta = min(_step(delta) * 1.005, delta_top)
         return self._pack(x2, delta_zero, r_code, cfg)
 
     def _delta_from_sparsity(self, x2: torch.Tensor, amax: float, r_code: int, cfg: CodecConfig) -> float:
@@ -219,12 +271,15 @@ class _ECSQ:
         delta_bits = amax / (levels + r) * (1 + 1e-6)
         flat = x2.abs().reshape(-1)
         k = int(math.floor(cfg.sparsity * flat.numel()))
+        # Clamped to the f32 field: Δ ≤ float32 max still keeps |q| ≤ levels (Δ_bits ≤
+        # amax/1.33); it only makes the dead zone narrower than s asked, for s-quantiles of
+        # |x| above 2.2e38.
         if k < 1:
-            return max(delta_bits, amax * 2.0**-22)
+            return min(max(delta_bits, amax * 2.0**-22, F32_TINY), F32_MAX)
         # Dead zone |x| < (1-r)Δ holds the k smallest |x|: (1-r)Δ just above the k-th.
         tau = float(torch.kthvalue(flat, k).values)
         delta_s = tau / (1.0 - r) * (1 + 1e-6)
-        return max(delta_bits, delta_s, amax * 2.0**-22)
+        return min(max(delta_bits, delta_s, amax * 2.0**-22, F32_TINY), F32_MAX)
 
     def decode(self, frame: Frame) -> torch.Tensor:
         if len(frame.sections) != N_SECTIONS:
@@ -252,10 +307,18 @@ class _ECSQ:
             raise CodecError("ecsq params section has trailing bytes")
         if not 1 <= r_code <= 128:
             raise CodecError(f"ecsq rounding offset code {r_code} invalid: allowed 1..128")
-        if not (math.isfinite(delta) and delta > 0 and delta * (qmax + 2) < 3e38):
-            raise CodecError(f"ecsq step {delta} invalid (needs a positive finite step with qmax·Δ finite)")
+        # An encoder's |q| ≤ max|x|/Δ + 1/2 with max|x| ≤ float32 max, so (qmax - 1)·Δ fits.
+        if not (math.isfinite(delta) and delta > 0 and (qmax - 1) * delta <= F32_MAX):
+            raise CodecError(
+                f"ecsq step {delta} with qmax {qmax} invalid: needs a positive finite step "
+                "with (qmax - 1)·step ≤ float32 max"
+            )
         rows, cols = rows_cols(frame.shape)
         rho = -r_code / 256.0 + rho_code / 256.0
+        # Saturate at the output dtype's largest value: the top bin reconstructs up to Δ past
+        # max|x| (3.4e38 + Δ would round to inf in float32, 65504 + Δ in float16); every input
+        # was within ±fmax, so saturating never moves a value away from it.
+        fmax = float(torch.finfo(frame.dtype).max) if frame.dtype in (torch.float16, torch.bfloat16) else F32_MAX
         const = entropy.constant_symbol(stream, rows * cols, 2 * qmax + 1)
         if const is not None:
             # Constant stream: no symbol array. All-zero (q = 0, the usual case: a rate
@@ -263,15 +326,16 @@ class _ECSQ:
             qc = const - qmax
             if qc == 0:
                 return torch.zeros(frame.shape, dtype=torch.float32)
-            v = math.copysign((abs(qc) + rho) * delta, qc)
+            v = math.copysign(min((abs(qc) + rho) * delta, fmax), qc)
             y = torch.full((rows, cols), v, dtype=torch.float32)
-            return (hadamard.rotate(y, seed, inverse=True) if rotated else y).reshape(frame.shape)
+            y = hadamard.rotate(y, seed, inverse=True).clamp_(-fmax, fmax) if rotated else y
+            return y.reshape(frame.shape)
         sym = entropy.decode_symbols(stream, rows * cols, 2 * qmax + 1)  # (n,) int64
         q = torch.from_numpy(sym - qmax).reshape(rows, cols)  # (rows, cols)
         y = torch.sign(q).float() * (q.abs().float() + rho) * delta  # (rows, cols)
         if rotated:
             y = hadamard.rotate(y, seed, inverse=True)
-        return y.reshape(frame.shape)
+        return y.clamp_(-fmax, fmax).reshape(frame.shape)
 
     def predict_bytes(self, shape, dtype, cfg: CodecConfig) -> int:
         shape = tuple(int(d) for d in shape)
