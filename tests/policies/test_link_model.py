@@ -69,3 +69,34 @@ def test_lower_rate_never_sends_faster(r1, r2, nbytes):
     # P_o is monotone in R
     assert outage_probability(lo, 10e6, 10) <= outage_probability(hi, 10e6, 10)
     assert transmissions(outage_probability(lo, 10e6, 10)) <= transmissions(outage_probability(hi, 10e6, 10))
+
+
+@pytest.mark.parametrize("rate_mbps", [35.0, 40.0, 60.0, 80.0])
+def test_rate_above_capacity_is_infeasible_even_when_p_o_is_below_one(rate_mbps):
+    # Capacity W·log2(1 + γ) = 10 MHz · log2(11) = 34.59 Mbit/s. At 40 Mbit/s,
+    # P_o = 1 - exp(-(2^4 - 1)/10) = 0.7769 < 1, so Eq. 1 alone gives 28 finite attempts.
+    link = LinkState.from_mbps(rate_mbps)
+    assert link.capacity_bps == pytest.approx(10e6 * math.log2(11), rel=1e-12)
+    assert link.outage_probability < 1.0
+    assert math.isinf(link.transmissions) and not link.feasible
+    assert math.isinf(comm_latency_s(100, link, codec_time_s=1e-3))
+
+
+def test_rate_at_or_below_capacity_stays_feasible():
+    cap_bps = 10e6 * math.log2(11)
+    for rate_bps in (1e6, 20e6, 34e6, cap_bps):
+        link = LinkState(rate_bps=rate_bps)
+        assert link.feasible and math.isfinite(comm_latency_s(100, link))
+    # Capacity follows W and γ: 40 Mbit/s fits 20 MHz at 10 dB (69.2 Mbit/s), and 10 MHz
+    # at 20 dB (66.6 Mbit/s).
+    assert LinkState.from_mbps(40, bandwidth_mhz=20).feasible
+    assert LinkState.from_mbps(40, snr_db=20).feasible
+    assert not LinkState.from_mbps(70, bandwidth_mhz=20).feasible
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(1e3, 1e9), st.floats(1e5, 1e8), st.floats(0.01, 1e4))
+def test_feasible_exactly_up_to_capacity(rate_bps, bandwidth_hz, snr):
+    link = LinkState(rate_bps=rate_bps, bandwidth_hz=bandwidth_hz, snr=snr)
+    assert link.feasible == (rate_bps <= bandwidth_hz * math.log2(1 + snr))
+    assert link.feasible == math.isfinite(comm_latency_s(1000, link))
