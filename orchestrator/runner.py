@@ -14,6 +14,11 @@
 5. collect records, decisions and the load timeline, write the run folder, stop the
    cluster.
 
+A stall (no request finished for the step timeout × (max_new_tokens + 2)) ends the
+requests but not the run: the finished records are kept, each request still in flight gets
+a failed record naming the stall, and ``RunOutput.error`` / ``summary["error"]`` say what
+stalled (the CLI then exits 1, as for any failed request).
+
 ``run_inprocess(wl)`` runs the same plain classes in this process, no Ray (unit tests,
 debugging).
 """
@@ -40,6 +45,8 @@ class RunOutput:
     records: list[dict]
     decisions: list[dict]
     load: list[dict] = field(default_factory=list)
+    error: str | None = None
+    """Why the run ended early (a stall), or None; also ``summary["error"]``."""
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -330,6 +337,7 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
     request_timeout_s = timeout_s * (wl.max_new_tokens + 2)
     last_progress = time.perf_counter()
     next_sample = time.perf_counter() + load_interval_s
+    stall: str | None = None
     while inflight:
         ready, _ = ray.wait(list(inflight), num_returns=1, timeout=min(load_interval_s, 1.0))
         now = time.perf_counter()
@@ -340,8 +348,12 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
             next_sample = now + load_interval_s
         if not ready:
             if now - last_progress > request_timeout_s:
-                raise TimeoutError(f"no request finished for {request_timeout_s:.0f} s; in flight: "
-                                   f"{sorted(set(inflight.values()))}")
+                # Keep what finished (raising here lost every record of the run).
+                never = sum(len(requests[d]) - next_i[d] for d in requests)
+                stall = (f"StallError: no request finished for {request_timeout_s:.0f} s (step timeout "
+                         f"{timeout_s:g} s x {wl.max_new_tokens + 2} steps); in flight: "
+                         f"{sorted(set(inflight.values()))}; {never} request(s) never started")
+                break
             continue
         last_progress = now
         for ref in ready:
@@ -364,26 +376,54 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
             if progress is not None:
                 R.progress_line(rec, len(records), total, progress)
             submit(dev_id)
+    if stall is not None:
+        for dev_id in inflight.values():
+            i = next_i[dev_id] - 1
+            rec = {"request_id": requests[dev_id][i]["request_id"], "device": dev_id, "index": i, "ok": False,
+                   "device_class": resub.device_class.get(dev_id), "error": stall, "latency_s": 0.0,
+                   "new_tokens": 0, "tokens": [], "node": edge_where[dev_id]["node_id"]}
+            records.append(resub.annotate(rec))
+            if progress is not None:
+                R.progress_line(rec, len(records), total, progress)
     wall = time.perf_counter() - t0
     add_text(records, model_ref)
-    load_rows.append(RA.get(server.load_sample.remote(), timeout_s=30, what="server load sample"))
-    stats = RA.get(server.stats.remote(), timeout_s=30, what="server stats")
+
+    def ask(ref, what: str, default):
+        # After a stall the hung actor may be the one asked: its answer is optional then
+        # (5 s each), so the finished records still come back.
+        try:
+            return RA.get(ref, timeout_s=5 if stall else 30, what=what)
+        except Exception:  # noqa: BLE001
+            if stall is None:
+                raise
+            return default
+
+    sample = ask(server.load_sample.remote(), "server load sample", None)
+    if sample is not None:
+        load_rows.append(sample)
+    stats = ask(server.stats.remote(), "server stats", {})
     stats["node"] = server_where["node_id"]
-    decisions = RA.get(policy.decisions.remote(), timeout_s=30, what="policy decisions")
+    decisions = ask(policy.decisions.remote(), "policy decisions", [])
     devices = {d: {"device_class": g.device_class, "node": edge_where[d]["node_id"],
                    "node_labels": edge_where[d].get("labels", {}), "emulated": g.emulation.active}
                for d, g in wl.all_devices()}
     cluster_info = {**cluster_info, "server_node": server_where, "edge_nodes": edge_where}
     summary = R.build_summary(wl.to_dict(), records, stats, decisions, devices, wall, cluster_info)
+    summary["error"] = stall
     run_dir = None
     if write:
         run_dir = R.new_run_dir(wl.name, out)
         R.write_run(run_dir, wl.to_dict(), records, decisions, load_rows, summary)
         if trace:
-            spans = RA.drain_traces([policy, server, *edges.values()])
+            spans = None
+            try:
+                spans = RA.drain_traces([policy, server, *edges.values()], timeout_s=5 if stall else 30)
+            except Exception:  # noqa: BLE001 (after a stall a hung actor has no spans to give)
+                if stall is None:
+                    raise
             if spans:
                 R.write_jsonl(run_dir / "traces.jsonl", spans)
-    return RunOutput(run_dir, summary, records, decisions, load_rows)
+    return RunOutput(run_dir, summary, records, decisions, load_rows, error=stall)
 
 
 def run_many(workloads: list[Workload], *, address: str | None = None, trace: bool = False,
