@@ -212,8 +212,8 @@ def describe_violation(est: Estimate, b: Budgets, link: LinkState, what: str) ->
         return "memory", f"{what} needs {_mb(est.memory_bytes)} > memory budget {_mb(b.memory_bytes)}"
     if v == "link":
         return "link", (f"the link cannot meet outage eps={link.epsilon:g} at {link.describe()} "
-                        f"(P_o = {link.outage_probability:.4f}: every transmission fails; "
-                        f"a rate below the capacity W·log2(1+γ) = {link.bandwidth_hz * math.log2(1 + link.snr) / 1e6:.1f} Mbit/s is needed)")
+                        f"(rate above the capacity W·log2(1+γ) = {link.capacity_bps / 1e6:.1f} Mbit/s, "
+                        f"P_o = {link.outage_probability:.4f}; a rate below the capacity is needed)")
     if v == "latency":
         return "latency", (f"{what} takes {_fmt_ms(est.step_latency_s)} per step > latency budget "
                            f"{_fmt_ms(b.latency_s)} at {link.rate_bps / 1e6:g} Mbit/s")
