@@ -25,7 +25,6 @@ debugging).
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -261,8 +260,6 @@ def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | 
 
 
 def _drive(wl: Workload, *, out, trace, progress, load_interval_s, write, t_setup, cluster_info) -> RunOutput:
-    import ray
-
     from actors import ray_actors as RA
     from actors.models import profile_from_config
 

@@ -98,7 +98,7 @@ def _positions(coding_id: int, idx: torch.Tensor, idx_host, numel: int, k: int, 
         return pos if pos.numel() == k else None
     if coding_id == 3:  # Elias-Fano
         if k == 0:
-            return None if len(idx_host) else pos_empty(dev)
+            return None if len(idx_host) else _no_positions(dev)
         low = _index._ef_low_bits(numel, k)
         nlow = packed_nbytes(k, low)
         nup = k + ((numel - 1) >> low) + 1
@@ -121,7 +121,7 @@ def _positions(coding_id: int, idx: torch.Tensor, idx_host, numel: int, k: int, 
     if r not in _index.rice_candidates(numel, k):
         return None
     if k == 0:
-        return None if len(idx_host) != 1 else pos_empty(dev)
+        return None if len(idx_host) != 1 else _no_positions(dev)
     nlow = packed_nbytes(k, r)
     if len(idx_host) < 1 + nlow + 1 or idx_host[-1] == 0 or (r and not _packed_ok(idx_host[1 : 1 + nlow], k, r)):
         return None
@@ -137,7 +137,7 @@ def _positions(coding_id: int, idx: torch.Tensor, idx_host, numel: int, k: int, 
     return pos
 
 
-def pos_empty(dev) -> torch.Tensor:
+def _no_positions(dev) -> torch.Tensor:
     return torch.zeros(0, dtype=torch.int64, device=dev)
 
 
