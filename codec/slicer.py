@@ -62,9 +62,8 @@ NSECTIONS = 4
 
 
 @dataclass(frozen=True)
-class Parsed:
-    """The content of a SLICER payload (what ``SLICER.parse`` reads; used by tests and to
-    compare a GPU encoder with the reference field by field)."""
+class Params:
+    """The params section: everything in a SLICER payload but the positions and codes."""
 
     k: int
     """Kept entries."""
@@ -80,29 +79,26 @@ class Parsed:
     """(Mtot,) float32 block minimum magnitude."""
     hi: np.ndarray
     """(Mtot,) float32 block maximum magnitude."""
-    index: str
-    """Index coding used: csr, bitmap, rice or ef."""
+    coding_id: int
+    """Index coding id (``index.CODING_IDS``)."""
     entropy: bool
     """Values entropy-coded."""
+
+    @property
+    def index(self) -> str:
+        """Index coding used: csr, bitmap, rice or ef."""
+        return _index.CODING_NAMES[self.coding_id]
+
+
+@dataclass(frozen=True)
+class Parsed(Params):
+    """The whole content of a SLICER payload (what ``SLICER.parse`` reads; used by tests
+    and to compare a GPU encoder with the reference field by field)."""
+
     positions: np.ndarray
     """(k,) flat positions, block-major, ascending within a block."""
     codes: np.ndarray
     """(k,) integer codes in the order of ``positions``."""
-
-
-@dataclass(frozen=True)
-class Params:
-    """The params section: everything but the positions and the codes."""
-
-    k: int
-    n_pos: int
-    blocks: tuple[int, int]
-    sizes: np.ndarray
-    widths: np.ndarray
-    lo: np.ndarray
-    hi: np.ndarray
-    coding_id: int
-    entropy: bool
 
 
 def inspect(payload: bytes) -> Parsed:
@@ -222,8 +218,7 @@ class _Slicer:
             codes = self._entropy_codes(val_sec, h.sizes, h.widths)
         else:
             codes = quant.unpack_blocks(val_sec, h.sizes, h.widths)  # (k,) block-major
-        return Parsed(h.k, h.n_pos, h.blocks, h.sizes, h.widths, h.lo, h.hi, _index.CODING_NAMES[h.coding_id],
-                      h.entropy, positions, codes)
+        return Parsed(**vars(h), positions=positions, codes=codes)
 
     def parse_params(self, frame: Frame) -> Params:
         """The params section (section 0) of a SLICER payload, validated: a few dozen bytes,

@@ -31,6 +31,7 @@ import triton.language as tl
 from codec.kernels.bitpack import unpack_bits
 from codec.kernels.ranks import label_bases, rank_in_block
 from codec.reference import index as _index
+from codec.reference import quant
 from codec.reference.bitpack import packed_nbytes
 from codec.slicer import SLICER
 from codec.wire import Frame
@@ -170,7 +171,8 @@ def _decode_values(frame: Frame, h, dev: torch.device, block: int) -> torch.Tens
     checks: list[torch.Tensor] = []
     # the value stream (host checks: length, padding)
     vbits = (h.sizes * h.widths).astype(np.int64)
-    if len(val_host) != (int(vbits.sum()) + 7) // 8 or (vbits.sum() % 8 and val_host[-1] >> int(vbits.sum() % 8)):
+    tail = int(vbits.sum()) % 8
+    if len(val_host) != quant.stream_nbytes(h.sizes, h.widths) or (tail and val_host[-1] >> tail):
         return None
     if h.coding_id == 0:  # CSR: block-major positions from the host decoder
         if len(lab_host):
@@ -194,7 +196,7 @@ def _decode_values(frame: Frame, h, dev: torch.device, block: int) -> torch.Tens
         sizes[:mtot] = torch.from_numpy(h.sizes)
         checks.append((total == sizes.to(dev)).all())
         vstart = np.cumsum(vbits) - vbits
-        o = ((h.hi - h.lo) / ((1 << h.widths) - 1).astype(np.float32)).astype(np.float32)  # quant.step
+        o = quant.step(h.lo, h.hi, h.widths)
         params = [torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in (vstart, h.widths.astype(np.int32), h.lo, h.hi, o)]
         words = _device_bytes(val_host, dev).view(torch.int32)
         if not bool(torch.stack(checks).all()):  # the one read-back of the device checks

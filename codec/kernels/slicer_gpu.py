@@ -198,21 +198,14 @@ def _values(mags, labels, sizes, widths_np, w_dev, lo, hi, block: int) -> bytes:
 def _index_sections(coding: str, shape, pos: torch.Tensor, kept: torch.Tensor, labels: torch.Tensor, mtot: int,
                     numel: int):
     k = pos.numel()
-    gaps = torch.diff(pos, prepend=pos.new_tensor([-1])) - 1 if k else pos
-    rice_r, rice_size = 0, 1
-    if k and coding in ("auto", "rice"):
+    rice_r, rice_size, gaps = 0, 1, None
+    if k and coding in ("auto", "rice"):  # the gaps only matter where Rice may be chosen
+        gaps = torch.diff(pos, prepend=pos.new_tensor([-1])) - 1
         cands = _index.rice_candidates(numel, k)
         sums = dict(zip(cands, torch.stack([(gaps >> r).sum() for r in cands]).tolist()))  # one host read
-        rice_r, rice_size = min(((r, _index._rice_size(k, r, sums[r])) for r in cands), key=lambda t: (t[1], t[0]))
+        rice_r, rice_size = _index.rice_pick(k, numel, sums.__getitem__)
     if coding == "auto":
-        lab_b = _index.labels_nbytes(k, mtot)
-        sizes = {
-            "csr": _index.csr_nbytes(shape, k, mtot),
-            "bitmap": _index.bitmap_nbytes(numel) + lab_b,
-            "rice": rice_size + lab_b,
-            "ef": _index.ef_nbytes(numel, k) + lab_b,
-        }
-        coding = min(_index.CODING_IDS, key=lambda c: (sizes[c], _index.CODING_IDS[c]))
+        coding = _index.smallest(shape, k, mtot, rice_size)
     cid = _index.CODING_IDS[coding]
     if coding == "csr":
         rows, cols = _index.view_2d(shape)

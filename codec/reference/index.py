@@ -111,18 +111,19 @@ def _gaps(positions: np.ndarray) -> np.ndarray:
     return g
 
 
-def rice_choose(positions: np.ndarray, numel: int) -> tuple[int, int]:
-    """``(r, section bytes)`` of the Rice coding of these positions."""
-    k = positions.shape[0]
+def rice_pick(k: int, numel: int, quotient_sum) -> tuple[int, int]:
+    """``(r, section bytes)`` of the smallest Rice coding among the candidates (ties: the
+    smaller r); ``quotient_sum(r)`` gives ``Σ floor(g / 2^r)`` over the gaps."""
     if k == 0:
         return 0, 1
+    return min(((r, _rice_size(k, r, int(quotient_sum(r)))) for r in rice_candidates(numel, k)),
+               key=lambda t: (t[1], t[0]))
+
+
+def rice_choose(positions: np.ndarray, numel: int) -> tuple[int, int]:
+    """``(r, section bytes)`` of the Rice coding of these positions."""
     g = _gaps(positions)
-    best = None
-    for r in rice_candidates(numel, k):
-        size = _rice_size(k, r, int((g >> r).sum()))
-        if best is None or size < best[1]:
-            best = (r, size)
-    return best
+    return rice_pick(positions.shape[0], numel, lambda r: (g >> r).sum())
 
 
 def index_nbytes(coding: str, shape: tuple[int, ...], k: int, nblocks: int, positions: np.ndarray | None = None) -> int:
@@ -147,8 +148,14 @@ def choose(coding: str, shape: tuple[int, ...], positions: np.ndarray, nblocks: 
     """The coding to use: ``coding`` itself, or for ``auto`` the smallest (ties: lower id)."""
     if coding != "auto":
         return coding
-    k = positions.shape[0]
-    sizes = {c: index_nbytes(c, shape, k, nblocks, positions) for c in CODING_IDS}
+    return smallest(shape, positions.shape[0], nblocks, rice_choose(positions, math.prod(shape))[1])
+
+
+def smallest(shape: tuple[int, ...], k: int, nblocks: int, rice_nbytes: int) -> str:
+    """The coding with the fewest index + label bytes (ties: lower id), given the Rice
+    section's size (the one that depends on the positions)."""
+    sizes = {c: index_nbytes(c, shape, k, nblocks) for c in ("csr", "bitmap", "ef")}
+    sizes["rice"] = rice_nbytes + labels_nbytes(k, nblocks)
     return min(CODING_IDS, key=lambda c: (sizes[c], CODING_IDS[c]))
 
 

@@ -7,15 +7,15 @@ HELP = "throughput with 8 devices: server batching on vs off (ratio; target >= 1
 import argparse  # noqa: E402
 import json  # noqa: E402
 
+from orchestrator.bench import add_workload_overrides, workload_overrides  # noqa: E402
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("workload", nargs="?", default=None, help="base workload (default: examples/multi_client.yaml)")
     p.add_argument("--devices", type=int, default=8, help="devices (default 8)")
     p.add_argument("--policy", default="cloud-only",
                    help="policy of every device (default cloud-only: every step reaches the server)")
-    p.add_argument("--requests", type=int, default=None, help="requests per device (default: the workload's)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per request (default: the workload's)")
-    p.add_argument("--model", default=None, help="override the workload's model")
+    add_workload_overrides(p)
     p.add_argument("--repeats", type=int, default=1, help="on/off pairs, alternated (default 1)")
     p.add_argument("--address", default=None, help="an existing cluster instead of the embedded one")
     p.add_argument("--json", default=None, help="write the results as JSON here")
@@ -28,13 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.workload import REPO_ROOT, PolicySpec, load_workload
 
     base = load_workload(args.workload or REPO_ROOT / "examples" / "multi_client.yaml")
-    changes = {}
-    if args.requests:
-        changes["requests"] = args.requests
-    if args.max_new_tokens:
-        changes["max_new_tokens"] = args.max_new_tokens
-    if args.model:
-        changes["model"] = args.model
+    changes = workload_overrides(args)
     # No emulated link delay: it would put sleeps, not compute, on the critical path.
     wl = scale_devices(variant(base, policy=PolicySpec(name=args.policy), **changes), args.devices)
     wl = variant(wl, devices=tuple(dataclasses.replace(g, emulation=dataclasses.replace(g.emulation, link=False, slowdown=1.0))

@@ -8,14 +8,14 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 
+from orchestrator.bench import add_workload_overrides, workload_overrides  # noqa: E402
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("workload", nargs="?", default=None, help="base workload (default: examples/multi_client.yaml)")
     p.add_argument("--devices", default="1,4,8", help="device counts, comma-separated (default 1,4,8)")
     p.add_argument("--policy", default="slicer", help="the policy compared with cloud-only (default slicer)")
-    p.add_argument("--requests", type=int, default=None, help="requests per device (default: the workload's)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per request (default: the workload's)")
-    p.add_argument("--model", default=None, help="override the workload's model")
+    add_workload_overrides(p)
     p.add_argument("--scale-hidden", type=int, default=None,
                    help="run a random-weight copy of the model with this hidden size (intermediate scaled "
                         "alike) and memory budgets scaled by its size: a model whose compute, not per-call "
@@ -29,13 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.workload import REPO_ROOT, PolicySpec, load_workload
 
     base = load_workload(args.workload or REPO_ROOT / "examples" / "multi_client.yaml")
-    changes = {}
-    if args.requests:
-        changes["requests"] = args.requests
-    if args.max_new_tokens:
-        changes["max_new_tokens"] = args.max_new_tokens
-    if args.model:
-        changes["model"] = args.model
+    changes = workload_overrides(args)
     base = variant(base, codec=None, **changes)
     tmp = None
     if args.scale_hidden:

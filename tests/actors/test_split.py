@@ -19,14 +19,7 @@ N_NEW = 8
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls: one thread is 6-40x faster than two on a shared 2-core machine
-    # (a 12-token generate took 0.05 s against 0.37-2.4 s).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=sorted(TINY_LM))

@@ -12,12 +12,7 @@ from codec import CodecConfig
 LOSSLESS = CodecConfig(method="raw")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is far faster on a shared machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=["llama", "mistral", "qwen2_sliding", "gpt2", "gpt_neox"])

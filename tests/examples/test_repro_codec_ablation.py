@@ -5,26 +5,19 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-from tests.examples.repro_helpers import load
+from tests.examples.repro_helpers import REPO, run_quick
 from tests.examples.repro_helpers import read_csv as rows
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "repro_codec_ablation.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    if not (REPO / "examples" / "models" / "slicer-tiny" / "config.json").exists():
-        pytest.skip("examples/models/slicer-tiny not present")
-    d = tmp_path_factory.mktemp("ablation")
-    mod = load(SCRIPT)
-    assert mod.main(["--quick", "--models", "slicer-tiny", "--sequences", "2", "--seq-len", "32", "--out", str(d)]) == 0
-    return d
+    return run_quick(SCRIPT, tmp_path_factory.mktemp("ablation"))
 
 
 def test_files_and_labels(out):

@@ -3,25 +3,18 @@ device classes and links, the Pareto front recomputed by brute force, accuracy p
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 
-from tests.examples.repro_helpers import load
+from tests.examples.repro_helpers import REPO, run_quick
 from tests.examples.repro_helpers import read_csv as read
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "repro_research_question.py"
 
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    if not (REPO / "examples" / "models" / "slicer-tiny" / "config.json").exists():
-        pytest.skip("examples/models/slicer-tiny not present")
-    d = tmp_path_factory.mktemp("rq")
-    mod = load(SCRIPT)
-    assert mod.main(["--quick", "--models", "slicer-tiny", "--sequences", "2", "--seq-len", "32", "--out", str(d)]) == 0
-    return d
+    return run_quick(SCRIPT, tmp_path_factory.mktemp("rq"))
 
 
 def test_outputs(out):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -25,4 +26,16 @@ def make_char_llama(tmp_path_factory, seed: int, name: str) -> Path:
     d = tmp_path_factory.mktemp(name)
     LlamaForCausalLM(cfg).save_pretrained(d)
     tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """The tiny random Llama of the actor tests (vocab 97, 4 layers), saved as a model folder."""
+    from actors.models import load_model
+    from tests.actors.conftest import TINY_LLAMA
+
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("tiny")
+    load_model(dict(TINY_LLAMA), seed=7).hf.save_pretrained(d)
     return d

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 
 from orchestrator import results as R
@@ -12,19 +11,7 @@ from orchestrator.cli import main
 from orchestrator.runner import make_requests, run_inprocess, scale_devices
 from orchestrator.workload import WorkloadError, parse_workload
 
-TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97, "max_position_embeddings": 128}
 PROMPTS = [[1, 5, 9, 13, 2], [3, 4], [7, 8, 9]]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from actors.models import load_model
-
-    torch.set_num_threads(1)
-    d = tmp_path_factory.mktemp("tiny")
-    load_model(dict(TINY), seed=7).hf.save_pretrained(d)
-    return d
 
 
 def _wl(model_dir, **kw):

@@ -6,25 +6,11 @@ from __future__ import annotations
 import io
 
 import pytest
-import torch
 
 from orchestrator import results as R
 from orchestrator.runner import run_inprocess
 from orchestrator.validation import check_against_model, model_max_positions
 from orchestrator.workload import WorkloadError, parse_workload
-
-TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97, "max_position_embeddings": 128}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from actors.models import load_model
-
-    torch.set_num_threads(1)
-    d = tmp_path_factory.mktemp("tiny-val")
-    load_model(dict(TINY), seed=7).hf.save_pretrained(d)
-    return d
 
 
 def _wl(model_dir, **kw):
