@@ -2,7 +2,7 @@
 plan's mode, encodes the feature, sends it to the server, measures its compute and its
 link, and reports them to the policy.
 
-Modes (``actors.protocol.plan_mode``), for a plan with split ℓ and offload step w:
+Modes (``slicer.actors.protocol.plan_mode``), for a plan with split ℓ and offload step w:
 
 - ``split`` (w = 1): every step runs units ``[0, ℓ)`` here and ``[ℓ, n)`` on the
   server; the prompt's features go in the first step (prefill).
@@ -17,7 +17,7 @@ each measured compute interval; ``link`` sleeps Eq. 1's ε-outage delay of the R
 payload size before each send; ``memory_mb`` refuses plans that need more.
 
 The server and the policy are reached through small client objects (``InProcessServer``
-/ ``InProcessPolicy`` here, the Ray ones in ``actors.ray_actors``), so this class runs
+/ ``InProcessPolicy`` here, the Ray ones in ``slicer.actors.ray_actors``), so this class runs
 the same in a unit test and in an actor.
 """
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Any, Protocol
 
 import torch
 
-from actors import telemetry as tel
-from actors.models.generate import EdgeSession
-from actors.protocol import SESSION_MODES, hop_record, now_s, plan_mode
-from codec import CodecConfig
+from slicer.actors import telemetry as tel
+from slicer.actors.models.generate import EdgeSession
+from slicer.actors.protocol import SESSION_MODES, hop_record, now_s, plan_mode
+from slicer.codec import CodecConfig
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -100,7 +100,7 @@ class EdgeConfig:
     device_class: str
     """Device class (catalog name and node label)."""
     link: dict = field(default_factory=dict)
-    """``orchestrator.workload.LinkSpec`` as a dict (rate_mbps, snr_db, epsilon, bandwidth_hz)."""
+    """``slicer.orchestrator.workload.LinkSpec`` as a dict (rate_mbps, snr_db, epsilon, bandwidth_hz)."""
     budgets: dict = field(default_factory=dict)
     """``BudgetSpec`` as a dict (latency_ms, memory_mb)."""
     emulation: dict = field(default_factory=dict)
@@ -124,7 +124,7 @@ class EdgeDevice:
                  *, model: Any = None):
         """``model_ref``: what ``load_model`` takes; ``model``: an already loaded
         ``SplitModel`` to share (tests), used for float32 fronts."""
-        from actors.models import load_model
+        from slicer.actors.models import load_model
 
         self.cfg = cfg
         self.model_ref = model_ref
@@ -153,11 +153,11 @@ class EdgeDevice:
     def model_for(self, precision: str, split: int | None = None) -> Any:
         """The model with its front at ``precision``: float32/float16/bfloat16 weights,
         or int8/int4 weight-only quantized units ``[0, split)``
-        (``actors.models.quant.quantize_front``: dequantized on the fly)."""
+        (``slicer.actors.models.quant.quantize_front``: dequantized on the fly)."""
         if precision in ("int8", "int4") and split:
             key = f"{precision}@{split}"
             if key not in self._models:
-                from actors.models.quant import quantize_front
+                from slicer.actors.models.quant import quantize_front
 
                 ell = max(1, min(int(split), self.num_units))
                 self._models[key] = quantize_front(self.model_for("float32"), ell, bits=8 if precision == "int8" else 4)
@@ -171,7 +171,7 @@ class EdgeDevice:
     def _link_delay_s(self, payload_bytes: int) -> float:
         if not self.emulate_link:
             return 0.0
-        from policies.link import LinkState, comm_latency_s
+        from slicer.policies.link import LinkState, comm_latency_s
 
         ls = LinkState.from_mbps(self.link.get("rate_mbps", 100.0), self.link.get("snr_db", 20.0),
                                  self.link.get("bandwidth_hz", 20e6) / 1e6, self.link.get("epsilon", 0.01))
@@ -296,7 +296,7 @@ class EdgeDevice:
         return mode, plan
 
     def _run(self, mode, plan, model, codec, ids, n_new, request, steps, trace_ctx) -> list[int]:
-        """Drive ``actors.models.generate.EdgeSession`` (the model execution of every
+        """Drive ``slicer.actors.models.generate.EdgeSession`` (the model execution of every
         mode) step by step, sending its payloads to the server and timing every hop."""
         sess = _TimedEdgeSession(model, int(plan["split"]), codec, mode=SESSION_MODES[mode],
                                  offload_step=int(plan.get("offload_step") or 1))

@@ -1,5 +1,5 @@
 """`Policy`: the central planner's state. Devices register and report (link, memory,
-measured times); it asks ``policies.plan`` (pure functions over snapshots) for each
+measured times); it asks ``slicer.policies.plan`` (pure functions over snapshots) for each
 device's ``SplitPlan`` and re-plans a device when its link or memory changes. Every
 decision is logged with its tier and reason (``decisions()`` -> ``policy.jsonl``).
 
@@ -13,8 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from actors import telemetry as tel
-from actors.protocol import now_s
+from slicer.actors import telemetry as tel
+from slicer.actors.protocol import now_s
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class PolicyConfig:
     """What the policy plans with (from the workload)."""
 
     name: str = "slicer"
-    """Policy name passed to ``policies.plan``."""
+    """Policy name passed to ``slicer.policies.plan``."""
     split: int | None = None
     """``fixed``: the split ℓ."""
     offload_step: int | None = None
@@ -40,7 +40,7 @@ class PolicyConfig:
     default_latency_ms: float = 1000.0
     """Per-token latency budget of a device whose workload gives none."""
     extra: dict = field(default_factory=dict)
-    """Further keyword arguments for ``policies.plan``."""
+    """Further keyword arguments for ``slicer.policies.plan``."""
 
 
 @dataclass
@@ -59,14 +59,14 @@ class _Device:
 
 
 def _link_state(link: dict):
-    from policies.link import LinkState
+    from slicer.policies.link import LinkState
 
     return LinkState.from_mbps(float(link.get("rate_mbps", 100.0)), float(link.get("snr_db", 20.0)),
                                float(link.get("bandwidth_hz", 20e6)) / 1e6, float(link.get("epsilon", 0.01)))
 
 
 def _budgets_of(cfg: PolicyConfig, device: Any, dev: "_Device"):
-    from policies.schema import Budgets
+    from slicer.policies.schema import Budgets
 
     mem_bytes = float(device.memory_bytes)
     if dev.budgets.get("memory_mb") is not None:
@@ -79,11 +79,11 @@ def _budgets_of(cfg: PolicyConfig, device: Any, dev: "_Device"):
 
 
 def default_planner(cfg: PolicyConfig, profile: Any, dev: "_Device") -> dict:
-    """``policies.PolicyState.update`` (``policies.plan`` with hysteresis) on this
+    """``policies.PolicyState.update`` (``slicer.policies.plan`` with hysteresis) on this
     device's snapshot; returns ``SplitPlan.to_dict()``."""
-    from codec import CodecConfig
-    from policies.api import PolicyState
-    from policies.devices import get_device
+    from slicer.codec import CodecConfig
+    from slicer.policies.api import PolicyState
+    from slicer.policies.devices import get_device
 
     device = get_device(dev.device_class)
     budgets = _budgets_of(cfg, device, dev)

@@ -1,10 +1,10 @@
 """What crosses between edge, server and policy: plain records and the token format.
 
 Everything here is plain data (no torch modules, no Ray), so the same calls work
-in-process (unit tests) and through Ray actor calls (``actors.ray_actors``).
+in-process (unit tests) and through Ray actor calls (``slicer.actors.ray_actors``).
 
-Payloads from devices are the codec's wire format (``codec.encode``: versioned,
-checksummed, never pickle) for features, and ``actors.models.generate.encode_ids``
+Payloads from devices are the codec's wire format (``slicer.codec.encode``: versioned,
+checksummed, never pickle) for features, and ``slicer.actors.models.generate.encode_ids``
 (magic, version, count, int32 ids) for cloud-only token ids; the server checks every
 id is inside the vocabulary before using it.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from actors.models.generate import decode_ids, encode_ids  # noqa: F401  (re-exported)
-from codec import CodecError
+from slicer.actors.models.generate import decode_ids, encode_ids  # noqa: F401  (re-exported)
+from slicer.codec import CodecError
 
 
 class AdmissionError(RuntimeError):
@@ -54,7 +54,7 @@ def plan_mode(split: int, offload_step: int | None, num_units: int) -> str:
     return "split" if offload_step <= 1 else "local-then-offload"
 
 
-#: Our mode names -> ``actors.models.generate.EdgeSession`` mode names.
+#: Our mode names -> ``slicer.actors.models.generate.EdgeSession`` mode names.
 SESSION_MODES = {"split": "per-token", "local-then-offload": "offload", "edge-only": "edge-only",
                  "cloud-only": "cloud-only"}
 

@@ -7,8 +7,8 @@ nothing waits forever. Payload bytes go by value in the actor call (Ray inlines
 arguments under ~100 KB: 0.7-0.8 ms per 10 KB round trip on loopback against 1.8-4.6 ms
 through ``ray.put``, NOTES.md).
 
-Placement: the caller (``orchestrator.runner``) passes the label selector and custom
-resources (``orchestrator.cluster``: ``role``/``device-class`` labels, ``edge_slot``/
+Placement: the caller (``slicer.orchestrator.runner``) passes the label selector and custom
+resources (``slicer.orchestrator.cluster``: ``role``/``device-class`` labels, ``edge_slot``/
 ``server_slot`` resources) after checking that a node matches, since a selector that
 matches nothing pends forever in Ray.
 """
@@ -20,9 +20,9 @@ from typing import Any, Iterable
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from actors.edge import EdgeConfig, EdgeDevice
-from actors.policy_actor import Policy, PolicyConfig
-from actors.server import Server, ServerConfig
+from slicer.actors.edge import EdgeConfig, EdgeDevice
+from slicer.actors.policy_actor import Policy, PolicyConfig
+from slicer.actors.server import Server, ServerConfig
 
 
 def get(refs, timeout_s: float, what: str = "a call"):
@@ -61,7 +61,7 @@ def _quiet() -> None:
 
 def _init_tracing(service: str, enabled: bool, attributes: dict) -> None:
     try:
-        from actors import telemetry
+        from slicer.actors import telemetry
 
         telemetry.init_tracing(service, enabled=enabled, attributes=attributes)
     except Exception:
@@ -69,7 +69,7 @@ def _init_tracing(service: str, enabled: bool, attributes: dict) -> None:
 
 
 class RayServerClient:
-    """The edge's view of the server actor (``actors.edge.ServerClient``)."""
+    """The edge's view of the server actor (``slicer.actors.edge.ServerClient``)."""
 
     def __init__(self, handle, timeout_s: float):
         self.h, self.timeout_s = handle, timeout_s
@@ -87,7 +87,7 @@ class RayServerClient:
 
 
 class RayPolicyClient:
-    """The edge's view of the policy actor (``actors.edge.PolicyClient``)."""
+    """The edge's view of the policy actor (``slicer.actors.edge.PolicyClient``)."""
 
     def __init__(self, handle, timeout_s: float):
         self.h, self.timeout_s = handle, timeout_s
@@ -109,7 +109,7 @@ class EdgeShell:
         self.info = where()
         _init_tracing(f"slicer-edge-{cfg['device_id']}", trace,
                       {"slicer.device": cfg["device_id"], "slicer.device_class": cfg["device_class"]})
-        from actors.recovery import RecoveringServerClient
+        from slicer.actors.recovery import RecoveringServerClient
 
         # A restarted server has no sessions: the client rebuilds them by replay (actors.recovery).
         self.server_client = RecoveringServerClient(RayServerClient(server, timeout_s),
@@ -126,7 +126,7 @@ class EdgeShell:
         return rec
 
     def drain_traces(self, trace_ctx: dict | None = None) -> list[dict]:
-        from actors import telemetry
+        from slicer.actors import telemetry
 
         return telemetry.drain()
 
@@ -139,8 +139,8 @@ class ServerShell:
         import transformers  # noqa: F401
 
         _quiet()
-        from actors.loadmeter import ServerMetrics
-        from actors.models import load_model
+        from slicer.actors.loadmeter import ServerMetrics
+        from slicer.actors.models import load_model
 
         self.info = where()
         _init_tracing("slicer-server", trace, {"slicer.role": "server"})
@@ -165,7 +165,7 @@ class ServerShell:
         return self.server.load_sample()
 
     async def drain_traces(self, trace_ctx: dict | None = None) -> list[dict]:
-        from actors import telemetry
+        from slicer.actors import telemetry
 
         return telemetry.drain()
 
@@ -197,7 +197,7 @@ class PolicyShell:
         return self.policy.decisions()
 
     def drain_traces(self, trace_ctx: dict | None = None) -> list[dict]:
-        from actors import telemetry
+        from slicer.actors import telemetry
 
         return telemetry.drain()
 

@@ -2,7 +2,7 @@
 
 A server actor that dies (process crash, ``ray.kill`` without ``no_restart``) is
 restarted by Ray (``max_restarts``) with an empty session table: every KV cache is gone.
-``RecoveringServerClient`` wraps the edge's server client (``actors.edge.ServerClient``)
+``RecoveringServerClient`` wraps the edge's server client (``slicer.actors.edge.ServerClient``)
 and keeps, per session, the ``open_session`` arguments and every ``(position, payload)``
 the edge sent (~1 KB per decode step on the
 tiny models). When a call finds the server gone (``ray.exceptions.RayActorError``: the
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.protocol import AdmissionError
+from slicer.actors.protocol import AdmissionError
 
 
 class ServerLostError(RuntimeError):

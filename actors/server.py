@@ -1,7 +1,7 @@
 """`Server`: the shared back end. Holds the model's back segments, one KV cache per
 session, batches decode steps of many devices, and accounts compute time per device.
 
-Plain class: the Ray shell (``actors.ray_actors.ServerActor``) makes it an async actor
+Plain class: the Ray shell (``slicer.actors.ray_actors.ServerActor``) makes it an async actor
 whose ``step`` coroutines queue into ``_batch_loop``; unit tests call ``step_now`` (one
 step, no batching) or drive ``step`` from an asyncio loop.
 
@@ -25,15 +25,15 @@ from typing import Any
 
 import torch
 
-from actors import telemetry as tel
-from actors.models.generate import ServerSession
-from actors.protocol import AdmissionError, decode_tokens, now_s
-from codec import CodecError, decode, wire
+from slicer.actors import telemetry as tel
+from slicer.actors.models.generate import ServerSession
+from slicer.actors.protocol import AdmissionError, decode_tokens, now_s
+from slicer.codec import CodecError, decode, wire
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Limits and batching of one server (mirrors ``orchestrator.workload.ServerSpec``)."""
+    """Limits and batching of one server (mirrors ``slicer.orchestrator.workload.ServerSpec``)."""
 
     max_batch: int = 16
     """Most steps computed together."""
@@ -104,9 +104,9 @@ class Server:
 
     def __init__(self, model: Any, config: ServerConfig | None = None, name: str = "server",
                  load_meter: Any = None, metrics: Any = None):
-        """``model``: a ``SplitModel`` (``actors.models.load_model``), loaded whole: any
-        split's back segment runs from it. ``load_meter``: an ``actors.loadmeter.LoadMeter``
-        (made here if None); ``metrics``: an ``actors.loadmeter.ServerMetrics`` or None."""
+        """``model``: a ``SplitModel`` (``slicer.actors.models.load_model``), loaded whole: any
+        split's back segment runs from it. ``load_meter``: an ``slicer.actors.loadmeter.LoadMeter``
+        (made here if None); ``metrics``: an ``slicer.actors.loadmeter.ServerMetrics`` or None."""
         self.model = model
         self.cfg = config or ServerConfig()
         self.name = name
@@ -114,7 +114,7 @@ class Server:
         self.vocab_size = int(getattr(model.config, "vocab_size", 0) or 0)
         self.profile = model.profile
         if load_meter is None:
-            from actors.loadmeter import LoadMeter
+            from slicer.actors.loadmeter import LoadMeter
 
             load_meter = LoadMeter()
         self.meter = load_meter
@@ -174,7 +174,7 @@ class Server:
                 self._reject(device_id, "kv", f"session needs {kv} KV bytes; {self.reserved_kv_bytes} of "
                              f"max_kv_bytes={self.cfg.max_kv_bytes} already reserved")
             sid = f"{device_id}/{request_id}/{next(self._ids)}"
-            # The server half of the request (``actors.models.generate``): units
+            # The server half of the request (``slicer.actors.models.generate``): units
             # [split, n) with this session's own KV cache.
             half = ServerSession(self.model, split)
             self._sessions[sid] = Session(sid, device_id, request_id, split, max_tokens, kv, half.cache)
@@ -448,7 +448,7 @@ class Server:
 
     # ------------------------------------------------------------------ reports
     def load_sample(self) -> dict[str, Any]:
-        """One row of the load timeline (``actors.loadmeter.LoadMeter.sample``)."""
+        """One row of the load timeline (``slicer.actors.loadmeter.LoadMeter.sample``)."""
         return self.meter.sample()
 
     def stats(self) -> dict[str, Any]:

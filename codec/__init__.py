@@ -2,7 +2,7 @@
 
 Public API (names are a contract; code outside the codec relies on them)::
 
-    from codec import CodecConfig, encode, decode, predict_bytes, CodecError
+    from slicer.codec import CodecConfig, encode, decode, predict_bytes, CodecError
     payload = encode(x, CodecConfig(method="slicer", sparsity=0.75))   # bytes
     y = decode(payload)                                                  # same shape, dtype
 
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from codec import methods as _methods
-from codec import wire as _wire
-from codec.config import METHODS, CodecConfig
-from codec.errors import CodecError
+from slicer.codec import methods as _methods
+from slicer.codec import wire as _wire
+from slicer.codec.config import METHODS, CodecConfig
+from slicer.codec.errors import CodecError
 
 __all__ = [
     "METHODS",
@@ -70,10 +70,10 @@ def _encode_sections(method, x: torch.Tensor, cfg: CodecConfig) -> list[bytes]:
     ``TRITON_INTERPRET=1``), the torch/numpy reference otherwise. Both give the same bytes."""
     backend = cfg.resolved_backend(x.device.type)
     if backend == "triton" and cfg.method == "slicer":
-        from codec import kernels
+        from slicer.codec import kernels
 
         if kernels.available(x.device.type):
-            from codec.kernels.slicer_gpu import encode_sections
+            from slicer.codec.kernels.slicer_gpu import encode_sections
 
             return encode_sections(x, cfg)
         if cfg.backend == "triton" or x.device.type != "cuda":
@@ -99,14 +99,14 @@ def decode(payload: bytes, device: torch.device | str | None = None, backend: st
     target = torch.device(device) if device is not None else torch.device("cpu")
     try:
         if name == "slicer" and CodecConfig(backend=backend).resolved_backend(target.type) == "triton":
-            from codec import kernels
+            from slicer.codec import kernels
 
             if not kernels.available(target.type):
                 raise CodecError(
                     "decode backend 'triton' needs Triton and a CUDA device, or TRITON_INTERPRET=1 "
                     "for CPU; use backend='torch' for the reference"
                 )
-            from codec.kernels import slicer_decode
+            from slicer.codec.kernels import slicer_decode
 
             return slicer_decode.decode(frame, target)
         y = method.decode(frame)

@@ -21,7 +21,7 @@ Every decode checks section count and sizes against the header's shape before it
 allocates, and rejects non-finite or negative scales and fp8's NaN codes. Every rate is
 data-independent except zstd's, so ``predict_bytes`` is exact for all but ``fp16-zstd``,
 and ``section_nbytes(shape, dtype, cfg)`` gives each section's exact length; as
-``section_bounds`` it lets ``codec.predict_bytes`` compute the header exactly too, so its
+``section_bounds`` it lets ``slicer.codec.predict_bytes`` compute the header exactly too, so its
 prediction equals ``len(payload)`` for every baseline but ``fp16-zstd`` (a bound there).
 """
 from __future__ import annotations
@@ -31,9 +31,9 @@ import math
 import numpy as np
 import torch
 
-from codec.config import CodecConfig
-from codec.errors import CodecError
-from codec.wire import Frame
+from slicer.codec.config import CodecConfig
+from slicer.codec.errors import CodecError
+from slicer.codec.wire import Frame
 
 FP16_MAX = 65504.0
 Q8_BLOCK = 32

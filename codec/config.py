@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from codec.errors import CodecError
+from slicer.codec.errors import CodecError
 
-#: Methods and what they are. The registry in ``codec.methods`` maps each to code.
+#: Methods and what they are. The registry in ``slicer.codec.methods`` maps each to code.
 METHODS: dict[str, str] = {
     "slicer": "SLICER (seed 001 §3): ATKF top-k, sign separation, magnitude splitting into "
     "equal-cardinality blocks, per-block AIQ with fixed Q or ABQ; index coding per `index`",
@@ -40,7 +40,7 @@ class CodecConfig:
     naming the field, the bad value and what is allowed)."""
 
     method: str = "slicer"
-    """One of ``codec.config.METHODS``."""
+    """One of ``slicer.codec.config.METHODS``."""
     sparsity: float = 0.75
     """s ∈ [0, 1): fraction of elements dropped by ATKF; ``k_keep = floor((1-s)·N)``
     entries of the flattened tensor are kept (SLICER; also the dead zone target of ecsq

@@ -22,7 +22,7 @@ reconstruction would be ρ = 0.5 - r; the centroid is never worse in MSE.
 
 Rate control: with ``cfg.rate`` set, Δ is found by bisection on log2 Δ (``SEARCH_STEPS``
 fixed steps, deterministic) against the exact byte count of the entropy coder's plan, so the
-WHOLE payload (wire header included) is at most ``codec.predict_bytes(shape, cfg)`` ≤
+WHOLE payload (wire header included) is at most ``slicer.codec.predict_bytes(shape, cfg)`` ≤
 floor(rate·N/8) bytes. If even the all-zero payload (about 25 bytes) exceeds that cap, the
 all-zero payload is sent and ``predict_bytes`` reports its size. Without ``rate``, Δ comes
 from ``cfg.sparsity`` (the dead zone is the s-quantile of |x|, so about s·N symbols are 0)
@@ -61,11 +61,11 @@ import struct
 import numpy as np
 import torch
 
-from codec.baselines import rows_cols
-from codec.config import CodecConfig
-from codec.errors import CodecError
-from codec.reference import entropy, hadamard
-from codec.wire import Cursor, Frame, header_nbytes, varint
+from slicer.codec.baselines import rows_cols
+from slicer.codec.config import CodecConfig
+from slicer.codec.errors import CodecError
+from slicer.codec.reference import entropy, hadamard
+from slicer.codec.wire import Cursor, Frame, header_nbytes, varint
 
 #: Rounding offsets r (zero bin |x| < (1-r)Δ), in 1/256 units; see the module docstring.
 RATE_ROUND_CODE = 128  # r = 0.5
@@ -124,8 +124,8 @@ def _total_nbytes(shape: tuple[int, ...], sec0: int, sec1: int) -> int:
 
 def _rate_cap_bytes(shape: tuple[int, ...], cfg: CodecConfig) -> int:
     """The total payload cap for a rate: the largest body B with B + header(B) ≤ floor(rate·N/8),
-    where the header is bounded as ``codec.predict_bytes`` bounds it (both section lengths
-    ≤ B), so ``codec.predict_bytes`` returns exactly this cap's total."""
+    where the header is bounded as ``slicer.codec.predict_bytes`` bounds it (both section lengths
+    ≤ B), so ``slicer.codec.predict_bytes`` returns exactly this cap's total."""
     limit = math.floor(cfg.rate * math.prod(shape) / 8)
     body = max(0, limit - header_nbytes(shape, [0, 0]))
     while body > 0 and body + header_nbytes(shape, [body] * N_SECTIONS) > limit:

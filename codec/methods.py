@@ -9,7 +9,7 @@ A method is an object with three functions (see ``codec/baselines.py`` for the s
   sections before using it and raise ``CodecError`` on anything wrong.
 - ``predict_bytes(shape, dtype, cfg) -> int``: an upper bound of the total bytes of the
   sections ``encode`` returns for any tensor of that shape (exact when the method's rate
-  does not depend on the data); the wire header is added by ``codec.predict_bytes``.
+  does not depend on the data); the wire header is added by ``slicer.codec.predict_bytes``.
 
 Wire ids are frozen: a later version may add ids, never reuse one.
 """
@@ -18,20 +18,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from codec.errors import CodecError
+from slicer.codec.errors import CodecError
 
 #: name -> (wire id, "module:attribute")
 REGISTRY: dict[str, tuple[int, str]] = {
-    "slicer": (1, "codec.slicer:SLICER"),
-    "opsc": (2, "codec.opsc:OPSC"),
-    "ecsq": (3, "codec.ecsq:ECSQ"),
-    "raw": (16, "codec.baselines:RAW"),
-    "fp16": (17, "codec.baselines:FP16"),
-    "bf16": (18, "codec.baselines:BF16"),
-    "fp16-zstd": (19, "codec.baselines:FP16_ZSTD"),
-    "int8": (20, "codec.baselines:INT8"),
-    "q8_0": (21, "codec.baselines:Q8_0"),
-    "fp8": (22, "codec.baselines:FP8"),
+    "slicer": (1, "slicer.codec.slicer:SLICER"),
+    "opsc": (2, "slicer.codec.opsc:OPSC"),
+    "ecsq": (3, "slicer.codec.ecsq:ECSQ"),
+    "raw": (16, "slicer.codec.baselines:RAW"),
+    "fp16": (17, "slicer.codec.baselines:FP16"),
+    "bf16": (18, "slicer.codec.baselines:BF16"),
+    "fp16-zstd": (19, "slicer.codec.baselines:FP16_ZSTD"),
+    "int8": (20, "slicer.codec.baselines:INT8"),
+    "q8_0": (21, "slicer.codec.baselines:Q8_0"),
+    "fp8": (22, "slicer.codec.baselines:FP8"),
 }
 METHOD_IDS: dict[str, int] = {name: mid for name, (mid, _) in REGISTRY.items()}
 NAMES_BY_ID: dict[int, str] = {mid: name for name, mid in METHOD_IDS.items()}

@@ -41,11 +41,11 @@ import math
 import numpy as np
 import torch
 
-from codec.baselines import FP16_MAX, rows_cols
-from codec.config import CodecConfig
-from codec.errors import CodecError
-from codec.reference.bitpack import pack_bits, packed_nbytes, unpack_bits
-from codec.wire import Frame
+from slicer.codec.baselines import FP16_MAX, rows_cols
+from slicer.codec.config import CodecConfig
+from slicer.codec.errors import CodecError
+from slicer.codec.reference.bitpack import pack_bits, packed_nbytes, unpack_bits
+from slicer.codec.wire import Frame
 
 N_SECTIONS = 5
 MAX_WIDTH = 16
@@ -203,7 +203,7 @@ class _OPSC:
         return sum(self.section_bounds(shape, dtype, cfg))
 
     def section_bounds(self, shape, dtype, cfg: CodecConfig) -> list[int]:
-        """A bound of each section's length (``codec.predict_bytes`` sizes the header by them)."""
+        """A bound of each section's length (``slicer.codec.predict_bytes`` sizes the header by them)."""
         rows, cols = rows_cols(tuple(int(d) for d in shape))
         qbit = _qbit(cfg)
         per_row = _max_outliers_per_row(cols, cfg.threshold) if rows else 0

@@ -10,7 +10,7 @@ section (``payload ≤ bound`` always) and says whether the bound is exact:
   the smallest candidate, and bitmap is one);
 - values: ``ceil(Σ n_b·q_b / 8)`` with ``q_b = q_bit`` (the paper's B^UB, exact when ABQ is
   off with one width), for a list Q the largest over every possible sign split, plus
-  for ``entropy`` the worst case of ``codec.reference.entropy`` (its packed mode).
+  for ``entropy`` the worst case of ``slicer.codec.reference.entropy`` (its packed mode).
 
 Time: ``fit_time_model()`` times encode/decode of this machine on a few sizes and
 sparsities and caches the table as JSON under ``~/.cache/slicer/`` (keyed by host, torch
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from codec.config import CodecConfig
-from codec.reference import index as _index
-from codec.reference.atkf import keep_count
-from codec.wire import varint_len
+from slicer.codec.config import CodecConfig
+from slicer.codec.reference import index as _index
+from slicer.codec.reference.atkf import keep_count
+from slicer.codec.wire import varint_len
 
 #: Bumped whenever the timing procedure or the layout changes (stale caches are ignored).
 TIME_MODEL_VERSION = 2
@@ -131,12 +131,12 @@ def _median_s(fn, reps: int) -> float:
 
 
 def fit_time_model(sizes=_SIZES, sparsities=_SPARSITIES, reps: int = 5, save: bool = True) -> dict:
-    """Time SLICER encode and decode (``codec.encode``/``codec.decode``, default settings
+    """Time SLICER encode and decode (``slicer.codec.encode``/``slicer.codec.decode``, default settings
     otherwise) on this machine for each size and sparsity, medians of ``reps`` interleaved
     runs, and cache the table. ``predict_time_s`` interpolates it."""
     import torch
 
-    import codec
+    from slicer import codec
 
     rows = []
     gen = torch.Generator().manual_seed(0)

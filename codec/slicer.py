@@ -18,7 +18,7 @@ Payload: four sections (``max_sections`` = 4), all integers little-endian.
 2. labels: block label per kept position (empty for csr).
 3. values: the codes, block after block, each block in ascending position, at its width,
    in one LSB-first bit stream (``quant.pack_blocks``). With ``entropy``: per non-empty
-   block a varint byte length and a ``codec.reference.entropy`` stream of its codes
+   block a varint byte length and a ``slicer.codec.reference.entropy`` stream of its codes
    (alphabet ``2^q``), or that module's plain packed mode when rANS would not be smaller.
 
 GPU notes (for a kernel that must write the same bytes): the per-block ``inv`` and ``o``
@@ -48,15 +48,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from codec import ratemodel
-from codec.config import CodecConfig
-from codec.errors import CodecError
-from codec.reference import index as _index
-from codec.reference import quant
-from codec.reference.atkf import atkf_positions, keep_count
-from codec.reference.bitpack import pack_bits, unpack_bits
-from codec.reference.ms import all_block_sizes, split_blocks
-from codec.wire import Cursor, Frame, varint
+from slicer.codec import ratemodel
+from slicer.codec.config import CodecConfig
+from slicer.codec.errors import CodecError
+from slicer.codec.reference import index as _index
+from slicer.codec.reference import quant
+from slicer.codec.reference.atkf import atkf_positions, keep_count
+from slicer.codec.reference.bitpack import pack_bits, unpack_bits
+from slicer.codec.reference.ms import all_block_sizes, split_blocks
+from slicer.codec.wire import Cursor, Frame, varint
 
 NSECTIONS = 4
 
@@ -103,7 +103,7 @@ class Parsed(Params):
 
 def inspect(payload: bytes) -> Parsed:
     """Parse a SLICER payload (wire header included) into its fields."""
-    from codec import wire
+    from slicer.codec import wire
 
     frame = wire.unpack(payload)
     return SLICER.parse(frame)
@@ -111,7 +111,7 @@ def inspect(payload: bytes) -> Parsed:
 
 def _entropy_module():
     try:
-        from codec.reference import entropy
+        from slicer.codec.reference import entropy
     except ImportError as e:  # pragma: no cover
         raise CodecError("entropy coding not available for slicer yet") from e
     return entropy
@@ -300,7 +300,7 @@ SLICER = _Slicer()
 def _bench(shape=(128, 4096), sparsity: float = 0.75, reps: int = 31, threads: int | None = None, **cfg_kw) -> dict:
     """Encode/decode time against ``torch.topk(|x|.flatten(), k, sorted=False)`` of the same
     tensor, medians of ``reps`` interleaved runs. Returns the ratios and the times (ms)."""
-    import codec
+    from slicer import codec
 
     if threads:
         torch.set_num_threads(threads)
@@ -308,7 +308,7 @@ def _bench(shape=(128, 4096), sparsity: float = 0.75, reps: int = 31, threads: i
     cfg = CodecConfig(method="slicer", sparsity=sparsity, **cfg_kw)
     k = keep_count(x.numel(), sparsity)
     payload = codec.encode(x, cfg)
-    from codec import wire
+    from slicer.codec import wire
 
     fns = {
         "topk": lambda: torch.topk(x.abs().flatten(), k, sorted=False),

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from codec.errors import CodecError
+from slicer.codec.errors import CodecError
 
 MAGIC = b"SLCR"
 VERSION = 1

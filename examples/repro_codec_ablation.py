@@ -60,7 +60,7 @@ def parse_args(argv=None):
 
 
 def module_configs(s: float, delta: float):
-    from codec import CodecConfig
+    from slicer.codec import CodecConfig
 
     M = len(MS_Q)
     return [
@@ -92,9 +92,9 @@ def value_bits(fid) -> float:
 def run_model(name: str, folder: Path, args, link) -> dict:
     import torch
 
-    from actors.models import load_model
-    from codec import CodecConfig
-    from policies import comm_latency_s
+    from slicer.actors.models import load_model
+    from slicer.codec import CodecConfig
+    from slicer.policies import comm_latency_s
 
     t0 = time.perf_counter()
     model = load_model(str(folder))
@@ -284,7 +284,7 @@ def main(argv=None) -> int:
     args.out = args.out or C.RESULTS / (NAME + ("-quick" if args.quick else ""))
     import torch
 
-    from policies import LinkState
+    from slicer.policies import LinkState
 
     torch.set_num_threads(max(1, args.threads))
     args.sequences = args.sequences or (4 if args.quick else 16)

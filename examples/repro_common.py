@@ -56,7 +56,7 @@ def local_models(names: Iterable[str] | None = None) -> list[tuple[str, Path]]:
 def heldout_ids(model, folder: Path, n: int, length: int, seed: int = 0):
     """``(n, length)`` token ids: the folder's heldout.txt when it has one (and a
     tokenizer), else sequences sampled from the model itself (stories260k ships none)."""
-    from actors.models.fidelity import heldout_sequences, sample_sequences
+    from slicer.actors.models.fidelity import heldout_sequences, sample_sequences
 
     seqs = heldout_sequences(folder, n, length)
     if seqs is not None and seqs.shape[0] >= n:
@@ -123,7 +123,7 @@ def prefill_fidelity(prep: Prepared, cfg) -> Fidelity:
     import torch
     import torch.nn.functional as F
 
-    from codec import decode, encode
+    from slicer.codec import decode, encode
 
     m, n = prep.model, prep.model.num_units
     agree = kl = 0.0
@@ -136,7 +136,7 @@ def prefill_fidelity(prep: Prepared, cfg) -> Fidelity:
             times.append(time.perf_counter() - t0)
             nbytes.append(len(payload))
             if cfg.method == "slicer":
-                from codec.slicer import inspect
+                from slicer.codec.slicer import inspect
 
                 p = inspect(payload)
                 widths.append(p.widths.tolist())

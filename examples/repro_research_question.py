@@ -9,18 +9,18 @@ Two parts, kept apart and labelled:
    (slicer-tiny, trained on Python source; stories260k), at every split depth, for the
    lossless codec and SLICER settings (sparsity s, 3 blocks per sign, q_bit 8, δ 0.01),
    with the edge's weights at the model's float32, int8 or int4 (weight-only,
-   ``actors.models.quant``), and for the whole model at int8/int4 (edge-only plans).
+   ``slicer.actors.models.quant``), and for the whole model at int8/int4 (edge-only plans).
 2. **Predicted** (nothing runs): for each target model (its config only:
    ``profile_from_config``), edge class (jetson-orin-agx, phone-soc), link rate and every
    candidate plan (split ℓ, codec setting, front precision bf16/int8/int4, hand-off step
    w, plus edge-only and cloud-only), the policies' cost model gives the per-token latency
    the user sees (edge compute + ε-outage transfer + the server's step on an H100),
-   the server seconds per request and the memory; ``policies.plan('slicer', ...)`` gives
+   the server seconds per request and the memory; ``slicer.policies.plan('slicer', ...)`` gives
    the policy's own pick. Accuracy of a target plan is the measured agreement of the same
    codec setting and precision at the nearest *relative* split depth on slicer-tiny (the
    code model; stories260k's figure is given beside it) -- a stand-in, said so in every row.
 
-The Pareto front (``orchestrator.evaluation.pareto``) is taken per (model, device, link)
+The Pareto front (``slicer.orchestrator.evaluation.pareto``) is taken per (model, device, link)
 over plans that fit the device's memory and link, on three objectives: agreement (max),
 per-token latency (min) and server seconds per request (min).
 
@@ -72,7 +72,7 @@ def parse_args(argv=None):
 
 
 def codec_specs(quick: bool) -> list[str]:
-    from codec import CodecConfig
+    from slicer.codec import CodecConfig
 
     ss = (0.0, 0.5, 0.9) if quick else SPARSITIES
     return ["lossless"] + [CodecConfig(sparsity=s, blocks=(3, 3), bits=8, delta=0.01).spec() for s in ss]
@@ -82,7 +82,7 @@ def setting(spec: str) -> str:
     """A readable name of a codec spec (``slicer`` alone means the defaults, s = 0.75)."""
     if spec in ("lossless", "tokens", "none", "edge-only"):
         return spec
-    from codec import CodecConfig
+    from slicer.codec import CodecConfig
 
     cfg = CodecConfig.parse(spec)
     return f"{cfg.method} s={cfg.sparsity:g}" if cfg.method == "slicer" else spec
@@ -96,9 +96,9 @@ def measure_table(name: str, folder: Path, args) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from actors.models import load_model
-    from actors.models.quant import quantize_front
-    from codec import CodecConfig
+    from slicer.actors.models import load_model
+    from slicer.actors.models.quant import quantize_front
+    from slicer.codec import CodecConfig
 
     t0 = time.perf_counter()
     model = load_model(str(folder))
@@ -161,8 +161,8 @@ def candidate_splits(n: int, quick: bool) -> list[int]:
 def plan_rows(target: str, device: str, mem_gb: float, rate: float, table: list[dict], primary: str,
               others: list[str], args) -> tuple[list[dict], list[dict]]:
     """Every candidate plan of one (target, device, link), costed; and the policy's picks."""
-    from codec import CodecConfig
-    from policies import (
+    from slicer.codec import CodecConfig
+    from slicer.policies import (
         AccuracyTable,
         Budgets,
         CostModel,
@@ -266,7 +266,7 @@ def plan_rows(target: str, device: str, mem_gb: float, rate: float, table: list[
 @functools.cache
 def _profile(target: str):
     """The target's profile from its shipped config (meta device: no weights)."""
-    from actors.models import profile_from_config
+    from slicer.actors.models import profile_from_config
 
     return profile_from_config(target)
 
@@ -280,7 +280,7 @@ OBJECTIVES = {"agreement": "max", "predicted_e2e_ms": "min", "server_s_per_reque
 
 
 def mark_front(rows: list[dict]) -> None:
-    from orchestrator.evaluation.pareto import pareto_mask
+    from slicer.orchestrator.evaluation.pareto import pareto_mask
 
     ok = [r for r in rows if r["fits_memory_and_link"] and not math.isnan(r["agreement"])]
     mask = pareto_mask(ok, OBJECTIVES)

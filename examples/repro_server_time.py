@@ -2,7 +2,7 @@
 the SLICER policy against cloud-only, on the same requests.
 
 For each device count (default 1, 2, 4, 8, 16) two workloads run one after the other on
-ONE local Ray cluster (``orchestrator.runner.run_many``: a server node and one node per
+ONE local Ray cluster (``slicer.orchestrator.runner.run_many``: a server node and one node per
 edge class, actors placed by labels): the same devices, prompts, request count and tokens,
 once planned by ``slicer`` and once by ``cloud-only``. The server's compute seconds
 (``Server.stats()['compute_s_total']``: decode + its units for every batched step) are
@@ -63,14 +63,14 @@ def parse_args(argv=None):
 
 
 def weights_mib(model: str) -> float:
-    from actors.models import profile_from_config
+    from slicer.actors.models import profile_from_config
 
     prof = profile_from_config(model)
     return prof.front_param_bytes(prof.num_layers) / 2**20
 
 
 def base_workload(model: str, prompts, requests: int, tokens: int, groups=GROUPS):
-    from orchestrator.workload import parse_workload
+    from slicer.orchestrator.workload import parse_workload
 
     w = weights_mib(model)
     devices = [{"class": cls, "count": 1, "link": {"rate_mbps": rate, "snr_db": snr},
@@ -92,8 +92,8 @@ def pick_model(arg: str | None):
 
 
 def run_all(args, folder: Path, prompts) -> tuple[list[dict], dict]:
-    from orchestrator.runner import run_inprocess, run_many, scale_devices, variant
-    from orchestrator.workload import PolicySpec
+    from slicer.orchestrator.runner import run_inprocess, run_many, scale_devices, variant
+    from slicer.orchestrator.workload import PolicySpec
 
     base = base_workload(str(folder), prompts, args.requests, args.max_new_tokens, args.group_specs)
     runs = []
@@ -105,7 +105,7 @@ def run_all(args, folder: Path, prompts) -> tuple[list[dict], dict]:
     if args.backend == "ray":
         outs = run_many([wl for _, _, wl in runs], progress=sys.stderr)
     else:
-        from actors.models import load_model
+        from slicer.actors.models import load_model
 
         model = load_model(str(folder))
         # One discarded run first: the first forward passes of a fresh process pay lazy

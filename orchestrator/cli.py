@@ -20,8 +20,8 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from orchestrator import bench as _bench_pkg
-from orchestrator import commands as _commands_pkg
+from slicer.orchestrator import bench as _bench_pkg
+from slicer.orchestrator import commands as _commands_pkg
 
 
 def _modules(pkg) -> list[str]:
@@ -52,7 +52,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = argv[0] if argv else None
     for name in _modules(_commands_pkg):
-        modname = f"orchestrator.commands.{name}"
+        modname = f"slicer.orchestrator.commands.{name}"
         p = sub.add_parser(name.replace("_", "-"), help=_help_of(modname))
         if wanted == name.replace("_", "-"):
             mod = importlib.import_module(modname)
@@ -62,7 +62,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     bsub = bench.add_subparsers(dest="bench", metavar="BENCH")
     wanted_bench = argv[1] if wanted == "bench" and len(argv) > 1 else None
     for name in _modules(_bench_pkg):
-        modname = f"orchestrator.bench.{name}"
+        modname = f"slicer.orchestrator.bench.{name}"
         p = bsub.add_parser(name.replace("_", "-"), help=_help_of(modname))
         if wanted_bench == name.replace("_", "-"):
             mod = importlib.import_module(modname)

@@ -12,10 +12,10 @@ Recovery, by what died:
 - **an edge node**: every actor on it dies; Ray restarts each on another alive node with
   the same ``role``/``device-class`` labels and a free ``edge_slot`` when one exists
   (the device "moves"); otherwise ``Resubmitter`` finds no node for the class
-  (``orchestrator.cluster.check_placement``) and fails the request with an
+  (``slicer.orchestrator.cluster.check_placement``) and fails the request with an
   ``EdgeLostError`` text naming the device, its class, the lost actor and the missing node.
 - **the server**: Ray restarts it (``SERVER_MAX_RESTARTS``) with no sessions; each edge's
-  ``actors.recovery.RecoveringServerClient`` rebuilds its session by replaying what it
+  ``slicer.actors.recovery.RecoveringServerClient`` rebuilds its session by replaying what it
   sent and goes on. The driver's own server calls (load samples) skip a sample while it
   restarts (``sample_or_none``).
 
@@ -106,7 +106,7 @@ class Resubmitter:
         it is dead for good (``ActorDiedError``) or ``restart_timeout_s`` passes."""
         from ray.exceptions import ActorUnavailableError
 
-        from actors.ray_actors import get
+        from slicer.actors.ray_actors import get
 
         deadline = time.monotonic() + self.restart_timeout_s
         while True:
@@ -126,7 +126,7 @@ class Resubmitter:
     @staticmethod
     def _no_node(device_class: str) -> str | None:
         """The placement error text when no alive node can host an edge of the class."""
-        from orchestrator import cluster as C
+        from slicer.orchestrator import cluster as C
 
         try:
             C.check_placement(C.edge_selector(device_class), resources={C.EDGE_SLOT: 1})
@@ -144,7 +144,7 @@ class Resubmitter:
 
 def sample_or_none(server: Any, timeout_s: float = 10.0) -> dict | None:
     """One load sample of the server, or None while it is down or restarting."""
-    from actors.ray_actors import get
+    from slicer.actors.ray_actors import get
 
     try:
         return get(server.load_sample.remote(), timeout_s=timeout_s, what="server load sample")
@@ -194,7 +194,7 @@ def wait_for_steps(server: Any, at_least: int, device_id: str | None = None, tim
     """Poll the server's books until ``device_id`` (None: all devices together) has had
     ``at_least`` steps computed; returns the count. Fault tests use it to strike
     mid-generation whatever the machine's speed (a wall-clock delay is not enough)."""
-    from actors.ray_actors import get
+    from slicer.actors.ray_actors import get
 
     deadline = time.monotonic() + timeout_s
     while True:

@@ -2,7 +2,7 @@
 
 How results come back: the job's entrypoint is this module's wrapper,
 
-    python -m orchestrator.jobs wrap --run-dir runs/<name> -- python -m orchestrator run ...
+    python -m slicer.orchestrator.jobs wrap --run-dir runs/<name> -- python -m slicer.orchestrator run ...
 
 which runs the command (with ``SLICER_RUN_DIR`` set) and, when it exits, prints the run
 folder as a gzipped tar in base64 lines between two marker lines at the end of the job's
@@ -30,6 +30,7 @@ import shlex
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -55,7 +56,7 @@ class JobError(RuntimeError):
 
 def auth_headers() -> dict[str, str]:
     """``Authorization`` header when a Ray auth token is available, else empty."""
-    from orchestrator.cluster import find_token
+    from slicer.orchestrator.cluster import find_token
 
     tok = find_token()
     return {"Authorization": f"Bearer {tok}"} if tok else {}
@@ -125,31 +126,33 @@ def run_name_for(workload: str | None, now: float | None = None) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{stem}"
 
 
-def runtime_env_for(working_dir: Path) -> dict:
-    """Ship ``working_dir``; ship the project's packages with ``py_modules`` when they are
-    not inside it (an installed project, a workload folder elsewhere)."""
-    env: dict = {"working_dir": str(working_dir), "excludes": list(EXCLUDES)}
+def stage_package(dest: Path) -> Path:
+    """Copy the installed ``slicer`` packages into ``dest/slicer`` (what the job imports as
+    ``slicer.codec`` ...), wherever they are installed from; returns that folder."""
     import importlib
+    import shutil
 
-    mods = []
+    top = dest / "slicer"
+    top.mkdir(parents=True, exist_ok=True)
     for name in PACKAGES:
         # __path__, not __file__: an editable install can surface a package as a
-        # namespace package (no __file__) depending on the cwd.
-        dirs = [Path(p) for p in importlib.import_module(name).__path__ if Path(p).is_dir()]
+        # namespace package (no __file__).
+        dirs = [Path(p) for p in importlib.import_module(f"slicer.{name}").__path__ if Path(p).is_dir()]
         if not dirs:
-            raise JobError(f"cannot locate the {name!r} package to ship it to the cluster")
-        pkg_dir = dirs[0].resolve()
-        try:
-            pkg_dir.relative_to(working_dir.resolve())
-        except ValueError:
-            mods.append(str(pkg_dir))
-    if mods:
-        env["py_modules"] = mods
-    return env
+            raise JobError(f"cannot locate the slicer.{name} package to ship it to the cluster")
+        shutil.copytree(dirs[0], top / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return top
+
+
+def runtime_env_for(working_dir: Path, staged: Path) -> dict:
+    """Ship ``working_dir`` as the job's folder and the staged ``slicer`` package
+    (``stage_package``) with ``py_modules``, so the job imports the same code as this
+    client whether or not the nodes installed the project."""
+    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "py_modules": [str(staged)]}
 
 
 def build_entrypoint(run_dir: str, command: list[str]) -> str:
-    return shlex.join([sys_python(), "-m", "orchestrator.jobs", "wrap", "--run-dir", run_dir, "--", *command])
+    return shlex.join([sys_python(), "-m", "slicer.orchestrator.jobs", "wrap", "--run-dir", run_dir, "--", *command])
 
 
 def sys_python() -> str:
@@ -177,17 +180,19 @@ def submit_workload(address: str | None, workload: str | None, *, working_dir: s
         except ValueError as e:
             raise JobError(f"workload {str(wl)!r} is outside --working-dir {str(wd)!r}: only that folder is "
                            f"shipped to the cluster; run from the project root or pass --working-dir") from e
-        command = [sys_python(), "-m", "orchestrator", "run", str(PurePosixPath(*rel.parts)), "--address", "auto",
+        command = [sys_python(), "-m", "slicer.orchestrator", "run", str(PurePosixPath(*rel.parts)), "--address", "auto",
                    "--out", run_dir, *(extra_args or [])]
     else:
         command = ["bash", "-c", entrypoint]
     ep = build_entrypoint(run_dir, command)
     c = client(address, timeout_s)
-    try:
-        job_id = c.submit_job(entrypoint=ep, runtime_env=runtime_env_for(wd),
-                              metadata={"slicer_run_name": name, "slicer_workload": str(workload or "")})
-    except Exception as e:  # noqa: BLE001
-        raise JobError(f"job submission to {normalize_address(address)} failed: {type(e).__name__}: {e}") from e
+    with tempfile.TemporaryDirectory(prefix="slicer-job-") as tmp:
+        env = runtime_env_for(wd, stage_package(Path(tmp)))
+        try:
+            job_id = c.submit_job(entrypoint=ep, runtime_env=env,
+                                  metadata={"slicer_run_name": name, "slicer_workload": str(workload or "")})
+        except Exception as e:  # noqa: BLE001
+            raise JobError(f"job submission to {normalize_address(address)} failed: {type(e).__name__}: {e}") from e
     return Submission(job_id=job_id, run_name=name, entrypoint=ep, working_dir=str(wd))
 
 
@@ -341,7 +346,7 @@ def fetch_run_folder(logs: str, out: str | None = None, root: Path | None = None
 
 def _wrap(argv: list[str]) -> int:
     """Job side: run the command with SLICER_RUN_DIR set, then print the run folder."""
-    p = argparse.ArgumentParser(prog="python -m orchestrator.jobs wrap")
+    p = argparse.ArgumentParser(prog="python -m slicer.orchestrator.jobs wrap")
     p.add_argument("--run-dir", required=True)
     p.add_argument("command", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
@@ -363,7 +368,7 @@ def _wrap(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] != ["wrap"]:
-        print("usage: python -m orchestrator.jobs wrap --run-dir DIR -- COMMAND...", file=sys.stderr)
+        print("usage: python -m slicer.orchestrator.jobs wrap --run-dir DIR -- COMMAND...", file=sys.stderr)
         return 2
     return _wrap(argv[1:])
 

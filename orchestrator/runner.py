@@ -5,10 +5,10 @@
 1. tokenize the prompts and assign them to requests (device d's i-th request always
    gets the same prompt, so two runs of one workload under two policies compare the
    same requests);
-2. start the embedded local cluster (``orchestrator.cluster.LocalCluster``: a server
+2. start the embedded local cluster (``slicer.orchestrator.cluster.LocalCluster``: a server
    node and one node per edge class, with labels) or connect to ``address``;
 3. check placement (every class has a node) and create the policy, the server and one
-   edge actor per device (``actors.ray_actors``);
+   edge actor per device (``slicer.actors.ray_actors``);
 4. keep one request in flight per device, print a line per finished request, sample the
    server's load every ``load_interval_s``;
 5. collect records, decisions and the load timeline, write the run folder, stop the
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from orchestrator import results as R
-from orchestrator.workload import Workload, WorkloadError, load_prompts
+from slicer.orchestrator import results as R
+from slicer.orchestrator.workload import Workload, WorkloadError, load_prompts
 
 
 @dataclass
@@ -104,7 +104,7 @@ def add_text(records: list[dict], model_ref: str) -> None:
 
 
 def edge_config(wl: Workload, dev_id: str, g) -> dict:
-    """``actors.edge.EdgeConfig`` fields (plain data) of one device."""
+    """``slicer.actors.edge.EdgeConfig`` fields (plain data) of one device."""
     return {
         "device_id": dev_id, "device_class": g.device_class, "link": g.link.as_dict(),
         "budgets": dataclasses.asdict(g.budgets), "emulation": dataclasses.asdict(g.emulation),
@@ -115,7 +115,7 @@ def edge_config(wl: Workload, dev_id: str, g) -> dict:
 
 
 def policy_config(wl: Workload, requests: dict[str, list[dict]]):
-    from actors.policy_actor import PolicyConfig
+    from slicer.actors.policy_actor import PolicyConfig
 
     longest = max((len(r["prompt_ids"]) for rs in requests.values() for r in rs), default=1)
     return PolicyConfig(name=wl.policy.name, split=wl.policy.split, offload_step=wl.policy.offload_step,
@@ -125,7 +125,7 @@ def policy_config(wl: Workload, requests: dict[str, list[dict]]):
 
 
 def server_config(wl: Workload):
-    from actors.server import ServerConfig
+    from slicer.actors.server import ServerConfig
 
     s = wl.server
     return ServerConfig(max_batch=s.max_batch, batch_window_ms=s.batch_window_ms, batching=s.batching,
@@ -136,7 +136,7 @@ def server_config(wl: Workload):
 
 def check_device_classes(wl: Workload) -> None:
     """Every device class must be in the device catalog (the policy plans with it)."""
-    from policies.devices import load_device_catalog
+    from slicer.policies.devices import load_device_catalog
 
     catalog = load_device_catalog()
     for i, g in enumerate(wl.devices):
@@ -146,9 +146,9 @@ def check_device_classes(wl: Workload) -> None:
 
 
 def _check_model_fit(wl: Workload, profile, model_ref: str, requests: dict[str, list[dict]]) -> None:
-    """Fields that need the model (split range, context, KV room): ``orchestrator.validation``."""
-    from actors.server import ServerConfig
-    from orchestrator.validation import check_against_model, model_max_positions
+    """Fields that need the model (split range, context, KV room): ``slicer.orchestrator.validation``."""
+    from slicer.actors.server import ServerConfig
+    from slicer.orchestrator.validation import check_against_model, model_max_positions
 
     longest = max((len(r["prompt_ids"]) for rs in requests.values() for r in rs), default=1)
     check_against_model(wl, profile, longest, max_positions=model_max_positions(model_ref),
@@ -162,11 +162,11 @@ def run_inprocess(wl: Workload, *, model: Any = None, planner: Callable | None =
                   progress: TextIO | None = None) -> RunOutput:
     """Run a workload with the plain classes in this process (no Ray, one request at a
     time). ``model``: a loaded ``SplitModel`` to use; ``planner``: a replacement for
-    ``policies.plan`` (tests)."""
-    from actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProcessServer
-    from actors.models import load_model
-    from actors.policy_actor import Policy
-    from actors.server import Server
+    ``slicer.policies.plan`` (tests)."""
+    from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProcessServer
+    from slicer.actors.models import load_model
+    from slicer.actors.policy_actor import Policy
+    from slicer.actors.server import Server
 
     if planner is None:
         check_device_classes(wl)
@@ -206,7 +206,7 @@ def run_inprocess(wl: Workload, *, model: Any = None, planner: Callable | None =
 def _start_cluster(wl: Workload):
     """The embedded local cluster: a server node and a node per edge class, with
     enough ``edge_slot`` on each for the workload's devices of that class."""
-    from orchestrator.cluster import LocalCluster
+    from slicer.orchestrator.cluster import LocalCluster
 
     per_class = max(sum(g.count for g in wl.devices if g.device_class == c) for c in wl.device_classes())
     return LocalCluster(edge_classes=wl.device_classes(), edge_slots=max(16, per_class))
@@ -215,7 +215,7 @@ def _start_cluster(wl: Workload):
 def place(wl: Workload) -> dict[str, Any]:
     """Check that every actor of the workload has a node (``PlacementError`` within
     milliseconds otherwise) and return the Ray options placing each."""
-    from orchestrator import cluster as C
+    from slicer.orchestrator import cluster as C
 
     server = {"label_selector": C.server_selector(), "resources": {C.SERVER_SLOT: 1}}
     C.check_placement(server["label_selector"], resources=server["resources"])
@@ -247,7 +247,7 @@ def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | 
             cluster = _start_cluster(wl)
             cluster.__enter__()
         else:
-            from orchestrator.cluster import connect
+            from slicer.orchestrator.cluster import connect
 
             conn = connect(address)
         return _drive(wl, out=out, trace=trace, progress=progress, load_interval_s=load_interval_s,
@@ -260,8 +260,8 @@ def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | 
 
 
 def _drive(wl: Workload, *, out, trace, progress, load_interval_s, write, t_setup, cluster_info) -> RunOutput:
-    from actors import ray_actors as RA
-    from actors.models import profile_from_config
+    from slicer.actors import ray_actors as RA
+    from slicer.actors.models import profile_from_config
 
     model_ref = wl.model_ref()
     profile = profile_from_config(model_ref)
@@ -282,11 +282,11 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
                   t_setup, cluster_info) -> RunOutput:
     import ray
 
-    from actors import ray_actors as RA
+    from slicer.actors import ray_actors as RA
 
     timeout_s = wl.server.step_timeout_s
     policy = RA.make_policy(policy_config(wl, requests), profile, trace=trace, **where_to["policy"])
-    from orchestrator import faults
+    from slicer.orchestrator import faults
 
     # Restarts: the server's sessions are rebuilt by the edges' replay (actors.recovery),
     # an edge's request is resubmitted by the driver (orchestrator.faults.Resubmitter).
@@ -430,7 +430,7 @@ def run_many(workloads: list[Workload], *, address: str | None = None, trace: bo
     or ``address``. Nothing is written; each returns its ``RunOutput``."""
     import ray
 
-    from orchestrator.cluster import LocalCluster, connect
+    from slicer.orchestrator.cluster import LocalCluster, connect
 
     classes = sorted({c for wl in workloads for c in wl.device_classes()})
     per_class = max(sum(g.count for g in wl.devices if g.device_class == c) for wl in workloads for c in wl.device_classes())

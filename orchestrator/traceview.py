@@ -1,7 +1,7 @@
 """Reading a run's traces: per-request waterfalls, where time goes, Perfetto export.
 
 Input: ``traces.jsonl`` in a run folder, one span per line as written by
-``actors.telemetry.span_to_dict`` (name, trace_id, span_id, parent_id, start_ns, end_ns,
+``slicer.actors.telemetry.span_to_dict`` (name, trace_id, span_id, parent_id, start_ns, end_ns,
 service, resource, attributes).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.telemetry import ATTR_DEVICE_CLASS, ATTR_POLICY, ATTR_REQUEST, HOPS
+from slicer.actors.telemetry import ATTR_DEVICE_CLASS, ATTR_POLICY, ATTR_REQUEST, HOPS
 
 #: Order of the categories in the breakdown.
 CATEGORIES = ("edge compute", "codec", "wire", "queue", "server compute", "policy", "other")

@@ -1,6 +1,6 @@
 """Checks of a workload against its model, before any actor starts.
 
-``orchestrator.workload`` validates every field on its own (types, ranges, names); what
+``slicer.orchestrator.workload`` validates every field on its own (types, ranges, names); what
 needs the model (its units, context length, KV size) is checked here, once the model's
 profile is known, so a run fails in milliseconds with the field named instead of in an
 actor's constructor or on the server mid-run:
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.workload import Workload, WorkloadError
+from slicer.orchestrator.workload import Workload, WorkloadError
 
 
 def model_max_positions(model_ref: Any) -> int | None:
@@ -34,7 +34,7 @@ def model_max_positions(model_ref: Any) -> int | None:
 def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, *, max_positions: int | None = None,
                         max_tokens_per_session: int = 4096) -> None:
     """Raise ``WorkloadError`` naming the field when the workload cannot run on the model
-    described by ``profile`` (``policies.profile.ModelProfile``: its split units are
+    described by ``profile`` (``slicer.policies.profile.ModelProfile``: its split units are
     ``profile.layers``) with ``max_positions`` tokens of context (None: unknown)."""
     n = int(profile.num_layers)
     if wl.policy.split is not None and not 1 <= wl.policy.split <= n - 1:

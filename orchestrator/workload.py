@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from codec import CodecConfig, CodecError
+from slicer.codec import CodecConfig, CodecError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORKLOAD = REPO_ROOT / "examples" / "quickstart.yaml"
@@ -120,7 +120,7 @@ class DeviceGroup:
     """``count`` identical devices of one class."""
 
     device_class: str
-    """Device class (YAML key ``class``): a name from ``policies.devices``' catalog, and
+    """Device class (YAML key ``class``): a name from ``slicer.policies.devices``' catalog, and
     the ``device-class`` label of the nodes its actors go to."""
     count: int = 1
     """Number of devices in the group."""
@@ -199,7 +199,7 @@ class Workload:
     """Name of the run (the run folder is ``<time>-<name>``)."""
     model: str
     """Model: a local HF folder (relative to the workload's folder or the repo), or a
-    name ``actors.models.load_model`` knows."""
+    name ``slicer.actors.models.load_model`` knows."""
     devices: tuple[DeviceGroup, ...]
     """Device groups."""
     inputs: InputsSpec = field(default_factory=InputsSpec)

@@ -3,37 +3,37 @@ selection, the three-tier SLICER-SEARCH, OPSC joint optimisation and baseline po
 
 Nothing here imports Ray; everything is a function of snapshots::
 
-    from policies import plan, Budgets, LinkState, get_device
+    from slicer.policies import plan, Budgets, LinkState, get_device
     p = plan("slicer", model_profile, get_device("jetson-orin-agx"),
              LinkState.from_mbps(20), Budgets(latency_s=0.2, memory_bytes=8e9))
     p.split, p.offload_step, p.codec_spec, p.reason
 """
-from policies.accuracy import AccuracyTable, accuracy_of, prior_accuracy
-from policies.api import POLICIES, PolicyState, plan, policy_names, reassess
-from policies.baselines import (
+from slicer.policies.accuracy import AccuracyTable, accuracy_of, prior_accuracy
+from slicer.policies.api import POLICIES, PolicyState, plan, policy_names, reassess
+from slicer.policies.baselines import (
     cloud_only_plan,
     edge_only_plan,
     fixed_split_plan,
     neurosurgeon_plan,
 )
-from policies.devices import (
+from slicer.policies.devices import (
     DeviceProfile,
     MeasuredTimings,
     get_device,
     load_device_catalog,
 )
-from policies.link import (
+from slicer.policies.link import (
     LinkState,
     comm_latency_s,
     db_to_linear,
     outage_probability,
     transmissions,
 )
-from policies.models import CostModel, Estimate
-from policies.opsc import opsc_plan
-from policies.profile import LayerProfile, ModelProfile
-from policies.schema import PRECISION_BYTES, Budgets, SplitPlan, canonical_precision
-from policies.search import SearchSpace, slicer_plan
+from slicer.policies.models import CostModel, Estimate
+from slicer.policies.opsc import opsc_plan
+from slicer.policies.profile import LayerProfile, ModelProfile
+from slicer.policies.schema import PRECISION_BYTES, Budgets, SplitPlan, canonical_precision
+from slicer.policies.search import SearchSpace, slicer_plan
 
 __all__ = [
     "POLICIES",

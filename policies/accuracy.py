@@ -71,7 +71,7 @@ class AccuracyTable:
 
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping], source: str = "") -> AccuracyTable:
-        from codec import CodecConfig, CodecError
+        from slicer.codec import CodecConfig, CodecError
 
         table = cls(source=source)
         for i, r in enumerate(rows):
@@ -87,7 +87,7 @@ class AccuracyTable:
                 raise ValueError(f"accuracy row {i}: next_token_agreement={agree!r} is invalid: allowed [0, 1]")
             fp = r.get("front_precision")
             if fp is not None:
-                from policies.schema import canonical_precision
+                from slicer.policies.schema import canonical_precision
 
                 fp = canonical_precision(fp)
             table.rows[(int(r["split"]), _key(cfg), fp)] = agree

@@ -14,21 +14,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from codec import CodecConfig
-from policies.accuracy import AccuracyTable
-from policies.baselines import (
+from slicer.codec import CodecConfig
+from slicer.policies.accuracy import AccuracyTable
+from slicer.policies.baselines import (
     cloud_only_plan,
     edge_only_plan,
     fixed_split_plan,
     neurosurgeon_plan,
 )
-from policies.devices import DeviceProfile
-from policies.link import LinkState
-from policies.models import CostModel
-from policies.opsc import opsc_plan
-from policies.profile import ModelProfile
-from policies.schema import Budgets, SplitPlan
-from policies.search import slicer_plan
+from slicer.policies.devices import DeviceProfile
+from slicer.policies.link import LinkState
+from slicer.policies.models import CostModel
+from slicer.policies.opsc import opsc_plan
+from slicer.policies.profile import ModelProfile
+from slicer.policies.schema import Budgets, SplitPlan
+from slicer.policies.search import slicer_plan
 
 POLICIES: dict[str, Callable[..., SplitPlan]] = {
     "slicer": slicer_plan,

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 
-from codec import CodecConfig
-from policies.accuracy import AccuracyTable, accuracy_of
-from policies.devices import DeviceProfile
-from policies.link import LinkState
-from policies.models import CostModel, Estimate
-from policies.profile import ModelProfile
-from policies.schema import Budgets, SplitPlan, canonical_precision
-from policies.search import default_precision, describe_violation, plan_from_estimate
+from slicer.codec import CodecConfig
+from slicer.policies.accuracy import AccuracyTable, accuracy_of
+from slicer.policies.devices import DeviceProfile
+from slicer.policies.link import LinkState
+from slicer.policies.models import CostModel, Estimate
+from slicer.policies.profile import ModelProfile
+from slicer.policies.schema import Budgets, SplitPlan, canonical_precision
+from slicer.policies.search import default_precision, describe_violation, plan_from_estimate
 
 
 def _finish(policy: str, cm: CostModel, est: Estimate, cfg, table, what: str, why: str) -> SplitPlan:

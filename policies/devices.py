@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from policies.profile import LayerProfile, ModelProfile
-from policies.schema import PRECISION_BYTES, canonical_precision
+from slicer.policies.profile import LayerProfile, ModelProfile
+from slicer.policies.schema import PRECISION_BYTES, canonical_precision
 
 PROFILE_VERSION = 1
 CATALOG_PATH = Path(__file__).with_name("devices.yaml")

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from policies.devices import DeviceProfile, layer_param_bytes
-from policies.link import LinkState, comm_latency_s
-from policies.profile import ModelProfile
-from policies.schema import PRECISION_BYTES, Budgets, canonical_precision
+from slicer.policies.devices import DeviceProfile, layer_param_bytes
+from slicer.policies.link import LinkState, comm_latency_s
+from slicer.policies.profile import ModelProfile
+from slicer.policies.schema import PRECISION_BYTES, Budgets, canonical_precision
 
 #: Float32 copies of the feature the encoder holds while it runs (input, |x| scores,
 #: kept values): 3 x 4 bytes per element, plus the payload itself.
@@ -40,7 +40,7 @@ class CodecTimeModel(Protocol):
 
 
 def default_codec_time(shape: tuple[int, ...], cfg, device: DeviceProfile, decode: bool = False) -> float:
-    """ζ̂: the codec's own time model (``codec.ratemodel.predict_time_s``) for measured
+    """ζ̂: the codec's own time model (``slicer.codec.ratemodel.predict_time_s``) for measured
     profiles of this machine when it exists; else the device's table or its analytic
     per-element model (``DeviceProfile.codec_time_s``)."""
     elements = math.prod(shape)
@@ -53,7 +53,7 @@ def default_codec_time(shape: tuple[int, ...], cfg, device: DeviceProfile, decod
             return t * device.slowdown
         if cfg.method == "slicer":
             try:  # the codec's own calibrated model of this machine (SLICER only)
-                from codec import ratemodel
+                from slicer.codec import ratemodel
 
                 which = "decode_s" if decode else "encode_s"
                 return float(ratemodel.predict_time_s(tuple(shape), cfg, which=which)) * device.slowdown
@@ -66,7 +66,7 @@ def predict_payload_bytes(shape: tuple[int, ...], cfg, dtype: str) -> int:
     """B^UB of the codec for a feature of ``shape`` (headers included)."""
     import torch
 
-    import codec
+    from slicer import codec
 
     return int(codec.predict_bytes(shape, cfg, dtype=getattr(torch, dtype)))
 

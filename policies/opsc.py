@@ -15,14 +15,14 @@ memory, and memory buys depth (weights) or context (KV cache). The joint choice 
 """
 from __future__ import annotations
 
-from codec import CodecConfig, CodecError
-from policies.accuracy import AccuracyTable, accuracy_of
-from policies.devices import DeviceProfile
-from policies.link import LinkState
-from policies.models import CostModel
-from policies.profile import ModelProfile
-from policies.schema import Budgets, SplitPlan, canonical_precision
-from policies.search import (
+from slicer.codec import CodecConfig, CodecError
+from slicer.policies.accuracy import AccuracyTable, accuracy_of
+from slicer.policies.devices import DeviceProfile
+from slicer.policies.link import LinkState
+from slicer.policies.models import CostModel
+from slicer.policies.profile import ModelProfile
+from slicer.policies.schema import Budgets, SplitPlan, canonical_precision
+from slicer.policies.search import (
     SearchSpace,
     default_precision,
     infeasible_plan,
@@ -38,7 +38,7 @@ def _opsc_space(bits: tuple[int, ...]) -> SearchSpace:
 
 
 def _codec_available(method: str) -> bool:
-    import codec
+    from slicer import codec
 
     try:
         codec.predict_bytes((1, 64), CodecConfig(method=method))

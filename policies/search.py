@@ -28,13 +28,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from codec import CodecConfig
-from policies.accuracy import AccuracyTable, accuracy_of
-from policies.devices import DeviceProfile
-from policies.link import LinkState
-from policies.models import CostModel, Estimate
-from policies.profile import ModelProfile
-from policies.schema import PRECISION_BYTES, Budgets, SplitPlan, canonical_precision
+from slicer.codec import CodecConfig
+from slicer.policies.accuracy import AccuracyTable, accuracy_of
+from slicer.policies.devices import DeviceProfile
+from slicer.policies.link import LinkState
+from slicer.policies.models import CostModel, Estimate
+from slicer.policies.profile import ModelProfile
+from slicer.policies.schema import PRECISION_BYTES, Budgets, SplitPlan, canonical_precision
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Public API (stable names; other packages build on them)::
 
-    from actors.models import load_model, profile_from_config, resolve_config
+    from slicer.actors.models import load_model, profile_from_config, resolve_config
 
     m = load_model("path/to/folder")            # or a hub name, a config, a dict
     m.num_units, m.kind, m.profile              # "causal_lm" | "vision"; a ModelProfile
@@ -26,7 +26,7 @@ Split units
     ``UnsupportedModelError`` listing the supported ones (``SUPPORTED``).
 
 ``SplitModel``
-    ``.profile`` (``policies.profile.ModelProfile``), ``.num_units``, ``.kind``,
+    ``.profile`` (``slicer.policies.profile.ModelProfile``), ``.num_units``, ``.kind``,
     ``.family``, ``.config``, ``.hf`` (the transformers model), ``.units``;
     ``new_cache(a, b) -> SegmentCache``;
     ``run(a, b, x, cache=None, *, position=None) -> Tensor`` (``position``: absolute
@@ -39,26 +39,26 @@ Split units
     Llama-3-70B, Llama-2-7B, Codestral-22B, Qwen2.5-Coder-7B, Llama-3.2-3B, GPT-2,
     Pythia-160M, ResNet-50, ViT-B/16; hub names map to them (``resolve_config``).
 
-AR modes (``actors.models.generate``): ``EdgeSession`` / ``ServerSession`` exchange
+AR modes (``slicer.actors.models.generate``): ``EdgeSession`` / ``ServerSession`` exchange
 payload bytes (the codec in the loop); ``generate(model, prompt_ids, max_new_tokens,
 mode, split, offload_step, codec_cfg)`` runs both halves in one process. Modes:
 ``"per-token"``, ``"offload"`` (SLICER's local-then-offload ``(w, ell)``),
 ``"edge-only"``, ``"cloud-only"``.
 
-Single-shot (vision): ``actors.models.generate.single_shot(model, pixel_values, split,
+Single-shot (vision): ``slicer.actors.models.generate.single_shot(model, pixel_values, split,
 codec_cfg)``, halves ``edge_single_shot`` / ``server_single_shot``.
 
-Front-segment precision (``actors.models.quant``): ``quantize_front(model, ell, bits)``
+Front-segment precision (``slicer.actors.models.quant``): ``quantize_front(model, ell, bits)``
 returns a copy whose Linear weights (and embedding) in units ``[0, ell)`` are int8
 (per-channel) / int4 (group-wise) weight-only; its ``profile`` counts their real bytes.
 ``quantized_front_profile(name, ell, bits)`` does the same from a config (meta device).
 
-Fidelity (``actors.models.fidelity``, CLI ``slicer bench fidelity``): ``measure(model,
+Fidelity (``slicer.actors.models.fidelity``, CLI ``slicer bench fidelity``): ``measure(model,
 sequences, split=..., codec_spec=..., mode=...)`` -> next-token agreement, KL,
 perplexity ratio, greedy agreement, bits per element.
 
 Tests and other packages can build tiny models of every family from
-``actors.models.testing.TINY_LM`` / ``TINY_VISION`` (milliseconds to build).
+``slicer.actors.models.testing.TINY_LM`` / ``TINY_VISION`` (milliseconds to build).
 
 ``SegmentCache(a, b, layer_ids, layers, length)`` is a plain dataclass: keys/values per
 attention layer, ``(B, kv_heads, length, head_dim)``; stored tensors are never written in
@@ -66,11 +66,11 @@ place, so caches may share tensors (prefix caches, ``copy()``).
 """
 from __future__ import annotations
 
-from actors.models.cache import SegmentCache
-from actors.models.families import SUPPORTED, UnsupportedModelError
-from actors.models.loading import load_model, resolve_config, shipped_configs
-from actors.models.profiling import profile_from_config, profile_of
-from actors.models.split import SplitModel
+from slicer.actors.models.cache import SegmentCache
+from slicer.actors.models.families import SUPPORTED, UnsupportedModelError
+from slicer.actors.models.loading import load_model, resolve_config, shipped_configs
+from slicer.actors.models.profiling import profile_from_config, profile_of
+from slicer.actors.models.split import SplitModel
 
 __all__ = [
     "SUPPORTED",

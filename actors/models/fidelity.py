@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from actors.models.generate import (
+from slicer.actors.models.generate import (
     EdgeSession,
     ServerSession,
     generate,
     reference_generate,
 )
-from codec import CodecConfig
+from slicer.codec import CodecConfig
 
 
 @dataclass
@@ -106,7 +106,7 @@ def measure(model, sequences: torch.Tensor, *, split: int, codec_spec: str = "lo
     """Fidelity of one configuration over ``sequences (N, T)`` of token ids."""
     cfg = CodecConfig.parse(codec_spec)
     if front_bits is not None and edge_model is None:
-        from actors.models.quant import quantize_front
+        from slicer.actors.models.quant import quantize_front
 
         edge_model = quantize_front(model, model.num_units if mode in ("offload", "edge-only") else split, front_bits)
     N, T = sequences.shape

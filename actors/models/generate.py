@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-import codec
-from codec import CodecConfig
+from slicer import codec
+from slicer.codec import CodecConfig
 
 MODES = ("per-token", "offload", "edge-only", "cloud-only")
 
@@ -77,7 +77,7 @@ class EdgeSession:
     """The device half of one request.
 
     ``model`` is the edge's copy (possibly with a quantized front, see
-    ``actors.models.quant``); the edge only ever runs its units ``[0, ell)`` (and
+    ``slicer.actors.models.quant``); the edge only ever runs its units ``[0, ell)`` (and
     ``[ell, n)`` in edge-only mode and in offload's local steps)."""
 
     def __init__(self, model, split: int, codec_cfg: CodecConfig | None = None, *, mode: str = "per-token", offload_step: int | None = None):

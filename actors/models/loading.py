@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from actors.models.families import (
+from slicer.actors.models.families import (
     FAMILIES,
     UnsupportedModelError,
     family_kind,
@@ -129,7 +129,7 @@ def load_model(name_or_path_or_config, *, dtype: torch.dtype = torch.float32, de
     Raises ``UnsupportedModelError`` (listing the supported architectures) for others."""
     from transformers import PretrainedConfig
 
-    from actors.models.split import SplitModel
+    from slicer.actors.models.split import SplitModel
 
     src = name_or_path_or_config
     if isinstance(src, (PretrainedConfig, dict)):

@@ -1,4 +1,4 @@
-"""Model profiles (``policies.profile.ModelProfile``) built from models or configs.
+"""Model profiles (``slicer.policies.profile.ModelProfile``) built from models or configs.
 
 ``profile_from_config`` needs no weights: it builds the architecture on the meta device
 (no memory, about 0.1 s for a 70B config) and counts each unit's parameters from the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from policies.profile import LayerProfile, ModelProfile
+from slicer.policies.profile import LayerProfile, ModelProfile
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -152,7 +152,7 @@ def _vision_unit_meta(model, i, x_meta):
     """Run unit ``i`` of a real-weight vision model on a meta tensor via a meta twin."""
     twin = getattr(model, "_meta_twin", None)
     if twin is None:
-        from actors.models.split import SplitModel
+        from slicer.actors.models.split import SplitModel
 
         with torch.device("meta"):
             hf = type(model.hf)(model.config).to(model.dtype)
@@ -167,13 +167,13 @@ def _vision_unit_meta(model, i, x_meta):
 
 def build_meta_model(name_or_config, *, dtype=None):
     """A ``SplitModel`` of the architecture on the meta device (no memory, no weights)."""
-    from actors.models.families import (
+    from slicer.actors.models.families import (
         FAMILIES,
         UnsupportedModelError,
         unsupported_message,
     )
-    from actors.models.loading import _auto_class, resolve_config
-    from actors.models.split import SplitModel
+    from slicer.actors.models.loading import _auto_class, resolve_config
+    from slicer.actors.models.split import SplitModel
 
     cfg = resolve_config(name_or_config)
     if cfg.model_type not in FAMILIES:

@@ -12,7 +12,7 @@ profile of a quantized 70B front is computed without any weights.
 - Scales are float16 (2 bytes each), as in GPTQ/AWQ checkpoints.
 
 Weights are dequantized on the fly in ``forward`` (memory is what is saved, not time).
-``quant_nbytes`` / ``quant_num_params`` let ``actors.models.profiling`` count the real
+``quant_nbytes`` / ``quant_num_params`` let ``slicer.actors.models.profiling`` count the real
 bytes of a quantized unit.
 """
 from __future__ import annotations
@@ -154,7 +154,7 @@ def quantize_front(model, ell: int, bits: int = 8, *, group_size: int = 32, inpl
 
     Convolutions (ResNet) and units at or past ``ell`` are left as they are. A
     weight tied between the embedding and the LM head stays full precision in the head."""
-    from actors.models.split import SplitModel
+    from slicer.actors.models.split import SplitModel
 
     if bits not in BITS:
         raise ValueError(f"bits={bits!r} is invalid: allowed {BITS}")
@@ -190,7 +190,7 @@ def _swap_leaf(root: nn.Module, leaf: nn.Module, bits: int, group_size: int) -> 
 def quantized_front_profile(name_or_config, ell: int, bits: int = 8, *, dtype=None, group_size: int = 32):
     """Profile of a model whose front ``[0, ell)`` is quantized, from its config alone
     (meta device: no weights)."""
-    from actors.models.profiling import build_meta_model, profile_of
+    from slicer.actors.models.profiling import build_meta_model, profile_of
 
     m = build_meta_model(name_or_config, dtype=dtype)
     q = quantize_front(m, ell, bits, group_size=group_size, inplace=True)

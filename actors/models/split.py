@@ -7,12 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from actors.models.cache import SegmentCache, _BatchCache
-from actors.models.families import DecoderAdapter, Unit, adapter_for
+from slicer.actors.models.cache import SegmentCache, _BatchCache
+from slicer.actors.models.families import DecoderAdapter, Unit, adapter_for
 
 
 class SplitModel:
-    """A model cut into ``num_units`` split units (see ``actors.models`` for the unit
+    """A model cut into ``num_units`` split units (see ``slicer.actors.models`` for the unit
     layout). Built by ``load_model``; holds the Hugging Face model in ``.hf``."""
 
     def __init__(self, hf_model: nn.Module, name: str = ""):
@@ -51,10 +51,10 @@ class SplitModel:
 
     @property
     def profile(self):
-        """``policies.profile.ModelProfile`` of this model (parameters counted from the
-        loaded modules, FLOPs analytic; see ``actors.models.profiling``)."""
+        """``slicer.policies.profile.ModelProfile`` of this model (parameters counted from the
+        loaded modules, FLOPs analytic; see ``slicer.actors.models.profiling``)."""
         if self._profile is None:
-            from actors.models.profiling import profile_of
+            from slicer.actors.models.profiling import profile_of
 
             self._profile = profile_of(self)
         return self._profile

@@ -1,4 +1,4 @@
-"""Bit packing in Triton, byte-identical to ``codec.reference.bitpack``.
+"""Bit packing in Triton, byte-identical to ``slicer.codec.reference.bitpack``.
 
 The stream layout (LSB first, codes back to back, no per-group padding) is the frozen
 wire layout. Each program computes ``BLOCK`` output 32-bit words; word ``w`` holds stream

@@ -28,13 +28,13 @@ import torch
 import triton
 import triton.language as tl
 
-from codec.kernels.bitpack import unpack_bits
-from codec.kernels.ranks import label_bases, rank_in_block
-from codec.reference import index as _index
-from codec.reference import quant
-from codec.reference.bitpack import packed_nbytes
-from codec.slicer import SLICER
-from codec.wire import Frame
+from slicer.codec.kernels.bitpack import unpack_bits
+from slicer.codec.kernels.ranks import label_bases, rank_in_block
+from slicer.codec.reference import index as _index
+from slicer.codec.reference import quant
+from slicer.codec.reference.bitpack import packed_nbytes
+from slicer.codec.slicer import SLICER
+from slicer.codec.wire import Frame
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # written by the kernel; float64 via float32
 

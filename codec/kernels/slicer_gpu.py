@@ -32,17 +32,17 @@ import torch
 import triton
 import triton.language as tl
 
-from codec import ratemodel
-from codec.config import CodecConfig
-from codec.errors import CodecError
-from codec.kernels.atkf import NEG, POS, _flat, emit, select, top_state, weights
-from codec.kernels.bitpack import pack_bits
-from codec.kernels.ranks import label_bases, rank_in_block
-from codec.reference import index as _index
-from codec.reference import quant
-from codec.reference.atkf import keep_count
-from codec.reference.bitpack import pack_bits as ref_pack_bits
-from codec.reference.ms import all_block_sizes, block_sizes
+from slicer.codec import ratemodel
+from slicer.codec.config import CodecConfig
+from slicer.codec.errors import CodecError
+from slicer.codec.kernels.atkf import NEG, POS, _flat, emit, select, top_state, weights
+from slicer.codec.kernels.bitpack import pack_bits
+from slicer.codec.kernels.ranks import label_bases, rank_in_block
+from slicer.codec.reference import index as _index
+from slicer.codec.reference import quant
+from slicer.codec.reference.atkf import keep_count
+from slicer.codec.reference.bitpack import pack_bits as ref_pack_bits
+from slicer.codec.reference.ms import all_block_sizes, block_sizes
 
 
 def _bytes(t: torch.Tensor) -> bytes:
@@ -119,9 +119,9 @@ def _cuts(k: int, n_pos: int, blocks: tuple[int, int]) -> tuple[list[int], list[
 
 
 def encode_sections(x: torch.Tensor, cfg: CodecConfig, block: int = 1024) -> list[bytes]:
-    """The four SLICER sections of ``x``, equal to ``codec.slicer.SLICER.encode``."""
+    """The four SLICER sections of ``x``, equal to ``slicer.codec.slicer.SLICER.encode``."""
     if cfg.entropy:
-        from codec.slicer import SLICER
+        from slicer.codec.slicer import SLICER
 
         return SLICER.encode(x, cfg)
     if cfg.rotate:

@@ -23,7 +23,7 @@ Spec (the Triton kernel must give the same kept set, bit for bit):
 Selection cost is what the codec must beat (NOTES "CPU selection cost"): the threshold
 comes from one ``np.partition`` (introselect, O(N)); only the entries tied with the
 threshold are hashed. Measured on 128×4096 float32 with 1 thread, ``np.partition`` took
-0.47 ms against 7.3 ms for ``torch.topk(sorted=False)`` (see ``codec.slicer._bench``).
+0.47 ms against 7.3 ms for ``torch.topk(sorted=False)`` (see ``slicer.codec.slicer._bench``).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from codec.errors import CodecError
+from slicer.codec.errors import CodecError
 
 
 def packed_nbytes(n: int, bits: int) -> int:

@@ -34,9 +34,9 @@ import math
 
 import numpy as np
 
-from codec.errors import CodecError
-from codec.reference.bitpack import pack_bits, packed_nbytes, unpack_bits
-from codec.wire import Cursor, varint
+from slicer.codec.errors import CodecError
+from slicer.codec.reference.bitpack import pack_bits, packed_nbytes, unpack_bits
+from slicer.codec.wire import Cursor, varint
 
 #: Largest alphabet a stream may use (symbols are < alphabet_size ≤ this).
 MAX_ALPHABET = 1 << 24

@@ -43,8 +43,8 @@ import math
 
 import numpy as np
 
-from codec.errors import CodecError
-from codec.reference.bitpack import pack_bits, packed_nbytes, unpack_bits
+from slicer.codec.errors import CodecError
+from slicer.codec.reference.bitpack import pack_bits, packed_nbytes, unpack_bits
 
 
 CODING_IDS: dict[str, int] = {"csr": 0, "bitmap": 1, "rice": 2, "ef": 3}

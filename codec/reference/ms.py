@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from codec.reference.atkf import rank_cuts
+from slicer.codec.reference.atkf import rank_cuts
 
 
 def block_sizes(n: int, m: int) -> np.ndarray:

@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from codec.errors import CodecError
-from codec.reference.bitpack import bits_to_codes, code_bits, pack_bits, unpack_bits
+from slicer.codec.errors import CodecError
+from slicer.codec.reference.bitpack import bits_to_codes, code_bits, pack_bits, unpack_bits
 
 F32 = np.float32
 

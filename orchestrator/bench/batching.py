@@ -7,7 +7,7 @@ HELP = "throughput with 8 devices: server batching on vs off (ratio; target >= 1
 import argparse  # noqa: E402
 import json  # noqa: E402
 
-from orchestrator.bench import add_workload_overrides, workload_overrides  # noqa: E402
+from slicer.orchestrator.bench import add_workload_overrides, workload_overrides  # noqa: E402
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,8 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from orchestrator.runner import run_many, scale_devices, variant
-    from orchestrator.workload import REPO_ROOT, PolicySpec, load_workload
+    from slicer.orchestrator.runner import run_many, scale_devices, variant
+    from slicer.orchestrator.workload import REPO_ROOT, PolicySpec, load_workload
 
     base = load_workload(args.workload or REPO_ROOT / "examples" / "multi_client.yaml")
     changes = workload_overrides(args)

@@ -64,7 +64,7 @@ class Row:
     payload_bytes: int
     """len(payload)."""
     predict_bytes: int
-    """``codec.predict_bytes`` for the shape (an upper bound of payload_bytes)."""
+    """``slicer.codec.predict_bytes`` for the shape (an upper bound of payload_bytes)."""
     ours: bool = False
     """A mode beyond the papers (ecsq, or SLICER with entropy coding)."""
     error: str = ""
@@ -94,7 +94,7 @@ def settings(quick: bool) -> list[str]:
 
 
 def _method_available(name: str) -> bool:
-    from codec import methods
+    from slicer.codec import methods
 
     target = methods.REGISTRY[name][1].partition(":")[0]
     return importlib.util.find_spec(target) is not None
@@ -194,8 +194,8 @@ def _median_ms(ts: list[float]) -> float:
 def measure(x, spec: str, input_name: str, reps: int) -> Row:
     import torch
 
-    import codec
-    from codec import CodecConfig, CodecError
+    from slicer import codec
+    from slicer.codec import CodecConfig, CodecError
 
     cfg = CodecConfig.parse(spec)
     s = cfg.sparsity if cfg.method == "slicer" else 0.75
@@ -310,7 +310,7 @@ def kernel_throughput(tokens: list[int], dtypes=("float16", "bfloat16", "float32
 
     import torch
 
-    import codec
+    from slicer import codec
 
     def timed(fn) -> float:
         fn()
@@ -385,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     reps = args.reps or (5 if args.quick else 15)
     specs = settings(args.quick)
-    from codec import CodecConfig
+    from slicer.codec import CodecConfig
 
     skipped = sorted({CodecConfig.parse(s).method for s in specs if not _method_available(CodecConfig.parse(s).method)})
     specs = [s for s in specs if _method_available(CodecConfig.parse(s).method)]

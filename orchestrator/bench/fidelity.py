@@ -40,8 +40,8 @@ def add_arguments(p) -> None:
 
 
 def _check_codecs(specs) -> str | None:
-    from codec import CodecConfig, CodecError
-    from codec import methods as _methods
+    from slicer.codec import CodecConfig, CodecError
+    from slicer.codec import methods as _methods
 
     for s in specs:
         try:
@@ -57,7 +57,7 @@ def _load_sequences(model, args):
 
     import torch
 
-    from actors.models.fidelity import heldout_sequences, sample_sequences
+    from slicer.actors.models.fidelity import heldout_sequences, sample_sequences
 
     if args.data not in ("auto", "sample"):
         from transformers import AutoTokenizer
@@ -111,9 +111,9 @@ def run(args) -> int:
         print(f"slicer bench fidelity: {err}", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, args.threads))
-    from actors.models import load_model
-    from actors.models.fidelity import measure
-    from actors.models.profiling import dtype_of
+    from slicer.actors.models import load_model
+    from slicer.actors.models.fidelity import measure
+    from slicer.actors.models.profiling import dtype_of
 
     model = load_model(args.model, dtype=dtype_of(args.dtype))
     if model.kind != "causal_lm":

@@ -64,8 +64,8 @@ def _r(x: float | None) -> float | None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from orchestrator.runner import make_requests, run_workload, scale_devices, variant
-    from orchestrator.workload import (
+    from slicer.orchestrator.runner import make_requests, run_workload, scale_devices, variant
+    from slicer.orchestrator.workload import (
         REPO_ROOT,
         PolicySpec,
         WorkloadError,

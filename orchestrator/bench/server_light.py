@@ -8,7 +8,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 
-from orchestrator.bench import add_workload_overrides, workload_overrides  # noqa: E402
+from slicer.orchestrator.bench import add_workload_overrides, workload_overrides  # noqa: E402
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.runner import run_many, scale_devices, variant
-    from orchestrator.workload import REPO_ROOT, PolicySpec, load_workload
+    from slicer.orchestrator.runner import run_many, scale_devices, variant
+    from slicer.orchestrator.workload import REPO_ROOT, PolicySpec, load_workload
 
     base = load_workload(args.workload or REPO_ROOT / "examples" / "multi_client.yaml")
     changes = workload_overrides(args)
@@ -93,8 +93,8 @@ def scaled_model_workload(wl, hidden: int, folder: str):
     import shutil
     from pathlib import Path
 
-    from actors.models import load_model
-    from actors.models.loading import resolve_config
+    from slicer.actors.models import load_model
+    from slicer.actors.models.loading import resolve_config
 
     src = wl.model_ref()
     cfg = resolve_config(src).to_dict()

@@ -19,9 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import statistics
 
-    from orchestrator.cluster import LocalCluster
-    from orchestrator.runner import run_many, variant
-    from orchestrator.workload import REPO_ROOT, load_workload
+    from slicer.orchestrator.cluster import LocalCluster
+    from slicer.orchestrator.runner import run_many, variant
+    from slicer.orchestrator.workload import REPO_ROOT, load_workload
 
     wl = load_workload(args.workload or REPO_ROOT / "examples" / "multi_client.yaml")
     changes = {k: v for k, v in (("requests", args.requests), ("max_new_tokens", args.max_new_tokens)) if v}

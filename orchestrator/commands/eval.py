@@ -62,13 +62,13 @@ def _ks(spec: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.evaluation.passk import (
+    from slicer.orchestrator.evaluation.passk import (
         read_samples,
         samples_report,
         score_samples,
     )
-    from orchestrator.evaluation.sandbox import SandboxLimits
-    from orchestrator.evaluation.tasks import TaskFormatError, load_task
+    from slicer.orchestrator.evaluation.sandbox import SandboxLimits
+    from slicer.orchestrator.evaluation.tasks import TaskFormatError, load_task
 
     try:
         task = load_task(args.task)
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.model:
         import torch
 
-        from orchestrator.evaluation.harness import run_model_eval
+        from slicer.orchestrator.evaluation.harness import run_model_eval
 
         torch.set_num_threads(args.threads)
         try:

@@ -12,7 +12,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from orchestrator import loadview as lv
+    from slicer.orchestrator import loadview as lv
 
     if len(args.runs) > 2:
         print("slicer load: give one run, or two to compare")

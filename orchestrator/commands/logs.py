@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator import jobs as J
+    from slicer.orchestrator import jobs as J
 
     try:
         c = J.client(args.address)

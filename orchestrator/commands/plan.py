@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_model_profile(name: str, dtype: str | None = None):
     """A ``ModelProfile`` from a profile JSON or a config (via actors.models, meta device)."""
-    from policies.profile import ModelProfile
+    from slicer.policies.profile import ModelProfile
 
     path = Path(name)
     if path.suffix == ".json" and path.is_file():
@@ -55,13 +55,13 @@ def load_model_profile(name: str, dtype: str | None = None):
             return ModelProfile.from_json(json.dumps(doc["model"]))
         if "layers" in doc:
             return ModelProfile.from_json(json.dumps(doc))
-    from actors.models import profile_from_config
+    from slicer.actors.models import profile_from_config
 
     return profile_from_config(name, dtype=dtype)
 
 
 def run(args: argparse.Namespace) -> int:
-    from policies import (
+    from slicer.policies import (
         AccuracyTable,
         Budgets,
         LinkState,

@@ -58,7 +58,7 @@ def _median_s(fn, reps: int, clock=time.perf_counter) -> float:
 
 def _prefix_cache(model, full, ell: int):
     """A cache for the segment [0, ell) holding the entries of the full-model cache."""
-    from actors.models.cache import SegmentCache
+    from slicer.actors.models.cache import SegmentCache
 
     ids = model.attn_layers(0, ell)
     return SegmentCache(0, ell, ids, {i: full.layers[i] for i in ids if i in full.layers}, full.length)
@@ -136,8 +136,8 @@ def _disturbed_median_s(fn, reps: int, clock, disturb=None) -> float:
 
 def time_codecs(features, specs, reps: int, clock=time.perf_counter, disturb=None) -> tuple[list, list]:
     """(encode rows, decode rows): ``(spec, elements, median s)`` for each spec and feature."""
-    import codec
-    from codec import CodecConfig
+    from slicer import codec
+    from slicer.codec import CodecConfig
 
     enc, dec = [], []
     for spec in specs:
@@ -167,7 +167,7 @@ def time_call_overhead(model, context: int, reps: int, clock=time.perf_counter, 
     h = model.run(0, 1, tok)  # (1, 1, H): the embedding of one token
 
     def mid_cache():
-        from actors.models.cache import SegmentCache
+        from slicer.actors.models.cache import SegmentCache
 
         ids = model.attn_layers(1, n - 1)
         return SegmentCache(1, n - 1, ids, {i: full.layers[i] for i in ids}, full.length)
@@ -216,7 +216,7 @@ def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 
 
     import torch
 
-    from policies.devices import DeviceProfile, MeasuredTimings
+    from slicer.policies.devices import DeviceProfile, MeasuredTimings
 
     prof = model.profile
     if model_name:
@@ -226,7 +226,7 @@ def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 
         contexts = (0,)
         prefill_tokens = 0
     contexts = tuple(sorted({int(c) for c in contexts}))
-    import codec as _codec
+    from slicer import codec as _codec
 
     # In a split step the edge's segment runs after the codec and the server's work.
     # Time it that way: one untimed SLICER decode of a feature before each timed call
@@ -273,9 +273,9 @@ def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from actors.models import load_model
-    from actors.models.profiling import dtype_of
-    from policies.devices import measured_path, save_measured
+    from slicer.actors.models import load_model
+    from slicer.actors.models.profiling import dtype_of
+    from slicer.policies.devices import measured_path, save_measured
 
     try:
         dt = dtype_of(args.dtype)

@@ -21,8 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator import results as R
-    from orchestrator.workload import DEFAULT_WORKLOAD, WorkloadError, load_workload
+    from slicer.orchestrator import results as R
+    from slicer.orchestrator.workload import DEFAULT_WORKLOAD, WorkloadError, load_workload
 
     path = args.workload or str(DEFAULT_WORKLOAD)
     try:
@@ -33,14 +33,14 @@ def run(args: argparse.Namespace) -> int:
     progress = None if args.quiet else sys.stderr
     try:
         if args.in_process:
-            from orchestrator.runner import run_inprocess
+            from slicer.orchestrator.runner import run_inprocess
 
             out = run_inprocess(wl, progress=progress)
             run_dir = R.new_run_dir(wl.name, args.out)
             R.write_run(run_dir, wl.to_dict(), out.records, out.decisions, out.load, out.summary)
             out.run_dir = run_dir
         else:
-            from orchestrator.runner import run_workload
+            from slicer.orchestrator.runner import run_workload
 
             out = run_workload(wl, address=args.address, out=args.out, trace=not args.no_trace, progress=progress)
     except (WorkloadError, FileNotFoundError, OSError) as e:

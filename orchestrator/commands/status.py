@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator import jobs as J
+    from slicer.orchestrator import jobs as J
 
     try:
         info = J.job_info(J.client(args.address), args.job_id)

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import shlex
 
-    from orchestrator import jobs as J
+    from slicer.orchestrator import jobs as J
 
     extra = shlex.split(args.run_args)
     try:

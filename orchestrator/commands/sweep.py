@@ -8,7 +8,7 @@
 Fidelity (next-token agreement with the unsplit model, perplexity) and bits per element
 are measured here; latency is predicted per device class by the policies' cost model and
 also measured on this machine (edge and server halves, per token). See
-``orchestrator.evaluation.sweep``.
+``slicer.orchestrator.evaluation.sweep``.
 """
 from __future__ import annotations
 
@@ -71,11 +71,11 @@ def _front_bits(s: str) -> int | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from actors.models import load_model
-    from codec import CodecConfig, CodecError
-    from orchestrator.evaluation.pareto import parse_objectives
-    from orchestrator.evaluation.scorers import load_tokenizer
-    from orchestrator.evaluation.sweep import (
+    from slicer.actors.models import load_model
+    from slicer.codec import CodecConfig, CodecError
+    from slicer.orchestrator.evaluation.pareto import parse_objectives
+    from slicer.orchestrator.evaluation.scorers import load_tokenizer
+    from slicer.orchestrator.evaluation.sweep import (
         SweepGrid,
         SweepSettings,
         plot,
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         sampled_ids,
         write_csv,
     )
-    from orchestrator.evaluation.tasks import TaskFormatError, load_task
+    from slicer.orchestrator.evaluation.tasks import TaskFormatError, load_task
 
     torch.set_num_threads(1)  # the machine's cores are shared; timings are per token anyway
     if args.predict_only:
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"slicer sweep: --modes has {m!r}: allowed per-token, offload", file=sys.stderr)
             return 2
     try:
-        import codec
+        from slicer import codec
 
         probe = torch.randn(1, 4, int(getattr(model.config, "hidden_size", 64)))  # (1, T, H): fail before the long run
         for spec in grid.codec_specs():
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     write_csv(rows, out / "sweep.csv")
     write_csv([r for r in rows if r.on_front], out / "front.csv")
     plot(rows, out / "sweep.png", title=f"{model.name}: {metric_note(rows)} measured on {source}; latency predicted")
-    from orchestrator.evaluation.sweep import accuracy_rows
+    from slicer.orchestrator.evaluation.sweep import accuracy_rows
 
     acc = accuracy_rows(rows, model.num_units)
     if acc:
@@ -192,9 +192,9 @@ def _print_fronts(rows, settings) -> None:
 
 
 def _predict_only(args) -> int:
-    from actors.models import profile_from_config
-    from orchestrator.evaluation.pareto import parse_objectives
-    from orchestrator.evaluation.sweep import (
+    from slicer.actors.models import profile_from_config
+    from slicer.orchestrator.evaluation.pareto import parse_objectives
+    from slicer.orchestrator.evaluation.sweep import (
         SweepGrid,
         SweepSettings,
         plot,

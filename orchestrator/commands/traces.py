@@ -14,7 +14,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from orchestrator import traceview as tv
+    from slicer.orchestrator import traceview as tv
 
     try:
         spans = tv.load_spans(args.run)

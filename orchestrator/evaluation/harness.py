@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.evaluation.sandbox import SandboxLimits, check_completion
-from orchestrator.evaluation.tasks import (
+from slicer.orchestrator.evaluation.sandbox import SandboxLimits, check_completion
+from slicer.orchestrator.evaluation.tasks import (
     AnswerItem,
     ChoiceItem,
     CodeItem,
@@ -141,7 +141,7 @@ def _answers(run, items: list[AnswerItem], scorer, tok, prefix, max_new_tokens) 
 
 def _code(run, items: list[CodeItem], scorer, tok, prefix, max_new_tokens, sandbox, n_samples: int = 1,
           temperature: float = 0.0, ks: Sequence[int] = (1,)) -> None:
-    from orchestrator.evaluation.passk import SampleResult, aggregate
+    from slicer.orchestrator.evaluation.passk import SampleResult, aggregate
 
     results = []
     for it in items:
@@ -174,8 +174,8 @@ def agreement(reference: TaskRun, other: TaskRun) -> dict[str, float]:
 
 def plan_from_policy(args, model) -> tuple[dict, object]:
     """``--policy``: the plan a policy picks for this model on ``--device`` over
-    ``--link-mbps`` (``policies.plan``), as (settings for the run, the SplitPlan)."""
-    from policies import Budgets, LinkState, get_device, plan
+    ``--link-mbps`` (``slicer.policies.plan``), as (settings for the run, the SplitPlan)."""
+    from slicer.policies import Budgets, LinkState, get_device, plan
 
     dev = get_device(args.device)
     budgets = Budgets(latency_s=args.latency_budget_ms / 1e3, memory_bytes=dev.memory_bytes,
@@ -201,9 +201,9 @@ def run_model_eval(args, task: Task, limits: SandboxLimits, ks: Sequence[int] = 
     """``slicer eval --model``: the task under the plan and unsplit, one report."""
     import torch
 
-    from actors.models import load_model
-    from codec import CodecConfig
-    from orchestrator.evaluation.scorers import (
+    from slicer.actors.models import load_model
+    from slicer.codec import CodecConfig
+    from slicer.orchestrator.evaluation.scorers import (
         HFScorer,
         SplitScorer,
         edge_copy,

@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from orchestrator.evaluation.sandbox import (
+from slicer.orchestrator.evaluation.sandbox import (
     SandboxLimits,
     SandboxResult,
     check_completion,
 )
-from orchestrator.evaluation.tasks import AnswerItem, CodeItem, Task, extract_answer
+from slicer.orchestrator.evaluation.tasks import AnswerItem, CodeItem, Task, extract_answer
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

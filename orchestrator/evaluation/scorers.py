@@ -11,9 +11,9 @@ returns the greedy prediction at every continuation position, from which the spl
 unsplit runs' next-token agreement is counted.
 
 ``HFScorer`` runs any ``transformers`` causal LM unsplit. ``SplitScorer`` runs a
-``actors.models.SplitModel`` under a plan (split ℓ, codec, AR mode, offload step) with the
+``slicer.actors.models.SplitModel`` under a plan (split ℓ, codec, AR mode, offload step) with the
 codec in the loop, exactly as the edge and the server exchange bytes in
-``actors.models.generate``: the context is the prefill payload and each continuation token
+``slicer.actors.models.generate``: the context is the prefill payload and each continuation token
 is one decoding step with its own payload (the codec's top-k works per payload, so this
 matters for lossy codecs).
 """
@@ -157,7 +157,7 @@ class SplitScorer:
     """A ``SplitModel`` run under a plan, the codec in the loop (see the module docstring)."""
 
     model: object
-    """``actors.models.SplitModel``."""
+    """``slicer.actors.models.SplitModel``."""
     split: int
     """ℓ: the edge runs units [0, ℓ)."""
     codec_cfg: object = None
@@ -169,7 +169,7 @@ class SplitScorer:
     eos_id: int | None = None
     """Generation stops after this token."""
     edge_model: object = None
-    """The edge's copy of the model (e.g. ``actors.models.quant.quantize_front``); None:
+    """The edge's copy of the model (e.g. ``slicer.actors.models.quant.quantize_front``); None:
     ``model``. The server always runs ``model``."""
     name: str = "split"
     """Label in reports."""
@@ -177,7 +177,7 @@ class SplitScorer:
     """Accumulated over every call."""
 
     def __post_init__(self) -> None:
-        from codec import CodecConfig
+        from slicer.codec import CodecConfig
 
         self.codec_cfg = self.codec_cfg or CodecConfig(method="raw")
         if self.mode == "offload" and self.offload_step is None:
@@ -185,7 +185,7 @@ class SplitScorer:
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
 
     def _sessions(self):
-        from actors.models.generate import EdgeSession, ServerSession
+        from slicer.actors.models.generate import EdgeSession, ServerSession
 
         edge = EdgeSession(self.edge_model or self.model, self.split, self.codec_cfg, mode=self.mode,
                            offload_step=self.offload_step if self.mode == "offload" else None)
@@ -268,7 +268,7 @@ def edge_copy(model, split: int, mode: str, front_bits: int | None):
     steps run the whole model on the edge, as the policies' cost model assumes)."""
     if front_bits is None:
         return None
-    from actors.models.quant import quantize_front
+    from slicer.actors.models.quant import quantize_front
 
     return quantize_front(model, model.num_units if mode == "offload" else split, front_bits)
 

@@ -7,7 +7,7 @@ A configuration is (split ℓ, codec settings, AR mode, offload step w). For eac
   divergence of the next-token distributions, and the perplexity of both runs; bits per element of every payload (headers included);
   wall time per token of the edge half and of the server half on this machine;
 - **emulated here**: a weight-only int8/int4 front (``front_bits``) runs the edge half
-  with quantized weights (``actors.models.quant``), so its effect on fidelity is measured;
+  with quantized weights (``slicer.actors.models.quant``), so its effect on fidelity is measured;
 - **predicted** for each device class (``policies``' cost model from the model's
   profile, the device catalog and a link): per-token step latency, hand-off latency
   (Eq. 5) and server time per request.
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.evaluation.pareto import pareto_mask
+from slicer.orchestrator.evaluation.pareto import pareto_mask
 
 DEFAULT_OBJECTIVES = {"fidelity": "max", "bits_per_element": "min", "predicted_step_ms": "min"}
 
@@ -190,7 +190,7 @@ def sampled_ids(model, n_tokens: int, seed: int = 0, bos: int | None = None) -> 
 def predicted(model_profile, device: str, link_mbps: float, ell: int, w: int | None, cfg, settings: SweepSettings,
               new_tokens: int, precision: str) -> dict[str, Any]:
     """The policies' cost model for one plan on one device class over one link."""
-    from policies import Budgets, CostModel, LinkState, get_device
+    from slicer.policies import Budgets, CostModel, LinkState, get_device
 
     dev = get_device(device)
     budgets = Budgets(latency_s=settings.latency_budget_ms / 1e3, memory_bytes=dev.memory_bytes,
@@ -205,10 +205,10 @@ def predicted(model_profile, device: str, link_mbps: float, ell: int, w: int | N
 
 def run_sweep(model, grid: SweepGrid, settings: SweepSettings, *, text_ids: Sequence[int] | None = None,
               task=None, tokenizer=None, task_limit: int | None = None, progress=print) -> list[SweepRow]:
-    """Run every configuration of ``grid`` on ``model`` (``actors.models.SplitModel``)."""
-    from codec import CodecConfig
-    from orchestrator.evaluation.harness import evaluate_task
-    from orchestrator.evaluation.scorers import HFScorer, SplitScorer, edge_copy
+    """Run every configuration of ``grid`` on ``model`` (``slicer.actors.models.SplitModel``)."""
+    from slicer.codec import CodecConfig
+    from slicer.orchestrator.evaluation.harness import evaluate_task
+    from slicer.orchestrator.evaluation.scorers import HFScorer, SplitScorer, edge_copy
 
     for ell in grid.splits:
         if not 1 <= ell <= model.num_units - 1:
@@ -303,9 +303,9 @@ def accuracy_rows(rows: Sequence[SweepRow], num_units: int) -> list[dict]:
 def _fidelity_lookup(table: Sequence[dict], ell: int, n: int, cfg, precision: str) -> tuple[float, str]:
     """Agreement for (ℓ of n, codec, precision) from measured rows of any model: the same
     codec setting at the nearest relative split depth; else the policies' prior."""
-    from codec import CodecConfig
-    from policies import accuracy_of
-    from policies.accuracy import _key
+    from slicer.codec import CodecConfig
+    from slicer.policies import accuracy_of
+    from slicer.policies.accuracy import _key
 
     best = None
     for row in table:
@@ -323,7 +323,7 @@ def _fidelity_lookup(table: Sequence[dict], ell: int, n: int, cfg, precision: st
         v = float(row["next_token_agreement"])
         src = f"table: {row.get('model', '?')} split {row['split']}/{m}"
         if wrong_precision:
-            from policies.accuracy import PRECISION_PRIOR
+            from slicer.policies.accuracy import PRECISION_PRIOR
 
             factor = PRECISION_PRIOR.get(precision, 1.0) / PRECISION_PRIOR.get(str(row.get("front_precision")), 1.0)
             if factor != 1.0:  # float32 -> bfloat16 weights: the prior says no change
@@ -338,7 +338,7 @@ def predict_sweep(profile, grid: SweepGrid, settings: SweepSettings, table: Sequ
     """Plans of a model not at hand, from its profile alone: predicted latency per device
     class and link, payload bound B^UB, fidelity from ``table`` (measured rows, e.g. a
     small model's sweep, see ``accuracy_rows``) or the prior. Nothing is run."""
-    from codec import CodecConfig
+    from slicer.codec import CodecConfig
 
     n = profile.num_layers
     for ell in grid.splits:

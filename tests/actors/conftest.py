@@ -23,7 +23,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from actors.models import load_model
+    from slicer.actors.models import load_model
 
     torch.set_num_threads(1)
     return load_model(dict(TINY_LLAMA), seed=3)
@@ -42,7 +42,7 @@ def greedy_reference(model, prompt: list[int], n: int) -> list[int]:
 
 
 def fixed_planner(split: int, offload_step: int | None, codec: str = "lossless", precision: str = "float32"):
-    """A planner returning one fixed plan (stands in for ``policies.plan``)."""
+    """A planner returning one fixed plan (stands in for ``slicer.policies.plan``)."""
 
     def planner(cfg, profile, dev):
         return {"split": split, "offload_step": offload_step, "codec_spec": codec, "front_precision": precision,

@@ -6,11 +6,11 @@ import asyncio
 import pytest
 import torch
 
-from actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProcessServer
-from actors.policy_actor import Policy, PolicyConfig
-from actors.protocol import AdmissionError, encode_ids
-from actors.server import Server, ServerConfig
-from codec import CodecConfig, encode
+from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProcessServer
+from slicer.actors.policy_actor import Policy, PolicyConfig
+from slicer.actors.protocol import AdmissionError, encode_ids
+from slicer.actors.server import Server, ServerConfig
+from slicer.codec import CodecConfig, encode
 from tests.actors.conftest import fixed_planner, greedy_reference
 
 PROMPTS = [[1, 5, 9, 13, 2], [3, 4], [7, 8, 9, 10, 11, 12, 13]]
@@ -224,7 +224,7 @@ def test_lower_precision_front_still_generates(tiny_model, precision):
 def _cast(model, dtype):
     import copy
 
-    from actors.models.split import SplitModel
+    from slicer.actors.models.split import SplitModel
 
     return SplitModel(copy.deepcopy(model.hf).to(dtype), name=model.name)
 def test_two_steps_of_one_session_at_once(tiny_model):

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from actors.models import load_model
-from actors.models.fidelity import measure, sample_sequences, teacher_forced_logits
-from actors.models.testing import TINY_LM
-from codec import CodecConfig
-from orchestrator.cli import main
+from slicer.actors.models import load_model
+from slicer.actors.models.fidelity import measure, sample_sequences, teacher_forced_logits
+from slicer.actors.models.testing import TINY_LM
+from slicer.codec import CodecConfig
+from slicer.orchestrator.cli import main
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from actors.models import (
+from slicer.actors.models import (
     SUPPORTED,
     UnsupportedModelError,
     load_model,
@@ -15,8 +15,8 @@ from actors.models import (
     resolve_config,
     shipped_configs,
 )
-from actors.models.testing import TINY_LM, TINY_VISION
-from policies.profile import ModelProfile
+from slicer.actors.models.testing import TINY_LM, TINY_VISION
+from slicer.policies.profile import ModelProfile
 
 
 def _llama_block_flops(c) -> float:

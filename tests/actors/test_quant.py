@@ -7,16 +7,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.models import load_model
-from actors.models.generate import generate
-from actors.models.quant import (
+from slicer.actors.models import load_model
+from slicer.actors.models.generate import generate
+from slicer.actors.models.quant import (
     QuantEmbedding,
     QuantLinear,
     quantize_front,
     quantized_front_profile,
 )
-from actors.models.testing import TINY_LM
-from codec import CodecConfig
+from slicer.actors.models.testing import TINY_LM
+from slicer.codec import CodecConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -124,7 +124,7 @@ def test_int8_front_of_the_projects_model_keeps_agreement():
     `slicer bench fidelity --front-bits 8`)."""
     from pathlib import Path
 
-    from actors.models.fidelity import heldout_sequences
+    from slicer.actors.models.fidelity import heldout_sequences
 
     folder = Path(__file__).resolve().parents[2] / "examples" / "models" / "slicer-tiny"
     if not (folder / "model.safetensors").exists():

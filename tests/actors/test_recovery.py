@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy
-from actors.policy_actor import Policy, PolicyConfig
-from actors.protocol import AdmissionError
-from actors.recovery import (
+from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy
+from slicer.actors.policy_actor import Policy, PolicyConfig
+from slicer.actors.protocol import AdmissionError
+from slicer.actors.recovery import (
     RecoveringServerClient,
     ServerLostError,
     ServerRestarted,
     server_lost,
 )
-from actors.server import Server, ServerConfig
+from slicer.actors.server import Server, ServerConfig
 from tests.actors.conftest import fixed_planner, greedy_reference
 
 PROMPTS = [[1, 5, 9, 13, 2], [3, 4], [7, 8, 9, 10, 11, 12, 13]]

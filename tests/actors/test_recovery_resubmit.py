@@ -1,10 +1,10 @@
-"""orchestrator.faults.Resubmitter's decisions without a cluster: errors that are not an
+"""slicer.orchestrator.faults.Resubmitter's decisions without a cluster: errors that are not an
 actor's death are final and keep their cause; attempts are bounded."""
 from __future__ import annotations
 
 import pytest
 
-from orchestrator import faults
+from slicer.orchestrator import faults
 
 
 def test_non_actor_errors_are_final_with_their_cause():

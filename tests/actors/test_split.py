@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.models import load_model
-from actors.models.generate import generate, reference_generate, single_shot
-from actors.models.testing import TINY_LM, TINY_VISION
-from codec import CodecConfig
+from slicer.actors.models import load_model
+from slicer.actors.models.generate import generate, reference_generate, single_shot
+from slicer.actors.models.testing import TINY_LM, TINY_VISION
+from slicer.codec import CodecConfig
 
 LOSSLESS = CodecConfig(method="raw")
 N_NEW = 8

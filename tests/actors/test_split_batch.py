@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.models import load_model
-from actors.models.generate import EdgeSession, ServerSession, reference_generate
-from actors.models.testing import TINY_LM
-from codec import CodecConfig
+from slicer.actors.models import load_model
+from slicer.actors.models.generate import EdgeSession, ServerSession, reference_generate
+from slicer.actors.models.testing import TINY_LM
+from slicer.codec import CodecConfig
 
 LOSSLESS = CodecConfig(method="raw")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from actors import telemetry as tel
-from actors.server import Server, ServerConfig
-from orchestrator import traceview as tv
+from slicer.actors import telemetry as tel
+from slicer.actors.server import Server, ServerConfig
+from slicer.orchestrator import traceview as tv
 from tests.actors.conftest import fixed_planner
 from tests.actors.test_edge_server import PROMPTS, _edge
 

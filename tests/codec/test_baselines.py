@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec import CodecConfig, CodecError, decode, encode, predict_bytes
-from codec.baselines import Q8_BLOCK
+from slicer.codec import CodecConfig, CodecError, decode, encode, predict_bytes
+from slicer.codec.baselines import Q8_BLOCK
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=9)
@@ -134,7 +134,7 @@ def test_int8_outlier_channel_hurts_per_token():
 
 @pytest.mark.parametrize("method", ["fp16", "bf16", "fp16-zstd", "int8", "q8_0", "fp8"])
 def test_decode_rejects_wrong_section_sizes(method):
-    from codec import methods, wire
+    from slicer.codec import methods, wire
 
     x = torch.randn(4, 40)
     frame = wire.unpack(encode(x, CodecConfig(method=method)))
@@ -150,7 +150,7 @@ def test_decode_rejects_wrong_section_sizes(method):
 
 
 def test_hostile_scales_and_codes_rejected():
-    from codec import methods, wire
+    from slicer.codec import methods, wire
 
     x = torch.randn(2, 32)
     for method, sec, value in [
@@ -173,7 +173,7 @@ def test_hostile_scales_and_codes_rejected():
 @pytest.mark.parametrize("method", ["raw", "fp16", "bf16", "int8", "q8_0", "fp8"])
 @pytest.mark.parametrize("shape", [(3, 5, 33), (7,), (1, 4096), (0, 3), ()])
 def test_section_nbytes_exact(method, shape):
-    from codec import methods, wire
+    from slicer.codec import methods, wire
 
     x = torch.randn(shape)
     m = methods.get(method)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from orchestrator.bench import codec as bench
-from orchestrator.cli import main
+from slicer.orchestrator.bench import codec as bench
+from slicer.orchestrator.cli import main
 
 
 def test_bits_to_reach_interpolates_in_log_error():

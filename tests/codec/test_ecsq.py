@@ -12,9 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec import CodecConfig, CodecError, decode, encode, predict_bytes, wire
-from codec.ecsq import ECSQ, RATE_ROUND_CODE, _min_body
-from codec.reference import hadamard
+from slicer.codec import CodecConfig, CodecError, decode, encode, predict_bytes, wire
+from slicer.codec.ecsq import ECSQ, RATE_ROUND_CODE, _min_body
+from slicer.codec.reference import hadamard
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec import CodecError
-from codec.reference.entropy import decode_symbols, encode_symbols
+from slicer.codec import CodecError
+from slicer.codec.reference.entropy import decode_symbols, encode_symbols
 
 
 def _entropy_bytes(x: np.ndarray) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from codec import CodecConfig, decode, encode, predict_bytes
+from slicer.codec import CodecConfig, decode, encode, predict_bytes
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 MANIFEST = json.loads((GOLDEN / "MANIFEST.json").read_text())

@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import codec
-from codec import CodecConfig, CodecError, wire
-from codec.reference import index
-from codec.reference.bitpack import pack_bits, unpack_bits
+from slicer import codec
+from slicer.codec import CodecConfig, CodecError, wire
+from slicer.codec.reference import index
+from slicer.codec.reference.bitpack import pack_bits, unpack_bits
 
 CODINGS = ["csr", "bitmap", "rice", "ef"]
 
@@ -137,7 +137,7 @@ def activations(stories260k_path):
 def test_index_costs_match_notes_at_4096_per_row(activations):
     """NOTES.md "Index cost, N = 4096 per row" at s = 0.75: bitmap 1.00, Rice ~0.82,
     Elias-Fano 1.00, CSR-16 4.01 bits per element (positions only, one block)."""
-    from codec.reference.atkf import atkf_positions, keep_count
+    from slicer.codec.reference.atkf import atkf_positions, keep_count
 
     x = activations[2].reshape(-1, 4096)  # (8, 4096)
     xf = x.reshape(-1).numpy()

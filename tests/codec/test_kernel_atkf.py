@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 
 def _spec_mask(x: torch.Tensor, k: int, lam: float, seed: int) -> np.ndarray:
     """The total order of the ATKF spec, by a full sort (test oracle only)."""
-    from codec.kernels.atkf import weights as _weights
+    from slicer.codec.kernels.atkf import weights as _weights
 
     f = x.reshape(-1).float()
     wp, wn = _weights(lam)
@@ -36,7 +36,7 @@ def _spec_mask(x: torch.Tensor, k: int, lam: float, seed: int) -> np.ndarray:
      ((1, 100), 0.9, 0.0, torch.bfloat16), ((2, 3, 5, 7), 0.25, 0.6, torch.float32)],
 )
 def test_topk_mask_matches_spec_with_ties(shape, sparsity, lam, dtype):
-    from codec.kernels.atkf import topk_mask
+    from slicer.codec.kernels.atkf import topk_mask
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(0)
@@ -49,7 +49,7 @@ def test_topk_mask_matches_spec_with_ties(shape, sparsity, lam, dtype):
 
 
 def test_seed_changes_only_the_tie_choice():
-    from codec.kernels.atkf import topk_mask
+    from slicer.codec.kernels.atkf import topk_mask
 
     x = torch.ones(4, 64)
     a = topk_mask(x, 100, 0.0, seed=1)
@@ -58,7 +58,7 @@ def test_seed_changes_only_the_tie_choice():
 
 
 def test_edges_k_zero_and_all():
-    from codec.kernels.atkf import topk_mask
+    from slicer.codec.kernels.atkf import topk_mask
 
     x = torch.randn(3, 5)
     assert topk_mask(x, 0).sum() == 0

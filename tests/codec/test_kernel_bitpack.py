@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from codec.reference import bitpack as ref
+from slicer.codec.reference import bitpack as ref
 
 
 def _device():
@@ -23,7 +23,7 @@ def _device():
 @pytest.mark.parametrize("bits", list(range(1, 17)))
 @pytest.mark.parametrize("n", [1, 31, 257])
 def test_pack_unpack_match_reference(bits, n):
-    from codec.kernels import bitpack as kb
+    from slicer.codec.kernels import bitpack as kb
 
     rng = np.random.default_rng(bits * 1000 + n)
     codes = rng.integers(0, 2**bits, size=n, dtype=np.int64)

@@ -19,9 +19,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # chosen at decoration: before import
 pytest.importorskip("triton")
 
-import codec  # noqa: E402
-from codec import CodecConfig, CodecError, wire  # noqa: E402
-from codec.slicer import inspect  # noqa: E402
+from slicer import codec  # noqa: E402
+from slicer.codec import CodecConfig, CodecError, wire  # noqa: E402
+from slicer.codec.slicer import inspect  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}

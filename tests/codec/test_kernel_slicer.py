@@ -16,9 +16,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # chosen at decoration: before import
 pytest.importorskip("triton")
 
-import codec  # noqa: E402
-from codec import CodecConfig  # noqa: E402
-from codec.slicer import inspect  # noqa: E402
+from slicer import codec  # noqa: E402
+from slicer.codec import CodecConfig  # noqa: E402
+from slicer.codec.slicer import inspect  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -79,7 +79,7 @@ def test_tie_free_float32_and_float64():
 
 
 def test_env_var_forces_backend(monkeypatch):
-    from codec.config import CodecConfig as C
+    from slicer.codec.config import CodecConfig as C
 
     monkeypatch.setenv("SLICER_CODEC_BACKEND", "triton")
     assert C(method="slicer").resolved_backend("cpu") == "triton"
@@ -89,7 +89,7 @@ def test_env_var_forces_backend(monkeypatch):
 
 
 def test_kernel_throughput_bench_rows():
-    from orchestrator.bench.codec import kernel_throughput
+    from slicer.orchestrator.bench.codec import kernel_throughput
 
     rows = kernel_throughput([2], dtypes=("bfloat16",), reps=1, width=64, device=DEV)
     (r,) = rows

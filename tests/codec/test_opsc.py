@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec import CodecConfig, CodecError, decode, encode, methods, predict_bytes, wire
-from codec.reference.bitpack import unpack_bits
+from slicer.codec import CodecConfig, CodecError, decode, encode, methods, predict_bytes, wire
+from slicer.codec.reference.bitpack import unpack_bits
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
@@ -124,7 +124,7 @@ def test_hostile_index_rejected():
     wc = s[3][0]
     assert wc == 2  # two outliers, count width 2 bits
     # columns 2 and 5 at 3 bits: rewrite both as 5
-    from codec.reference.bitpack import pack_bits
+    from slicer.codec.reference.bitpack import pack_bits
 
     s[3] = bytes((wc,)) + pack_bits(np.array([2]), wc) + pack_bits(np.array([5, 5]), 3)
     with pytest.raises(CodecError, match="increasing"):
@@ -135,7 +135,7 @@ def test_tiny_magnitudes_stay_within_predict_bytes():
     """Squares of |x| ~ 1e-30 underflow in float32; the outlier test must not."""
     import torch
 
-    from codec import CodecConfig, decode, encode, predict_bytes
+    from slicer.codec import CodecConfig, decode, encode, predict_bytes
 
     x = torch.full((2, 64), 1e-30)
     cfg = CodecConfig(method="opsc")

@@ -10,10 +10,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import codec
-from codec import CodecConfig, CodecError, wire
-from codec.reference.atkf import keep_count, score_weights, tie_hash
-from codec.slicer import SLICER, inspect
+from slicer import codec
+from slicer.codec import CodecConfig, CodecError, wire
+from slicer.codec.reference.atkf import keep_count, score_weights, tie_hash
+from slicer.codec.slicer import SLICER, inspect
 
 SHAPES = [(1,), (7,), (3, 257), (2, 3, 5, 7), (17, 64), (1, 64), ()]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

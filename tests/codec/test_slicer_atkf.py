@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec.reference.atkf import (
+from slicer.codec.reference.atkf import (
     keep_count,
     rank_cuts,
     score_weights,
@@ -14,7 +14,7 @@ from codec.reference.atkf import (
     tie_hash,
     top_mask,
 )
-from codec.reference.ms import block_sizes
+from slicer.codec.reference.ms import block_sizes
 
 M32 = 0xFFFFFFFF
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-import codec
-from codec import CodecConfig
+from slicer import codec
+from slicer.codec import CodecConfig
 
 GOLDEN = Path(__file__).parent / "golden"
 MANIFEST = GOLDEN / "slicer_golden.json"

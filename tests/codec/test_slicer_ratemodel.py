@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import codec
-from codec import CodecConfig, ratemodel, wire
-from codec.reference.ms import block_sizes
-from codec.slicer import SLICER
+from slicer import codec
+from slicer.codec import CodecConfig, ratemodel, wire
+from slicer.codec.reference.ms import block_sizes
+from slicer.codec.slicer import SLICER
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 5, 7, 13, 64])

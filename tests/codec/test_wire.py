@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from codec import CodecConfig, CodecError, decode, encode, methods, wire
+from slicer.codec import CodecConfig, CodecError, decode, encode, methods, wire
 
 GENERIC = "could not be decoded"  # codec.decode's wrapper for a defect a method missed
 
@@ -279,7 +279,7 @@ def test_all_zero_ecsq_is_lazy_at_any_size():
 def test_float64_beyond_float32_is_refused_by_every_method():
     import torch
 
-    from codec import CodecConfig, CodecError, encode
+    from slicer.codec import CodecConfig, CodecError, encode
 
     x = torch.tensor([[1e300, 1.0, -2.0, 3.0]], dtype=torch.float64)
     for method in ("slicer", "opsc", "ecsq", "int8"):

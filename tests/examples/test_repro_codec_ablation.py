@@ -48,7 +48,7 @@ def test_module_rows_and_ranges(out):
 
 
 def test_lc_is_eq1_of_the_payload(out):
-    from policies import LinkState, comm_latency_s
+    from slicer.policies import LinkState, comm_latency_s
 
     link = LinkState.from_mbps(10.0, snr_db=10.0, bandwidth_mhz=10.0, epsilon=1e-3)
     for r in rows(out / "modules.csv") + rows(out / "orders.csv"):

@@ -15,7 +15,7 @@ CLASSES = ("raspberry-pi-5", "jetson-orin-nano")
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from actors.models import load_model
+    from slicer.actors.models import load_model
 
     d = tmp_path_factory.mktemp("tiny-llama")
     load_model(dict(TINY_LLAMA), seed=5).hf.save_pretrained(d)
@@ -25,7 +25,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_reference(tiny_model_dir):
     """Unsplit greedy tokens of each prompt: ``ref(prompt, n)``."""
-    from actors.models import load_model
+    from slicer.actors.models import load_model
 
     m = load_model(str(tiny_model_dir))
 
@@ -44,7 +44,7 @@ def tiny_reference(tiny_model_dir):
 @pytest.fixture(scope="module")
 def local_cluster():
     """One embedded cluster per module: a server node + one node per class (~12 s)."""
-    from orchestrator.cluster import LocalCluster
+    from slicer.orchestrator.cluster import LocalCluster
 
     with LocalCluster(edge_classes=CLASSES, edge_slots=16) as c:
         yield c

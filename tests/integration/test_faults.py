@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from orchestrator import faults
-from orchestrator.runner import run_workload
-from orchestrator.workload import parse_workload
+from slicer.orchestrator import faults
+from slicer.orchestrator.runner import run_workload
+from slicer.orchestrator.workload import parse_workload
 from tests.integration.conftest import PROMPTS
 
 pytestmark = pytest.mark.integration

@@ -17,12 +17,12 @@ import threading
 import pytest
 import torch
 
-from actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy
-from actors.models import load_model
-from actors.policy_actor import Policy, PolicyConfig
-from actors.protocol import AdmissionError, encode_ids
-from actors.server import Server, ServerConfig
-from codec import CodecConfig, encode
+from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy
+from slicer.actors.models import load_model
+from slicer.actors.policy_actor import Policy, PolicyConfig
+from slicer.actors.protocol import AdmissionError, encode_ids
+from slicer.actors.server import Server, ServerConfig
+from slicer.codec import CodecConfig, encode
 from tests.integration.conftest import PROMPTS, TINY_LLAMA
 
 pytestmark = pytest.mark.integration

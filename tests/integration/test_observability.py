@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
-from orchestrator import traceview as tv
-from orchestrator.runner import run_workload
-from orchestrator.workload import parse_workload
+from slicer.orchestrator import traceview as tv
+from slicer.orchestrator.runner import run_workload
+from slicer.orchestrator.workload import parse_workload
 from tests.integration.conftest import CLASSES, PROMPTS
 
 pytestmark = pytest.mark.integration
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def metrics_cluster():
     """A cluster whose nodes export metrics every 0.5 s (default 10 s, NOTES.md)."""
-    from orchestrator.cluster import LocalCluster
+    from slicer.orchestrator.cluster import LocalCluster
 
     old = os.environ.get("RAY_metrics_report_interval_ms")
     os.environ["RAY_metrics_report_interval_ms"] = "500"
@@ -70,7 +70,7 @@ def test_every_request_is_one_trace_across_processes(traced_run):
 
 
 def test_traces_cli_and_perfetto(traced_run, tmp_path, capsys):
-    from orchestrator.cli import main
+    from slicer.orchestrator.cli import main
 
     _, run = traced_run
     assert main(["traces", str(run), "--perfetto", str(tmp_path / "p.json")]) == 0
@@ -101,8 +101,8 @@ def test_server_metrics_on_the_prometheus_endpoint(traced_run):
 
 
 def test_load_timeline_table_and_plot_agree_with_the_run(traced_run, tmp_path, capsys):
-    from orchestrator import loadview as lv
-    from orchestrator.cli import main
+    from slicer.orchestrator import loadview as lv
+    from slicer.orchestrator.cli import main
 
     out, run = traced_run
     rows = lv.load_timeline(run)

@@ -47,7 +47,7 @@ def test_slicer_run_quickstart_writes_summary_and_leaves_nothing(tiny_model_dir,
     for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(k, None)  # a fresh user's shell: no cluster, no token
     with open(tmp_path / "stdout", "w") as so, open(tmp_path / "stderr", "w") as se:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", str(path), "--out", str(out)],
+        proc = subprocess.Popen([sys.executable, "-m", "slicer.orchestrator", "run", str(path), "--out", str(out)],
                                 cwd=tmp_path, env=env, stdout=so, stderr=se)
         most = 0  # the check below can fail: while it runs, the marker is on the cluster's processes
         deadline = time.monotonic() + 600

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.runner import run_workload
-from orchestrator.workload import parse_workload
+from slicer.orchestrator.runner import run_workload
+from slicer.orchestrator.workload import parse_workload
 from tests.integration.conftest import PROMPTS
 
 pytestmark = pytest.mark.integration
@@ -73,7 +73,7 @@ def test_link_change_replans_and_shows_in_records(local_cluster, tiny_model_dir)
 
 
 def test_run_with_address_uses_the_existing_cluster(local_cluster, tiny_model_dir, tiny_reference, tmp_path):
-    """`python -m orchestrator run WORKLOAD --address ADDR --out DIR` (what a Ray job
+    """`python -m slicer.orchestrator run WORKLOAD --address ADDR --out DIR` (what a Ray job
     runs), here with the cloud-only policy: token ids cross, the server runs everything."""
     import json
     import subprocess
@@ -85,7 +85,7 @@ def test_run_with_address_uses_the_existing_cluster(local_cluster, tiny_model_di
           "devices": [{"class": "jetson-orin-nano"}], "policy": "cloud-only", "requests": 2, "max_new_tokens": 3}
     (tmp_path / "w.yaml").write_text(yaml.safe_dump(wl))
     before = {n.node_id for n in local_cluster.nodes()}
-    proc = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(tmp_path / "w.yaml"), "--address",
+    proc = subprocess.run([sys.executable, "-m", "slicer.orchestrator", "run", str(tmp_path / "w.yaml"), "--address",
                            local_cluster.address, "--out", str(tmp_path / "run"), "--quiet"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -32,7 +32,7 @@ def make_char_llama(tmp_path_factory, seed: int, name: str) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """The tiny random Llama of the actor tests (vocab 97, 4 layers), saved as a model folder."""
-    from actors.models import load_model
+    from slicer.actors.models import load_model
     from tests.actors.conftest import TINY_LLAMA
 
     torch.set_num_threads(1)

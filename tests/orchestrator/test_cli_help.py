@@ -5,8 +5,8 @@ import pkgutil
 
 import pytest
 
-from orchestrator import bench, commands
-from orchestrator.cli import main
+from slicer.orchestrator import bench, commands
+from slicer.orchestrator.cli import main
 
 COMMANDS = [m.name.replace("_", "-") for m in pkgutil.iter_modules(commands.__path__)]
 BENCHES = [m.name.replace("_", "-") for m in pkgutil.iter_modules(bench.__path__)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cluster as C
+from slicer.orchestrator import cluster as C
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -123,7 +123,7 @@ def test_only_loopback_is_bound(local):
 
 _CONNECT = """
 import json, sys
-from orchestrator.cluster import connect, ClusterError
+from slicer.orchestrator.cluster import connect, ClusterError
 try:
     with connect(sys.argv[1], timeout_s=3) as c:
         print(json.dumps({"ok": True, "classes": sorted(n.device_class or n.role for n in c.nodes())}))
@@ -159,7 +159,7 @@ def test_token_auth_is_on_and_connect_uses_the_token(local):
 
 _LIFECYCLE = """
 import json, os, sys, time
-from orchestrator.cluster import LocalCluster, edge_selector, pid_alive
+from slicer.orchestrator.cluster import LocalCluster, edge_selector, pid_alive
 import ray
 sys.path.insert(0, sys.argv[2])
 from test_cluster_local import listen_addresses
@@ -207,8 +207,8 @@ def test_submit_runs_a_workload_as_a_ray_job(local, tmp_path, capsys):
     """`slicer submit WORKLOAD --wait` through this cluster's Jobs API: `slicer run` runs
     inside the job on the multi-node cluster and its run folder comes back. The working
     dir holds only the workload and its model, so the project ships as py_modules."""
-    from actors.models import load_model
-    from orchestrator.cli import main as slicer
+    from slicer.actors.models import load_model
+    from slicer.orchestrator.cli import main as slicer
 
     work = tmp_path / "work"
     work.mkdir()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from orchestrator import cluster as C
+from slicer.orchestrator import cluster as C
 
 
 def _node(nid, labels, **res):

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.cli import main
-from orchestrator.evaluation.harness import agreement, evaluate_task
-from orchestrator.evaluation.scorers import (
+from slicer.orchestrator.cli import main
+from slicer.orchestrator.evaluation.harness import agreement, evaluate_task
+from slicer.orchestrator.evaluation.scorers import (
     HFScorer,
     SplitScorer,
     TokenScores,
     load_tokenizer,
 )
-from orchestrator.evaluation.tasks import load_task
+from slicer.orchestrator.evaluation.tasks import load_task
 from tests.orchestrator.conftest import make_char_llama
 
 TASKS = Path(__file__).resolve().parents[2] / "examples" / "tasks"
@@ -30,7 +30,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
-    from actors.models import load_model
+    from slicer.actors.models import load_model
 
     return load_model(str(tiny_dir)), load_tokenizer(str(tiny_dir))
 
@@ -64,7 +64,7 @@ def test_loglikelihood_follows_the_chain_rule(tiny):
 
 
 def test_lossy_codec_changes_scores_and_counts_bits(tiny):
-    from codec import CodecConfig
+    from slicer.codec import CodecConfig
 
     model, tok = tiny
     ctx, cont = _ids(tok, "for i in range(10):"), tok.encode("\n    print(i)")
@@ -139,7 +139,7 @@ def test_exact_match_and_code_through_the_sandbox():
     good = evaluate_task(he, FakeScorer(text="    return a + b\n\ndef unrelated():\n    pass"), FakeTokenizer(), limit=1)
     assert good.outputs == ["    return a + b\n"] and good.metrics["pass_at_1"] == 1.0
     bad = evaluate_task(he, FakeScorer(text="    while True:\n        pass\n"), FakeTokenizer(), limit=1,
-                        sandbox=__import__("orchestrator.evaluation.sandbox", fromlist=["x"]).SandboxLimits(timeout_s=1.0))
+                        sandbox=__import__("slicer.orchestrator.evaluation.sandbox", fromlist=["x"]).SandboxLimits(timeout_s=1.0))
     assert bad.metrics["pass_at_1"] == 0.0 and bad.items[0]["error"] == "timeout"
     assert agreement(good, bad) == {"output_agreement": 0.0}
 
@@ -204,7 +204,7 @@ def test_cli_model_without_tokenizer_is_refused_clearly(stories260k_path, capsys
 
 
 def test_sampling_is_seeded_and_shared_by_split_and_unsplit(tiny):
-    from orchestrator.evaluation.scorers import pick
+    from slicer.orchestrator.evaluation.scorers import pick
 
     model, tok = tiny
     logits = torch.tensor([0.0, 3.0, 1.0])

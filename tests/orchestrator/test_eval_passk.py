@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.evaluation.passk import SampleResult, aggregate, pass_at_k
+from slicer.orchestrator.cli import main
+from slicer.orchestrator.evaluation.passk import SampleResult, aggregate, pass_at_k
 
 TASKS = Path(__file__).resolve().parents[2] / "examples" / "tasks"
 

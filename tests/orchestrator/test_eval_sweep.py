@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.evaluation.pareto import pareto_mask
-from orchestrator.evaluation.sweep import SweepGrid, windows_from_ids
+from slicer.orchestrator.cli import main
+from slicer.orchestrator.evaluation.pareto import pareto_mask
+from slicer.orchestrator.evaluation.sweep import SweepGrid, windows_from_ids
 from tests.orchestrator.conftest import make_char_llama
 
 TASKS = Path(__file__).resolve().parents[2] / "examples" / "tasks"
@@ -121,7 +121,7 @@ def test_sweep_quantized_front_is_measured_and_predicted(tiny_dir, tmp_path):
 
 
 def test_measured_agreement_feeds_a_predict_only_sweep_of_a_big_model(tiny_dir, tmp_path):
-    from policies import AccuracyTable
+    from slicer.policies import AccuracyTable
 
     measured = tmp_path / "measured"
     assert main(["sweep", "--model", str(tiny_dir), "--text", str(TASKS / "stories_mini.txt"), "--splits", "1,3",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.evaluation.tasks import (
+from slicer.orchestrator.evaluation.tasks import (
     TaskFormatError,
     extract_answer,
     gsm8k_answer,

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from actors.loadmeter import LoadMeter
-from orchestrator import loadview as lv
-from orchestrator.cli import main
+from slicer.actors.loadmeter import LoadMeter
+from slicer.orchestrator import loadview as lv
+from slicer.orchestrator.cli import main
 
 
 class FakeClock:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from orchestrator.evaluation.pareto import dominates, pareto_mask, parse_objectives
+from slicer.orchestrator.evaluation.pareto import dominates, pareto_mask, parse_objectives
 
 OBJ = {"accuracy": "max", "bits": "min"}
 

@@ -6,10 +6,10 @@ import json
 import pytest
 import yaml
 
-from orchestrator import results as R
-from orchestrator.cli import main
-from orchestrator.runner import make_requests, run_inprocess, scale_devices
-from orchestrator.workload import WorkloadError, parse_workload
+from slicer.orchestrator import results as R
+from slicer.orchestrator.cli import main
+from slicer.orchestrator.runner import make_requests, run_inprocess, scale_devices
+from slicer.orchestrator.workload import WorkloadError, parse_workload
 
 PROMPTS = [[1, 5, 9, 13, 2], [3, 4], [7, 8, 9]]
 

@@ -1,4 +1,4 @@
-"""The Ray driver loop of ``orchestrator.runner`` at a stall, without a Ray cluster: fake
+"""The Ray driver loop of ``slicer.orchestrator.runner`` at a stall, without a Ray cluster: fake
 actor handles stand in for the actors and ``ray.wait``/``ray.get`` resolve their fake
 refs. A stall must keep every finished record and name the stall."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import ray
 from ray.exceptions import GetTimeoutError
 
-from actors import ray_actors as RA
-from orchestrator import runner
-from orchestrator.workload import parse_workload
+from slicer.actors import ray_actors as RA
+from slicer.orchestrator import runner
+from slicer.orchestrator.workload import parse_workload
 
 PENDING = object()
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from orchestrator.evaluation.sandbox import SandboxLimits, check_completion, run_program
+from slicer.orchestrator.evaluation.sandbox import SandboxLimits, check_completion, run_program
 
 LIMITS = SandboxLimits(timeout_s=3.0, memory_bytes=256 << 20)  # 3 s: slack for a loaded 2-core machine
 GUARDS_ONLY = SandboxLimits(timeout_s=3.0, memory_bytes=256 << 20, kernel_layers=False)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cluster as C
-from orchestrator.cli import main as slicer
+from slicer.orchestrator import cluster as C
+from slicer.orchestrator.cli import main as slicer
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -119,7 +119,7 @@ def with_token(head, monkeypatch):
 
 JOB = r"""
 import json, os, pathlib, ray
-from orchestrator.cluster import connect
+from slicer.orchestrator.cluster import connect
 with connect("auto", timeout_s=10) as c:
     nodes = c.nodes()
     addrs = sorted({n.address for n in nodes})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import jobs as J
+from slicer.orchestrator import jobs as J
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -120,12 +120,19 @@ def test_auth_header_only_with_a_token(tmp_path, monkeypatch):
     assert J.auth_headers() == {"Authorization": "Bearer abc"}
 
 
-def test_runtime_env_ships_packages_only_when_outside_working_dir(tmp_path):
-    inside = J.runtime_env_for(REPO)
-    assert inside["working_dir"] == str(REPO) and "py_modules" not in inside
-    assert ".git" in inside["excludes"] and "runs" in inside["excludes"]
-    outside = J.runtime_env_for(tmp_path)
-    assert sorted(Path(m).name for m in outside["py_modules"]) == sorted(J.PACKAGES)
+def test_runtime_env_ships_the_slicer_namespace(tmp_path):
+    staged = J.stage_package(tmp_path / "stage")
+    env = J.runtime_env_for(REPO, staged)
+    assert env["working_dir"] == str(REPO) and env["py_modules"] == [str(staged)]
+    assert ".git" in env["excludes"] and "runs" in env["excludes"]
+    assert staged.name == "slicer" and sorted(p.name for p in staged.iterdir()) == sorted(J.PACKAGES)
+    assert (staged / "codec" / "__init__.py").is_file() and not list(staged.rglob("__pycache__"))
+    # what a job's interpreter sees: `slicer.codec` from the staged folder, and no bare `codec`
+    code = "import slicer.codec as c, sys; print(c.__file__)"
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(staged.parent)!r}); {code}"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith(str(staged))
 
 
 def test_workload_outside_working_dir_is_refused_before_contacting_anyone(tmp_path):
@@ -145,7 +152,7 @@ def test_unreachable_dashboard_is_a_clear_error():
 def test_wrapper_runs_the_command_and_prints_its_run_folder(tmp_path):
     script = "import os, pathlib; d = pathlib.Path(os.environ['SLICER_RUN_DIR']); d.mkdir(parents=True); " \
              "(d / 'summary.json').write_text('{\"ok\": 1}'); print('inner done'); raise SystemExit(3)"
-    p = subprocess.run([sys.executable, "-m", "orchestrator.jobs", "wrap", "--run-dir", "runs/x-1", "--",
+    p = subprocess.run([sys.executable, "-m", "slicer.orchestrator.jobs", "wrap", "--run-dir", "runs/x-1", "--",
                         sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                        env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 3, p.stderr  # the command's exit code is the job's
@@ -155,6 +162,6 @@ def test_wrapper_runs_the_command_and_prints_its_run_folder(tmp_path):
 
 
 def test_entrypoint_is_shell_quoted():
-    ep = J.build_entrypoint("runs/a b", ["python", "-m", "orchestrator", "run", "ex/it's.yaml"])
-    assert shlex.split(ep)[-5:] == ["python", "-m", "orchestrator", "run", "ex/it's.yaml"]
-    assert shlex.split(ep)[:6] == ["python", "-m", "orchestrator.jobs", "wrap", "--run-dir", "runs/a b"]
+    ep = J.build_entrypoint("runs/a b", ["python", "-m", "slicer.orchestrator", "run", "ex/it's.yaml"])
+    assert shlex.split(ep)[-5:] == ["python", "-m", "slicer.orchestrator", "run", "ex/it's.yaml"]
+    assert shlex.split(ep)[:6] == ["python", "-m", "slicer.orchestrator.jobs", "wrap", "--run-dir", "runs/a b"]

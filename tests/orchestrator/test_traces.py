@@ -7,9 +7,9 @@ import time
 import jsonschema
 import pytest
 
-from actors import telemetry as tel
-from orchestrator import traceview as tv
-from orchestrator.cli import main
+from slicer.actors import telemetry as tel
+from slicer.orchestrator import traceview as tv
+from slicer.orchestrator.cli import main
 
 # Chrome trace-event format (the subset we emit): complete events and metadata events.
 CHROME_TRACE_SCHEMA = {

@@ -7,10 +7,10 @@ import io
 
 import pytest
 
-from orchestrator import results as R
-from orchestrator.runner import run_inprocess
-from orchestrator.validation import check_against_model, model_max_positions
-from orchestrator.workload import WorkloadError, parse_workload
+from slicer.orchestrator import results as R
+from slicer.orchestrator.runner import run_inprocess
+from slicer.orchestrator.validation import check_against_model, model_max_positions
+from slicer.orchestrator.workload import WorkloadError, parse_workload
 
 
 def _wl(model_dir, **kw):
@@ -29,7 +29,7 @@ def _wl(model_dir, **kw):
     ({"server": {"max_kv_mb_per_device": 0.001}}, r"server\.max_kv_mb_per_device=0\.001 cannot hold one request"),
 ])
 def test_model_dependent_fields_fail_before_any_run(model_dir, kw, needle):
-    from actors.models import profile_from_config
+    from slicer.actors.models import profile_from_config
 
     wl = _wl(model_dir, **kw)
     with pytest.raises(WorkloadError, match=needle):
@@ -43,14 +43,14 @@ def test_per_device_server_limits_are_workload_fields(model_dir):
         _wl(model_dir, server={"max_sessions_per_device": 0})
     with pytest.raises(WorkloadError, match=r"server\.max_kv_mb_per_device=-1 is invalid"):
         _wl(model_dir, server={"max_kv_mb_per_device": -1})
-    from orchestrator.runner import server_config
+    from slicer.orchestrator.runner import server_config
 
     cfg = server_config(_wl(model_dir, server={"max_sessions_per_device": 2, "max_kv_mb_per_device": 1.5}))
     assert cfg.max_sessions_per_device == 2 and cfg.max_kv_bytes_per_device == int(1.5 * 2**20)
 
 
 def test_valid_edges_of_the_ranges_pass(model_dir):
-    from actors.models import profile_from_config
+    from slicer.actors.models import profile_from_config
 
     prof = profile_from_config(str(model_dir))
     for kw in ({"policy": {"name": "fixed", "split": 5}}, {"max_new_tokens": 125}, {"server": {"max_sessions": 2}}):

@@ -2,7 +2,7 @@
 record is FAILED; percentiles are nearest-rank."""
 from __future__ import annotations
 
-from orchestrator.bench.load import load_report, percentile
+from slicer.orchestrator.bench.load import load_report, percentile
 
 
 def test_lost_failed_and_completed_are_told_apart():

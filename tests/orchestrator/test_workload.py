@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from codec import CodecConfig
-from orchestrator.workload import WorkloadError, load_prompts, load_workload, parse_workload
+from slicer.codec import CodecConfig
+from slicer.orchestrator.workload import WorkloadError, load_prompts, load_workload, parse_workload
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {

@@ -1,7 +1,7 @@
 """Hand-built model and device profiles for policy tests (no weights, no Ray)."""
 from __future__ import annotations
 
-from policies import DeviceProfile, LayerProfile, ModelProfile
+from slicer.policies import DeviceProfile, LayerProfile, ModelProfile
 
 
 def toy_llm(n_blocks: int = 8, hidden: int = 256, vocab: int = 1000, block_params: int = 1_000_000,

@@ -2,8 +2,8 @@
 import pytest
 from policy_helpers import toy_device, toy_llm
 
-from codec import CodecConfig
-from policies import Budgets, CostModel, LinkState, comm_latency_s
+from slicer.codec import CodecConfig
+from slicer.policies import Budgets, CostModel, LinkState, comm_latency_s
 
 MODEL = toy_llm(n_blocks=4, hidden=256, vocab=1000, block_params=1_000_000, kv_per_token=2048)
 DEV = toy_device(bandwidth=1e9, flops=100e9, memory=1e9)

@@ -2,8 +2,8 @@
 import pytest
 from policy_helpers import toy_device, toy_llm
 
-from policies import DeviceProfile, MeasuredTimings, get_device, load_device_catalog
-from policies.devices import load_measured, measured_path, roofline_s, save_measured
+from slicer.policies import DeviceProfile, MeasuredTimings, get_device, load_device_catalog
+from slicer.policies.devices import load_measured, measured_path, roofline_s, save_measured
 
 SHIPPED = ["raspberry-pi-5", "jetson-orin-nano", "jetson-orin-agx", "phone-soc", "laptop-cpu", "a100", "h100"]
 
@@ -16,7 +16,7 @@ def test_catalog_has_the_device_classes():
     assert cat["a100"].peak_flops["float16"] == pytest.approx(312e12)
     assert cat["jetson-orin-agx"].memory_bandwidth_bps == pytest.approx(204.8e9)
     # Every shipped number has a source comment in the YAML.
-    from policies.devices import CATALOG_PATH
+    from slicer.policies.devices import CATALOG_PATH
 
     for line in CATALOG_PATH.read_text().splitlines():
         s = line.strip()

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies import (
+from slicer.policies import (
     LinkState,
     comm_latency_s,
     db_to_linear,

@@ -14,9 +14,9 @@ import time
 import pytest
 import torch
 
-import codec
-from codec import CodecConfig
-from policies import Budgets, CostModel, LinkState
+from slicer import codec
+from slicer.codec import CodecConfig
+from slicer.policies import Budgets, CostModel, LinkState
 
 SPLIT = 3  # embedding + 2 of 5 decoder blocks on the edge
 CFG = CodecConfig(method="slicer")
@@ -26,7 +26,7 @@ ROUNDS = 5
 
 @pytest.fixture(scope="module")
 def stories(stories260k_path):
-    from actors.models import load_model
+    from slicer.actors.models import load_model
 
     return load_model(str(stories260k_path))
 
@@ -66,7 +66,7 @@ def split_run(model, steps: int, seed: int, clock=time.thread_time) -> tuple[lis
 
 
 def test_measured_profile_predicts_a_split_run_within_25_percent(stories, one_thread):
-    from orchestrator.commands.profile import measure_profile
+    from slicer.orchestrator.commands.profile import measure_profile
 
     edge_ratios, step_ratios = [], []
     for r in range(ROUNDS):

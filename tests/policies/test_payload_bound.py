@@ -3,9 +3,9 @@ activations of the trained stories260k model at every split."""
 import pytest
 import torch
 
-import codec
-from codec import CodecConfig
-from policies import Budgets, CostModel, LinkState, get_device
+from slicer import codec
+from slicer.codec import CodecConfig
+from slicer.policies import Budgets, CostModel, LinkState, get_device
 
 CONFIGS = [
     CodecConfig(method="raw"),
@@ -21,7 +21,7 @@ CONFIGS = [
 
 @pytest.fixture(scope="module")
 def stories(stories260k_path):
-    from actors.models import load_model
+    from slicer.actors.models import load_model
 
     torch.manual_seed(0)
     return load_model(str(stories260k_path))

@@ -3,7 +3,7 @@ import json
 
 from policy_helpers import toy_llm
 
-from orchestrator.cli import main
+from slicer.orchestrator.cli import main
 
 KEYS = ("split", "offload_step", "sparsity", "blocks", "bits", "front_precision", "predicted_latency_ms",
         "predicted_memory_mb", "bytes_per_token", "server_time_ms", "tier", "feasible", "reason")

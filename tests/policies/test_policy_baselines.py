@@ -2,8 +2,8 @@
 import pytest
 from policy_helpers import toy_device, toy_llm
 
-from codec import CodecConfig
-from policies import Budgets, CostModel, LinkState, PolicyState, plan, policy_names
+from slicer.codec import CodecConfig
+from slicer.policies import Budgets, CostModel, LinkState, PolicyState, plan, policy_names
 
 MODEL = toy_llm(n_blocks=8, hidden=256, block_params=1_000_000)
 DEV = toy_device(bandwidth=1e9, flops=100e9, memory=1e9)

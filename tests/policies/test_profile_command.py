@@ -1,8 +1,8 @@
 """`slicer profile` writes a measured profile to the cache and `slicer plan` reads it."""
 import json
 
-from orchestrator.cli import main
-from policies.devices import load_measured
+from slicer.orchestrator.cli import main
+from slicer.policies.devices import load_measured
 
 
 def test_profile_then_plan_from_the_measured_file(stories260k_path, tmp_path, monkeypatch, capsys):

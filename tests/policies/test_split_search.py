@@ -6,8 +6,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from policy_helpers import toy_device, toy_llm, toy_vision
 
-from codec import CodecConfig
-from policies import (
+from slicer.codec import CodecConfig
+from slicer.policies import (
     AccuracyTable,
     Budgets,
     CostModel,
@@ -252,7 +252,7 @@ def test_accuracy_table_files_and_nearest_split(tmp_path):
     assert t.lookup(3, cfg) == (0.8, False)  # nearest measured split of the same setting
     assert t.lookup(6, cfg, "int8") == (0.9, True)
     assert t.lookup(6, CodecConfig(method="slicer", sparsity=0.9)) is None
-    from policies import accuracy_of
+    from slicer.policies import accuracy_of
 
     assert accuracy_of(3, CodecConfig(method="slicer", sparsity=0.9), "float32", t)[1] == "prior"
     assert accuracy_of(2, cfg, "int4", t) == (pytest.approx(0.8 * 0.97), "table")
