@@ -173,9 +173,7 @@ class EdgeDevice:
             return 0.0
         from slicer.policies.link import LinkState, comm_latency_s
 
-        ls = LinkState.from_mbps(self.link.get("rate_mbps", 100.0), self.link.get("snr_db", 20.0),
-                                 self.link.get("bandwidth_hz", 20e6) / 1e6, self.link.get("epsilon", 0.01))
-        d = comm_latency_s(payload_bytes, ls)
+        d = comm_latency_s(payload_bytes, LinkState.from_spec(self.link))
         return d if math.isfinite(d) else 60.0
 
     def _memory_check(self, plan: dict, mode: str, context: int) -> float:

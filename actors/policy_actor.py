@@ -61,8 +61,7 @@ class _Device:
 def _link_state(link: dict):
     from slicer.policies.link import LinkState
 
-    return LinkState.from_mbps(float(link.get("rate_mbps", 100.0)), float(link.get("snr_db", 20.0)),
-                               float(link.get("bandwidth_hz", 20e6)) / 1e6, float(link.get("epsilon", 0.01)))
+    return LinkState.from_spec(link)
 
 
 def _budgets_of(cfg: PolicyConfig, device: Any, dev: "_Device"):

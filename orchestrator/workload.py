@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from slicer.codec import CodecConfig, CodecError
+from slicer.policies.link import DEFAULT_BANDWIDTH_HZ, DEFAULT_EPSILON, DEFAULT_SNR, linear_to_db
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORKLOAD = REPO_ROOT / "examples" / "quickstart.yaml"
@@ -49,16 +50,17 @@ def _bad(path: str, value: Any, allowed: str) -> WorkloadError:
 
 @dataclass(frozen=True)
 class LinkSpec:
-    """A device's link to the server (SLICER Eq. 1 parameters)."""
+    """A device's link to the server (SLICER Eq. 1 parameters). The defaults are the
+    paper's, the same ones ``slicer plan`` and ``slicer sweep`` use (``policies.link``)."""
 
     rate_mbps: float = 100.0
     """Transmission rate R in megabits per second."""
-    snr_db: float = 20.0
-    """Average signal-to-noise ratio γ in dB."""
-    epsilon: float = 0.01
-    """Outage probability target ε in (0, 1) of the ε-outage latency."""
-    bandwidth_hz: float = 20e6
-    """Channel bandwidth W in hertz."""
+    snr_db: float = linear_to_db(DEFAULT_SNR)
+    """Average signal-to-noise ratio γ in dB (10 dB)."""
+    epsilon: float = DEFAULT_EPSILON
+    """Outage probability target ε in (0, 1) of the ε-outage latency (0.001)."""
+    bandwidth_hz: float = DEFAULT_BANDWIDTH_HZ
+    """Channel bandwidth W in hertz (10 MHz)."""
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -303,11 +305,12 @@ def _field_names(cls: type) -> list[str]:
 
 def _link(path: str, raw: Any) -> LinkSpec:
     d = _mapping(path, raw, LinkSpec)
+    dflt = LinkSpec()
     return LinkSpec(
-        rate_mbps=_num(f"{path}.rate_mbps", d.get("rate_mbps", 100.0), 0, lo_open=True),
-        snr_db=_num(f"{path}.snr_db", d.get("snr_db", 20.0), -50, 100),
-        epsilon=_open01(f"{path}.epsilon", d.get("epsilon", 0.01)),
-        bandwidth_hz=_num(f"{path}.bandwidth_hz", d.get("bandwidth_hz", 20e6), 0, lo_open=True),
+        rate_mbps=_num(f"{path}.rate_mbps", d.get("rate_mbps", dflt.rate_mbps), 0, lo_open=True),
+        snr_db=_num(f"{path}.snr_db", d.get("snr_db", dflt.snr_db), -50, 100),
+        epsilon=_open01(f"{path}.epsilon", d.get("epsilon", dflt.epsilon)),
+        bandwidth_hz=_num(f"{path}.bandwidth_hz", d.get("bandwidth_hz", dflt.bandwidth_hz), 0, lo_open=True),
     )
 
 

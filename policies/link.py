@@ -66,6 +66,15 @@ class LinkState:
         """The CLI's units: Mbit/s, dB, MHz."""
         return cls(rate_bps=rate_mbps * 1e6, bandwidth_hz=bandwidth_mhz * 1e6, snr=db_to_linear(snr_db), epsilon=epsilon)
 
+    @classmethod
+    def from_spec(cls, link: dict) -> LinkState:
+        """A workload link (``rate_mbps`` required; ``snr_db``, ``bandwidth_hz``, ``epsilon``
+        default to the paper's 10 dB, 10 MHz, 0.001, the same as ``slicer plan``)."""
+        return cls(rate_bps=float(link["rate_mbps"]) * 1e6,
+                   bandwidth_hz=float(link.get("bandwidth_hz", DEFAULT_BANDWIDTH_HZ)),
+                   snr=db_to_linear(float(link.get("snr_db", linear_to_db(DEFAULT_SNR)))),
+                   epsilon=float(link.get("epsilon", DEFAULT_EPSILON)))
+
     def replace(self, **changes) -> LinkState:
         return replace(self, **changes)
 

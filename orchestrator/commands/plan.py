@@ -24,9 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", default=None, help="your own device catalog YAML (same fields as policies/devices.yaml)")
     p.add_argument("--server", default="h100", help="server device class for server time (default h100)")
     p.add_argument("--rate-mbps", type=float, required=True, help="link rate R in Mbit/s")
-    p.add_argument("--snr-db", type=float, default=10.0, help="mean SNR γ in dB (default 10 dB = γ 10)")
-    p.add_argument("--bandwidth-mhz", type=float, default=10.0, help="channel bandwidth W in MHz (default 10)")
-    p.add_argument("--epsilon", type=float, default=1e-3, help="outage target ε (default 0.001)")
+    from slicer.policies.link import DEFAULT_BANDWIDTH_HZ, DEFAULT_EPSILON, DEFAULT_SNR, linear_to_db
+
+    # the paper's defaults, from the one place the workload's link defaults come from too
+    p.add_argument("--snr-db", type=float, default=linear_to_db(DEFAULT_SNR),
+                   help=f"mean SNR γ in dB (default {linear_to_db(DEFAULT_SNR):g})")
+    p.add_argument("--bandwidth-mhz", type=float, default=DEFAULT_BANDWIDTH_HZ / 1e6,
+                   help=f"channel bandwidth W in MHz (default {DEFAULT_BANDWIDTH_HZ / 1e6:g})")
+    p.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help=f"outage target ε (default {DEFAULT_EPSILON:g})")
     p.add_argument("--latency-ms", type=float, required=True, help="latency budget D: per decode step (LLMs) or per inference")
     p.add_argument("--memory-mb", type=float, default=None, help="edge memory budget M in MB (default: the device's memory)")
     p.add_argument("--tokens", type=int, default=128, help="tokens to generate (default 128)")

@@ -32,7 +32,7 @@ def test_parses_defaults_and_ids():
     wl = parse_workload(BASE)
     assert [d for d, _ in wl.all_devices()] == ["raspberry-pi-5-0", "raspberry-pi-5-1", "jetson-orin-nano-0"]
     g = wl.devices[0]
-    assert g.link.rate_mbps == 20.0 and g.link.snr_db == 20.0
+    assert g.link.rate_mbps == 20.0 and g.link.snr_db == 10.0  # the paper's default, as `slicer plan`
     assert g.link_schedule[0].apply(g.link).rate_mbps == 2.0
     assert wl.policy.name == "slicer" and wl.codec is None and wl.mode == "auto"
     assert wl.inputs.prompts == ("hello", (1, 2, 3))
