@@ -10,9 +10,12 @@ Where spans go:
 - always, when tracing is on: an in-process buffer that the runner drains through an actor
   method (``drain()``) and writes to ``traces.jsonl`` in the run folder, so traces come
   back from remote nodes without a shared file system;
-- additionally, over OTLP to any collector (Jaeger, Tempo...) when
+- additionally, over OTLP/HTTP to any collector (Jaeger, Tempo...) when
   ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set and the optional extra ``slicer[otlp]``
-  (``opentelemetry-exporter-otlp``) is installed.
+  (``opentelemetry-exporter-otlp``) is installed; without the exporter each process says
+  so in one line on stderr. On an existing cluster the driver ships its ``OTEL_*``
+  variables to every actor (``otlp_env``, job-level ``runtime_env``), and ``slicer submit``
+  to the job.
 
 When tracing is off, ``span`` yields ``None`` without touching OpenTelemetry, so the cost
 is one function call and a ``contextlib`` frame per hop.
@@ -153,11 +156,44 @@ def init_tracing(service_name: str, *, enabled: bool = True, attributes: dict[st
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
             _state.otlp = True
         except ImportError:
-            pass
+            warn_missing_exporter(service_name)
     _state.provider, _state.buffer = provider, buf
     _state.service = service_name
     _state.resource = {k: v for k, v in res.attributes.items() if not k.startswith("telemetry.")}
     _state.tracer = provider.get_tracer("slicer")
+
+
+OTLP_MISSING = ("OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is not installed here, so no span "
+                "is exported (traces.jsonl is still written): pip install 'slicer[otlp]' on every node")
+_warned = False
+
+
+def otlp_exporter_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http.trace_exporter") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def warn_missing_exporter(where: str = "") -> None:
+    """One line on stderr per process (an actor's reaches the driver through Ray's log
+    forwarding, prefixed with the actor)."""
+    global _warned
+    if not _warned:
+        _warned = True
+        import sys
+
+        print(f"slicer: warning: {OTLP_MISSING}" + (f" ({where})" if where else ""), file=sys.stderr, flush=True)
+
+
+def otlp_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The ``OTEL_*`` variables of ``environ`` (default: this process's): what a run on an
+    existing cluster ships to its actors in ``runtime_env["env_vars"]``, since actors do not
+    inherit the driver's environment (NOTES.md, "Metrics lag")."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k.startswith("OTEL_")}
 
 
 def enabled() -> bool:

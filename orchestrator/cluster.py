@@ -17,10 +17,13 @@ to a remote cluster cannot be called back.
 
 Token authentication: a ``LocalCluster`` uses a random token held in this process's
 environment only (never written to disk, so the user's ``~/.ray/auth_token`` is neither
-read nor created); :func:`connect` switches token mode on when a token is available
-(``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), as ``ray.init("auto")``
-does, because ``ray.init(address=...)`` never does so by itself in Ray 2.60 and a token
-sent to a cluster without authentication is accepted.
+read nor created). :func:`connect` asks the cluster what it requires (one GCS call without
+a token: refused with ``AuthenticationError`` means token mode) and sets this driver's mode
+to match. The driver's mode must match the cluster's, not merely carry a token: a driver in
+token mode on a cluster without it starts actors whose calls back to the driver lack the
+token ("Missing authorization header", ``ActorDiedError``), which is what a stray
+``~/.ray/auth_token`` used to cause. When the user's ``RAY_AUTH_MODE`` disagrees with the
+cluster, one line says so and what to do.
 """
 from __future__ import annotations
 
@@ -621,6 +624,8 @@ class Connection:
     """Whether this driver sends a token."""
     loopback_prev: dict | None = None
     """State to restore on close when the address was on loopback (see enable_loopback)."""
+    auth_prev: dict | None = None
+    """``RAY_AUTH_MODE`` as it was before connect() matched it to the cluster."""
 
     def nodes(self) -> list[NodeInfo]:
         return list_nodes()
@@ -635,6 +640,9 @@ class Connection:
         if self.loopback_prev is not None:
             restore_loopback(self.loopback_prev)
             self.loopback_prev = None
+        if self.auth_prev is not None:
+            _restore_env(self.auth_prev)
+            self.auth_prev = None
 
     def __enter__(self) -> "Connection":
         return self
@@ -644,8 +652,30 @@ class Connection:
 
 
 def _probe_gcs(address: str, timeout_s: float) -> None:
-    """Fail within ``timeout_s`` with a clear error when the GCS at HOST:PORT cannot be
-    reached or refuses our token (``ray.init`` alone retries for about 20 s first)."""
+    """Fail within ``timeout_s`` with a clear error when the GCS at HOST:PORT refuses this
+    process's auth mode and token (``ray.init`` alone retries for about 20 s first).
+    Called after :func:`cluster_requires_token`, which checked that it is reachable."""
+    from ray._raylet import GcsClient
+
+    try:
+        GcsClient(address=address).internal_kv_keys(b"", None, timeout=timeout_s)
+    except Exception as e:  # noqa: BLE001 - re-raised with the address and the cause
+        hint = (" (the token was refused: use the cluster's own token, `ray get-auth-token` on the head)"
+                if _is_auth_error(e) else "")
+        raise ClusterError(f"cannot use the Ray cluster at {address}: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}{hint}") from e
+
+
+def _is_auth_error(e: BaseException) -> bool:
+    from ray.exceptions import AuthenticationError
+
+    return isinstance(e, AuthenticationError) or "InvalidAuthToken" in str(e) or "authorization" in str(e).lower()
+
+
+def cluster_requires_token(address: str, timeout_s: float = 10.0) -> bool:
+    """Whether the GCS at HOST:PORT requires token authentication: one call made without
+    a token (this process's auth mode is put back afterwards). ClusterError when the
+    cluster cannot be reached at all."""
     import socket
 
     from ray._raylet import GcsClient
@@ -656,27 +686,77 @@ def _probe_gcs(address: str, timeout_s: float) -> None:
     except (OSError, ValueError) as e:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {type(e).__name__}: {e} "
                            f"(is it up? the address is the GCS HOST:PORT, default port 6379)") from e
+    prev = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE")}
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    _reload_auth_config()
     try:
         GcsClient(address=address).internal_kv_keys(b"", None, timeout=timeout_s)
-    except Exception as e:  # noqa: BLE001 - re-raised with the address and the cause
+        return False
+    except Exception as e:  # noqa: BLE001 - sorted below
+        if _is_auth_error(e):
+            return True
         raise ClusterError(f"cannot use the Ray cluster at {address}: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    finally:
+        _restore_env(prev)
+
+
+def _match_auth(target: str, timeout_s: float, notice) -> None:
+    """Set this process's auth mode to what the cluster at ``target`` requires; one line
+    to ``notice`` when the user's ``RAY_AUTH_MODE`` said otherwise."""
+    user = (os.environ.get("RAY_AUTH_MODE") or "").lower() or None
+    needs = cluster_requires_token(target, timeout_s)
+    if needs:
+        if user == "disabled":
+            raise ClusterError(f"the Ray cluster at {target} requires token authentication but RAY_AUTH_MODE="
+                               f"disabled: unset RAY_AUTH_MODE and put the cluster's token in ~/.ray/auth_token, "
+                               f"RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN")
+        if find_token() is None:
+            raise ClusterError(f"the Ray cluster at {target} requires token authentication and no token was "
+                               f"found: put the cluster's token (`ray get-auth-token` on the head) in "
+                               f"~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN")
+        os.environ["RAY_AUTH_MODE"] = "token"
+    else:
+        if user == "token" and notice is not None:
+            print(f"slicer: the Ray cluster at {target} runs without token authentication, so this driver "
+                  f"connects without it (RAY_AUTH_MODE=token ignored; unset it to silence this line)",
+                  file=notice)
+        # A token file alone must not switch token mode on here (see the module docstring).
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+    _reload_auth_config()
+
+
+def _job_env() -> dict | None:
+    """This driver's job-level runtime_env: the ``OTEL_*`` tracing variables, so every actor
+    exports where the driver was told to (actors do not inherit the driver's environment).
+    Inside a Ray job those the job was submitted with reach the actors already, and Ray
+    refuses a driver runtime_env that repeats a job's variable: they are left out."""
+    import json
+
+    from slicer.actors.telemetry import otlp_env
+
+    env = otlp_env()
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:
+        try:
+            have = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        except (ValueError, AttributeError):
+            have = {}
+        env = {k: v for k, v in env.items() if k not in have}
+    return {"env_vars": env} if env else None
 
 
 def connect(address: str | None = "auto", *, namespace: str = "slicer", timeout_s: float = 15.0,
-            probe: bool = True) -> Connection:
+            probe: bool = True, notice=sys.stderr) -> Connection:
     """Connect this process's driver to an existing cluster. ``auto`` finds a local one
-    (or uses ``RAY_ADDRESS``, as inside a Ray job). Token mode is switched on when a
-    token is available and ``RAY_AUTH_MODE`` is unset."""
+    (or uses ``RAY_ADDRESS``, as inside a Ray job). The driver's auth mode follows what
+    the cluster requires (``probe``; with ``probe=False`` or ``ray://``, the environment's
+    ``RAY_AUTH_MODE`` as it is)."""
     import ray
 
     address = address or "auto"
     if ray.is_initialized():
         raise ClusterError("this process is already connected to a Ray cluster; ray.shutdown() it first")
-    if os.environ.get("RAY_AUTH_MODE") is None and find_token() is not None:
-        os.environ["RAY_AUTH_MODE"] = "token"
-        _reload_auth_config()
-    token_auth = os.environ.get("RAY_AUTH_MODE") == "token"
     target = address
     if address == "auto":
         from ray._private.utils import read_ray_address
@@ -689,18 +769,23 @@ def connect(address: str | None = "auto", *, namespace: str = "slicer", timeout_
                                "pass the cluster's HOST:PORT (GCS port, default 6379)")
     host = target.split("://")[-1].rsplit(":", 1)[0]
     loopback_prev = None
+    auth_prev = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE")}
     if host in ("127.0.0.1", "localhost"):
         # A cluster on this machine's loopback (a LocalCluster, a test head): the driver
         # must report 127.0.0.1 too, or ray.init rewrites the address and retries forever.
         loopback_prev = enable_loopback()
     try:
         if probe and target and not target.startswith("ray://") and target != "auto" and ":" in target:
-            _probe_gcs(target.replace("http://", ""), timeout_s)
-        ray.init(address=address, namespace=namespace, logging_level="WARNING")
+            gcs = target.replace("http://", "")
+            _match_auth(gcs, timeout_s, notice)
+            _probe_gcs(gcs, timeout_s)  # with the mode chosen: a wrong token fails here, clearly
+        ray.init(address=address, namespace=namespace, logging_level="WARNING", runtime_env=_job_env())
     except Exception as e:  # noqa: BLE001
         if loopback_prev is not None:
             restore_loopback(loopback_prev)
+        _restore_env(auth_prev)
         if isinstance(e, ClusterError):
             raise
         raise ClusterError(f"cannot connect to the Ray cluster at {address!r}: {type(e).__name__}: {e}") from e
-    return Connection(address=address, token_auth=token_auth, loopback_prev=loopback_prev)
+    token_auth = os.environ.get("RAY_AUTH_MODE") == "token"
+    return Connection(address=address, token_auth=token_auth, loopback_prev=loopback_prev, auth_prev=auth_prev)

@@ -147,8 +147,14 @@ def stage_package(dest: Path) -> Path:
 def runtime_env_for(working_dir: Path, staged: Path) -> dict:
     """Ship ``working_dir`` as the job's folder and the staged ``slicer`` package
     (``stage_package``) with ``py_modules``, so the job imports the same code as this
-    client whether or not the nodes installed the project."""
-    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "py_modules": [str(staged)]}
+    client whether or not the nodes installed the project. The client's ``OTEL_*`` tracing
+    variables travel as ``env_vars``: the job's driver and every actor it starts see them."""
+    from slicer.actors.telemetry import otlp_env
+
+    env = {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "py_modules": [str(staged)]}
+    if otlp_env():
+        env["env_vars"] = otlp_env()
+    return env
 
 
 def build_entrypoint(run_dir: str, command: list[str]) -> str:

@@ -31,6 +31,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"slicer run: {e}", file=sys.stderr)
         return 2
     progress = None if args.quiet else sys.stderr
+    import os
+
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and not args.no_trace:
+        from slicer.actors.telemetry import otlp_exporter_available, warn_missing_exporter
+
+        if not otlp_exporter_available():
+            warn_missing_exporter("this machine")
     try:
         if args.in_process:
             from slicer.orchestrator.runner import run_inprocess

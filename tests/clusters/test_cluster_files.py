@@ -227,3 +227,21 @@ def test_onprem_head_is_the_server_and_unknown_workers_refuse(tmp_path):
     assert len(classes) >= 2
     rc, calls = run_commands(cfg["worker_start_ray_commands"], tmp_path, hostname_out="192.0.2.99")
     assert rc != 0 and not [c for c in calls if c["args"][:1] == ["start"]]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_ray_pin_is_in_the_package_range_and_the_otlp_extra_is_installed(path):
+    """The files pin Ray (driver and cluster must match) to a version the package allows,
+    and install the project with its ``otlp`` extra (spans reach a collector)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((path.parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    ray_req = next(Requirement(d) for d in deps if Requirement(d).name == "ray")
+    cmds = " ".join(load(path)["setup_commands"])
+    pins = re.findall(r"ray\[default\]==([0-9][0-9.]*)", cmds)
+    assert len(pins) == 1, pins
+    assert ray_req.specifier.contains(pins[0]), (pins[0], str(ray_req.specifier))
+    assert re.search(r"-e ~/slicer'?\[[^\]]*otlp[^\]]*\]", cmds), "the project is installed without [otlp]"
+    assert "pinned" in path.read_text() and "same Ray" in path.read_text()  # the file says why it pins

@@ -2,6 +2,7 @@
 hand-built node lists, argument validation, pid-exact process cleanup."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -145,3 +146,50 @@ def test_connect_auto_without_any_address_refuses(monkeypatch):
     monkeypatch.setattr(ru, "read_ray_address", lambda temp_dir=None: None)
     with pytest.raises(C.ClusterError, match="no RAY_ADDRESS"):
         C.connect("auto")
+
+
+@pytest.mark.parametrize("user,needs,token,expect", [
+    (None, False, "t", "disabled"),          # a token file alone never turns token mode on
+    ("token", False, "t", "disabled"),       # the cluster wins; one line says so
+    (None, True, "t", "token"),
+    ("disabled", True, "t", "error:RAY_AUTH_MODE=disabled"),
+    (None, True, None, "error:no token was found"),
+])
+def test_auth_mode_follows_the_cluster(monkeypatch, user, needs, token, expect):
+    import io
+
+    monkeypatch.setattr(C, "cluster_requires_token", lambda target, timeout_s: needs)
+    monkeypatch.setattr(C, "find_token", lambda: token)
+    monkeypatch.setattr(C, "_reload_auth_config", lambda: None)
+    if user is None:
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    else:
+        monkeypatch.setenv("RAY_AUTH_MODE", user)
+    notice = io.StringIO()
+    if expect.startswith("error:"):
+        with pytest.raises(C.ClusterError, match=expect[6:]):
+            C._match_auth("127.0.0.1:6379", 1.0, notice)
+        return
+    C._match_auth("127.0.0.1:6379", 1.0, notice)
+    assert os.environ["RAY_AUTH_MODE"] == expect
+    lines = notice.getvalue().splitlines()
+    assert len(lines) == (1 if user == "token" and not needs else 0), lines
+    if lines:
+        assert "without token authentication" in lines[0] and "unset it" in lines[0]
+
+
+def test_job_env_ships_otel_variables_but_not_those_the_job_has(monkeypatch):
+    import json
+
+    for k in [k for k in os.environ if k.startswith("OTEL_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert C._job_env() is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x=1")
+    assert C._job_env() == {"env_vars": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+                                         "OTEL_EXPORTER_OTLP_HEADERS": "x=1"}}
+    # inside a submitted job Ray refuses a driver env var the job already sets
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
+        {"runtime_env": {"env_vars": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}}}))
+    assert C._job_env() == {"env_vars": {"OTEL_EXPORTER_OTLP_HEADERS": "x=1"}}
