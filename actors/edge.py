@@ -22,6 +22,8 @@ the same in a unit test and in an actor.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import time
 from dataclasses import dataclass, field
@@ -52,7 +54,12 @@ class _TimedEdgeSession(EdgeSession):
 
 
 class ServerClient(Protocol):
-    def open_session(self, device_id: str, request_id: str, split: int, max_tokens: int, trace_ctx: dict) -> str: ...
+    """The server as a device sees it. ``open_session`` returns the session's token (a
+    capability: ``step`` and ``close_session`` take it); the client adds the device's
+    driver-issued credential itself, so the edge's code never handles it."""
+
+    def open_session(self, device_id: str, request_id: str, split: int, max_tokens: int, trace_ctx: dict,
+                     supersedes: str | None = None) -> str: ...
     def step(self, session_id: str, payload: bytes, position: int, trace_ctx: dict) -> dict: ...
     def close_session(self, session_id: str, trace_ctx: dict) -> dict: ...
 
@@ -63,13 +70,16 @@ class PolicyClient(Protocol):
 
 
 class InProcessServer:
-    """A ``Server`` called directly (unit tests, the in-process runner)."""
+    """A ``Server`` called directly (unit tests, the in-process runner). ``credential``:
+    the device's, when the server checks identities."""
 
-    def __init__(self, server):
+    def __init__(self, server, credential: str | None = None):
         self.server = server
+        self.credential = credential
 
-    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None):
-        return self.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {})
+    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None, supersedes=None):
+        return self.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {},
+                                        credential=self.credential, supersedes=supersedes)
 
     def step(self, session_id, payload, position, trace_ctx=None):
         return self.server.step_now(session_id, payload, position, trace_ctx or {})
@@ -113,6 +123,8 @@ class EdgeConfig:
     """``auto`` (the plan's) or a forced mode (see the module docstring)."""
     precision: str | None = None
     """Front-segment precision forced by the workload; None: the plan's."""
+    seed: int = 0
+    """The workload's seed: the codec's seed (rotation, tie-breaks) unless the codec spec names one."""
     node: str = ""
     """Node id/ip the device runs on (filled in by its actor)."""
 
@@ -237,6 +249,9 @@ class EdgeDevice:
         if mode in ("split", "local-then-offload"):
             codec_spec = self.cfg.codec or plan.get("codec_spec") or "lossless"
             codec = CodecConfig.parse(codec_spec)
+            if codec.method != "raw" and "seed" not in codec_spec.partition(":")[2].replace("=", ",").split(","):
+                codec = dataclasses.replace(codec, seed=int(self.cfg.seed))
+                codec_spec = codec.spec()
         else:  # no feature crosses: token ids (cloud-only) or nothing (edge-only)
             codec_spec, codec = ("tokens" if mode == "cloud-only" else "none"), CodecConfig(method="raw")
         precision = self.cfg.precision or plan.get("front_precision") or "float32"

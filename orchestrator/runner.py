@@ -110,7 +110,7 @@ def edge_config(wl: Workload, dev_id: str, g) -> dict:
         "budgets": dataclasses.asdict(g.budgets), "emulation": dataclasses.asdict(g.emulation),
         "link_schedule": [dataclasses.asdict(c) for c in g.link_schedule],
         "codec": wl.codec.spec() if wl.codec is not None else None, "mode": wl.mode,
-        "precision": None if wl.precision == "auto" else wl.precision,
+        "precision": None if wl.precision == "auto" else wl.precision, "seed": wl.seed,
     }
 
 

@@ -53,8 +53,9 @@ class LinkSpec:
     """A device's link to the server (SLICER Eq. 1 parameters). The defaults are the
     paper's, the same ones ``slicer plan`` and ``slicer sweep`` use (``policies.link``)."""
 
-    rate_mbps: float = 100.0
-    """Transmission rate R in megabits per second."""
+    rate_mbps: float = 20.0
+    """Transmission rate R in megabits per second (20: below the default channel's
+    capacity W·log2(1+γ) = 34.6 Mbit/s, so a device with no link given is feasible)."""
     snr_db: float = linear_to_db(DEFAULT_SNR)
     """Average signal-to-noise ratio γ in dB (10 dB)."""
     epsilon: float = DEFAULT_EPSILON
@@ -223,7 +224,8 @@ class Workload:
     max_new_tokens: int = 8
     """Tokens generated per request (greedy)."""
     seed: int = 0
-    """Seed of everything random (codec tie-breaks)."""
+    """Seed of everything random: the codec's seed (its rotation and tie-breaks) unless the
+    codec spec names one."""
     server: ServerSpec = field(default_factory=ServerSpec)
     """Server limits."""
     base_dir: str = "."
