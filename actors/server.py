@@ -11,15 +11,31 @@ at most ``max_sessions`` sessions and ``max_kv_bytes`` of KV cache (reserved at 
 for the session's largest context), payloads of at most ``max_payload_bytes``; a bad
 payload fails that step with an ``AdmissionError`` naming the device and the defect,
 and the session and every other session go on.
+
+Sessions are capabilities: ``open_session`` returns an unguessable token
+(``<session id>.<secret>``, the secret from ``secrets.token_urlsafe``, checked with
+``hmac.compare_digest``) and step, close and supersede take that token; knowing a
+session's device and request ids gives nothing. Identities: with ``identities`` (device
+id -> credential, assigned by the driver at placement) a device must present its
+credential to open a session, so per-device quotas and the per-identity rate of opens
+key on an identity the server checked, and while the server is full every registered
+device that holds no session still gets one. An idle session expires after
+``session_ttl_s`` (measured on the injectable ``clock``) and frees its KV reservation;
+its token then gets a ``SessionExpiredError``, which the edge's recovery path answers by
+reopening and replaying (``slicer.actors.recovery``).
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hmac
 import itertools
+import math
+import secrets
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +71,40 @@ class ServerConfig:
     max_kv_bytes_per_device: int = 128 << 20
     """Most KV-cache bytes reserved by ONE device, so one device cannot take the whole
     ``max_kv_bytes``."""
+    session_ttl_s: float = 300.0
+    """A session idle (no step started or finished) for longer expires and frees its KV
+    reservation; a session with a step in flight never expires."""
+    open_rate_per_s: float = 100.0
+    """Sustained session opens per second of ONE identity (token bucket): a device opens
+    one session per request, so more is a loop or abuse."""
+    open_burst: int = 200
+    """Opens one identity may make at once before ``open_rate_per_s`` applies."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _short(v: Any) -> str:
+    """A hostile argument shown in an error: a short repr, never a huge one (``repr`` of
+    a 10**5000 int even raises)."""
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 64:
+        return f"<int of {v.bit_length()} bits>"
+    if isinstance(v, (bool, int, float, str, type(None))):
+        r = repr(v)
+        return r if len(r) <= 40 else r[:37] + "..."
+    return f"<{type(v).__name__}>"
+
+
+class SessionExpiredError(AdmissionError):
+    """A step or close named a session that expired (idle longer than
+    ``session_ttl_s``); its KV cache is gone. The edge reopens and replays it."""
+
+
+#: Expired sessions remembered (by id) so their holder gets "expired", not "unknown".
+_EXPIRED_MEMORY = 4096
+#: Refusals kept in ``stats()["rejected"]`` (all are counted in ``rejected_total``).
+_REJECTED_KEPT = 1000
 
 
 @dataclass
@@ -72,6 +122,10 @@ class Session:
     opened_t: float = field(default_factory=now_s)
     last_t: float = field(default_factory=now_s)
     busy: bool = False
+    secret: str = ""
+    """The token's secret part (the token is ``f"{session_id}.{secret}"``)."""
+    active_t: float = 0.0
+    """Server clock at the last open, step start or step end (idle time counts from it)."""
 
 
 @dataclass
@@ -103,10 +157,15 @@ class Server:
     """The shared server (see the module docstring)."""
 
     def __init__(self, model: Any, config: ServerConfig | None = None, name: str = "server",
-                 load_meter: Any = None, metrics: Any = None):
+                 load_meter: Any = None, metrics: Any = None, *, identities: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         """``model``: a ``SplitModel`` (``slicer.actors.models.load_model``), loaded whole: any
         split's back segment runs from it. ``load_meter``: an ``slicer.actors.loadmeter.LoadMeter``
-        (made here if None); ``metrics``: an ``slicer.actors.loadmeter.ServerMetrics`` or None."""
+        (made here if None); ``metrics``: an ``slicer.actors.loadmeter.ServerMetrics`` or None.
+        ``identities``: device id -> credential, from the driver (``make_identities``); None:
+        device ids are taken as declared (one trusted process: unit tests, library use).
+        ``clock``: seconds, monotonic; session expiry and the open rate run on it (tests
+        inject a fake one)."""
         self.model = model
         self.cfg = config or ServerConfig()
         self.name = name
@@ -121,6 +180,13 @@ class Server:
         self.metrics = metrics
         self._sessions: dict[str, Session] = {}
         self._ids = itertools.count(1)
+        self._identities = None if identities is None else {str(k): str(v) for k, v in identities.items()}
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # identity -> (tokens, clock at last refill)
+        self._expired: OrderedDict[str, tuple[str, float]] = OrderedDict()  # session id -> (secret, idle s)
+        self.expired_sessions = 0
+        self.auth_failures = 0
+        self.rejected_total = 0
         self._lock = threading.Lock()
         self._compute_lock = threading.Lock()
         self.reserved_kv_bytes = 0
@@ -142,24 +208,46 @@ class Server:
 
     # ------------------------------------------------------------------ sessions
     def open_session(self, device_id: str, request_id: str, split: int, max_tokens: int,
-                     trace_ctx: dict | None = None) -> str:
+                     trace_ctx: dict | None = None, *, credential: str | None = None,
+                     supersedes: str | None = None) -> str:
         """Admit a session running units ``[split, n)`` for up to ``max_tokens`` tokens
-        of context. Raises ``AdmissionError`` naming the limit it would break."""
+        of context; returns its token (the capability every later call needs). Raises
+        ``AdmissionError`` naming the limit it would break.
+
+        ``credential``: the device's, when the server has ``identities``. ``supersedes``:
+        the token of an earlier session of the same device and request to replace (the
+        edge's recovery path); a token that is not this device's is refused. With
+        identities, a new session of a (device, request) that already has one replaces it
+        too: the device's actor was restarted (``slicer.orchestrator.faults``) and holds
+        the driver-issued credential but not the old token."""
         for name, v in (("device_id", device_id), ("request_id", request_id)):
             if not isinstance(v, str) or not 0 < len(v) <= 256:
                 raise AdmissionError(f"{name}={str(v)[:80]!r} is invalid: allowed a string of 1..256 characters")
-        if not isinstance(split, int) or not 0 <= split < self.num_units:
-            raise AdmissionError(f"device {device_id}: split={split!r} is invalid: allowed 0..{self.num_units - 1}")
-        if not isinstance(max_tokens, int) or not 1 <= max_tokens <= self.cfg.max_tokens_per_session:
-            raise AdmissionError(
-                f"device {device_id}: max_tokens={max_tokens!r} is invalid: allowed 1..{self.cfg.max_tokens_per_session}")
+        # bool is an int in Python: split=True must not open split 1
+        if not _is_int(split) or not 0 <= split < self.num_units:
+            raise AdmissionError(f"device {device_id}: split={_short(split)} is invalid: allowed an integer "
+                                 f"0..{self.num_units - 1}")
+        if not _is_int(max_tokens) or not 1 <= max_tokens <= self.cfg.max_tokens_per_session:
+            raise AdmissionError(f"device {device_id}: max_tokens={_short(max_tokens)} is invalid: allowed an "
+                                 f"integer 1..{self.cfg.max_tokens_per_session}")
+        if supersedes is not None and not isinstance(supersedes, str):
+            raise AdmissionError(f"device {device_id}: supersedes is {type(supersedes).__name__}: allowed a session token")
         kv = int(self.profile.kv_bytes_per_token(split, self.num_units)) * max_tokens
         with self._lock:
-            # A new session for the same request supersedes the old one: its edge died and
-            # was restarted, and regenerates the request (actors.recovery / orchestrator.faults).
-            for old in [o for o in self._sessions.values() if o.device_id == device_id and o.request_id == request_id]:
-                del self._sessions[old.session_id]
-                self.reserved_kv_bytes -= old.reserved_kv_bytes
+            self._authenticate_locked(device_id, credential)
+            now = self._clock()
+            self._expire_locked(now)
+            self._take_open_token_locked(device_id, now)
+            if supersedes is not None:
+                old = self._lookup_locked(supersedes)
+                if old is not None and (old.device_id, old.request_id) == (device_id, request_id):
+                    self._drop_locked(old)
+                elif old is not None or self._session_part(supersedes) in self._sessions:
+                    self._reject(device_id, "supersede", "supersedes= is not a token of this device's session of "
+                                 f"request {request_id[:80]!r}")
+            if self._identities is not None:
+                for old in [o for o in self._sessions.values() if (o.device_id, o.request_id) == (device_id, request_id)]:
+                    self._drop_locked(old)
             mine = [o for o in self._sessions.values() if o.device_id == device_id]
             if len(mine) >= self.cfg.max_sessions_per_device:
                 self._reject(device_id, "device-sessions", f"device holds {len(mine)} sessions, limit "
@@ -170,44 +258,141 @@ class Server:
                              f"of max_kv_bytes_per_device={self.cfg.max_kv_bytes_per_device}")
             if len(self._sessions) >= self.cfg.max_sessions:
                 self._reject(device_id, "sessions", f"server holds {len(self._sessions)} sessions, limit max_sessions={self.cfg.max_sessions}")
+            kept = self._kept_for_others_locked(device_id) if mine else 0
+            if len(self._sessions) + 1 > self.cfg.max_sessions - kept:
+                self._reject(device_id, "sessions", f"device holds {len(mine)} sessions and the last {kept} free of "
+                             f"max_sessions={self.cfg.max_sessions} are kept for registered devices that hold none")
             if self.reserved_kv_bytes + kv > self.cfg.max_kv_bytes:
                 self._reject(device_id, "kv", f"session needs {kv} KV bytes; {self.reserved_kv_bytes} of "
                              f"max_kv_bytes={self.cfg.max_kv_bytes} already reserved")
             sid = f"{device_id}/{request_id}/{next(self._ids)}"
             # The server half of the request (``slicer.actors.models.generate``): units
             # [split, n) with this session's own KV cache.
-            half = ServerSession(self.model, split)
-            self._sessions[sid] = Session(sid, device_id, request_id, split, max_tokens, kv, half.cache)
+            half = ServerSession(self.model, split, capacity=max_tokens)
+            secret = secrets.token_urlsafe(24)  # 192 bits
+            self._sessions[sid] = Session(sid, device_id, request_id, split, max_tokens, kv, half.cache,
+                                          secret=secret, active_t=now)
             self.reserved_kv_bytes += kv
             self.requests_by_device[device_id] += 1
             self.meter.sessions = len(self._sessions)
         if self.metrics is not None:
             self.metrics.on_request()
-        return sid
+        return f"{sid}.{secret}"
 
     def close_session(self, session_id: str, trace_ctx: dict | None = None) -> dict[str, Any]:
-        """Release a session's KV cache; returns its totals (unknown ids: ``{}``, so a
-        retried close is harmless)."""
+        """Release a session's KV cache; ``session_id`` is its token. Returns its totals
+        (an unknown, expired or wrong token: ``{}``, so a retried close is harmless and
+        closes nothing of anyone else's)."""
         with self._lock:
-            s = self._sessions.pop(session_id, None)
+            s = self._lookup_locked(session_id)
             if s is None:
                 return {}
-            self.reserved_kv_bytes -= s.reserved_kv_bytes
-            self.meter.sessions = len(self._sessions)
-            self.meter.kv_bytes = self._kv_bytes_locked()
+            self._drop_locked(s)
         return {"session_id": s.session_id, "steps": s.steps, "tokens": s.tokens, "compute_s": s.compute_s}
 
+    def expire_idle(self) -> list[str]:
+        """Expire every session idle longer than ``session_ttl_s`` now; returns their ids.
+        Also runs on every open and every load sample, so nothing needs to call it."""
+        with self._lock:
+            return self._expire_locked(self._clock())
+
+    # ------------------------------------------------------------------ session internals
+    @staticmethod
+    def _session_part(token: Any) -> str:
+        return token.rpartition(".")[0] if isinstance(token, str) else ""
+
+    def _lookup_locked(self, token: Any) -> Session | None:
+        """The session a token opens, or None (unknown, expired, or a wrong secret: the
+        same answer, so a guess learns nothing)."""
+        if not isinstance(token, str) or len(token) > 1024:
+            return None
+        sid, _, secret = token.rpartition(".")
+        s = self._sessions.get(sid)
+        if s is None or not hmac.compare_digest(s.secret.encode(), secret.encode("utf-8", "replace")):
+            return None
+        return s
+
+    def _drop_locked(self, s: Session) -> None:
+        if self._sessions.pop(s.session_id, None) is None:
+            return
+        self.reserved_kv_bytes -= s.reserved_kv_bytes
+        self.meter.sessions = len(self._sessions)
+        self.meter.kv_bytes = self._kv_bytes_locked()
+
+    def _expire_locked(self, now: float) -> list[str]:
+        ttl = self.cfg.session_ttl_s
+        gone = [s for s in self._sessions.values() if not s.busy and now - s.active_t > ttl]
+        for s in gone:
+            self._drop_locked(s)
+            self._expired[s.session_id] = (s.secret, now - s.active_t)
+            self.expired_sessions += 1
+        while len(self._expired) > _EXPIRED_MEMORY:
+            self._expired.popitem(last=False)
+        return [s.session_id for s in gone]
+
+    def _authenticate_locked(self, device_id: str, credential: Any) -> None:
+        if self._identities is None:
+            return
+        want = self._identities.get(device_id)
+        ok = (want is not None and isinstance(credential, str) and len(credential) <= 1024
+              and hmac.compare_digest(want.encode(), credential.encode("utf-8", "replace")))
+        if not ok:
+            # Not counted against the claimed id (its rate bucket, its refusals): anyone
+            # could spend another device's budget by failing in its name.
+            self.auth_failures += 1
+            raise AdmissionError(f"server refused device {device_id[:80]!r}: not a device id the driver assigned, or "
+                                 "a wrong credential (identities are issued at placement)")
+
+    def _take_open_token_locked(self, device_id: str, now: float) -> None:
+        rate, burst = self.cfg.open_rate_per_s, float(self.cfg.open_burst)
+        tokens, t = self._buckets.get(device_id, (burst, now))
+        tokens = min(burst, tokens + max(0.0, now - t) * rate)
+        if tokens < 1.0:
+            self._buckets[device_id] = (tokens, now)
+            self._reject(device_id, "open-rate", f"more than open_burst={self.cfg.open_burst} session opens at "
+                         f"open_rate_per_s={rate:g}; next allowed in {(1.0 - tokens) / rate:.3f} s")
+        self._buckets[device_id] = (tokens - 1.0, now)
+        if len(self._buckets) > 4096:  # a full bucket is the same as none: keep the table small
+            cap = burst - 1.0
+            for k in [k for k, (n, t0) in self._buckets.items() if n + (now - t0) * rate >= cap]:
+                del self._buckets[k]
+
+    def _kept_for_others_locked(self, device_id: str) -> int:
+        """Free sessions kept for registered devices other than ``device_id`` that hold
+        none, so a device taking extra sessions can never lock out one that has none."""
+        if self._identities is None:
+            return 0
+        holding = {s.device_id for s in self._sessions.values()}
+        return sum(1 for d in self._identities if d not in holding and d != device_id)
+
     def _reject(self, device_id: str, what: str, msg: str) -> None:
-        self.rejected.append({"t": now_s(), "device": device_id, "what": what, "message": msg})
+        self.rejected_total += 1
+        if len(self.rejected) < _REJECTED_KEPT:
+            self.rejected.append({"t": now_s(), "device": device_id, "what": what, "message": msg})
         raise AdmissionError(f"server refused device {device_id}: {msg}")
 
     def _kv_bytes_locked(self) -> int:
         return sum(s.cache.nbytes for s in self._sessions.values())
 
     def _get(self, session_id: str) -> Session:
-        s = self._sessions.get(session_id)
+        """The session of a token for a step (the caller holds ``_lock``): an expired one
+        is expired here (even between sweeps) and named as such."""
+        s = self._lookup_locked(session_id)
+        now = self._clock()
+        if s is not None and not s.busy and now - s.active_t > self.cfg.session_ttl_s:
+            self._expire_locked(now)
+            s = None
         if s is None:
-            raise AdmissionError(f"unknown session {session_id!r} (closed, never opened, or the server restarted)")
+            sid, _, secret = session_id.rpartition(".") if isinstance(session_id, str) else ("", "", "")
+            old = self._expired.get(sid)
+            if old is not None and hmac.compare_digest(old[0].encode(), secret.encode("utf-8", "replace")):
+                raise SessionExpiredError(
+                    f"session {sid[:120]!r} expired after {old[1]:.1f} s idle (session_ttl_s={self.cfg.session_ttl_s:g}); "
+                    "its KV cache was freed: open a new session")
+            shown = sid[:120] if sid else str(session_id)[:40]
+            raise AdmissionError(f"unknown session {shown!r} (closed, expired long ago, never opened, a wrong token, "
+                                 "or the server restarted)")
+        s.active_t = now
         return s
 
     # ------------------------------------------------------------------ one step
@@ -360,9 +545,9 @@ class Server:
                 bad = f"position is {type(position).__name__}, expected an integer"
             if bad is not None:
                 self.bad_payloads_by_device[s.device_id] += 1
-                raise AdmissionError(f"device {s.device_id}: bad payload at step {s.steps} (session {session_id}): {bad}")
+                raise AdmissionError(f"device {s.device_id}: bad payload at step {s.steps} (session {s.session_id}): {bad}")
             if s.busy:  # two steps of one session in one batch would both extend its KV cache
-                raise AdmissionError(f"device {s.device_id}: session {session_id} already has a step in flight; "
+                raise AdmissionError(f"device {s.device_id}: session {s.session_id} already has a step in flight; "
                                      "send a session's steps one after another")
             s.busy = True
         return _Step(s, payload, int(position), now_s(), _clean_ctx(trace_ctx))
@@ -370,6 +555,7 @@ class Server:
     def _release(self, st: _Step) -> None:
         with self._lock:
             st.session.busy = False
+            st.session.active_t = self._clock()  # idle time counts from the end of its last step
 
     def step_now(self, session_id: str, payload: bytes, position: int, trace_ctx: dict | None = None) -> dict[str, Any]:
         """One step computed at once (no queue, no batching): the in-process path.
@@ -448,7 +634,9 @@ class Server:
 
     # ------------------------------------------------------------------ reports
     def load_sample(self) -> dict[str, Any]:
-        """One row of the load timeline (``slicer.actors.loadmeter.LoadMeter.sample``)."""
+        """One row of the load timeline (``slicer.actors.loadmeter.LoadMeter.sample``).
+        Expires idle sessions first (the driver samples every ``load_interval_s``)."""
+        self.expire_idle()
         return self.meter.sample()
 
     def stats(self) -> dict[str, Any]:
@@ -474,10 +662,16 @@ class Server:
                 "open_sessions": len(self._sessions),
                 "reserved_kv_bytes": self.reserved_kv_bytes,
                 "rejected": list(self.rejected),
+                "rejected_total": self.rejected_total,
+                "expired_sessions": self.expired_sessions,
+                "auth_failures": self.auth_failures,
+                "identities": None if self._identities is None else len(self._identities),
                 "bad_payloads_by_device": dict(self.bad_payloads_by_device),
                 "config": {"max_batch": self.cfg.max_batch, "batch_window_ms": self.cfg.batch_window_ms,
                            "batching": self.cfg.batching, "max_sessions": self.cfg.max_sessions,
                            "max_kv_bytes": self.cfg.max_kv_bytes, "max_payload_bytes": self.cfg.max_payload_bytes,
                            "max_sessions_per_device": self.cfg.max_sessions_per_device,
-                           "max_kv_bytes_per_device": self.cfg.max_kv_bytes_per_device},
+                           "max_kv_bytes_per_device": self.cfg.max_kv_bytes_per_device,
+                           "session_ttl_s": self.cfg.session_ttl_s, "open_rate_per_s": self.cfg.open_rate_per_s,
+                           "open_burst": self.cfg.open_burst},
             }

@@ -60,9 +60,9 @@ perplexity ratio, greedy agreement, bits per element.
 Tests and other packages can build tiny models of every family from
 ``slicer.actors.models.testing.TINY_LM`` / ``TINY_VISION`` (milliseconds to build).
 
-``SegmentCache(a, b, layer_ids, layers, length)`` is a plain dataclass: keys/values per
-attention layer, ``(B, kv_heads, length, head_dim)``; stored tensors are never written in
-place, so caches may share tensors (prefix caches, ``copy()``).
+``SegmentCache(a, b, layer_ids, capacity, length)`` holds one preallocated buffer of
+keys and one of values per attention layer, ``(B, kv_heads, capacity, head_dim)``, written
+in place (``layers`` gives the views ``[:length]``; ``copy()`` clones the buffers).
 """
 from __future__ import annotations
 

@@ -151,13 +151,15 @@ class ServerSession:
     """The server half of one request: units ``[split, n)`` with this session's cache.
     ``split == 0`` is cloud-only (payloads are token ids)."""
 
-    def __init__(self, model, split: int):
+    def __init__(self, model, split: int, capacity: int | None = None):
+        """``capacity``: the session's admitted context in tokens (its cache buffers are
+        sized for it once; None: grown by doubling)."""
         n = model.num_units
         if not 0 <= split <= n - 1:
             raise ValueError(f"split={split} is invalid for a server session: need 0 <= split <= {n - 1}")
         self.model = model
         self.split = split
-        self.cache = model.new_cache(split, n)
+        self.cache = model.new_cache(split, n, capacity)
 
     def decode_payload(self, payload: bytes) -> torch.Tensor:
         if self.split == 0:

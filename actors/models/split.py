@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from slicer.actors.models.cache import SegmentCache, _BatchCache
+from slicer.actors.models.cache import BatchStep, SegmentCache, active_batch
 from slicer.actors.models.families import DecoderAdapter, Unit, adapter_for
 
 
@@ -63,10 +63,14 @@ class SplitModel:
         """The model's attention-layer indices inside units ``[a, b)``."""
         return tuple(u.attn_layer for u in self.units[a:b] if u.attn_layer is not None)
 
-    def new_cache(self, a: int, b: int) -> SegmentCache:
-        """An empty KV cache for the segment ``[a, b)`` (only that segment's layers)."""
+    def new_cache(self, a: int, b: int, capacity: int | None = None) -> SegmentCache:
+        """An empty KV cache for the segment ``[a, b)`` (only that segment's layers),
+        its buffers sized for ``capacity`` tokens at the first step (None: grown by
+        doubling)."""
         self._check_segment(a, b)
-        return SegmentCache(a, b, self.attn_layers(a, b))
+        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
+            raise ValueError(f"capacity={capacity!r} is invalid: need a positive int or None")
+        return SegmentCache(a, b, self.attn_layers(a, b), capacity)
 
     def _check_segment(self, a: int, b: int) -> None:
         if not (isinstance(a, int) and isinstance(b, int) and 0 <= a < b <= self.num_units):
@@ -122,8 +126,9 @@ class SplitModel:
         ``xs[i]`` is session i's input ``(1, T_i, H)`` (or ids ``(1, T_i)`` when
         ``a == 0``), ``caches[i]`` its own cache (extended in place), ``positions[i]``
         its absolute position (default ``caches[i].length``). Sessions may differ in
-        history and in new-token count: caches are right-padded and stacked, inputs
-        right-padded, and the attention mask hides every pad. Returns one output per
+        history and in new-token count: the new tokens are right-padded and stacked
+        for the projections and MLPs, while attention runs per session on views of
+        its own preallocated cache (no history is copied). Returns one output per
         session, ``(1, T_i, ...)``, equal (to float tolerance) to running them one by
         one."""
         self._check_segment(a, b)
@@ -139,6 +144,8 @@ class SplitModel:
                 raise ValueError(f"xs[{i}] has batch {x.shape[0]}; run_batch takes one session per entry (batch 1)")
             if (c.a, c.b) != (a, b):
                 raise ValueError(f"caches[{i}] is for segment [{c.a}, {c.b}), not [{a}, {b})")
+        if len({id(c) for c in caches}) != n:
+            raise ValueError("a cache appears twice in one batch: each session takes one step at a time")
         positions = [c.length for c in caches] if positions is None else list(positions)
         layer_ids = self.attn_layers(a, b)
         if layer_ids:
@@ -148,6 +155,10 @@ class SplitModel:
         new_lens = [int(x.shape[1]) for x in xs]
         for p, t in zip(positions, new_lens):
             self._check_positions(p, t)
+        for i, (c, t) in enumerate(zip(caches, new_lens)):
+            if layer_ids and c.capacity is not None and c.length + t > c.capacity:
+                raise ValueError(f"caches[{i}] holds {c.length} of capacity={c.capacity} tokens; "
+                                 f"{t} more do not fit")
         t_max = max(new_lens)
         padded = []
         for x in xs:
@@ -156,17 +167,22 @@ class SplitModel:
                 fill = x[:, -1:].expand(x.shape[0], pad, *x.shape[2:])  # repeat the last row: finite values
                 x = torch.cat([x, fill], 1)
             padded.append(x)
-        xb = torch.cat(padded, 0)  # (n, T_max[, H])
-        bc = _BatchCache(list(caches), layer_ids)
-        past_lens = bc.past_lens if layer_ids else [0] * n
-        out = self._forward(a, b, xb, bc, past_lens=past_lens, past_max=bc.past_max if layer_ids else 0,
-                            new_lens=new_lens, positions=positions)
-        if layer_ids:
-            bc.scatter_back(new_lens)
-        else:
+        xb = torch.cat(padded, 0)  # (n, T_max[, H]): the new tokens only
+        if not layer_ids:
+            out = self._forward(a, b, xb, None, past_lens=[0] * n, past_max=0, new_lens=new_lens, positions=positions)
             for c, p, t in zip(caches, positions, new_lens):
                 c.length = p + t
+        else:
+            base = getattr(self.config, "_attn_implementation", None) or "eager"
+            step = BatchStep(list(caches), layer_ids, new_lens, base, self._window_of_layer)
+            with active_batch(self.config, step):
+                out = self._forward(a, b, xb, step, past_lens=step.past_lens, past_max=None,
+                                    new_lens=new_lens, positions=positions)
+            step.finish()
         return [out[i : i + 1, : new_lens[i]] for i in range(n)]
+
+    def _window_of_layer(self, layer_idx: int) -> int | None:
+        return self.adapter.window_of(layer_idx)  # decoder block i holds layer_idx i
 
     def _check_positions(self, position: int, T: int) -> None:
         limit = self.adapter.max_positions
@@ -201,7 +217,9 @@ class SplitModel:
         for i in range(max(a, 1), min(b, n_units - 1)):
             blk = i - 1
             win = ad.window_of(blk)
-            if win not in masks:
+            if past_max is None:  # batched step: attention builds each session's own mask
+                masks[win] = None
+            elif win not in masks:
                 masks[win] = self._mask(past_lens, past_max, new_lens, positions, T, h.dtype, dev, win)
             h = ad.call_block(blk, h, masks[win], position_ids, pos_emb, cache)
         if b == n_units:
