@@ -59,7 +59,10 @@ def encode(x: torch.Tensor, cfg: CodecConfig | None = None) -> bytes:
     _check_tensor(x)
     method = _methods.get(cfg.method)
     if cfg.method != "raw" and x.numel() and not _all_finite(x):
-        raise CodecError(f"tensor holds NaN or Inf; method {cfg.method!r} needs finite values (use 'raw')")
+        raise CodecError(
+            f"tensor holds NaN or Inf, or float64 values beyond float32; method {cfg.method!r} represents "
+            "finite |x| ≤ 3.4028e38 (float32's range; use 'raw' for anything else)"
+        )
     sections = _encode_sections(method, x.detach(), cfg)
     return _wire.pack(_methods.METHOD_IDS[cfg.method], x.dtype, tuple(x.shape), sections)
 
@@ -116,6 +119,13 @@ def decode(payload: bytes, device: torch.device | str | None = None, backend: st
         raise CodecError(f"{name} payload could not be decoded: {type(e).__name__}: {e}") from e
     if tuple(y.shape) != frame.shape:
         raise CodecError(f"{name} payload decoded to shape {tuple(y.shape)}, header says {frame.shape}")
+    if frame.dtype in (torch.float16, torch.bfloat16) and y.dtype != frame.dtype and y.numel():
+        # Saturate at the output dtype's largest value instead of rounding to ±inf: every
+        # input an encoder accepted was within ±fmax, so this moves a reconstruction (65504
+        # + half a step, or bf16's 65536 for a float16 tensor) towards its input, by at most
+        # the output dtype's own rounding.
+        fmax = float(torch.finfo(frame.dtype).max)
+        y = y.float().clamp(-fmax, fmax)
     y = y.to(frame.dtype)
     return y.to(device) if device is not None else y
 

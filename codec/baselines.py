@@ -3,7 +3,9 @@
 ``raw`` is the lossless reference (the tensor's own bytes). The lossy baselines are what
 split-inference systems send today:
 
-- ``fp16`` / ``bf16``: a cast (fp16 saturates at ±65504 instead of overflowing to inf).
+- ``fp16`` / ``bf16``: a cast, rounding to nearest. A value the cast would round to ±inf
+  (|x| ≥ 65520 for fp16, ≥ 3.3961e38 for bf16) is refused with a ``CodecError`` naming
+  the range; nothing is clipped.
 - ``fp16-zstd``: fp16 bytes through zstd (level 3), or the plain fp16 bytes when zstd
   does not help (a one-byte flag says which), so ``predict_bytes`` = 1 + 2N bounds it.
 - ``int8``: per-token absmax (a token = a row = all dims but the last flattened): one fp16
@@ -12,7 +14,15 @@ split-inference systems send today:
   fp16 scale d = absmax/127 (llama.cpp's ``quantize_row_q8_0``; distributed-llama sends
   activations this way); 8.5 bits per element.
 - ``fp8``: float8 e4m3fn per token with one fp16 scale d = absmax/448 per row (448 is
-  e4m3fn's largest finite value; the cast saturates).
+  e4m3fn's largest finite value; |x/d| ≤ 448, so the cast never saturates).
+
+Range: the fp16 scale d (rounded up, so |x/d| never exceeds the code range and nothing
+clips) must itself be finite: int8 and q8_0 take |x| ≤ 65504·127 = 8,319,008, fp8
+|x| ≤ 65504·448 = 29,345,792. A tensor beyond that is refused with a ``CodecError``
+naming the range (the fp16 scale is the format: q8_0 is llama.cpp's block); use ``ecsq``
+(every finite float32) or ``raw``. Decoding into float16/bfloat16 saturates at the dtype's
+largest value, which is within that dtype's rounding of any value an encoder accepted
+(``slicer.codec.decode`` does it for every method).
 
 Section layouts (frozen, wire version 1): ``fp16``/``bf16`` one section of 2-byte values;
 ``fp16-zstd`` one section ``u8 flag | data``; ``int8``/``fp8`` two sections (rows fp16
@@ -87,11 +97,27 @@ def _scales_from(buf: memoryview, count: int, what: str) -> torch.Tensor:
     return s
 
 
-def _fp16_scales(absmax: torch.Tensor, qmax: float) -> torch.Tensor:
-    """d = absmax/qmax as fp16, rounded UP (saturating at 65504), so |x/d| ≤ qmax and
-    nothing clips: rounding to nearest would clip in fp16's subnormal range (d < 2^-14,
-    i.e. absmax < 0.0078 for int8), where the relative rounding error reaches 50%."""
-    d = (absmax.float() / qmax).clamp(max=FP16_MAX)
+def _cast_or_refuse(x: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
+    """``x`` rounded to ``dtype``; a value that rounds to ±inf is refused, never clipped."""
+    y = x.to(dtype)
+    if y.numel() and bool(torch.isinf(y).any()):
+        amax = float(x.double().abs().max())
+        limit = "|x| < 65520 (float16)" if dtype == torch.float16 else "|x| < 3.3961e38 (bfloat16)"
+        raise CodecError(f"method {name!r} represents {limit}; the tensor holds max|x| = {amax:.6g}: use 'ecsq' or 'raw'")
+    return y
+
+
+def _fp16_scales(absmax: torch.Tensor, qmax: float, name: str) -> torch.Tensor:
+    """d = absmax/qmax as fp16, rounded UP, so |x/d| ≤ qmax and nothing clips: rounding to
+    nearest would clip in fp16's subnormal range (d < 2^-14, i.e. absmax < 0.0078 for
+    int8), where the relative rounding error reaches 50%. A d past 65504 is refused (it
+    used to saturate, which clipped every |x| > 65504·qmax silently)."""
+    d = absmax.float() / qmax
+    if d.numel() and bool((d > FP16_MAX).any()):
+        raise CodecError(
+            f"method {name!r} keeps one fp16 scale absmax/{qmax:g}, so it represents |x| ≤ {FP16_MAX * qmax:,.0f}; "
+            f"the tensor holds max|x| = {float(absmax.max()):.6g}: use 'ecsq' or 'raw'"
+        )
     d16 = d.to(torch.float16)
     up = torch.nextafter(d16, torch.full_like(d16, float("inf")))
     return torch.where(d16.float() < d, up, d16)
@@ -132,9 +158,7 @@ class _Cast:
         self.name, self.dtype = name, dtype
 
     def encode(self, x: torch.Tensor, cfg: CodecConfig) -> list[bytes]:
-        if self.dtype == torch.float16:
-            x = x.float().clamp(-FP16_MAX, FP16_MAX)
-        return [_as_bytes(x.to(self.dtype))]
+        return [_as_bytes(_cast_or_refuse(x, self.dtype, self.name))]
 
     def decode(self, frame: Frame) -> torch.Tensor:
         (data,) = _sections(frame, 1, self.name)
@@ -162,7 +186,7 @@ class _Fp16Zstd:
     def encode(self, x: torch.Tensor, cfg: CodecConfig) -> list[bytes]:
         import zstandard  # noqa: PLC0415
 
-        data = _as_bytes(x.float().clamp(-FP16_MAX, FP16_MAX).to(torch.float16))
+        data = _as_bytes(_cast_or_refuse(x, torch.float16, "fp16-zstd"))
         packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(data)
         if len(packed) < len(data):
             return [b"\x01" + packed]
@@ -212,7 +236,7 @@ class _Int8Token:
     def encode(self, x: torch.Tensor, cfg: CodecConfig) -> list[bytes]:
         rows, cols = rows_cols(tuple(x.shape))
         x2 = x.detach().float().reshape(rows, cols)  # (rows, cols)
-        d = _fp16_scales(x2.abs().amax(dim=1, keepdim=True) if rows else x2[:, :1], 127.0)  # (rows, 1)
+        d = _fp16_scales(x2.abs().amax(dim=1, keepdim=True) if rows else x2[:, :1], 127.0, "int8")  # (rows, 1)
         q = torch.round(_safe_div(x2, d.float())).clamp(-127, 127).to(torch.int8)  # (rows, cols)
         return [_as_bytes(d.reshape(-1)), q.cpu().numpy().tobytes()]
 
@@ -250,7 +274,7 @@ class _Q8_0:
         pad = torch.zeros(nblk * Q8_BLOCK, dtype=torch.float32, device=flat.device)
         pad[:n] = flat
         blocks = pad.reshape(nblk, Q8_BLOCK)  # (nblk, 32)
-        d = _fp16_scales(blocks.abs().amax(dim=1, keepdim=True), 127.0)  # (nblk, 1)
+        d = _fp16_scales(blocks.abs().amax(dim=1, keepdim=True), 127.0, "q8_0")  # (nblk, 1)
         q = torch.round(_safe_div(blocks, d.float())).clamp(-127, 127).to(torch.int8).reshape(-1)[:n]
         return [_as_bytes(d.reshape(-1)), q.cpu().numpy().tobytes()]
 
@@ -285,7 +309,7 @@ class _Fp8Token:
     def encode(self, x: torch.Tensor, cfg: CodecConfig) -> list[bytes]:
         rows, cols = rows_cols(tuple(x.shape))
         x2 = x.detach().float().reshape(rows, cols)  # (rows, cols)
-        d = _fp16_scales(x2.abs().amax(dim=1, keepdim=True) if rows else x2[:, :1], E4M3_MAX)  # (rows, 1)
+        d = _fp16_scales(x2.abs().amax(dim=1, keepdim=True) if rows else x2[:, :1], E4M3_MAX, "fp8")  # (rows, 1)
         f8 = _safe_div(x2, d.float()).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
         return [_as_bytes(d.reshape(-1)), f8.view(torch.uint8).cpu().numpy().tobytes()]
 

@@ -30,6 +30,10 @@ Sections (frozen, wire version 1)::
                   ceil(log2 cols) bits (0 bits when cols = 1)
     4  outliers   fp16 values in the same order
 
+Range: lo, hi and the outliers travel as fp16, so OPSC represents |x| < 65520 (what
+rounds to a finite float16); a tensor beyond that is refused with a ``CodecError`` naming
+the range (it used to clip to ±65504 silently).
+
 Decode checks every size against the shape before allocating; counts ≤ cols, columns
 strictly increasing within a row and < cols, widths ≤ 16, ranges finite with lo ≤ hi, and
 outlier values finite.
@@ -48,6 +52,8 @@ from slicer.codec.reference.bitpack import pack_bits, packed_nbytes, unpack_bits
 from slicer.codec.wire import Frame
 
 N_SECTIONS = 5
+#: Smallest magnitude float16 rounds to inf (65504 + half its last step).
+FP16_LIMIT = 65520.0
 MAX_WIDTH = 16
 
 
@@ -86,6 +92,12 @@ class _OPSC:
         rows, cols = rows_cols(tuple(x.shape))
         x2 = x.detach().float().reshape(rows, cols).cpu()  # (rows, cols)
         qbit = _qbit(cfg)
+        amax_all = float(x2.abs().max()) if x2.numel() else 0.0
+        if amax_all >= FP16_LIMIT:
+            raise CodecError(
+                f"method 'opsc' sends ranges and outliers as fp16, so it represents |x| < 65520; "
+                f"the tensor holds max|x| = {amax_all:.6g}: use 'ecsq' or 'raw'"
+            )
         # RMS computed scale-free: squares of |x| < ~1e-23 underflow in float32, which made
         # every element an outlier and broke the cols/threshold**2 bound of predict_bytes
         if rows and x2.shape[1]:

@@ -96,10 +96,14 @@ def test_fixed_rates():
     assert len(encode(x, CodecConfig(method="fp16"))) * 8 / n == pytest.approx(16, abs=0.02)
 
 
-def test_fp16_saturates_instead_of_inf():
-    x = torch.tensor([1e6, -1e6, 1.0])
+def test_fp16_refuses_what_would_overflow_instead_of_clipping():
+    # It used to clip 1e6 to 65504 silently; 65519 still rounds to 65504 (half a step).
     for m in ("fp16", "fp16-zstd"):
-        y = decode(encode(x, CodecConfig(method=m)))
+        with pytest.raises(CodecError, match=r"\|x\| < 65520"):
+            encode(torch.tensor([1e6, -1e6, 1.0]), CodecConfig(method=m))
+        with pytest.raises(CodecError, match=r"\|x\| < 65520"):
+            encode(torch.tensor([65520.0]), CodecConfig(method=m))
+        y = decode(encode(torch.tensor([65519.0, -65519.0, 1.0]), CodecConfig(method=m)))
         assert torch.equal(y, torch.tensor([65504.0, -65504.0, 1.0]))
 
 
