@@ -49,6 +49,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         prog="slicer",
         description="Split-computing inference of DNNs and LLMs on Ray.",
     )
+    parser.add_argument("--version", action="version", version=f"slicer {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = argv[0] if argv else None
     for name in _modules(_commands_pkg):
@@ -71,6 +72,17 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    """The installed distribution's version (package metadata), else ``unknown``."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _v
+
+    try:
+        return _v("slicer")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
@@ -79,7 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run is None:
         parser.print_help()
         return 2
-    return int(run(args) or 0)
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        # The command's own finally blocks (cluster stop, actor kills) have run by now.
+        print(f"\nslicer {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -34,6 +34,19 @@ def new_run_dir(name: str, out: str | Path | None = None, root: str | Path | Non
     return p
 
 
+def refuse_existing(out: str | Path | None, force: bool, flag: str = "--out") -> str | None:
+    """The error message when ``out`` names an existing non-empty folder (or a file) and
+    ``force`` is off, else None: results are never overwritten silently."""
+    if out is None or force:
+        return None
+    p = Path(out)
+    if p.is_file():
+        return f"{flag} {str(p)!r} is an existing file: give a folder that does not exist yet"
+    if p.is_dir() and any(p.iterdir()):
+        return f"{flag} {str(p)!r} exists and is not empty: give a new folder, or --force to write into it"
+    return None
+
+
 def _json_default(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()
@@ -50,6 +63,11 @@ def _clean(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_clean(x) for x in v]
     return v
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON (NaN/inf become null) of results: what every ``--json`` prints."""
+    return json.dumps(_clean(obj), indent=indent, default=_json_default, allow_nan=False)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:

@@ -139,6 +139,19 @@ def format_breakdown(bd: dict[tuple[str, str], dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def display_name(s: dict[str, Any]) -> str:
+    """The span's name, with emulated time said as such: a span that only stands for the
+    emulated slowdown (``slicer.emulated``) or one that includes emulated seconds
+    (``slicer.emulated_s`` > 0: a slowed device's compute, an emulated link's delay)."""
+    a = s.get("attributes") or {}
+    if a.get("slicer.emulated") is True:
+        return f"{s['name']} [emulated]"
+    extra = a.get("slicer.emulated_s")
+    if isinstance(extra, (int, float)) and extra > 0:
+        return f"{s['name']} [{extra * 1e3:.1f} ms emulated]"
+    return s["name"]
+
+
 def format_waterfall(t: Trace, width: int = 50) -> str:
     r = t.root
     t0, dur = r["start_ns"], max(1, t.duration_ns)
@@ -150,37 +163,100 @@ def format_waterfall(t: Trace, width: int = 50) -> str:
         a = int(width * (s["start_ns"] - t0) / dur)
         b = max(a + 1, int(width * (s["end_ns"] - t0) / dur))
         bar = " " * a + "█" * min(width - a, b - a)
-        name = "  " * t.depth(s) + s["name"]
+        name = "  " * t.depth(s) + display_name(s)
         extra = s["attributes"].get("slicer.bytes")
         extra = f" {extra}B" if extra is not None else ""
-        lines.append(f"{name:<28} {s.get('service', '')!s:<{svc_w}} |{bar:<{width}}| "
+        lines.append(f"{name:<40} {s.get('service', '')!s:<{svc_w}} |{bar:<{width}}| "
                      f"{(s['end_ns'] - s['start_ns']) / 1e6:8.2f} ms{extra}")
     return "\n".join(lines)
 
 
 def to_chrome_trace(spans: list[dict[str, Any]]) -> dict[str, Any]:
     """Chrome trace-event JSON (opens in Perfetto / chrome://tracing): one process per
-    service, one thread per request, complete ("X") events in microseconds."""
+    service (named), one thread per request (named after the request), complete ("X")
+    events in microseconds, emulated time in the event names, and a flow arrow from each
+    edge ``transfer`` to the server step it caused (the same trace's first ``server.queue``
+    span starting at or after the send)."""
     if not spans:
         return {"traceEvents": [], "displayTimeUnit": "ms"}
     t0 = min(s["start_ns"] for s in spans)
     services = sorted({str(s.get("service")) for s in spans})
     pid_of = {name: i + 1 for i, name in enumerate(services)}
-    traces = sorted({s["trace_id"] for s in spans})
-    tid_of = {tid: i + 1 for i, tid in enumerate(traces)}
+    traces = group_traces(spans)
+    tid_of = {t.trace_id: i + 1 for i, t in enumerate(traces)}
     events: list[dict[str, Any]] = []
     for name, pid in pid_of.items():
         events.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": name}})
+    named = set()
+    for t in traces:
+        label = t.request_id if t.root["name"] == "request" else f"{t.root['name']} {t.trace_id[:8]}"
+        for s in t.spans:
+            key = (pid_of[str(s.get("service"))], tid_of[t.trace_id])
+            if key not in named:
+                named.add(key)
+                events.append({"name": "thread_name", "ph": "M", "pid": key[0], "tid": key[1],
+                               "args": {"name": label}})
+
+    def us(ns: int) -> float:
+        return (ns - t0) / 1e3
+
     for s in sorted(spans, key=lambda s: s["start_ns"]):
         events.append({
-            "name": s["name"],
+            "name": display_name(s),
             "cat": HOPS.get(s["name"], "span"),
             "ph": "X",
-            "ts": (s["start_ns"] - t0) / 1e3,
+            "ts": us(s["start_ns"]),
             "dur": max(0.0, (s["end_ns"] - s["start_ns"]) / 1e3),
             "pid": pid_of[str(s.get("service"))],
             "tid": tid_of[s["trace_id"]],
             "args": {**s["attributes"], "trace_id": s["trace_id"], "span_id": s["span_id"],
                      "parent_id": s["parent_id"]},
         })
+    flow = 0
+    for t in traces:
+        steps = sorted((s for s in t.spans if s["name"] == "server.queue"), key=lambda s: s["start_ns"])
+        used: set[str] = set()
+        for send in sorted((s for s in t.spans if s["name"] == "transfer"), key=lambda s: s["start_ns"]):
+            dst = next((q for q in steps if q["start_ns"] >= send["start_ns"] and q["span_id"] not in used), None)
+            if dst is None:
+                continue
+            used.add(dst["span_id"])
+            flow += 1
+            # "s" binds to the send slice (its ts inside it), "f" with bp=e to the slice
+            # enclosing its ts on the server thread: the step's queue span.
+            events.append({"name": "step", "cat": "flow", "ph": "s", "id": flow, "pid": pid_of[str(send.get("service"))],
+                           "tid": tid_of[t.trace_id], "ts": us(send["start_ns"])})
+            events.append({"name": "step", "cat": "flow", "ph": "f", "bp": "e", "id": flow,
+                           "pid": pid_of[str(dst.get("service"))], "tid": tid_of[t.trace_id], "ts": us(dst["start_ns"])})
     return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def to_json(spans: list[dict[str, Any]], traces: list[Trace], shown: list[Trace]) -> dict[str, Any]:
+    """What ``slicer traces --json`` prints: counts, hop coverage, the breakdown per
+    (device class, policy) in seconds, and the waterfalls of the ``shown`` requests."""
+    cov = sorted(t.hop_coverage() for t in traces)
+    rows = []
+    for (cls, pol), row in sorted(breakdown(traces).items()):
+        rows.append({"device_class": cls, "policy": pol, "requests": int(row.get("_requests", 0)),
+                     "wall_s": row.get("_wall", 0.0), "seconds": {c: row.get(c, 0.0) for c in CATEGORIES}})
+    falls = []
+    for t in shown:
+        r0 = t.root["start_ns"]
+        falls.append({"request_id": t.request_id, "trace_id": t.trace_id, "duration_ms": t.duration_ns / 1e6,
+                      "hop_coverage": t.hop_coverage(),
+                      "spans": [{"name": s["name"], "label": display_name(s), "service": s.get("service"),
+                                 "depth": t.depth(s), "start_ms": (s["start_ns"] - r0) / 1e6,
+                                 "duration_ms": (s["end_ns"] - s["start_ns"]) / 1e6,
+                                 "attributes": s.get("attributes") or {}}
+                                for s in sorted(t.spans, key=lambda s: (s["start_ns"], -s["end_ns"]))]})
+    return {"requests": len(traces), "spans": len(spans),
+            "hop_coverage": {"min": cov[0] if cov else None, "median": cov[len(cov) // 2] if cov else None},
+            "breakdown": rows, "waterfalls": falls}
+
+
+def pick(traces: list[Trace]) -> list[Trace]:
+    """The first request and the slowest, each once (one trace when they coincide)."""
+    if not traces:
+        return []
+    slowest = max(traces, key=lambda t: t.duration_ns)
+    return [traces[0]] + ([slowest] if slowest is not traces[0] else [])

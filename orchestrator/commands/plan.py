@@ -42,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-accuracy", type=float, default=None, help="lowest acceptable next-token agreement (with --accuracy)")
     p.add_argument("--accuracy", default=None, help="accuracy table JSON (rows: split, codec, next_token_agreement)")
     p.add_argument("--policy", default="slicer", help="slicer (default), opsc, cloud-only, edge-only, fixed-split, neurosurgeon, or all")
-    p.add_argument("--front-precision", default=None, help="edge weights precision (float16/bfloat16/int8/int4; default: the model's)")
+    p.add_argument("--front-precision", default=None,
+                   help="edge weights precision (float16/bfloat16/int8/int4; default: the model's), or 'auto': "
+                        "the model's, then int8, then int4 where the wider one meets no budget (Eq. 4)")
     p.add_argument("--opsc-objective", default="accuracy", choices=("accuracy", "edge"),
                    help="OPSC: most accurate front precision first (default) or deepest split over precisions")
     p.add_argument("--dtype", default=None, help="model dtype for a config (default: the config's own)")
@@ -94,23 +96,26 @@ def run(args: argparse.Namespace) -> int:
         plans = []
         for name in names:
             kw = dict(opts)
-            if args.front_precision and name in ("slicer", "edge-only", "fixed-split", "neurosurgeon"):
+            if args.front_precision and (name == "slicer" or (name in ("edge-only", "fixed-split", "neurosurgeon")
+                                                              and args.front_precision.lower() != "auto")):
                 kw["front_precision"] = args.front_precision
             if name == "opsc":
                 kw["objective"] = args.opsc_objective
-                if args.front_precision:
+                if args.front_precision and args.front_precision.lower() != "auto":
                     kw["precisions"] = (args.front_precision,)
             plans.append(plan(name, model, device, link, budgets, table, **kw))
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"slicer plan: error: {e}", file=sys.stderr)
         return 2
+    # --json -: stdout carries the JSON alone; the human-readable lines go to stderr
+    out = sys.stderr if args.json == "-" else sys.stdout
     print(f"model {model.name} ({model.num_layers} units, {model.dtype}, {model.source}); device {device.name} "
           f"({device.kind}); server {server.name}; link {link.describe()} (P_o {link.outage_probability:.4f}, "
-          f"{link.transmissions:g} transmissions for eps)")
+          f"{link.transmissions:g} transmissions for eps)", file=out)
     print(f"budgets: {args.latency_ms:g} ms per step, {budgets.memory_bytes / 1e6:,.0f} MB, "
-          f"{budgets.prompt_tokens} prompt + {budgets.new_tokens} new tokens")
+          f"{budgets.prompt_tokens} prompt + {budgets.new_tokens} new tokens", file=out)
     for p in plans:
-        print(p.summary())
+        print(p.summary(), file=out)
     if args.json:
         doc = plans[0].to_dict() if len(plans) == 1 else [p.to_dict() for p in plans]
         text = json.dumps(doc, indent=1)

@@ -18,38 +18,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-process", action="store_true",
                    help="no Ray: run the plain classes in this process, one request at a time (debugging)")
     p.add_argument("--quiet", action="store_true", help="no per-request progress lines")
+    p.add_argument("--force", action="store_true", help="write into an existing, non-empty --out folder")
+    p.add_argument("--json", action="store_true",
+                   help="print the run's summary as JSON on stdout (progress and messages go to stderr)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+    import os
+
     from slicer.orchestrator import results as R
     from slicer.orchestrator.workload import DEFAULT_WORKLOAD, WorkloadError, load_workload
 
     path = args.workload or str(DEFAULT_WORKLOAD)
+    refused = R.refuse_existing(args.out, args.force)
+    if refused:
+        print(f"slicer run: {refused}", file=sys.stderr)
+        return 2
     try:
         wl = load_workload(path)
     except WorkloadError as e:
         print(f"slicer run: {e}", file=sys.stderr)
         return 2
     progress = None if args.quiet else sys.stderr
-    import os
-
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and not args.no_trace:
         from slicer.actors.telemetry import otlp_exporter_available, warn_missing_exporter
 
         if not otlp_exporter_available():
             warn_missing_exporter("this machine")
+    # --json: stdout carries the summary alone; anything else printed meanwhile (workers'
+    # forwarded output included) goes to stderr.
+    to_stderr = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     try:
-        if args.in_process:
-            from slicer.orchestrator.runner import run_inprocess
-
-            out = run_inprocess(wl, progress=progress)
-            run_dir = R.new_run_dir(wl.name, args.out)
-            R.write_run(run_dir, wl.to_dict(), out.records, out.decisions, out.load, out.summary)
-            out.run_dir = run_dir
-        else:
-            from slicer.orchestrator.runner import run_workload
-
-            out = run_workload(wl, address=args.address, out=args.out, trace=not args.no_trace, progress=progress)
+        with to_stderr:
+            out = _execute(args, wl, progress)
     except (WorkloadError, FileNotFoundError, OSError) as e:
         print(f"slicer run: {e}", file=sys.stderr)
         return 2
@@ -59,10 +61,29 @@ def run(args: argparse.Namespace) -> int:
             print(f"slicer run: {name}: {e}", file=sys.stderr)
             return 1
         raise
+    rc = 0 if out.summary["totals"]["failed"] == 0 else 1
+    if args.json:
+        print(R.dumps({**out.summary, "run_dir": str(out.run_dir)}))
+        return rc
     print(R.format_table(out.summary))
     sample = next((r for r in out.records if r.get("ok") and r.get("text") is not None), None)
     if sample is not None:
         print(f"\nsample ({sample['request_id']}, {sample['mode']} l={sample['split']}, {sample['codec']}): "
               f"{sample['text']!r}")
     print(f"\nrun folder: {out.run_dir}")
-    return 0 if out.summary["totals"]["failed"] == 0 else 1
+    return rc
+
+
+def _execute(args: argparse.Namespace, wl, progress):
+    from slicer.orchestrator import results as R
+
+    if args.in_process:
+        from slicer.orchestrator.runner import run_inprocess
+
+        out = run_inprocess(wl, progress=progress)
+        out.run_dir = R.new_run_dir(wl.name, args.out)
+        R.write_run(out.run_dir, wl.to_dict(), out.records, out.decisions, out.load, out.summary)
+        return out
+    from slicer.orchestrator.runner import run_workload
+
+    return run_workload(wl, address=args.address, out=args.out, trace=not args.no_trace, progress=progress)

@@ -83,7 +83,6 @@ def noauth_cluster():
 
 
 def test_run_address_on_a_noauth_cluster_with_a_token_file_exports_otlp(noauth_cluster, tmp_path):
-    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")  # in the test extra
     from slicer.actors.models import load_model
 
     load_model(dict(TINY_LLAMA), seed=5).hf.save_pretrained(tmp_path / "tiny")

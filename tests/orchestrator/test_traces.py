@@ -24,7 +24,7 @@ CHROME_TRACE_SCHEMA = {
                 "required": ["name", "ph", "pid", "tid"],
                 "properties": {
                     "name": {"type": "string"},
-                    "ph": {"enum": ["X", "M"]},
+                    "ph": {"enum": ["X", "M", "s", "f"]},
                     "ts": {"type": "number", "minimum": 0},
                     "dur": {"type": "number", "minimum": 0},
                     "pid": {"type": "integer"},
@@ -107,8 +107,70 @@ def test_perfetto_export_is_valid_chrome_trace(tmp_path):
     jsonschema.validate(doc, CHROME_TRACE_SCHEMA)
     xs = [e for e in doc["traceEvents"] if e["ph"] == "X"]
     assert len(xs) == len(spans)
-    names = {e["args"]["name"] for e in doc["traceEvents"] if e["ph"] == "M"}
+    names = {e["args"]["name"] for e in doc["traceEvents"] if e["name"] == "process_name"}
     assert names == {"driver", "edge-0", "server"}
+    # every (process, thread) that holds a slice is named after its request
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in doc["traceEvents"] if e["name"] == "thread_name"}
+    assert {(e["pid"], e["tid"]) for e in xs} == set(threads)
+    assert set(threads.values()) == {"r0", "r1", "r2"}
+
+
+def _span(name, sid, parent, a, b, service, **attrs):
+    return {"name": name, "trace_id": "t1", "span_id": sid, "parent_id": parent, "start_ns": a, "end_ns": b,
+            "service": service, "attributes": attrs}
+
+
+def test_perfetto_flows_go_from_each_send_to_its_server_step_and_emulation_is_labelled():
+    spans = [
+        _span("request", "r", None, 0, 1000, "edge", **{tel.ATTR_REQUEST: "dev/r0"}),
+        _span("edge.compute", "c0", "r", 0, 100, "edge", **{"slicer.emulated_s": 0.05}),
+        _span("edge.compute", "e0", "r", 100, 150, "edge", **{"slicer.emulated": True}),
+        _span("transfer", "t0", "r", 150, 200, "edge"),
+        _span("server.queue", "q0", "r", 200, 210, "server"),
+        _span("server.compute", "s0", "r", 210, 300, "server"),
+        _span("transfer", "t1", "r", 400, 450, "edge"),
+        _span("server.queue", "q1", "r", 450, 470, "server"),
+        _span("server.compute", "s1", "r", 470, 500, "server"),
+    ]
+    doc = tv.to_chrome_trace(spans)
+    jsonschema.validate(doc, CHROME_TRACE_SCHEMA)
+    ev = doc["traceEvents"]
+    xs = {e["args"]["span_id"]: e for e in ev if e["ph"] == "X"}
+    starts = {e["id"]: e for e in ev if e["ph"] == "s"}
+    ends = {e["id"]: e for e in ev if e["ph"] == "f"}
+    assert len(starts) == len(ends) == 2 and set(starts) == set(ends)
+    for fid, (src, dst) in zip(sorted(starts), [("t0", "q0"), ("t1", "q1")]):
+        s, f = starts[fid], ends[fid]
+        # each end of the arrow lies inside (binds to) its slice, on that slice's process/thread
+        for e, sid in ((s, src), (f, dst)):
+            x = xs[sid]
+            assert (e["pid"], e["tid"]) == (x["pid"], x["tid"])
+            assert x["ts"] <= e["ts"] <= x["ts"] + x["dur"]
+        assert f["bp"] == "e" and xs[src]["pid"] != xs[dst]["pid"]
+    assert xs["e0"]["name"] == "edge.compute [emulated]"
+    assert xs["c0"]["name"] == "edge.compute [50.0 ms emulated]"
+    assert xs["s0"]["name"] == "server.compute"
+    text = tv.format_waterfall(tv.group_traces(spans)[0])
+    assert "edge.compute [emulated]" in text and "[50.0 ms emulated]" in text
+
+
+def test_traces_json_alone_on_stdout_and_each_waterfall_once(tmp_path, capsys):
+    run, spans = _fake_run(tmp_path, n_requests=1)  # first request == slowest request
+    assert main(["traces", str(run)]) == 0
+    assert capsys.readouterr().out.count("request r0  trace") == 1
+    assert main(["traces", str(run), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["requests"] == 1 and doc["spans"] == len(spans)
+    assert [w["request_id"] for w in doc["waterfalls"]] == ["r0"]
+    assert {s["service"] for s in doc["waterfalls"][0]["spans"]} == {"driver", "edge-0", "server"}
+    assert doc["breakdown"][0]["device_class"] == "small" and doc["breakdown"][0]["requests"] == 1
+    (tmp_path / "b").mkdir()
+    run3, _ = _fake_run(tmp_path / "b", n_requests=3)
+    assert main(["traces", str(run3), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    slowest = max(doc["waterfalls"], key=lambda w: w["duration_ms"])
+    assert doc["waterfalls"][0]["request_id"] == "r0" and len({w["request_id"] for w in doc["waterfalls"]}) == len(doc["waterfalls"])
+    assert slowest["duration_ms"] >= doc["waterfalls"][0]["duration_ms"]
 
 
 def test_cli_waterfall_and_unknown_request(tmp_path, capsys):
@@ -117,7 +179,7 @@ def test_cli_waterfall_and_unknown_request(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "request r1" in out and "edge.encode" in out and "123B" in out
     assert main(["traces", str(run), "--request", "nope"]) == 2
-    assert "no request 'nope'" in capsys.readouterr().out
+    assert "no request 'nope'" in capsys.readouterr().err
 
 
 def test_tracing_off_makes_no_spans():
