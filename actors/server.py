@@ -27,7 +27,6 @@ reopening and replaying (``slicer.actors.recovery``).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hmac
 import itertools
 import math
@@ -204,7 +203,7 @@ class Server:
         # Async batching state (created lazily inside the actor's event loop).
         self._queue: asyncio.Queue | None = None
         self._loop_task: asyncio.Task | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._live_s = 0.05
 
     # ------------------------------------------------------------------ sessions
     def open_session(self, device_id: str, request_id: str, split: int, max_tokens: int,
@@ -288,6 +287,7 @@ class Server:
             if s is None:
                 return {}
             self._drop_locked(s)
+        self._nudge()
         return {"session_id": s.session_id, "steps": s.steps, "tokens": s.tokens, "compute_s": s.compute_s}
 
     def expire_idle(self) -> list[str]:
@@ -593,37 +593,69 @@ class Server:
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
             self._queue = asyncio.Queue()
-            # One compute thread: batches run one after another, while the event loop
-            # keeps accepting steps (torch releases the GIL inside its kernels).
-            self._executor = self._executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="server-compute")
-            self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
+            self._loop = asyncio.get_running_loop()
+            self._loop_task = self._loop.create_task(self._batch_loop())
+
+    def _nudge(self) -> None:
+        """Wake the batch loop (a session closed: it is no longer waited for)."""
+        loop, q = getattr(self, "_loop", None), self._queue
+        if loop is not None and q is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, None)
+            except RuntimeError:
+                pass
+
+    def _may_send_more(self, now: float) -> bool:
+        """Whether an open session that is in a token loop has not sent its step yet: one
+        that is not busy (no step queued or computing) and finished its last step (or
+        opened) less than ``_live_s`` ago. A session quiet for longer (an edge in its
+        local phase, a stalled device) is not waited for."""
+        live = now - self._live_s
+        with self._lock:
+            return any(not s.busy and s.last_t >= live for s in self._sessions.values())
 
     async def _batch_loop(self) -> None:
+        """Continuous batching: a batch is computed as soon as every open session that
+        can send has sent (so one device never waits a window for nobody), or
+        ``batch_window_ms`` after its first step, or at ``max_batch`` steps. Sessions of
+        every split go in one batch (``_compute`` groups them by split).
+
+        The batch is computed on the event loop's own thread: the step coroutines only
+        queue, so nothing is lost by blocking it, and it saves the thread hand-off of an
+        executor per batch (see ``slicer bench serve`` for the measured per-token cost)."""
         loop = asyncio.get_running_loop()
         max_batch = self.cfg.max_batch if self.cfg.batching else 1
         window_s = self.cfg.batch_window_ms / 1000.0 if self.cfg.batching else 0.0
+        self._live_s = max(20 * window_s, 0.05)
         while True:
-            batch = [await self._queue.get()]
+            first = await self._queue.get()
+            if first is None:  # a nudge with nothing queued
+                continue
+            batch = [first]
             deadline = loop.time() + window_s
             while len(batch) < max_batch:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
+                    if item is not None:
+                        batch.append(item)
                     continue
                 except asyncio.QueueEmpty:
                     pass
                 left = deadline - loop.time()
-                if left <= 0:
+                if left <= 0 or not self._may_send_more(now_s()):
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                    item = await asyncio.wait_for(self._queue.get(), left)
                 except asyncio.TimeoutError:
                     break
+                if item is not None:
+                    batch.append(item)
             self.meter.queued(self._queue.qsize())
             # A session has at most one step in flight (``_make_step`` refuses a second),
             # so a batch never holds two steps of one cache.
             t_start = now_s()
             try:
-                results = await loop.run_in_executor(self._executor, self._compute, [st for st, _ in batch])
+                results = self._compute([st for st, _ in batch])
             except Exception as e:  # never let the loop die: fail this batch only
                 results = [{"error": f"server batch failed: {type(e).__name__}: {e}"} for _ in batch]
             for (st, fut), res in zip(batch, results):
@@ -631,6 +663,7 @@ class Server:
                 res.setdefault("queue_s", max(0.0, t_start - st.recv_t))
                 if not fut.done():
                     fut.set_result(res)
+            await asyncio.sleep(0)  # let the steps that arrived during the batch queue up
 
     # ------------------------------------------------------------------ reports
     def load_sample(self) -> dict[str, Any]:

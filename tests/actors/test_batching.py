@@ -1,0 +1,86 @@
+"""Batches that never idle: the server computes as soon as every open session that can
+send has sent (one device never waits a window for nobody), and N devices stepping
+together form batches of N."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import torch
+
+from slicer.actors.server import Server, ServerConfig
+from slicer.codec import CodecConfig, encode
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+LOSSLESS = CodecConfig(method="raw")
+SPLIT = 2
+
+
+def _device(server, model, i, n_steps, results):
+    """An edge in a token loop: prefill, then one token per step, each sent as soon as
+    the previous token came back."""
+
+    async def run():
+        sid = server.open_session(f"dev-{i}", "r", SPLIT, 4 + n_steps)
+        x = model.run(0, SPLIT, torch.tensor([[3 + i, 4, 5]]))  # (1, 3, H)
+        pos = 0
+        for _ in range(n_steps):
+            res = await server.step(sid, encode(x, LOSSLESS), pos)
+            pos += x.shape[1]
+            x = model.run(0, SPLIT, torch.tensor([[res["token"]]]), position=pos)
+            results.append(res)
+        server.close_session(sid)
+
+    return run()
+
+
+def test_one_device_never_waits_the_window(tiny_model):
+    """With a 400 ms window, one device's 6 steps take far less than one window each:
+    the only open session has sent, so the batch is computed at once."""
+    server = Server(tiny_model, ServerConfig(batch_window_ms=400.0))
+    res: list = []
+    t0 = time.perf_counter()
+    asyncio.run(_device(server, tiny_model, 0, 6, res))
+    assert time.perf_counter() - t0 < 0.4 * 2  # the old loop waited 6 x 0.4 s
+    assert all(r["queue_s"] < 0.2 for r in res)
+
+
+def test_n_devices_batch_together_and_leave_no_one_waiting(tiny_model):
+    """Four devices in lockstep: every batch after the first holds all four (mean batch
+    = N), and no step waits the long window for a session that already sent."""
+    server = Server(tiny_model, ServerConfig(batch_window_ms=300.0, max_batch=16))
+    res: list = []
+
+    async def main():
+        await asyncio.gather(*(_device(server, tiny_model, i, 5, res) for i in range(4)))
+
+    t0 = time.perf_counter()
+    asyncio.run(main())
+    assert time.perf_counter() - t0 < 5 * 0.3  # never a full window per step
+    assert server.batch_sizes.count(4) >= 4, server.batch_sizes
+    assert sum(server.batch_sizes) == 20
+
+
+def test_a_quiet_session_is_not_waited_for(tiny_model):
+    """A session opened long ago that never steps (an edge in its local phase) does not
+    hold up the others beyond its liveness horizon; closing a session wakes the loop."""
+    server = Server(tiny_model, ServerConfig(batch_window_ms=300.0))
+    server.open_session("quiet", "r", SPLIT, 10)
+    for s in server._sessions.values():
+        s.last_t -= 60.0  # quiet for a minute
+    res: list = []
+    t0 = time.perf_counter()
+    asyncio.run(_device(server, tiny_model, 1, 4, res))
+    assert time.perf_counter() - t0 < 0.6
+
+
+def test_window_bounds_the_wait_for_a_live_session(tiny_model):
+    """A live session that has not sent makes a queued step wait at most the window."""
+    server = Server(tiny_model, ServerConfig(batch_window_ms=150.0))
+    server.open_session("live", "r", SPLIT, 10)  # just opened: counts as about to send
+    res: list = []
+    t0 = time.perf_counter()
+    asyncio.run(_device(server, tiny_model, 1, 1, res))
+    dt = time.perf_counter() - t0
+    assert 0.12 <= res[0]["queue_s"] and dt < 1.0
