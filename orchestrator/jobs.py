@@ -215,6 +215,27 @@ def job_info(c, job_id: str) -> dict:
             "metadata": dict(info.metadata or {})}
 
 
+def list_jobs(c, only_slicer: bool = True) -> list[dict]:
+    """The cluster's jobs as ``job_info`` dicts, newest first; ``only_slicer``: those
+    `slicer submit` made (they carry ``slicer_run_name`` in their metadata)."""
+    try:
+        jobs = c.list_jobs()
+    except Exception as e:  # noqa: BLE001
+        raise JobError(f"listing jobs: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    rows = [{"job_id": j.submission_id or j.job_id, "status": str(j.status), "message": j.message or "",
+             "entrypoint": j.entrypoint, "start_time_ms": j.start_time, "end_time_ms": j.end_time,
+             "metadata": dict(j.metadata or {})} for j in jobs]
+    rows = [r for r in rows if r["job_id"] and (not only_slicer or "slicer_run_name" in r["metadata"])]
+    return sorted(rows, key=lambda r: r["start_time_ms"] or 0, reverse=True)
+
+
+def stop_job(c, job_id: str) -> bool:
+    try:
+        return bool(c.stop_job(job_id))
+    except Exception as e:  # noqa: BLE001
+        raise JobError(f"stopping job {job_id!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+
 def job_logs(c, job_id: str) -> str:
     try:
         return c.get_job_logs(job_id)
@@ -384,5 +405,6 @@ if __name__ == "__main__":
 
 
 __all__ = ["JobError", "Submission", "auth_headers", "client", "submit_workload", "job_info", "job_logs",
+           "list_jobs", "stop_job",
            "follow", "fetch_run_folder", "visible_logs", "find_bundle", "unpack_bundle", "pack_run_folder",
            "bundle_lines", "normalize_address", "runtime_env_for"]

@@ -14,12 +14,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
     p.add_argument("--fetch", action="store_true", help="write the job's run folder locally")
     p.add_argument("--out", default=None, help="with --fetch: local run folder (default: runs/<name>/)")
+    p.add_argument("--force", action="store_true", help="with --fetch: write into an existing, non-empty --out folder")
     p.add_argument("--raw", action="store_true", help="print the logs as they are (run folder lines included)")
 
 
 def run(args: argparse.Namespace) -> int:
     from slicer.orchestrator import jobs as J
+    from slicer.orchestrator import results as R
 
+    refused = R.refuse_existing(args.out, args.force) if args.fetch else None
+    if refused:
+        print(f"slicer logs: {refused}", file=sys.stderr)
+        return 2
     try:
         c = J.client(args.address)
         if args.follow:

@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true", help="follow the logs until the job ends, then fetch the run folder")
     p.add_argument("--out", default=None, help="with --wait: local run folder (default: runs/<name>/ under the cwd)")
     p.add_argument("--timeout-s", type=float, default=None, help="with --wait: give up waiting after this long")
+    p.add_argument("--force", action="store_true", help="with --wait: write into an existing, non-empty --out folder")
     p.add_argument("--json", action="store_true", help="print the submission as JSON")
     p.add_argument("--run-args", default="",
                    help="extra arguments for `slicer run` on the cluster, one string (e.g. \"--no-trace\")")
@@ -33,8 +34,23 @@ def run(args: argparse.Namespace) -> int:
     import shlex
 
     from slicer.orchestrator import jobs as J
+    from slicer.orchestrator import results as R
 
     extra = shlex.split(args.run_args)
+    refused = R.refuse_existing(args.out, args.force) if args.wait else None
+    if refused:
+        print(f"slicer submit: {refused}", file=sys.stderr)
+        return 2
+    if args.workload and not args.entrypoint:
+        # The cluster would find a bad field only after shipping, queueing and starting
+        # the job: check it here, with the same loader `slicer run` uses there.
+        from slicer.orchestrator.workload import WorkloadError, load_workload
+
+        try:
+            load_workload(args.workload)
+        except (WorkloadError, FileNotFoundError, OSError) as e:
+            print(f"slicer submit: {e}", file=sys.stderr)
+            return 2
     try:
         sub = J.submit_workload(args.address, args.workload, working_dir=args.working_dir,
                                 entrypoint=args.entrypoint, extra_args=extra)
@@ -57,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     except J.JobError as e:
         print(f"slicer submit: {e}", file=sys.stderr)
         return 1
-    print(f"slicer submit: job {sub.job_id} {info['status']}"
-          + (f": {info['message']}" if info["status"] != "SUCCEEDED" and info["message"] else ""), file=sys.stderr)
+    # Ray's failure message repeats the tail of the logs just printed: keep its first clause.
+    why = info["message"].split(", last available logs")[0].strip() if info["status"] != "SUCCEEDED" else ""
+    print(f"slicer submit: job {sub.job_id} {info['status']}" + (f": {why}" if why else ""), file=sys.stderr)
     if dest is not None:
         print(f"run folder: {dest}")
     return 0 if info["status"] == "SUCCEEDED" else 1

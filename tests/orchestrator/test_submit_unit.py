@@ -165,3 +165,54 @@ def test_entrypoint_is_shell_quoted():
     ep = J.build_entrypoint("runs/a b", ["python", "-m", "slicer.orchestrator", "run", "ex/it's.yaml"])
     assert shlex.split(ep)[-5:] == ["python", "-m", "slicer.orchestrator", "run", "ex/it's.yaml"]
     assert shlex.split(ep)[:6] == ["python", "-m", "slicer.orchestrator.jobs", "wrap", "--run-dir", "runs/a b"]
+
+
+def test_runtime_env_carries_the_otel_variables(tmp_path, monkeypatch):
+    for k in [k for k in __import__("os").environ if k.startswith("OTEL_")]:
+        monkeypatch.delenv(k)
+    assert "env_vars" not in J.runtime_env_for(tmp_path, tmp_path)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer x")
+    assert J.runtime_env_for(tmp_path, tmp_path)["env_vars"] == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer x"}
+
+
+def test_submit_checks_the_workload_before_contacting_the_cluster(tmp_path, capsys):
+    """A bad field is named locally: the unreachable dashboard is never asked (its error
+    would be 'cannot reach the Ray dashboard')."""
+    from slicer.orchestrator.cli import main
+
+    (tmp_path / "w.yaml").write_text("name: w\nmodel: tiny\nrequests: -3\n")
+    rc = main(["submit", str(tmp_path / "w.yaml"), "--address", "http://127.0.0.1:1", "--working-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot reach" not in err
+    assert "requests" in err, err
+
+
+@pytest.mark.parametrize("argv", [["run", "--in-process"], ["logs", "raysubmit_x", "--fetch"],
+                                  ["submit", "--wait", "--entrypoint", "true"]])
+def test_out_refuses_an_existing_folder_without_force(tmp_path, capsys, argv):
+    from slicer.orchestrator.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    rc = main([*argv, "--out", str(out), "--address", "http://127.0.0.1:1"] if argv[0] != "run"
+              else [*argv, "--out", str(out)])
+    assert rc == 2 and "exists and is not empty" in capsys.readouterr().err
+    assert (out / "summary.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("argv", [["jobs"], ["stop", "raysubmit_x"], ["status", "raysubmit_x"]])
+def test_job_commands_name_an_unreachable_dashboard(capsys, argv):
+    from slicer.orchestrator.cli import main
+
+    assert main([*argv, "--address", "http://127.0.0.1:1"]) == 2
+    assert "cannot reach the Ray dashboard at http://127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_version():
+    out = subprocess.run([sys.executable, "-m", "slicer.orchestrator", "--version"], capture_output=True, text=True)
+    from importlib.metadata import version
+
+    assert out.returncode == 0 and out.stdout.strip() == f"slicer {version('slicer')}"
