@@ -151,7 +151,10 @@ class EdgeDevice:
         self.slowdown = float(self.emu.get("slowdown", 1.0) or 1.0)
         self.emulate_link = bool(self.emu.get("link", False))
         self.requests_done = 0
-        base = self.model_for("float32")
+        # Shapes and profile only: weights load per plan, for the units it runs
+        # (segment-only weights, slicer.actors.models.weights).
+        base = self._models.get("float32") or self._models.setdefault(
+            "float32", self._load(self.model_ref, dtype=_DTYPES["float32"], units=(0, 0)))
         self.num_units = base.num_units
         self.profile = base.profile
         info = {"device_class": cfg.device_class, "link": self.link, "budgets": dict(cfg.budgets),
@@ -163,21 +166,49 @@ class EdgeDevice:
         return self.slowdown != 1.0 or self.emulate_link or self.emu.get("memory_mb") is not None
 
     def model_for(self, precision: str, split: int | None = None) -> Any:
-        """The model with its front at ``precision``: float32/float16/bfloat16 weights,
-        or int8/int4 weight-only quantized units ``[0, split)``
-        (``slicer.actors.models.quant.quantize_front``: dequantized on the fly)."""
-        if precision in ("int8", "int4") and split:
-            key = f"{precision}@{split}"
+        """The model with its front at ``precision`` holding the weights of units
+        ``[0, split)`` only (None: every unit): float32/float16/bfloat16 weights, or
+        int8/int4 weight-only quantized units ``[0, split)``
+        (``slicer.actors.models.quant.quantize_front``: dequantized on the fly). A
+        quantized front is quantized in place from a segment-only float32 load: no
+        float32 copy is kept beside it."""
+        need = self.num_units if split is None else max(0, min(int(split), self.num_units))
+        if precision in ("int8", "int4") and need:
+            key = f"{precision}@{need}"
             if key not in self._models:
                 from slicer.actors.models.quant import quantize_front
 
-                ell = max(1, min(int(split), self.num_units))
-                self._models[key] = quantize_front(self.model_for("float32"), ell, bits=8 if precision == "int8" else 4)
+                bits = 8 if precision == "int8" else 4
+                shared = self._models.get("float32")
+                if shared is not None and shared._loader is None:  # a whole model handed in (tests)
+                    q = quantize_front(shared, need, bits=bits)
+                else:
+                    q = quantize_front(self._load(self.model_ref, dtype=_DTYPES["float32"], units=(0, need)), need,
+                                       bits=bits, inplace=True)
+                for old in [k for k in self._models if k.startswith(f"{precision}@")]:
+                    del self._models[old]  # a re-plan to another split replaces the old front
+                self._models[key] = q
             return self._models[key]
         key = precision if precision in _DTYPES else "float32"
         if key not in self._models:
-            self._models[key] = self._load(self.model_ref, dtype=_DTYPES[key])
-        return self._models[key]
+            self._models[key] = self._load(self.model_ref, dtype=_DTYPES[key], units=(0, 0))
+        m = self._models[key]
+        if need and m._loader is not None:
+            m.ensure_units(0, need)
+        return m
+
+    def memory(self) -> dict[str, Any]:
+        """What this process holds: resident memory (measured) and the bytes of the
+        weights it loaded (segment-only: the units its plans ran)."""
+        from slicer.actors.models.weights import process_rss_bytes
+
+        seen: set[int] = set()
+        weights = 0
+        for m in self._models.values():
+            if id(m.hf) not in seen:
+                seen.add(id(m.hf))
+                weights += m.weight_bytes
+        return {"edge_rss_bytes": process_rss_bytes(), "edge_weight_bytes": weights}
 
     # ------------------------------------------------------------------ emulation
     def _link_delay_s(self, payload_bytes: int) -> float:
@@ -282,6 +313,7 @@ class EdgeDevice:
         rec.update(self._totals(steps))
         rec.update({"tokens": tokens, "new_tokens": len(tokens), "t_end": t_end,
                     "latency_s": round(t_end - t_start, 6), "steps": steps})
+        rec.update(self.memory())
         self.requests_done += 1
         if self.policy is not None:
             measured = {"edge_compute_s": rec["edge_compute_s"], "transfer_s": rec["transfer_s"],

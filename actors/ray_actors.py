@@ -69,13 +69,15 @@ def _init_tracing(service: str, enabled: bool, attributes: dict) -> None:
 
 
 class RayServerClient:
-    """The edge's view of the server actor (``slicer.actors.edge.ServerClient``)."""
+    """The edge's view of the server actor (``slicer.actors.edge.ServerClient``);
+    ``credential``: the device's, issued by the driver at placement."""
 
-    def __init__(self, handle, timeout_s: float):
-        self.h, self.timeout_s = handle, timeout_s
+    def __init__(self, handle, timeout_s: float, credential: str | None = None):
+        self.h, self.timeout_s, self.credential = handle, timeout_s, credential
 
-    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None):
-        return get(self.h.open_session.remote(device_id, request_id, split, max_tokens, trace_ctx or {}),
+    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None, supersedes=None):
+        return get(self.h.open_session.remote(device_id, request_id, split, max_tokens, trace_ctx or {},
+                                              credential=self.credential, supersedes=supersedes),
                    self.timeout_s, "server.open_session")
 
     def step(self, session_id, payload, position, trace_ctx=None):
@@ -102,7 +104,10 @@ class RayPolicyClient:
 class EdgeShell:
     """One edge device as an actor."""
 
-    def __init__(self, cfg: dict, model_ref: str, server, policy, timeout_s: float = 60.0, trace: bool = False):
+    def __init__(self, cfg: dict, model_ref: str, server, policy, timeout_s: float = 60.0, trace: bool = False,
+                 credential: str | None = None):
+        """``credential``: the device's identity credential (the driver's, at placement;
+        Ray restarts the actor with the same one)."""
         import transformers  # noqa: F401  (so _quiet silences its progress bars)
 
         _quiet()
@@ -112,7 +117,7 @@ class EdgeShell:
         from slicer.actors.recovery import RecoveringServerClient
 
         # A restarted server has no sessions: the client rebuilds them by replay (actors.recovery).
-        self.server_client = RecoveringServerClient(RayServerClient(server, timeout_s),
+        self.server_client = RecoveringServerClient(RayServerClient(server, timeout_s, credential),
                                                     recovery_timeout_s=max(180.0, 3 * timeout_s))
         self.edge = EdgeDevice(EdgeConfig(**{**cfg, "node": self.info["node_id"]}), model_ref,
                                self.server_client, RayPolicyClient(policy, timeout_s))
@@ -135,7 +140,9 @@ class ServerShell:
     """The shared server as an async actor: ``step`` coroutines queue into the
     server's batching loop while one thread computes batches."""
 
-    def __init__(self, model_ref: str, cfg: ServerConfig, trace: bool = False):
+    def __init__(self, model_ref: str, cfg: ServerConfig, trace: bool = False, identities: dict | None = None):
+        """``identities``: device id -> credential (the driver's, at placement; Ray
+        restarts the actor with the same ones, so a restarted server knows them)."""
         import transformers  # noqa: F401
 
         _quiet()
@@ -144,13 +151,15 @@ class ServerShell:
 
         self.info = where()
         _init_tracing("slicer-server", trace, {"slicer.role": "server"})
-        self.server = Server(load_model(model_ref), cfg, metrics=ServerMetrics())
+        self.server = Server(load_model(model_ref), cfg, metrics=ServerMetrics(), identities=identities)
 
     async def where(self, trace_ctx: dict | None = None) -> dict:
         return dict(self.info)
 
-    async def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None):
-        return self.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {})
+    async def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None, credential=None,
+                           supersedes=None):
+        return self.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {},
+                                        credential=credential, supersedes=supersedes)
 
     async def step(self, session_id, payload, position, trace_ctx=None):
         return await self.server.step(session_id, payload, position, trace_ctx or {})
@@ -163,6 +172,10 @@ class ServerShell:
 
     async def load_sample(self, trace_ctx: dict | None = None) -> dict:
         return self.server.load_sample()
+
+    async def load_timeline(self, trace_ctx: dict | None = None) -> list[dict]:
+        """One load row per batch since the last call (``LoadMeter.timeline``)."""
+        return self.server.meter.timeline()
 
     async def drain_traces(self, trace_ctx: dict | None = None) -> list[dict]:
         from slicer.actors import telemetry
@@ -205,10 +218,10 @@ class PolicyShell:
 # Logical CPUs: 0 for every actor. The embedded cluster gives each node one CPU and a
 # run puts 8+ edge actors on one node; what is counted is slots (custom resources).
 def make_server(model_ref: str, cfg: ServerConfig, *, label_selector: dict, resources: dict,
-                trace: bool = False, name: str | None = None, max_restarts: int = 0):
+                trace: bool = False, name: str | None = None, max_restarts: int = 0, identities: dict | None = None):
     return ray.remote(ServerShell).options(
         num_cpus=0, label_selector=label_selector, resources=resources, name=name,
-        max_restarts=max_restarts, max_concurrency=1000).remote(model_ref, cfg, trace)
+        max_restarts=max_restarts, max_concurrency=1000).remote(model_ref, cfg, trace, identities)
 
 
 def make_policy(cfg: PolicyConfig, profile, *, label_selector: dict, resources: dict | None = None,
@@ -218,10 +231,10 @@ def make_policy(cfg: PolicyConfig, profile, *, label_selector: dict, resources: 
 
 
 def make_edge(cfg: dict, model_ref: str, server, policy, *, label_selector: dict, resources: dict,
-              timeout_s: float = 60.0, trace: bool = False, max_restarts: int = 0):
+              timeout_s: float = 60.0, trace: bool = False, max_restarts: int = 0, credential: str | None = None):
     return ray.remote(EdgeShell).options(
         num_cpus=0, label_selector=label_selector, resources=resources, max_restarts=max_restarts,
-        name=None).remote(cfg, model_ref, server, policy, timeout_s, trace)
+        name=None).remote(cfg, model_ref, server, policy, timeout_s, trace, credential)
 
 
 def drain_traces(handles: Iterable, timeout_s: float = 30.0) -> list[dict]:

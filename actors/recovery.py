@@ -11,7 +11,10 @@ opens a fresh session on the (restarted) server, replays the log step by step (s
 positions, same bytes: the server rebuilds the exact cache, since its compute is a
 deterministic function of the payloads) and then sends the step that failed. The edge
 never sees the failure; the token of the failed step is the one an undisturbed server
-would have returned (greedy decoding).
+would have returned (greedy decoding). A session that EXPIRED on a live server (idle past
+``server.session_ttl_s``: ``SessionExpiredError``, its KV cache freed) is rebuilt the
+same way. The rebuilt session's open names the old token (``supersedes``), so if the old
+session still exists the server replaces it rather than holding both.
 
 Every attempt is bounded: the inner client's calls have timeouts (``ray_actors.get``),
 and recovery gives up after ``max_recoveries`` attempts or ``recovery_timeout_s``
@@ -47,12 +50,16 @@ def _ray_actor_error_types() -> tuple[type[BaseException], ...]:
 
 
 def server_lost(e: BaseException) -> bool:
-    """True when ``e`` means the server's state is gone: its actor died or is
-    restarting (``RayActorError``: ``ActorDiedError``, ``ActorUnavailableError``), or it
-    answered that it does not know the session (it restarted in between)."""
+    """True when ``e`` means the session's state on the server is gone: its actor died
+    or is restarting (``RayActorError``: ``ActorDiedError``, ``ActorUnavailableError``),
+    it answered that it does not know the session (it restarted in between), or the
+    session expired (``slicer.actors.server.SessionExpiredError``, matched by name so
+    this module imports no torch)."""
     if isinstance(e, _ray_actor_error_types()):
         return True
     if isinstance(e, ServerRestarted):
+        return True
+    if isinstance(e, AdmissionError) and type(e).__name__ == "SessionExpiredError":
         return True
     return isinstance(e, AdmissionError) and "unknown session" in str(e)
 
@@ -68,7 +75,7 @@ class _SessionLog:
     open_args: tuple
     """``(device_id, request_id, split, max_tokens)`` as first opened."""
     server_sid: str
-    """The session id on the server now (changes after each rebuild)."""
+    """The session's token on the server now (changes after each rebuild)."""
     sent: list[tuple[int, bytes]] = field(default_factory=list)
     """Every ``(position, payload)`` the server accepted, in order."""
     recoveries: int = 0
@@ -98,9 +105,12 @@ class RecoveringServerClient:
         """One dict per rebuild: session, replayed steps, seconds, cause."""
 
     # ------------------------------------------------------------------ client API
-    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None):
+    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None, supersedes=None):
         args = (device_id, request_id, split, max_tokens)
-        sid = self._with_retry(lambda: self.inner.open_session(*args, trace_ctx or {}), f"open_session of {request_id}")
+        log = self._logs.get(supersedes) if supersedes is not None else None
+        old = log.server_sid if log is not None else supersedes
+        sid = self._with_retry(lambda: self.inner.open_session(*args, trace_ctx or {}, supersedes=old),
+                               f"open_session of {request_id}")
         self._logs[sid] = _SessionLog(args, sid)
         return sid
 
@@ -160,7 +170,7 @@ class RecoveringServerClient:
             self.sleep(min(self.max_backoff_s, self.backoff_s * 2**attempt))
             sid = None
             try:
-                sid = self.inner.open_session(*log.open_args, trace_ctx)
+                sid = self.inner.open_session(*log.open_args, trace_ctx, supersedes=log.server_sid)
                 for pos, p in log.sent:
                     self.inner.step(sid, p, pos, trace_ctx)
                 res = self.inner.step(sid, payload, position, trace_ctx)

@@ -25,6 +25,7 @@ debugging).
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -131,7 +132,16 @@ def server_config(wl: Workload):
     return ServerConfig(max_batch=s.max_batch, batch_window_ms=s.batch_window_ms, batching=s.batching,
                         max_sessions=s.max_sessions, max_kv_bytes=int(s.max_kv_mb * 2**20),
                         max_payload_bytes=s.max_payload_bytes, max_sessions_per_device=s.max_sessions_per_device,
-                        max_kv_bytes_per_device=int(s.max_kv_mb_per_device * 2**20))
+                        max_kv_bytes_per_device=int(s.max_kv_mb_per_device * 2**20),
+                        session_ttl_s=s.session_ttl_s, open_rate_per_s=s.open_rate_per_s, open_burst=s.open_burst)
+
+
+def make_identities(wl: Workload) -> dict[str, str]:
+    """Device id -> credential: the identities the driver assigns at placement. The
+    server gets them all, each edge actor only its own; the server then checks every
+    session open against them, so quotas and rates key on who a device is, not on the
+    id it declares. Fresh per run, never written to the run folder."""
+    return {dev_id: secrets.token_urlsafe(32) for dev_id, _ in wl.all_devices()}
 
 
 def check_device_classes(wl: Workload) -> None:
@@ -175,12 +185,13 @@ def run_inprocess(wl: Workload, *, model: Any = None, planner: Callable | None =
     model = model or load_model(model_ref)
     requests = make_requests(wl, model_ref, int(getattr(model.config, "vocab_size", 0) or 0))
     _check_model_fit(wl, model.profile, model_ref, requests)
-    server = Server(model, server_config(wl))
+    identities = make_identities(wl)
+    server = Server(model, server_config(wl), identities=identities)
     policy = Policy(policy_config(wl, requests), model.profile, planner=planner)
     edges = {}
     for dev_id, g in wl.all_devices():
         edges[dev_id] = EdgeDevice(EdgeConfig(**edge_config(wl, dev_id, g), node="local"), model_ref,
-                                   InProcessServer(server), InProcessPolicy(policy), model=model)
+                                   InProcessServer(server, identities[dev_id]), InProcessPolicy(policy), model=model)
     records: list[dict] = []
     total = sum(len(v) for v in requests.values())
     longest = max(len(v) for v in requests.values())
@@ -239,6 +250,10 @@ def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | 
 
     check_device_classes(wl)
     t_setup = time.perf_counter()
+    # Everything the workload needs from its model (config, tokenizer, prompts, fit) is
+    # checked before any Ray work: a bad model path fails here in about a second, not
+    # after a cluster start and an actor's model load.
+    prepared = _prepare(wl)
     cluster = conn = None
     try:
         if address is None and ray.is_initialized():
@@ -250,7 +265,7 @@ def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | 
             from slicer.orchestrator.cluster import connect
 
             conn = connect(address)
-        return _drive(wl, out=out, trace=trace, progress=progress, load_interval_s=load_interval_s,
+        return _drive(wl, prepared, out=out, trace=trace, progress=progress, load_interval_s=load_interval_s,
                       write=write, t_setup=t_setup, cluster_info={"address": address or "embedded"})
     finally:
         if cluster is not None:
@@ -259,15 +274,26 @@ def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | 
             conn.close()
 
 
-def _drive(wl: Workload, *, out, trace, progress, load_interval_s, write, t_setup, cluster_info) -> RunOutput:
-    from slicer.actors import ray_actors as RA
+def _prepare(wl: Workload) -> tuple[str, Any, dict[str, list[dict]]]:
+    """``(model_ref, profile, requests)``, every model-dependent field checked; no Ray."""
     from slicer.actors.models import profile_from_config
 
     model_ref = wl.model_ref()
-    profile = profile_from_config(model_ref)
-    vocab = int(profile.vocab_size or 0)
-    requests = make_requests(wl, model_ref, vocab)
+    try:
+        profile = profile_from_config(model_ref)
+    except (OSError, ValueError) as e:  # transformers' "Repo id must be..." / "not a folder" texts
+        raise WorkloadError(f"workload field model={wl.model[:120]!r}: cannot read its config ({type(e).__name__}: "
+                            f"{str(e)[:300]})") from None
+    requests = make_requests(wl, model_ref, int(profile.vocab_size or 0))
     _check_model_fit(wl, profile, model_ref, requests)
+    return model_ref, profile, requests
+
+
+def _drive(wl: Workload, prepared, *, out, trace, progress, load_interval_s, write, t_setup,
+           cluster_info) -> RunOutput:
+    from slicer.actors import ray_actors as RA
+
+    model_ref, profile, requests = prepared
     where_to = place(wl)
     handles: list = []
     try:
@@ -290,14 +316,15 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
 
     # Restarts: the server's sessions are rebuilt by the edges' replay (actors.recovery),
     # an edge's request is resubmitted by the driver (orchestrator.faults.Resubmitter).
+    identities = make_identities(wl)
     server = RA.make_server(model_ref, server_config(wl), trace=trace, max_restarts=faults.SERVER_MAX_RESTARTS,
-                            **where_to["server"])
+                            identities=identities, **where_to["server"])
     handles += [policy, server]
     edges = {}
     for dev_id, g in wl.all_devices():
         edges[dev_id] = RA.make_edge(edge_config(wl, dev_id, g), model_ref, server, policy,
                                      timeout_s=timeout_s, trace=trace, max_restarts=faults.EDGE_MAX_RESTARTS,
-                                     **where_to["edges"][g.device_class])
+                                     credential=identities[dev_id], **where_to["edges"][g.device_class])
         handles.append(edges[dev_id])
     # Wait for every actor to be up (model loaded, plan received) before timing requests.
     where = RA.get(
@@ -314,7 +341,8 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
     if progress is not None:
         progress.write(f"slicer: {len(edges)} devices on {len(set(w['node_id'] for w in edge_where.values()))} edge "
                        f"node(s), server on {server_where['node_id'][:8]} (setup {time.perf_counter() - t_setup:.1f} s)\n")
-    RA.get(server.load_sample.remote(), timeout_s=30, what="server load sample")  # starts the timeline at t=0
+    # starts the timeline at t=0 (the per-batch rows are measured from it: loadmeter.rebase)
+    t0_server = RA.get(server.load_sample.remote(), timeout_s=30, what="server load sample")["t_s"]
     total = sum(len(v) for v in requests.values())
     next_i = {d: 0 for d in requests}
     inflight: dict[Any, str] = {}
@@ -398,6 +426,14 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
     sample = ask(server.load_sample.remote(), "server load sample", None)
     if sample is not None:
         load_rows.append(sample)
+    # One row per server batch (the polled rows above are the fallback: a restarted server
+    # has lost its batches; a short run polls only a couple of times).
+    from slicer.actors.loadmeter import rebase
+
+    per_batch = ask(server.load_timeline.remote(), "server load timeline", None)
+    same_server = ask(server.where.remote(), "server where", {}).get("pid") == server_where.get("pid")
+    if per_batch and same_server:
+        load_rows = rebase(per_batch, t0_server)
     stats = ask(server.stats.remote(), "server stats", {})
     stats["node"] = server_where["node_id"]
     decisions = ask(policy.decisions.remote(), "policy decisions", [])

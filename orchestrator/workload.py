@@ -21,15 +21,21 @@ Example (``examples/quickstart.yaml``)::
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
+import math
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+from slicer.orchestrator.yamlload import YamlFileError, decode_utf8, load_yaml_file, read_capped, short
 
-from slicer.codec import CodecConfig, CodecError
+if TYPE_CHECKING:  # imported when a codec field is parsed: slicer.codec imports torch
+    from slicer.codec import CodecConfig
 from slicer.policies.link import DEFAULT_BANDWIDTH_HZ, DEFAULT_EPSILON, DEFAULT_SNR, linear_to_db
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +46,80 @@ PRECISIONS = ("auto", "float32", "float16", "bfloat16", "int8", "int4")
 MODES = ("auto", "split", "local-then-offload", "edge-only", "cloud-only")
 
 
+#: Largest task file read (``inputs.task_file``).
+MAX_TASK_FILE_BYTES = 16 << 20
+#: Longest prompt (characters or token ids) in a workload or task file.
+MAX_PROMPT_LEN = 100_000
+#: A number field with no tighter bound must lie within ±this (and be finite).
+MAX_NUMBER = 1e15
+#: Most devices of one workload (over all groups).
+MAX_DEVICES = 4096
+#: Longest message a workload error carries (its errors beyond it are counted, not shown).
+MAX_MESSAGE_CHARS = 1800
+
+
 class WorkloadError(ValueError):
-    """A workload field is missing, unknown or out of range (the message names it)."""
+    """A workload field is missing, unknown or out of range (the message names it).
+    ``errors``: every error found in the workload, one message each."""
+
+    def __init__(self, message: str, errors: list[str] | None = None):
+        super().__init__(message)
+        self.errors = list(errors) if errors else [message]
 
 
 def _bad(path: str, value: Any, allowed: str) -> WorkloadError:
-    return WorkloadError(f"workload field {path}={value!r} is invalid: allowed {allowed}")
+    return WorkloadError(f"workload field {path}={short(value)} is invalid: allowed {allowed}")
+
+
+# Errors are collected, not raised one by one, while a workload is parsed: a file's errors
+# are reported together. A field helper that finds a bad value records it and returns a
+# placeholder so parsing goes on; the workload built from placeholders is never returned.
+_ERRORS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("slicer_workload_errors", default=None)
+
+
+@contextlib.contextmanager
+def _collecting() -> Iterator[list[str]]:
+    errs = _ERRORS.get()
+    if errs is not None:  # nested: the outer collector gets them
+        yield errs
+        return
+    errs = []
+    token = _ERRORS.set(errs)
+    try:
+        yield errs
+    finally:
+        _ERRORS.reset(token)
+
+
+def _soft(err: WorkloadError, placeholder: Any = None) -> Any:
+    """Record ``err`` (or raise it when nothing collects) and go on with ``placeholder``."""
+    errs = _ERRORS.get()
+    if errs is None:
+        raise err
+    errs.append(str(err))
+    return placeholder
+
+
+def _field(fn, *args: Any, default: Any = None) -> Any:
+    """``fn(*args)``, its ``WorkloadError`` recorded (the field's value is ``default`` then)."""
+    try:
+        return fn(*args)
+    except WorkloadError as e:
+        return _soft(e, default)
+
+
+def joined(errors: list[str], prefix: str = "") -> str:
+    """One message of all ``errors``, at most ``MAX_MESSAGE_CHARS`` long."""
+    errors = [e if len(e) <= 400 else e[:397] + "..." for e in errors]
+    if len(errors) == 1:
+        return prefix + errors[0]
+    out = prefix + f"{len(errors)} errors:"
+    for i, e in enumerate(errors):
+        line = "\n  - " + e
+        if len(out) + len(line) > MAX_MESSAGE_CHARS:
+            return out + f"\n  ... and {len(errors) - i} more"
+        out += line
+    return out
 
 
 @dataclass(frozen=True)
@@ -150,23 +224,34 @@ class ServerSpec:
     """The shared server's batching and admission limits."""
 
     max_batch: int = 16
-    """Most decode steps run together in one batch."""
+    """Most decode steps run together in one batch (1..1024)."""
     batch_window_ms: float = 2.0
-    """How long the batching loop waits for more steps once one is queued."""
+    """How long the batching loop waits for more steps once one is queued (0..1000 ms)."""
     batching: bool = True
     """False runs every step alone (the batching benchmark's baseline)."""
     max_sessions: int = 64
-    """Most sessions (requests in flight) held at once; more are refused."""
+    """Most sessions (requests in flight) held at once; more are refused (1..100000)."""
     max_kv_mb: float = 512.0
-    """Most KV-cache MiB held over all sessions; a session that would exceed it is refused."""
+    """Most KV-cache MiB held over all sessions; a session that would exceed it is refused
+    (> 0, at most 1048576 = 1 TiB)."""
     max_payload_bytes: int = 8 << 20
-    """Largest payload accepted in one step."""
+    """Largest payload accepted in one step (64..2**31)."""
     step_timeout_s: float = 60.0
-    """An edge waits at most this long for one server step."""
+    """An edge waits at most this long for one server step (> 0, at most 3600 s)."""
     max_sessions_per_device: int = 4
-    """Most sessions ONE device may hold at once (a device has one request in flight)."""
+    """Most sessions ONE device may hold at once (a device has one request in flight;
+    1..100000)."""
     max_kv_mb_per_device: float = 128.0
-    """Most KV-cache MiB ONE device may hold, so no device can take the whole ``max_kv_mb``."""
+    """Most KV-cache MiB ONE device may hold, so no device can take the whole ``max_kv_mb``
+    (> 0, at most 1048576)."""
+    session_ttl_s: float = 300.0
+    """A session idle this long (no step) expires and frees its KV cache; its device's
+    next step reopens it by replay (> 0, at most 86400 s)."""
+    open_rate_per_s: float = 100.0
+    """Sustained session opens per second of one device identity (> 0, at most 100000)."""
+    open_burst: int = 200
+    """Session opens one device may make at once before ``open_rate_per_s`` applies
+    (1..100000)."""
 
 
 @dataclass(frozen=True)
@@ -239,12 +324,15 @@ class Workload:
 
     def resolve_path(self, p: str) -> Path | None:
         """A path relative to the workload's folder, the cwd or the repo; None if none exists."""
-        cand = Path(p).expanduser()
-        if cand.is_absolute():
-            return cand if cand.exists() else None
-        for root in (Path(self.base_dir), Path.cwd(), REPO_ROOT, REPO_ROOT / "examples"):
-            if (root / cand).exists():
-                return (root / cand).resolve()
+        try:
+            cand = Path(p).expanduser()
+            if cand.is_absolute():
+                return cand if cand.exists() else None
+            for root in (Path(self.base_dir), Path.cwd(), REPO_ROOT, REPO_ROOT / "examples"):
+                if (root / cand).exists():
+                    return (root / cand).resolve()
+        except (OSError, ValueError, RuntimeError):  # NUL bytes, ~unknownuser, a name too long
+            return None
         return None
 
     def model_ref(self) -> str:
@@ -263,24 +351,27 @@ class Workload:
 
 def _num(path: str, v: Any, lo: float | None = None, hi: float | None = None, *,
          lo_open: bool = False, integer: bool = False, allowed: str | None = None) -> Any:
+    """A number in range: never a bool (``true`` is not 1), never NaN or ±Inf, and within
+    ±``MAX_NUMBER`` where the field names no tighter bound. Integers must be whole
+    (``2.0`` is 2; ``2.5`` is refused)."""
+    hi = MAX_NUMBER if hi is None else hi
+    lo = -MAX_NUMBER if lo is None else lo
     ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if integer:
-        ok = ok and float(v).is_integer()
-    if ok and lo is not None:
-        ok = v > lo if lo_open else v >= lo
-    if ok and hi is not None:
-        ok = v <= hi
+    if ok and isinstance(v, float):
+        ok = math.isfinite(v) and (not integer or v.is_integer())
+    if ok:
+        ok = (v > lo if lo_open else v >= lo) and v <= hi
     if not ok:
         if allowed is None:
-            kind = "an integer" if integer else "a number"
-            rng = []
-            if lo is not None:
-                rng.append(f"{'>' if lo_open else '>='} {lo}")
-            if hi is not None:
-                rng.append(f"<= {hi}")
-            allowed = kind + (" " + " and ".join(rng) if rng else "")
-        raise _bad(path, v, allowed)
+            allowed = ("an integer" if integer else "a finite number") + \
+                f" {'>' if lo_open else '>='} {_fmt(lo)} and <= {_fmt(hi)}"
+        lo_ok = lo + (1 if lo_open else 0) if integer else (lo + abs(lo) * 1e-9 + 1e-9 if lo_open else lo)
+        return _soft(_bad(path, v, allowed), int(math.ceil(lo_ok)) if integer else float(lo_ok))
     return int(v) if integer else float(v)
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e12 else f"{x:g}"
 
 
 def _opt(path: str, v: Any, fn) -> Any:
@@ -296,8 +387,9 @@ def _mapping(path: str, raw: Any, cls: type) -> dict[str, Any]:
     names = _field_names(cls)
     for k in raw:
         if k not in names:
-            raise WorkloadError(f"workload field {path}.{k} is unknown: allowed fields of {path or 'the workload'} are {names}")
-    return dict(raw)
+            _soft(WorkloadError(f"workload field {path}.{short(k, 40)[1:-1] if isinstance(k, str) else short(k, 40)} "
+                                f"is unknown: allowed fields of {path or 'the workload'} are {names}"))
+    return {k: v for k, v in raw.items() if k in names}
 
 
 def _field_names(cls: type) -> list[str]:
@@ -317,8 +409,8 @@ def _link(path: str, raw: Any) -> LinkSpec:
 
 
 def _open01(path: str, v: Any) -> float:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 < v < 1.0:
-        raise _bad(path, v, "a number in (0, 1)")
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 < v < 1.0:  # NaN fails the range too
+        return _soft(_bad(path, v, "a number in (0, 1)"), 0.5)
     return float(v)
 
 
@@ -361,11 +453,11 @@ def _emulation(path: str, raw: Any) -> EmulationSpec:
 def _device_group(path: str, raw: Any) -> DeviceGroup:
     d = _mapping(path, raw, DeviceGroup)
     cls = d.get("class")
-    if not isinstance(cls, str) or not cls.strip() or not all(c.isalnum() or c in "-_." for c in cls):
+    if not isinstance(cls, str) or not 0 < len(cls) <= 128 or not all(c.isalnum() or c in "-_." for c in cls):
         raise _bad(f"{path}.class", cls, "a device class name (letters, digits, - _ .), e.g. phone, jetson, laptop")
     name = d.get("name", "")
-    if not isinstance(name, str) or not all(c.isalnum() or c in "-_." for c in name):
-        raise _bad(f"{path}.name", name, "letters, digits, - _ .")
+    if not isinstance(name, str) or len(name) > 128 or not all(c.isalnum() or c in "-_." for c in name):
+        raise _bad(f"{path}.name", name, "up to 128 letters, digits, - _ .")
     sched_raw = d.get("link_schedule", []) or []
     if not isinstance(sched_raw, list):
         raise _bad(f"{path}.link_schedule", sched_raw, "a list of {at_request: N, rate_mbps: ...}")
@@ -386,18 +478,22 @@ def _server(path: str, raw: Any) -> ServerSpec:
     d = _mapping(path, raw, ServerSpec)
     batching = d.get("batching", True)
     if not isinstance(batching, bool):
-        raise _bad(f"{path}.batching", batching, "true or false")
+        batching = _soft(_bad(f"{path}.batching", batching, "true or false"), True)
     return ServerSpec(
         max_batch=_num(f"{path}.max_batch", d.get("max_batch", 16), 1, 1024, integer=True),
         batch_window_ms=_num(f"{path}.batch_window_ms", d.get("batch_window_ms", 2.0), 0, 1000),
         batching=batching,
         max_sessions=_num(f"{path}.max_sessions", d.get("max_sessions", 64), 1, 100000, integer=True),
-        max_kv_mb=_num(f"{path}.max_kv_mb", d.get("max_kv_mb", 512.0), 0, lo_open=True),
+        max_kv_mb=_num(f"{path}.max_kv_mb", d.get("max_kv_mb", 512.0), 0, 1 << 20, lo_open=True),
         max_payload_bytes=_num(f"{path}.max_payload_bytes", d.get("max_payload_bytes", 8 << 20), 64, 1 << 31, integer=True),
         step_timeout_s=_num(f"{path}.step_timeout_s", d.get("step_timeout_s", 60.0), 0, 3600, lo_open=True),
         max_sessions_per_device=_num(f"{path}.max_sessions_per_device", d.get("max_sessions_per_device", 4), 1, 100000,
                                      integer=True),
-        max_kv_mb_per_device=_num(f"{path}.max_kv_mb_per_device", d.get("max_kv_mb_per_device", 128.0), 0, lo_open=True),
+        max_kv_mb_per_device=_num(f"{path}.max_kv_mb_per_device", d.get("max_kv_mb_per_device", 128.0), 0, 1 << 20,
+                                  lo_open=True),
+        session_ttl_s=_num(f"{path}.session_ttl_s", d.get("session_ttl_s", 300.0), 0, 86400, lo_open=True),
+        open_rate_per_s=_num(f"{path}.open_rate_per_s", d.get("open_rate_per_s", 100.0), 0, 100000, lo_open=True),
+        open_burst=_num(f"{path}.open_burst", d.get("open_burst", 200), 1, 100000, integer=True),
     )
 
 
@@ -410,16 +506,30 @@ def _inputs(path: str, raw: Any) -> InputsSpec:
         raise _bad(f"{path}.prompts", prompts_raw, "a list of strings or of lists of token ids")
     prompts: list[str | tuple[int, ...]] = []
     for i, p in enumerate(prompts_raw):
-        if isinstance(p, str) and p:
-            prompts.append(p)
-        elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in p):
-            prompts.append(tuple(p))
+        ok = _prompt_ok(p)
+        if ok is None:
+            prompts.append(tuple(p) if isinstance(p, list) else p)
         else:
-            raise _bad(f"{path}.prompts[{i}]", p, "a non-empty string or a non-empty list of token ids (ints >= 0)")
+            _soft(_bad(f"{path}.prompts[{i}]", p, ok))
     task_file = d.get("task_file")
-    if task_file is not None and not isinstance(task_file, str):
-        raise _bad(f"{path}.task_file", task_file, "a path (string)")
+    if task_file is not None and not _path_ok(task_file):
+        task_file = _soft(_bad(f"{path}.task_file", task_file, "a path (a string of 1..4096 characters, no NUL)"))
     return InputsSpec(prompts=tuple(prompts), task_file=task_file)
+
+
+def _prompt_ok(p: Any) -> str | None:
+    """None for a good prompt, else what is allowed."""
+    allowed = f"a non-empty string or a non-empty list of token ids (integers 0..2**31-1), at most {MAX_PROMPT_LEN} long"
+    if isinstance(p, str):
+        return None if 0 < len(p) <= MAX_PROMPT_LEN else allowed
+    if isinstance(p, list) and 0 < len(p) <= MAX_PROMPT_LEN and all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in p):
+        return None
+    return allowed
+
+
+def _path_ok(p: Any) -> bool:
+    return isinstance(p, str) and 0 < len(p) <= 4096 and "\0" not in p
 
 
 def _policy(path: str, raw: Any) -> PolicySpec:
@@ -444,100 +554,199 @@ def _policy(path: str, raw: Any) -> PolicySpec:
 def _codec(path: str, raw: Any) -> CodecConfig | None:
     if raw is None or raw == "auto":
         return None
-    try:
-        if isinstance(raw, str):
-            return CodecConfig.parse(raw)
-        if isinstance(raw, dict):
+    if isinstance(raw, (str, dict)):
+        from slicer.codec import CodecConfig, CodecError  # torch: only for a workload that names a codec
+
+        try:
+            if isinstance(raw, str):
+                return CodecConfig.parse(raw)
             return CodecConfig(**raw)
-    except TypeError as e:
-        raise WorkloadError(f"workload field {path}={raw!r} is invalid: {e}") from e
-    except CodecError as e:
-        raise WorkloadError(f"workload field {path}={raw!r} is invalid: {e}") from e
+        except (TypeError, ValueError, AttributeError, OverflowError, CodecError) as e:
+            raise WorkloadError(f"workload field {path}={short(raw)} is invalid: {str(e)[:300]}") from None
     raise _bad(path, raw, "'auto', a codec spec string (e.g. lossless, slicer:sparsity=0.75) or a mapping of CodecConfig fields")
 
 
 def parse_workload(raw: Any, base_dir: str | Path = ".") -> Workload:
-    """Validate a parsed YAML document into a ``Workload``."""
-    d = _mapping("", raw, Workload) if isinstance(raw, dict) else None
-    if d is None:
-        raise WorkloadError(f"a workload is a mapping of fields {_field_names(Workload)}, got {type(raw).__name__}")
-    for req in ("model", "devices"):
-        if req not in d:
-            raise WorkloadError(f"workload field {req} is missing (required)")
-    name = d.get("name", Path(str(base_dir)).name or "run")
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise _bad("name", name, "a non-empty name of letters, digits, - _ .")
-    model = d["model"]
-    if not isinstance(model, str) or not model:
-        raise _bad("model", model, "a model folder or name (string)")
-    devs = d["devices"]
-    if not isinstance(devs, list) or not devs:
-        raise _bad("devices", devs, "a non-empty list of device groups {class: ..., count: ...}")
-    groups = tuple(_device_group(f"devices[{i}]", g) for i, g in enumerate(devs))
-    ids = [did for g in groups for did in g.device_ids()]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise WorkloadError(f"workload field devices gives duplicate device ids {dup}: set a distinct `name` per group")
-    mode = d.get("mode", "auto")
-    if mode not in MODES:
-        raise _bad("mode", mode, "one of " + ", ".join(MODES))
-    precision = d.get("precision", "auto")
-    if precision not in PRECISIONS:
-        raise _bad("precision", precision, "one of " + ", ".join(PRECISIONS))
-    wl = Workload(
-        name=name,
-        precision=precision,
-        model=model,
-        devices=groups,
-        inputs=_inputs("inputs", d.get("inputs")),
-        policy=_policy("policy", d.get("policy", "slicer")),
-        codec=_codec("codec", d.get("codec")),
-        mode=mode,
-        requests=_num("requests", d.get("requests", 2), 1, 100000, integer=True),
-        max_new_tokens=_num("max_new_tokens", d.get("max_new_tokens", 8), 1, 4096, integer=True),
-        seed=_num("seed", d.get("seed", 0), 0, 2**32 - 1, integer=True),
-        server=_server("server", d.get("server")),
-        base_dir=str(base_dir),
-    )
-    if not wl.inputs.prompts and wl.inputs.task_file is None:
-        raise WorkloadError("workload field inputs is empty: give inputs.prompts (a list) or inputs.task_file")
-    if wl.inputs.task_file is not None and wl.resolve_path(wl.inputs.task_file) is None:
-        raise _bad("inputs.task_file", wl.inputs.task_file, f"an existing file (looked in {wl.base_dir}, the cwd and the repo)")
+    """Validate a parsed YAML document into a ``Workload``; a ``WorkloadError`` carries
+    every error found (``.errors``), not only the first."""
+    with _collecting() as errs:
+        wl = _parse(raw, base_dir)
+    if _ERRORS.get() is None and errs:  # outermost: raise them all together
+        raise WorkloadError(joined(errs), errs)
     return wl
 
 
+def _name(v: Any) -> str:
+    if not isinstance(v, str) or not 0 < len(v) <= 128 or not all(c.isalnum() or c in "-_." for c in v):
+        raise _bad("name", v, "a name of 1..128 letters, digits, - _ .")
+    return v
+
+
+def _model(v: Any) -> str:
+    if not _path_ok(v):
+        raise _bad("model", v, "a model folder or name (a string of 1..4096 characters)")
+    return v
+
+
+def _devices(v: Any) -> tuple[DeviceGroup, ...]:
+    if not isinstance(v, list) or not v:
+        raise _bad("devices", v, "a non-empty list of device groups {class: ..., count: ...}")
+    groups = tuple(g for g in (_field(_device_group, f"devices[{i}]", raw) for i, raw in enumerate(v)) if g is not None)
+    if sum(g.count for g in groups) > MAX_DEVICES:
+        raise _bad("devices", v, f"at most {MAX_DEVICES} devices in all")
+    ids = [did for g in groups for did in g.device_ids()]
+    seen: set[str] = set()
+    dup = sorted({i for i in ids if i in seen or seen.add(i)})
+    if dup:
+        raise WorkloadError(f"workload field devices gives duplicate device ids {dup[:5]}: set a distinct `name` per group")
+    return groups
+
+
+def _choice(path: str, v: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(v, str) or v not in allowed:
+        raise _bad(path, v, "one of " + ", ".join(allowed))
+    return v
+
+
+def _parse(raw: Any, base_dir: str | Path) -> Workload:
+    if not isinstance(raw, dict):
+        raise WorkloadError(f"a workload is a mapping of fields {_field_names(Workload)}, got {type(raw).__name__}")
+    d = _mapping("", raw, Workload)
+    for req in ("model", "devices"):
+        if req not in d:
+            _soft(WorkloadError(f"workload field {req} is missing (required)"))
+    wl = Workload(
+        name=_field(_name, d.get("name", Path(str(base_dir)).name or "run"), default="run"),
+        precision=_field(_choice, "precision", d.get("precision", "auto"), PRECISIONS, default="auto"),
+        model=_field(_model, d.get("model", "?"), default="?"),
+        devices=_field(_devices, d.get("devices", [{"class": "x"}]), default=()),
+        inputs=_field(_inputs, "inputs", d.get("inputs"), default=InputsSpec()),
+        policy=_field(_policy, "policy", d.get("policy", "slicer"), default=PolicySpec()),
+        codec=_field(_codec, "codec", d.get("codec"), default=None),
+        mode=_field(_choice, "mode", d.get("mode", "auto"), MODES, default="auto"),
+        requests=_num("requests", d.get("requests", 2), 1, 100000, integer=True),
+        max_new_tokens=_num("max_new_tokens", d.get("max_new_tokens", 8), 1, 4096, integer=True),
+        seed=_num("seed", d.get("seed", 0), 0, 2**32 - 1, integer=True),
+        server=_field(_server, "server", d.get("server"), default=ServerSpec()),
+        base_dir=str(base_dir),
+    )
+    if not wl.inputs.prompts and wl.inputs.task_file is None and "inputs" not in _bad_fields():
+        _soft(WorkloadError("workload field inputs is empty: give inputs.prompts (a list) or inputs.task_file"))
+    if wl.inputs.task_file is not None and wl.resolve_path(wl.inputs.task_file) is None:
+        _soft(_bad("inputs.task_file", wl.inputs.task_file, f"an existing file (looked in {str(wl.base_dir)[:200]}, "
+                   "the cwd and the repo)"))
+    return wl
+
+
+def _bad_fields() -> str:
+    """The errors recorded so far, as one string (to skip follow-on errors)."""
+    return " ".join(_ERRORS.get() or [])
+
+
+#: A Hugging Face repo id (``name`` or ``namespace/name``).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
+
+
+def check_model_path(wl: Workload) -> None:
+    """The model must be a readable model folder (``config.json``), or a name that needs
+    no path: a one-part name (the shipped configs, ``slicer.actors.models``) or a
+    ``namespace/name`` repo already in the local Hugging Face cache. Checked from the file
+    system only (no torch, no network), so a bad path fails in milliseconds."""
+    m = wl.model
+    p = wl.resolve_path(m)
+    where = f"looked in {str(wl.base_dir)[:200]}, the cwd and the repo"
+    if p is not None:
+        if not p.is_dir():
+            raise _bad("model", m, f"a model folder (one holding config.json) or a model name; {str(p)[:200]} is a file")
+        cfg = p / "config.json"
+        try:
+            with open(cfg, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise _bad("model", m, f"a model folder holding a readable config.json; {str(cfg)[:200]}: "
+                       f"{e.strerror or type(e).__name__}") from None
+        return
+    if not _HUB_ID.match(m) or ".." in m or "--" in m:
+        raise _bad("model", m, f"an existing model folder ({where}) or a model name; no such folder")
+    if "/" in m:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(m, "config.json")
+        except Exception:  # noqa: BLE001 (no hub library or an unreadable cache: not cached)
+            cached = None
+        if not isinstance(cached, str):
+            raise _bad("model", m, f"an existing model folder ({where}) or a Hugging Face repo in the local cache: "
+                       f"neither found (download it first: huggingface-cli download {m})")
+
+
 def load_workload(path: str | Path) -> Workload:
-    """Read and validate a workload YAML file."""
+    """Read and validate a workload YAML file (``slicer.orchestrator.yamlload``: size cap,
+    UTF-8, no aliases, no duplicate keys, bounded nesting), then the files it names: the
+    model path and the task file. Every error of the file comes in one ``WorkloadError``
+    whose message names the file."""
     p = Path(path)
-    if not p.exists():
-        raise WorkloadError(f"workload file {str(p)!r} does not exist")
+    prefix = f"workload file {str(p)[:200]!r}: "
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise WorkloadError(f"workload file {str(p)!r} is not valid YAML: {e}") from e
-    return parse_workload(raw, base_dir=p.resolve().parent)
+        raw = load_yaml_file(p, "workload file")
+    except YamlFileError as e:
+        raise WorkloadError(str(e)) from None
+    with _collecting() as errs:
+        try:
+            wl = _parse(raw, base_dir=p.resolve().parent)
+        except WorkloadError as e:
+            raise WorkloadError(prefix + str(e)) from None
+        if "workload field model" not in _bad_fields():
+            _field(check_model_path, wl)
+        if wl.inputs.task_file is not None and "inputs" not in _bad_fields():
+            _field(load_prompts, wl)
+    if errs:
+        raise WorkloadError(joined(errs, prefix), errs)
+    return wl
 
 
 def load_prompts(wl: Workload) -> list[dict[str, Any]]:
-    """The workload's prompts as ``{"prompt": str | list[int], "answer": ...}`` records."""
+    """The workload's prompts as ``{"prompt": str | list[int], "answer": ...}`` records.
+    The task file is read with a size cap (``MAX_TASK_FILE_BYTES``, regular files only)
+    and every line is checked (JSON, a ``prompt`` that is a string or token ids); its
+    errors come together, each naming the line."""
     out: list[dict[str, Any]] = [{"prompt": list(p) if isinstance(p, tuple) else p} for p in wl.inputs.prompts]
     if wl.inputs.task_file is not None:
         path = wl.resolve_path(wl.inputs.task_file)
-        assert path is not None
-        text = path.read_text(encoding="utf-8")
+        if path is None:
+            raise _bad("inputs.task_file", wl.inputs.task_file, "an existing file")
+        what = f"inputs.task_file {str(path)[:200]!r}"
+        try:
+            text = decode_utf8(read_capped(path, MAX_TASK_FILE_BYTES, "inputs.task_file"), path, "inputs.task_file")
+        except YamlFileError as e:
+            raise WorkloadError(str(e)) from None
+        errs: list[str] = []
         if path.suffix == ".jsonl":
             for i, line in enumerate(text.splitlines()):
+                if len(errs) >= 20:
+                    break
                 if not line.strip():
                     continue
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise WorkloadError(f"inputs.task_file {path} line {i + 1} is not JSON: {e}") from e
-                if not isinstance(rec, dict) or "prompt" not in rec:
-                    raise WorkloadError(f"inputs.task_file {path} line {i + 1} has no 'prompt' field")
+                except (ValueError, RecursionError) as e:  # RecursionError: deeply nested JSON
+                    errs.append(f"{what} line {i + 1} is not JSON: {str(e)[:120]}")
+                    continue
+                bad = "has no 'prompt' field" if not isinstance(rec, dict) or "prompt" not in rec else None
+                if bad is None and _prompt_ok(rec["prompt"]) is not None:
+                    bad = f"field prompt={short(rec['prompt'])} is invalid: allowed {_prompt_ok(rec['prompt'])}"
+                if bad:
+                    errs.append(f"{what} line {i + 1} {bad}")
+                    continue
                 out.append(rec)
         else:
-            out.extend({"prompt": ln} for ln in text.splitlines() if ln.strip())
+            for i, ln in enumerate(text.splitlines()):
+                if len(ln) > MAX_PROMPT_LEN:
+                    errs.append(f"{what} line {i + 1} holds {len(ln)} characters: allowed at most {MAX_PROMPT_LEN}")
+                elif ln.strip():
+                    out.append({"prompt": ln})
+        if errs:
+            raise WorkloadError(joined(errs), errs)
     if not out:
         raise WorkloadError("workload inputs hold no prompt")
     return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProcessServer
 from slicer.actors.policy_actor import Policy, PolicyConfig
 from slicer.actors.protocol import AdmissionError, encode_ids
-from slicer.actors.server import Server, ServerConfig
+from slicer.actors.server import Server, ServerConfig, SessionExpiredError
 from slicer.codec import CodecConfig, encode
 from tests.actors.conftest import fixed_planner, greedy_reference
 
@@ -243,3 +244,171 @@ def test_two_steps_of_one_session_at_once(tiny_model):
     r = asyncio.run(main())
     assert isinstance(r[1], AdmissionError) and "in flight" in str(r[1])
     assert r[0]["token"] == r[2]["token"] == greedy_reference(tiny_model, p, 1)[0]
+
+
+# ---------------------------------------------------------------------- hostile devices
+# Identities as the driver assigns them at placement (slicer.orchestrator.runner.make_identities).
+IDS = {"victim": "cred-victim-5Yc2", "mallory": "cred-mallory-Q8s1", "other": "cred-other-Zk0p"}
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def _victim_generation(model, server, prompt, n, between):
+    """The victim's request driven step by step (split 2, lossless), calling
+    ``between(token)`` after the open and after every step; returns its tokens."""
+    split = 2
+    tok = server.open_session("victim", "victim/r0", split, len(prompt) + n, credential=IDS["victim"])
+    between(tok)
+    front = model.new_cache(0, split)
+    x, pos, out = torch.tensor([prompt]), 0, []
+    for _ in range(n):
+        h = model.run(0, split, x, front)  # (1, T, H)
+        res = server.step_now(tok, encode(h, CodecConfig(method="raw")), pos)
+        pos += h.shape[1]
+        out.append(res["token"])
+        x = torch.tensor([[res["token"]]])
+        between(tok)
+    assert server.close_session(tok)["steps"] == n
+    return out
+
+
+def test_a_device_that_knows_anothers_ids_cannot_touch_its_session(tiny_model):
+    """Mallory knows the victim's device id, request id and even the session's id (the
+    token's public part): it cannot step, close or supersede the session, nor open in the
+    victim's name; the victim's tokens stay exact throughout."""
+    server = Server(tiny_model, ServerConfig(), identities=IDS)
+    payload = encode(torch.randn(1, 1, 32), CodecConfig(method="raw"))
+    tries = []
+
+    def attack(victim_token):
+        sid, _, secret = victim_token.rpartition(".")
+        assert len(secret) >= 32  # 24 random bytes
+        forged = [sid, f"{sid}.", f"{sid}.{'A' * len(secret)}", f"{sid}.{secret[:-1]}", "victim/victim/r0/1",
+                  victim_token + "x", None, 7, "x" * 5000]
+        for f in forged:
+            with pytest.raises(AdmissionError, match="unknown session"):
+                server.step_now(f, payload, 0)
+            assert server.close_session(f) == {}  # closes nothing
+            tries.append(f)
+        # opening in the victim's name: no credential, mallory's credential, a guessed one
+        for cred in (None, IDS["mallory"], "cred-victim-0000", IDS["victim"] + " "):
+            with pytest.raises(AdmissionError, match="not a device id the driver assigned"):
+                server.open_session("victim", "victim/r0", 2, 16, credential=cred)
+        # superseding by ids from its own identity, or with a forged token
+        with pytest.raises(AdmissionError, match="supersedes= is not a token of this device"):
+            server.open_session("mallory", "victim/r0", 2, 16, credential=IDS["mallory"], supersedes=victim_token)
+        with pytest.raises(AdmissionError, match="supersedes= is not a token of this device"):
+            server.open_session("mallory", "m/r0", 2, 16, credential=IDS["mallory"], supersedes=f"{sid}.guess")
+        assert server.stats()["open_sessions"] == 1  # only the victim's
+
+    got = _victim_generation(tiny_model, server, PROMPTS[0], 6, attack)
+    assert got == greedy_reference(tiny_model, PROMPTS[0], 6)
+    st = server.stats()
+    assert st["auth_failures"] == 4 * 7 and st["open_sessions"] == 0 and st["reserved_kv_bytes"] == 0
+    assert st["steps_by_device"] == {"victim": 6}
+    assert set(st["bad_payloads_by_device"]) <= {"victim"} and not st["bad_payloads_by_device"].get("victim")
+
+
+def test_a_token_supersedes_only_its_own_session(tiny_model):
+    server = Server(tiny_model, ServerConfig(max_sessions_per_device=1), identities=IDS)
+    old = server.open_session("victim", "r0", 2, 16, credential=IDS["victim"])
+    new = server.open_session("victim", "r0", 2, 16, credential=IDS["victim"], supersedes=old)
+    assert new != old and server.stats()["open_sessions"] == 1
+    with pytest.raises(AdmissionError, match="unknown session"):
+        server.step_now(old, b"", 0)
+    # a token of a session that is gone (closed, expired, a restarted server) supersedes nothing
+    server.close_session(new)
+    again = server.open_session("victim", "r0", 2, 16, credential=IDS["victim"], supersedes=old)
+    assert server.stats()["open_sessions"] == 1 and server.close_session(again)
+
+
+def test_a_device_rotating_ids_cannot_get_a_registered_device_refused(tiny_model):
+    """Ids not issued by the driver are refused at the door (and never counted against
+    anyone); a registered device taking session after session is stopped where the
+    sessions kept for registered devices holding none begin."""
+    server = Server(tiny_model, ServerConfig(max_sessions=6, max_sessions_per_device=10), identities=IDS)
+    for i in range(200):
+        with pytest.raises(AdmissionError, match="not a device id the driver assigned"):
+            server.open_session(f"rotating-{i}", "r", 2, 8, credential=IDS["mallory"])
+    held = []
+    for i in range(10):
+        try:
+            held.append(server.open_session("mallory", f"m/r{i}", 2, 8, credential=IDS["mallory"]))
+        except AdmissionError as e:
+            assert "kept for registered devices that hold none" in str(e)
+            break
+    assert len(held) == 6 - 2  # victim and other keep one each
+    v = server.open_session("victim", "v/r0", 2, 8, credential=IDS["victim"])
+    o = server.open_session("other", "o/r0", 2, 8, credential=IDS["other"])
+    st = server.stats()
+    assert st["open_sessions"] == 6 and st["auth_failures"] == 200
+    assert {r["device"] for r in st["rejected"]} == {"mallory"}  # no refusal was booked on a rotated id
+    assert server.close_session(v) and server.close_session(o)
+
+
+def test_open_rate_per_identity(tiny_model):
+    clock = FakeClock()
+    server = Server(tiny_model, ServerConfig(open_rate_per_s=2.0, open_burst=5), identities=IDS, clock=clock)
+    for i in range(5):
+        server.close_session(server.open_session("mallory", f"r{i}", 2, 8, credential=IDS["mallory"]))
+    with pytest.raises(AdmissionError, match=r"open_burst=5 .* open_rate_per_s=2; next allowed in 0\.500 s"):
+        server.open_session("mallory", "r5", 2, 8, credential=IDS["mallory"])
+    # failing authentication in the victim's name does not spend the victim's budget
+    for _ in range(50):
+        with pytest.raises(AdmissionError, match="not a device id"):
+            server.open_session("victim", "x", 2, 8, credential="wrong")
+    for i in range(5):
+        server.close_session(server.open_session("victim", f"v{i}", 2, 8, credential=IDS["victim"]))
+    clock.t += 0.5  # one token back at 2/s
+    server.close_session(server.open_session("mallory", "r6", 2, 8, credential=IDS["mallory"]))
+    with pytest.raises(AdmissionError, match="open-rate|open_burst"):
+        server.open_session("mallory", "r7", 2, 8, credential=IDS["mallory"])
+    assert [r["what"] for r in server.stats()["rejected"]] == ["open-rate", "open-rate"]
+
+
+def test_idle_session_expires_and_frees_its_kv(tiny_model):
+    clock = FakeClock()
+    server = Server(tiny_model, ServerConfig(session_ttl_s=30.0), clock=clock)
+    kv = int(tiny_model.profile.kv_bytes_per_token(2, tiny_model.num_units)) * 16
+    idle = server.open_session("d1", "r", 2, 16)
+    busy = server.open_session("d2", "r", 2, 16)
+    live = server.open_session("d3", "r", 2, 16)
+    assert server.stats()["reserved_kv_bytes"] == 3 * kv
+    h = tiny_model.run(0, 2, torch.tensor([PROMPTS[1]]), tiny_model.new_cache(0, 2))
+    st = server._make_step(busy, encode(h, CodecConfig(method="raw")), 0, {})  # a step in flight
+    clock.t += 20
+    server.step_now(live, encode(h, CodecConfig(method="raw")), 0)  # activity resets its idle time
+    clock.t += 15  # idle: 35 s > 30; busy: in flight; live: 15 s
+    assert server.expire_idle() == [idle.rpartition(".")[0]]
+    assert server.stats()["reserved_kv_bytes"] == 2 * kv and server.stats()["expired_sessions"] == 1
+    with pytest.raises(SessionExpiredError, match=r"expired after 35\.0 s idle \(session_ttl_s=30\)"):
+        server.step_now(idle, encode(h, CodecConfig(method="raw")), 0)
+    assert server.close_session(idle) == {}
+    server._release(st)  # its step ends: idle from now
+    clock.t += 31
+    # expiry also happens at the step itself, between sweeps
+    with pytest.raises(SessionExpiredError):
+        server.step_now(busy, encode(h, CodecConfig(method="raw")), 0)
+    # an open sweeps the rest: the KV they held is free again
+    server.open_session("d4", "r", 2, 16)
+    assert server.stats()["open_sessions"] == 1 and server.stats()["reserved_kv_bytes"] == kv
+    # a wrong secret on an expired id is "unknown", not "expired"
+    with pytest.raises(AdmissionError, match="unknown session"):
+        server.step_now(idle.rpartition(".")[0] + ".wrong", b"", 0)
+
+
+@pytest.mark.parametrize("split,max_tokens,needle", [
+    (True, 8, "split=True is invalid: allowed an integer"), (False, 8, "split=False"), (2.0, 8, "split=2.0"),
+    (2, True, "max_tokens=True is invalid"), (2, 8.0, "max_tokens=8.0"), (10**400, 8, "<int of 1329 bits>"),
+])
+def test_booleans_and_floats_are_not_integers(tiny_model, split, max_tokens, needle):
+    server = Server(tiny_model, ServerConfig())
+    with pytest.raises(AdmissionError, match=re.escape(needle)):
+        server.open_session("d", "r", split, max_tokens)
+    assert server.stats()["open_sessions"] == 0

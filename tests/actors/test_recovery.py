@@ -40,9 +40,9 @@ class FlakyServer:
             self._down_left -= 1
             raise ServerRestarted("server restarting")
 
-    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None):
+    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None, supersedes=None):
         self._alive()
-        return self.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {})
+        return self.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {}, supersedes=supersedes)
 
     def step(self, session_id, payload, position, trace_ctx=None):
         self._alive()
@@ -132,12 +132,43 @@ def test_per_device_limits_refuse_one_device_and_not_the_others(tiny_model):
 
 
 def test_reopening_a_request_supersedes_its_old_session(tiny_model):
-    """A restarted edge regenerates its request: the dead edge's session is released."""
-    server = Server(tiny_model, ServerConfig(max_sessions_per_device=1))
-    server.open_session("d", "r0", 2, 16)
-    sid = server.open_session("d", "r0", 2, 16)  # no refusal: the first one is dropped
+    """A restarted edge regenerates its request: the dead edge's session is released. The
+    restarted actor holds the device's driver-issued credential, not the old token."""
+    server = Server(tiny_model, ServerConfig(max_sessions_per_device=1), identities={"d": "cred-d"})
+    server.open_session("d", "r0", 2, 16, credential="cred-d")
+    sid = server.open_session("d", "r0", 2, 16, credential="cred-d")  # no refusal: the first one is dropped
     st = server.stats()
     assert st["open_sessions"] == 1 and st["reserved_kv_bytes"] == int(
         tiny_model.profile.kv_bytes_per_token(2, tiny_model.num_units)) * 16
     server.close_session(sid)
     assert server.stats()["reserved_kv_bytes"] == 0
+
+
+def test_an_expired_session_is_reopened_by_replay_and_tokens_stay_exact(tiny_model):
+    """The device pauses past ``session_ttl_s`` mid-request: its next step gets a
+    SessionExpiredError (its KV cache was freed), the recovery path reopens with its
+    credential, replays what it sent, and the tokens equal an undisturbed run."""
+    from slicer.actors.edge import InProcessServer
+    from slicer.actors.server import SessionExpiredError
+
+    now = [0.0]
+    server = Server(tiny_model, ServerConfig(session_ttl_s=30.0), identities={"dev-0": "cred-0"}, clock=lambda: now[0])
+    calls = []
+
+    class PausingClient(InProcessServer):
+        def step(self, session_id, payload, position, trace_ctx=None):
+            calls.append(position)
+            if len(calls) == 4:
+                now[0] += 31.0  # the device went quiet: idle past the TTL, swept by the next call
+            return super().step(session_id, payload, position, trace_ctx)
+
+    client = RecoveringServerClient(PausingClient(server, "cred-0"), backoff_s=0.0)
+    edge = _edge(tiny_model, client, 2, 1)
+    rec = edge.generate({"request_id": "r0", "index": 0, "prompt_ids": PROMPTS[2], "max_new_tokens": 7})
+    assert rec["ok"], rec["error"]
+    assert rec["tokens"] == greedy_reference(tiny_model, PROMPTS[2], 7)
+    ev = client.drain_events()
+    assert len(ev) == 1 and ev[0]["cause"].startswith("SessionExpiredError") and ev[0]["replayed_steps"] == 3
+    st = server.stats()
+    assert st["expired_sessions"] == 1 and st["open_sessions"] == 0 and st["reserved_kv_bytes"] == 0
+    assert server_lost(SessionExpiredError("session 'x' expired after 31.0 s idle"))

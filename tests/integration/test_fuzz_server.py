@@ -40,8 +40,8 @@ class LoopServer:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
-    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None):
-        return self.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {})
+    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None, supersedes=None):
+        return self.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {}, supersedes=supersedes)
 
     def step(self, session_id, payload, position, trace_ctx=None):
         fut = asyncio.run_coroutine_threadsafe(self.server.step(session_id, payload, position, trace_ctx or {}), self.loop)
