@@ -56,6 +56,9 @@ class MeasuredTimings:
     call_overhead_s: float = 0.0
     """Extra seconds of a segment that starts after unit 0 (a separate call: masks,
     position embeddings, dispatch). Prefixes [0, ℓ) include theirs in the unit times."""
+    codec_stages: Mapping[str, Any] | None = None
+    """ζ̂ per stage fitted on this machine (``StageCoefficients.to_dict()``, see
+    ``policies.codectime``); None in profiles measured before stages were timed."""
 
     def unit_time_s(self, j: int, context: int, tokens: int = 1) -> float:
         """Seconds of unit ``j`` for ``tokens`` new tokens at ``context``: linear in the
@@ -69,14 +72,14 @@ class MeasuredTimings:
             return self.prefill_unit_s[j] * tokens / self.prefill_tokens
         return per_token * tokens
 
-    def codec_time_s(self, spec: str, elements: int, decode: bool = False) -> float | None:
+    def codec_time_s(self, spec: str, elements: int, decode: bool = False, same_method: bool = True) -> float | None:
         """Encode (or decode) seconds for ``elements`` with the codec ``spec``: a line
         through the measured points of that spec (time = a + b · elements); specs not
-        measured use the measured specs of the same method (their mean line); None when
-        the method was never measured."""
+        measured use the measured specs of the same method (their mean line) when
+        ``same_method``; None when none applies."""
         table = self.codec_decode if decode else self.codec
         rows = [(n, t) for s, n, t in table if s == spec]
-        if not rows:
+        if not rows and same_method:
             method = spec.partition(":")[0]
             rows = [(n, t) for s, n, t in table if s.partition(":")[0] == method]
         if not rows:
@@ -241,8 +244,31 @@ class DeviceProfile:
                 codec=tuple((str(s), int(n), float(t)) for s, n, t in m.get("codec", ())),
                 codec_decode=tuple((str(s), int(n), float(t)) for s, n, t in m.get("codec_decode", ())),
                 call_overhead_s=float(m.get("call_overhead_s", 0.0)),
+                codec_stages=_stages(name, m.get("codec_stages")),
             )
         return cls(**kw)
+
+
+def _stages(device: str, d: Any) -> dict | None:
+    """A measured ``codec_stages`` mapping, validated (ValueError naming the device)."""
+    if d is None:
+        return None
+    from slicer.policies.codectime import StageCoefficients
+
+    try:
+        return StageCoefficients.from_dict(d).to_dict()
+    except ValueError as e:
+        raise ValueError(f"device {device!r}: measured.{e}") from None
+
+
+def stage_coefficients(dev: DeviceProfile):
+    """ζ̂'s stage coefficients of ``dev``: fitted on the host by ``slicer profile`` when its
+    measured profile has them, else from its roofline (bandwidth, launch overhead)."""
+    from slicer.policies.codectime import StageCoefficients, roofline_coefficients
+
+    if dev.measured is not None and dev.measured.codec_stages is not None:
+        return StageCoefficients.from_dict(dev.measured.codec_stages)
+    return roofline_coefficients(dev.bandwidth(), dev.launch_overhead_s)
 
 
 def _posnum(v: Any) -> bool:

@@ -40,25 +40,28 @@ class CodecTimeModel(Protocol):
 
 
 def default_codec_time(shape: tuple[int, ...], cfg, device: DeviceProfile, decode: bool = False) -> float:
-    """ζ̂: the codec's own time model (``slicer.codec.ratemodel.predict_time_s``) for measured
-    profiles of this machine when it exists; else the device's table or its analytic
-    per-element model (``DeviceProfile.codec_time_s``)."""
-    elements = math.prod(shape)
+    """ζ̂ of ``cfg`` on a feature of ``shape`` on ``device`` (encode; ``decode`` for the
+    server's side), from the profile alone (nothing is measured or read here):
+
+    1. a measured profile that timed this very spec: its line through those points;
+    2. SLICER: the per-stage model t_ATKF + t_MS + Σ t_ABQ + t_pack (``policies.codectime``),
+       fitted on the host by ``slicer profile`` or, for a catalog device, from its roofline;
+    3. other methods: the measured line of the same method, else ``codec_passes`` reads of
+       the feature at the device's bandwidth (``DeviceProfile.codec_time_s``)."""
+    from slicer.policies.devices import stage_coefficients
+
     if cfg is None:
         return 0.0
+    elements = math.prod(shape)
     spec = cfg.spec()
-    if device.kind == "measured" and device.measured is not None:
-        t = device.measured.codec_time_s(spec, elements, decode)
+    slicer = cfg.method == "slicer"
+    if device.measured is not None:
+        t = device.measured.codec_time_s(spec, elements, decode, same_method=not slicer or device.measured.codec_stages is None)
         if t is not None:
             return t * device.slowdown
-        if cfg.method == "slicer":
-            try:  # the codec's own calibrated model of this machine (SLICER only)
-                from slicer.codec import ratemodel
-
-                which = "decode_s" if decode else "encode_s"
-                return float(ratemodel.predict_time_s(tuple(shape), cfg, which=which)) * device.slowdown
-            except (ImportError, AttributeError, KeyError, OSError, ValueError):
-                pass
+    if slicer:
+        coef = stage_coefficients(device)
+        return (coef.decode_s(shape, cfg) if decode else coef.encode_s(shape, cfg)) * device.slowdown
     return device.codec_time_s(elements, spec, decode)
 
 

@@ -60,8 +60,19 @@ def _prefix_cache(model, full, ell: int):
     """A cache for the segment [0, ell) holding the entries of the full-model cache."""
     from slicer.actors.models.cache import SegmentCache
 
-    ids = model.attn_layers(0, ell)
-    return SegmentCache(0, ell, ids, {i: full.layers[i] for i in ids if i in full.layers}, full.length)
+    return _view_cache(full, 0, ell, model.attn_layers(0, ell))
+
+
+def _view_cache(full, a: int, b: int, ids):
+    """A cache of [a, b) on the full cache's own buffers at its length: a timed step
+    writes its token at ``full.length`` in place (a slot the full cache does not count),
+    so every timed call starts from the same history and nothing is copied."""
+    from slicer.actors.models.cache import SegmentCache
+
+    c = SegmentCache(a, b, tuple(ids), full.capacity, full.length)
+    c._k = {i: full._k[i] for i in ids if i in full._k}
+    c._v = {i: full._v[i] for i in ids if i in full._v}
+    return c
 
 
 def _round_robin_medians(fns, reps: int, clock=time.perf_counter, disturb=None) -> list[float]:
@@ -94,7 +105,7 @@ def time_prefixes(model, context: int, tokens: int, reps: int, seed: int = 0, cl
         x = torch.randn(1, 3, size, size, generator=g, dtype=model.dtype)
         return _round_robin_medians([lambda ell=ell: model.run(0, ell, x) for ell in range(1, n + 1)], reps, clock, disturb)
     vocab = int(model.config.vocab_size)
-    full = model.new_cache(0, n)
+    full = model.new_cache(0, n, capacity=context + tokens)
     if context:
         model.run(0, n, torch.randint(0, vocab, (1, context), generator=g), full)
     new = torch.randint(0, vocab, (1, tokens), generator=g)
@@ -150,6 +161,75 @@ def time_codecs(features, specs, reps: int, clock=time.perf_counter, disturb=Non
     return enc, dec
 
 
+#: Points the codec stages are timed at: (elements, sparsity, blocks, λ, fixed bits).
+STAGE_POINTS = tuple(
+    (n, s, m, lam, fixed)
+    for n in (4096, 65536, 262144)
+    for s, m, lam, fixed in ((0.0, (1, 1), 0.0, False), (0.5, (3, 3), 0.0, False), (0.9, (8, 8), 0.2, False),
+                             (0.75, (2, 1), 0.0, True), (0.25, (4, 4), 0.2, True))
+)
+
+
+def time_codec_stages(points=STAGE_POINTS, reps: int = 5, clock=time.perf_counter, seed: int = 0) -> list[dict]:
+    """Time each stage of the reference SLICER encoder (ATKF, MS, ABQ, index + packing)
+    and the decoder on a heavy-tailed float32 feature (Student-t, 3 degrees of freedom:
+    LLM activations have outliers) at each point; rows for ``fit_stage_coefficients``."""
+    import numpy as np
+    import torch
+
+    from slicer import codec
+    from slicer.codec import CodecConfig
+    from slicer.codec.reference import index as _index
+    from slicer.codec.reference import quant
+    from slicer.codec.reference.atkf import atkf_positions, keep_count
+    from slicer.codec.reference.ms import all_block_sizes, split_blocks
+    from slicer.codec.slicer import _Slicer
+    from slicer.policies.codectime import counts
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n, s, m, lam, fixed in points:
+        x = rng.standard_t(3, size=n).astype(np.float32)
+        cfg = CodecConfig(method="slicer", sparsity=s, blocks=m, asymmetry=lam, bits=8, delta=None if fixed else 0.01)
+        mtot = m[0] + m[1]
+        k = keep_count(n, s)
+        st = {}
+        st["atkf"] = _median_s(lambda: atkf_positions(x, k, lam, 0), reps, clock)
+        pos = atkf_positions(x, k, lam, 0)
+
+        def ms():
+            labels, mags, n_pos = split_blocks(x[pos], pos, m, 0)
+            sizes = all_block_sizes(k, n_pos, m)
+            order = _index.block_order(labels)
+            return labels, mags[order], sizes
+
+        st["ms"] = _median_s(ms, reps, clock)
+        labels, m_sorted, sizes = ms()
+
+        def abq():
+            lo, hi = quant.block_ranges(m_sorted, sizes)
+            q0 = np.full(mtot, 8, dtype=np.int64)
+            codes = _Slicer._codes(m_sorted, sizes, lo, hi, q0)
+            widths = q0 if fixed else quant.choose_widths(m_sorted, sizes, lo, hi, 8, 0.01, codes)
+            if np.any(widths != q0):
+                codes = _Slicer._codes(m_sorted, sizes, lo, hi, widths)
+            return codes, widths
+
+        st["abq"] = _median_s(abq, reps, clock)
+        codes, widths = abq()
+
+        def pack():
+            coding = _index.choose("auto", (n,), pos, mtot)
+            _index.encode(coding, pos, labels, (n,), mtot)
+            quant.pack_blocks(codes, sizes, widths)
+
+        st["pack"] = _median_s(pack, reps, clock)
+        payload = codec.encode(torch.from_numpy(x), cfg)
+        st["decode"] = _median_s(lambda: codec.decode(payload), reps, clock)
+        rows.append({**counts((n,), cfg), **st, "spec": cfg.spec()})
+    return rows
+
+
 def time_call_overhead(model, context: int, reps: int, clock=time.perf_counter, seed: int = 0, disturb=None) -> float:
     """Seconds a separate ``run(a, b)`` call costs beyond its units' share of a prefix
     (masks, position embeddings, Python dispatch): ``run(1, n-1)`` timed alone minus the
@@ -161,16 +241,13 @@ def time_call_overhead(model, context: int, reps: int, clock=time.perf_counter, 
     g = torch.Generator().manual_seed(seed)
     n = model.num_units
     vocab = int(model.config.vocab_size)
-    full = model.new_cache(0, n)
+    full = model.new_cache(0, n, capacity=context + 1)
     model.run(0, n, torch.randint(0, vocab, (1, context), generator=g), full)
     tok = torch.randint(0, vocab, (1, 1), generator=g)
     h = model.run(0, 1, tok)  # (1, 1, H): the embedding of one token
 
     def mid_cache():
-        from slicer.actors.models.cache import SegmentCache
-
-        ids = model.attn_layers(1, n - 1)
-        return SegmentCache(1, n - 1, ids, {i: full.layers[i] for i in ids}, full.length)
+        return _view_cache(full, 1, n - 1, model.attn_layers(1, n - 1))
 
     t1, t_mid, t_last = _round_robin_medians([
         lambda: model.run(0, 1, tok, _prefix_cache(model, full, 1)),
@@ -201,9 +278,10 @@ def machine_peaks() -> tuple[float, float, float]:
 
 def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 256), prefill_tokens: int = 32,
                     reps: int = 15, codec_specs=DEFAULT_CODECS, model_name: str | None = None,
-                    clock: str = "wall"):
+                    clock: str = "wall", stage_points=STAGE_POINTS):
     """Measure ``model`` (a ``SplitModel``) on this machine: returns (ModelProfile,
-    DeviceProfile) with ``kind="measured"``.
+    DeviceProfile) with ``kind="measured"``. ``stage_points``: where the codec's stages
+    are timed for ζ̂'s per-stage fit (``time_codec_stages``; empty: not fitted).
 
     ``clock="wall"`` (default) times elapsed time, what a dedicated device sees.
     ``clock="cpu"`` times the CPU time of the timing thread (run with one torch thread):
@@ -255,6 +333,11 @@ def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 
         enc, dec = time_codecs(feats, codec_specs, reps, clock=tick, disturb=disturb)
         overhead = time_call_overhead(model, contexts[len(contexts) // 2], reps, clock=tick, disturb=codec_disturb) \
             if model.kind == "causal_lm" else 0.0
+    stages = None
+    if stage_points:
+        from slicer.policies.codectime import fit_stage_coefficients
+
+        stages = fit_stage_coefficients(time_codec_stages(stage_points, max(3, reps // 3), clock=tick)).to_dict()
     mem, bw, flops = machine_peaks()
     name = device_name or f"this-machine-{platform.node() or 'host'}"
     dev = DeviceProfile(
@@ -264,7 +347,7 @@ def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 
                     f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock} clock",
         measured=MeasuredTimings(contexts=contexts, unit_s=tuple(rows), prefill_tokens=prefill_tokens if prefill else 0,
                                  prefill_unit_s=prefill, codec=tuple(enc), codec_decode=tuple(dec),
-                                 call_overhead_s=overhead),
+                                 call_overhead_s=overhead, codec_stages=stages),
         measured_model=prof.name, measured_dtype=prof.dtype,
     )
     return prof, dev
@@ -306,5 +389,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  decode step at context {c}: {sum(row) * 1e3:.3f} ms (units: " + ", ".join(f"{t * 1e3:.3f}" for t in row) + " ms)")
     for spec, n, t in m.codec:
         print(f"  encode {spec} {n} elements: {t * 1e3:.3f} ms")
+    if m.codec_stages:
+        print("  codec stages (s per 1, N, k, M...): " + "; ".join(f"{k} {v}" for k, v in m.codec_stages.items()))
     print(f"wrote {out}")
     return 0
