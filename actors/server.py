@@ -42,6 +42,7 @@ import torch
 
 from slicer.actors import telemetry as tel
 from slicer.actors.models.generate import ServerSession
+from slicer.actors.models.weights import process_rss_bytes
 from slicer.actors.protocol import AdmissionError, decode_tokens, now_s
 from slicer.codec import CodecError, decode, wire
 
@@ -267,6 +268,10 @@ class Server:
             sid = f"{device_id}/{request_id}/{next(self._ids)}"
             # The server half of the request (``slicer.actors.models.generate``): units
             # [split, n) with this session's own KV cache.
+            # Segment-only weights: the first session at a split loads the units
+            # [split, n) this server does not hold yet (slicer.actors.models.weights).
+            if getattr(self.model, "_loader", None) is not None:
+                self.model.ensure_units(split, self.num_units)
             half = ServerSession(self.model, split, capacity=max_tokens)
             secret = secrets.token_urlsafe(24)  # 192 bits
             self._sessions[sid] = Session(sid, device_id, request_id, split, max_tokens, kv, half.cache,
@@ -421,7 +426,7 @@ class Server:
                 if len(shape) != 2 or shape[1] != h or not 1 <= shape[0] <= room:
                     raise AdmissionError(f"payload declares shape {hdr.shape}: expected (1, T, {h}) "
                                          f"with 1 <= T <= {room}, the tokens left of the {s.max_tokens} it was admitted for")
-                x = decode(bytes(st.payload))
+                x = decode(bytes(st.payload), shape=hdr.shape)  # the shape checked above, exactly
                 h = self.profile.hidden_size or x.shape[-1]
                 if x.dim() == 2:
                     x = x[None]  # (T, H) -> (1, T, H)
@@ -460,11 +465,12 @@ class Server:
                 try:
                     if len(grp) == 1:
                         st = grp[0]
-                        logits = [self.model.run(split, self.num_units, st.x, st.session.cache, position=st.position)]
+                        logits = [self.model.run(split, self.num_units, st.x, st.session.cache, position=st.position,
+                                                 last_only=True)]
                     else:
                         logits = self.model.run_batch(split, self.num_units, [st.x for st in grp],
                                                       [st.session.cache for st in grp],
-                                                      [st.position for st in grp])
+                                                      [st.position for st in grp], last_only=True)
                 except Exception as e:  # a defect in one group never takes the server down
                     for st in grp:
                         st.error = f"device {st.session.device_id}: server compute failed: {type(e).__name__}: {e}"
@@ -693,6 +699,9 @@ class Server:
                 "batch_size_max": max(bs) if bs else 0,
                 "batch_size_hist": {str(k): bs.count(k) for k in sorted(set(bs))},
                 "open_sessions": len(self._sessions),
+                "rss_bytes": process_rss_bytes(),
+                "weight_bytes": self.model.weight_bytes,
+                "loaded_units": sorted(self.model.loaded),
                 "reserved_kv_bytes": self.reserved_kv_bytes,
                 "rejected": list(self.rejected),
                 "rejected_total": self.rejected_total,

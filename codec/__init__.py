@@ -87,9 +87,23 @@ def _encode_sections(method, x: torch.Tensor, cfg: CodecConfig) -> list[bytes]:
     return method.encode(x, cfg)
 
 
-def decode(payload: bytes, device: torch.device | str | None = None, backend: str = "auto") -> torch.Tensor:
+def decode(
+    payload: bytes,
+    device: torch.device | str | None = None,
+    backend: str = "auto",
+    *,
+    max_elements: int | None = None,
+    shape: Sequence[int] | None = None,
+) -> torch.Tensor:
     """Decode a payload into a tensor of its shape and dtype, on ``device`` (default CPU).
     Raises ``CodecError`` (and nothing else) on any bad payload.
+
+    Decoding is bounded before any work: the payload must declare at most
+    ``max_elements`` elements (default ``wire.DEFAULT_MAX_ELEMENTS`` = 2^24, at most
+    ``wire.MAX_ELEMENTS``), or exactly ``shape`` where the caller knows it (a server
+    does). Past that, the work is a fixed multiple of the payload's bytes: an entropy
+    stream must hold at least ``entropy.MIN_BITS_PER_SYMBOL`` per symbol it declares, and
+    a rotation costs a bounded number of operations per element.
 
     ``backend`` as in ``CodecConfig.backend``: with ``auto``, a SLICER payload decoded onto
     a CUDA device is decoded there by the Triton kernels (the dense tensor never exists on
@@ -97,7 +111,19 @@ def decode(payload: bytes, device: torch.device | str | None = None, backend: st
     the reference. Both give the same tensor bit for bit."""
     if backend not in ("auto", "torch", "triton"):
         raise CodecError(f"decode backend {backend!r} is invalid: allowed auto, torch, triton")
+    cap = _wire.DEFAULT_MAX_ELEMENTS if max_elements is None else max_elements
+    if not isinstance(cap, int) or isinstance(cap, bool) or not 0 <= cap <= _wire.MAX_ELEMENTS:
+        raise CodecError(f"decode max_elements={max_elements!r} is invalid: allowed an int in 0..{_wire.MAX_ELEMENTS}")
     frame = _wire.unpack(payload)
+    if shape is not None:
+        want = tuple(int(d) for d in shape)
+        if frame.shape != want:
+            raise CodecError(f"payload declares shape {frame.shape}, expected {want}")
+    elif frame.numel > cap:
+        raise CodecError(
+            f"payload declares {frame.numel} elements {frame.shape}, more than max_elements={cap} "
+            f"(raise it up to {_wire.MAX_ELEMENTS}, or pass the expected shape)"
+        )
     name, method = _methods.get_by_id(frame.method_id)
     target = torch.device(device) if device is not None else torch.device("cpu")
     try:
@@ -152,8 +178,10 @@ def encode_batch(xs: Sequence[torch.Tensor], cfg: CodecConfig | None = None) -> 
     return [encode(x, cfg) for x in xs]
 
 
-def decode_batch(payloads: Sequence[bytes], device: torch.device | str | None = None) -> list[torch.Tensor]:
-    return [decode(p, device) for p in payloads]
+def decode_batch(
+    payloads: Sequence[bytes], device: torch.device | str | None = None, *, max_elements: int | None = None
+) -> list[torch.Tensor]:
+    return [decode(p, device, max_elements=max_elements) for p in payloads]
 
 
 def bits_per_element(payload: bytes, numel: int) -> float:

@@ -327,9 +327,11 @@ class _ECSQ:
             if qc == 0:
                 return torch.zeros(frame.shape, dtype=torch.float32)
             v = math.copysign(min((abs(qc) + rho) * delta, fmax), qc)
-            y = torch.full((rows, cols), v, dtype=torch.float32)
+            # Every row is the same: rotate one (a 35-byte rotated payload declaring 2^28
+            # elements used to rotate them all: minutes and gigabytes).
+            y = torch.full((1, cols), v, dtype=torch.float32)  # (1, cols)
             y = hadamard.rotate(y, seed, inverse=True).clamp_(-fmax, fmax) if rotated else y
-            return y.reshape(frame.shape)
+            return y.expand(rows, cols).contiguous().reshape(frame.shape)
         sym = entropy.decode_symbols(stream, rows * cols, 2 * qmax + 1)  # (n,) int64
         q = torch.from_numpy(sym - qmax).reshape(rows, cols)  # (rows, cols)
         y = torch.sign(q).float() * (q.abs().float() + rho) * delta  # (rows, cols)

@@ -18,6 +18,9 @@ A method's parameters travel inside its own sections (usually section 0, a small
 struct), so this header stays a few bytes: for a (1, 64) feature with three sections it is
 4+1+1+1+1+2+1+3+4 = 18 bytes.
 
+Canonical: every varint is minimal (no trailing ``0x80 … 0x00`` continuation: ``unpack``
+and every section parser refuse one), so each header has exactly one valid byte string.
+
 ``unpack`` checks every length and count before it slices or allocates and raises
 ``CodecError`` on anything wrong; the payload size counted in every bits-per-element
 figure is ``len(payload)``, this header included.
@@ -38,6 +41,9 @@ MAX_NDIM = 8
 MAX_DIM = 1 << 31
 #: Largest tensor a payload may declare (elements). 2**28 float32 = 1 GiB decoded.
 MAX_ELEMENTS = 1 << 28
+#: ``slicer.codec.decode``'s default cap on the declared elements (2**24 float32 = 64 MiB):
+#: a caller that expects more passes ``max_elements`` (at most MAX_ELEMENTS) or ``shape``.
+DEFAULT_MAX_ELEMENTS = 1 << 24
 MAX_SECTIONS = 32
 
 DTYPES: dict[int, torch.dtype] = {0: torch.float32, 1: torch.float16, 2: torch.bfloat16, 3: torch.float64}
@@ -128,6 +134,8 @@ class Cursor:
             n |= (b & 0x7F) << shift
             shift += 7
             if not b & 0x80:
+                if b == 0 and shift > 7:
+                    raise CodecError(f"{self.context}: {what} varint is not minimal (a trailing zero byte)")
                 if n > limit:
                     raise CodecError(f"{self.context}: {what} = {n} exceeds the limit {limit}")
                 return n

@@ -46,6 +46,13 @@ TABLE_BITS = (4, 5, 6, 8)
 #: take at least n·(-log2 p) - 64 bits. Used to reject streams that cannot hold n symbols
 #: before decoding them (a decode bomb).
 _STATE_BITS = 64
+#: Work bound of an rANS stream: it must hold at least this many bits per symbol it
+#: declares (n ≤ 512·stream bits + 32768), whatever its table says. The model bound
+#: above is not enough: a table whose top symbol has probability 1 - 2^-24 let a 43-byte
+#: payload declare 2^28 symbols (47.9 s and 8 GiB to decode). A stream this encoder writes
+#: stays far inside it unless more than 99.9% of the symbols are one value, which the
+#: constant mode or a sparser payload serves.
+MIN_BITS_PER_SYMBOL = 1.0 / 512
 
 
 def _constriction():
@@ -101,6 +108,8 @@ def _plan_hist(n: int, lo: int, span: int, counts_fn):
         xent_bits = float(-(counts[used] * np.log2(w[used] / w.sum())).sum())
         # ANS words are 32 bits; the final state adds up to 64 bits (2 words).
         est = head + packed_nbytes(span + 1, b) + 4 * (math.ceil(xent_bits / 32) + 2)
+        if xent_bits < n * MIN_BITS_PER_SYMBOL + _STATE_BITS:
+            continue  # under the decoder's work bound: not an rANS stream it would accept
         if est < best[0]:
             best = (est, 2, width, b, codes)
     return best
@@ -153,6 +162,8 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int) -> bytes:
     coder = c.stream.stack.AnsCoder()
     coder.encode_reverse((sym - lo).astype(np.int32), model)
     words = coder.get_compressed().astype("<u4")
+    if 32 * words.size + _STATE_BITS + 32 < sym.size * MIN_BITS_PER_SYMBOL:  # pragma: no cover (planned out above)
+        return bytes((1,)) + varint(lo) + bytes((width,)) + pack_bits(sym - lo, width)
     return bytes((2,)) + varint(lo) + varint(span) + bytes((b,)) + pack_bits(codes, b) + words.tobytes()
 
 
@@ -204,10 +215,14 @@ def decode_symbols(buf: bytes | memoryview, n: int, alphabet_size: int) -> np.nd
     if len(rest) % 4 or not rest:
         raise CodecError(f"entropy stream: {len(rest)} bytes of ANS words (a positive multiple of 4 needed)")
     # A decode bomb check before decoding: n symbols each of probability ≤ p_max need at
-    # least n·(-log2 p_max) bits (slack for the model's fixed-point rounding, 2^-20).
+    # least n·(-log2 p_max) bits (slack for the model's fixed-point rounding, 2^-20), and
+    # the work bound: at least MIN_BITS_PER_SYMBOL each, whatever the table.
     p_max = min(1.0, float(w.max() / w.sum()) * (1 + 1e-3) + 2.0**-20)
-    if n * -math.log2(p_max) > 8 * len(rest) + _STATE_BITS + 32:
-        raise CodecError(f"entropy stream of {len(rest)} bytes cannot hold {n} symbols under its model")
+    if n * max(-math.log2(p_max), MIN_BITS_PER_SYMBOL) > 8 * len(rest) + _STATE_BITS + 32:
+        raise CodecError(
+            f"entropy stream of {len(rest)} bytes cannot hold {n} symbols under its model "
+            f"(a stream holds at least {MIN_BITS_PER_SYMBOL:g} bits per symbol)"
+        )
     words = np.frombuffer(rest, dtype="<u4").astype(np.uint32)
     c = _constriction()
     try:

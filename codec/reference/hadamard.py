@@ -40,10 +40,29 @@ def signs(width: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(rng.integers(0, 2, size=width).astype(np.float32) * 2 - 1)
 
 
+#: Largest Hadamard factor (2^6): a chunk of 2^k is applied as ceil(k/6) small factors,
+#: so the cost stays ≤ 64 multiply-adds per element per factor (≤ 5 factors for 2^28). A
+#: chunk up to 2^12 (4096) is the two-factor product below, unchanged.
+_FACTOR_BITS = 6
+
+
 def _fwht(x: torch.Tensor) -> torch.Tensor:
     """Orthonormal Walsh-Hadamard transform of the last dim (a power of two); its own inverse."""
     rows, c = x.shape
     k = c.bit_length() - 1
+    if k > 2 * _FACTOR_BITS:
+        # H_{2^k} = H_{f1} ⊗ … ⊗ H_{fm}: one small matmul per axis of the row seen as an
+        # (f1, …, fm) array. The old two-factor form cost 2·2^(k/2) per element: a rotated
+        # row of 2^28 made decoding a 35-byte payload run for minutes.
+        sizes = [_FACTOR_BITS] * (k // _FACTOR_BITS) + ([k % _FACTOR_BITS] if k % _FACTOR_BITS else [])
+        y = x
+        pre = rows
+        for bits in sizes:
+            f = 1 << bits
+            post = y.numel() // (pre * f)
+            y = (_sylvester(f).to(x.device) @ y.reshape(pre, f, post))  # (pre, f, post)
+            pre *= f
+        return y.reshape(rows, c) / math.sqrt(c)
     a = k // 2
     na, nb = 1 << a, 1 << (k - a)
     ha, hb = _sylvester(na).to(x.device), _sylvester(nb).to(x.device)

@@ -224,8 +224,10 @@ def test_huge_declared_shape_rejected_before_allocation(name):
         p = _repack(mid, 0, shape, secs)
         tracemalloc.start()
         try:
+            with pytest.raises(CodecError, match="max_elements|at most 268435456 allowed"):
+                decode(p)  # the default cap, before any method runs
             with pytest.raises(CodecError) as ei:
-                decode(p)
+                decode(p, max_elements=wire.MAX_ELEMENTS)  # the method's own checks
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -269,7 +271,7 @@ def test_all_zero_ecsq_is_lazy_at_any_size():
     p = _repack(methods.METHOD_IDS["ecsq"], 0, (1 << 14, 1 << 13), [bytes(s) for s in f.sections])
     tracemalloc.start()
     try:
-        y = decode(p)
+        y = decode(p, max_elements=1 << 27)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
