@@ -169,19 +169,21 @@ def mount(src, target, fstype, flags, data=None) -> bool:
     return libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) == 0
 
 
-def unshare(host_uid: int, uid: int) -> tuple[dict, dict]:
+def unshare(host_uid: int, uid: int, skip: list[str]) -> tuple[dict, dict]:
     """In the helper: new namespaces (one call; each alone where that fails)."""
     applied, missing = {}, {}
     extra = 0
     if host_uid != 0:  # unprivileged: a user namespace owns the others; we are ``uid`` in it
         extra = CLONE_NEWUSER
-    every = extra | sum(f for _, f in NAMESPACES)
+    wanted = [(name, f) for name, f in NAMESPACES if name not in skip]
+    missing.update({name: "skipped (SandboxLimits.skip_layers)" for name, f in NAMESPACES if name in skip})
+    every = extra | sum(f for _, f in wanted)
     if libc.unshare(every) == 0:
         flags = every
     else:
         first = _err("unshare")
         flags = 0
-        for name, f in NAMESPACES:
+        for name, f in wanted:
             if libc.unshare(extra | f) == 0:
                 flags |= f
                 extra = 0  # the user namespace is made once
@@ -331,7 +333,7 @@ NET_BIND_TCP, NET_CONNECT_TCP = 1, 2
 SCOPE_ABSTRACT_UNIX, SCOPE_SIGNAL = 1, 2
 
 
-def landlock(readable: list[str], applied: dict, missing: dict) -> None:
+def landlock(work: str, readable: list[str], applied: dict, missing: dict) -> None:
     if platform.machine() not in ("x86_64", "aarch64"):
         missing["landlock"] = f"no syscall numbers for {platform.machine()}"
         return
@@ -367,7 +369,7 @@ def landlock(readable: list[str], applied: dict, missing: dict) -> None:
         finally:
             os.close(fd)
 
-    allow("/tmp", handled_fs & ~FS_IOCTL_DEV)
+    allow(work, handled_fs & ~FS_IOCTL_DEV)
     for p in sorted(set(readable)):
         allow(p, read_fs)
     allow("/dev/null", FS_READ_FILE | FS_WRITE_FILE)
@@ -497,23 +499,38 @@ def readable_paths(cfg: dict) -> list[str]:
     return sorted(p for p in paths if os.path.exists(p))
 
 
-def confine(role: str, cfg: dict, applied: dict, missing: dict) -> None:
+def workdir_without_mounts(helper: int) -> str:
+    """Where a process without a mount namespace works (the fork server removes it)."""
+    return f"/tmp/slicer-sandbox-{helper}"
+
+
+def confine(role: str, cfg: dict, applied: dict, missing: dict, helper: int) -> None:
     uid = UIDS[role] if os.getuid() == 0 else os.getuid()
     readable = readable_paths(cfg)
+    work = "/tmp"
     if "mount-namespace" in applied:
         private_mounts(uid, cfg["disk_bytes"], readable, applied, missing)
     else:
         missing.setdefault("read-only-mounts", "no mount namespace")
-        missing.setdefault("private-tmpfs", "no mount namespace")
-    try:
-        os.chdir("/tmp")
-    except OSError:
-        pass
+        missing.setdefault("private-tmpfs", "no mount namespace: a folder in the host's /tmp, no size limit")
+        work = workdir_without_mounts(helper)
+        os.mkdir(work, 0o700)
+        if os.getuid() == 0:
+            os.chown(work, uid, uid)
+    os.chdir(work)
+    os.environ.update(HOME=work, TMPDIR=work)
     set_limits(cfg, applied)
     drop_privileges(uid, applied, missing)
-    landlock(readable + ["/usr", "/lib", "/lib64", "/bin", "/etc/localtime", "/proc/self", os.path.realpath("/proc/self"),
-                         "/dev/urandom", "/dev/zero"], applied, missing)
-    seccomp(applied, missing)
+    skip = cfg["skip"]
+    if "landlock" in skip:
+        missing["landlock"] = "skipped (SandboxLimits.skip_layers)"
+    else:
+        landlock(work, readable + ["/usr", "/lib", "/lib64", "/bin", "/etc/localtime", "/proc/self",
+                                   os.path.realpath("/proc/self"), "/dev/urandom", "/dev/zero"], applied, missing)
+    if "seccomp" in skip:
+        missing["seccomp"] = "skipped (SandboxLimits.skip_layers)"
+    else:
+        seccomp(applied, missing)
 
 
 def refused(cfg: dict, missing: dict) -> dict:
@@ -685,7 +702,8 @@ def verifier_main(cfg: dict, job: dict, applied: dict, missing: dict) -> None:
     finish(passed=True)
 
 
-def confined_main(role: str, cfg: dict, job: dict, fds: dict[int, int], applied: dict, missing: dict) -> None:
+def confined_main(role: str, cfg: dict, job: dict, fds: dict[int, int], applied: dict, missing: dict,
+                  helper: int) -> None:
     """The confined process (its namespace's init where a PID namespace was made)."""
     try:
         # Our descriptors to 0..5 (through 300+ so none is overwritten early), every other
@@ -703,7 +721,7 @@ def confined_main(role: str, cfg: dict, job: dict, fds: dict[int, int], applied:
         sys.dont_write_bytecode = True
         if hasattr(sys, "set_int_max_str_digits"):
             sys.set_int_max_str_digits(0)
-        confine(role, cfg, applied, missing)
+        confine(role, cfg, applied, missing, helper)
         (program_main if role == "program" else verifier_main)(cfg, job, applied, missing)
     except BaseException as e:  # noqa: BLE001 - our own failure: say so on stderr, exit 124
         try:
@@ -729,12 +747,28 @@ def spawn(role: str, cfg: dict, job: dict, fds: dict[int, int]) -> int:
         if os.getppid() != server:
             os._exit(125)
         host_uid = os.getuid()
-        applied, missing = unshare(host_uid, UIDS[role] if host_uid == 0 else host_uid)
-        child = os.fork()
-        if child == 0:
-            confined_main(role, cfg, job, fds, applied, missing)
+        applied, missing = unshare(host_uid, UIDS[role] if host_uid == 0 else host_uid, cfg["skip"])
+        # SIGTERM from the fork server: kill the confined process, reap it, exit. So when
+        # the fork server has reaped this helper, the confined process (and, as its PID
+        # namespace's init, everything in that namespace) is gone, not merely dying.
+        child, asked = [0], []
+
+        def stop(*_):
+            asked.append(1)
+            if child[0]:
+                os.kill(child[0], signal.SIGKILL)
+
+        signal.signal(signal.SIGTERM, stop)
+        helper = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            confined_main(role, cfg, job, fds, applied, missing, helper)
+        child[0] = pid
+        if asked:
+            os.kill(pid, signal.SIGKILL)
         os.closerange(0, 1 << 16)  # so the pipes end when the confined process does
-        _, st = os.waitpid(child, 0)
+        _, st = os.waitpid(pid, 0)
         os._exit(os.waitstatus_to_exitcode(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st))
     except BaseException:  # noqa: BLE001
         os._exit(126)
@@ -743,6 +777,31 @@ def spawn(role: str, cfg: dict, job: dict, fds: dict[int, int]) -> int:
 def _tail(fd: int, n: int) -> str:
     size = os.fstat(fd).st_size
     return os.pread(fd, n, max(0, size - n)).decode("utf-8", "replace")
+
+
+def stop_helpers(pids: dict[str, int]) -> dict[str, int]:
+    """Ask each helper to kill and reap its confined process; SIGKILL its group after 5 s."""
+    for pid in pids.values():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    codes, deadline = {}, time.monotonic() + 5.0
+    for role, pid in pids.items():
+        while True:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                _, st = os.waitpid(pid, 0)
+                break
+            time.sleep(0.0005)
+        codes[role] = os.waitstatus_to_exitcode(st)
+    return codes
 
 
 def run_job(cfg: dict, job: dict) -> dict:
@@ -776,15 +835,12 @@ def run_job(cfg: dict, job: dict) -> dict:
             if len(buf) > 1 << 20:
                 break
     finally:
+        codes = stop_helpers(pids)
         for pid in pids.values():
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        codes = {}
-        for role, pid in pids.items():
-            _, st = os.waitpid(pid, 0)
-            codes[role] = os.waitstatus_to_exitcode(st)
+            if os.path.isdir(workdir_without_mounts(pid)):
+                import shutil
+
+                shutil.rmtree(workdir_without_mounts(pid), ignore_errors=True)
         os.close(verdict_r)
         os.close(null)
     duration = time.monotonic() - t0

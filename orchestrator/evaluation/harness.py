@@ -12,7 +12,8 @@ Per task kind (``tasks.Task.kind``):
   text after ``####``) against the gold; ``exact_match``;
 - ``code``: completions of the prompt (greedy, or ``n_samples`` draws at ``temperature``
   seeded per problem and sample, identically for the split and unsplit runs), cut at the
-  usual HumanEval stop sequences, run in the sandbox against the test; ``pass_at_1`` and
+  usual HumanEval stop sequences, run in the sandbox against the test (``sandbox.Sandbox``: the
+  verdict comes from a process that never runs the completion); ``pass_at_1`` and
   ``pass_at_k`` (unbiased estimator) for each k <= ``n_samples``.
 
 Split against unsplit: ``next_token_agreement`` (teacher-forced argmax equal, over every
@@ -28,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from slicer.orchestrator.evaluation.sandbox import SandboxLimits, check_completion
+from slicer.orchestrator.evaluation.sandbox import Sandbox, SandboxLimits
 from slicer.orchestrator.evaluation.tasks import (
     AnswerItem,
     ChoiceItem,
@@ -141,21 +142,22 @@ def _answers(run, items: list[AnswerItem], scorer, tok, prefix, max_new_tokens) 
 
 def _code(run, items: list[CodeItem], scorer, tok, prefix, max_new_tokens, sandbox, n_samples: int = 1,
           temperature: float = 0.0, ks: Sequence[int] = (1,)) -> None:
-    from slicer.orchestrator.evaluation.passk import SampleResult, aggregate
+    from slicer.orchestrator.evaluation.passk import SampleResult, aggregate, check_code
 
     results = []
-    for it in items:
-        ids = prefix + tok.encode(it.prompt)
-        for j in range(n_samples):
-            # Seed per (problem, sample): the split and unsplit runs draw the same stream.
-            seed = (zlib.crc32(it.task_id.encode()) * 1000 + j) % 2**63
-            gen = scorer.generate(ids, max_new_tokens, temperature=temperature, seed=seed)
-            completion = _cut(tok.decode(gen), CODE_STOPS)
-            r = check_completion(it.prompt, completion, it.test, it.entry_point, sandbox)
-            results.append(SampleResult(it.task_id, j, r.passed, r.error, r.duration_s))
-            run.outputs.append(completion)
-            run.items.append({"task_id": it.task_id, "completion_id": j, "passed": r.passed, "error": r.error,
-                              "completion": completion})
+    with Sandbox(sandbox) as sb:
+        for it in items:
+            ids = prefix + tok.encode(it.prompt)
+            for j in range(n_samples):
+                # Seed per (problem, sample): the split and unsplit runs draw the same stream.
+                seed = (zlib.crc32(it.task_id.encode()) * 1000 + j) % 2**63
+                gen = scorer.generate(ids, max_new_tokens, temperature=temperature, seed=seed)
+                completion = _cut(tok.decode(gen), CODE_STOPS)
+                r = check_code(sb, it, completion)
+                results.append(SampleResult(it.task_id, j, r.passed, r.error, r.duration_s))
+                run.outputs.append(completion)
+                run.items.append({"task_id": it.task_id, "completion_id": j, "passed": r.passed, "error": r.error,
+                                  "completion": completion})
     agg = aggregate(results, sorted(set(ks) | {1}))
     run.metrics.update(pass_at_1=agg["pass@1"], items=float(len(items)), samples_per_item=float(n_samples))
     run.metrics.update({k.replace("@", "_at_"): v for k, v in agg.items() if k != "pass@1"})

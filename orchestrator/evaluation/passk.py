@@ -12,11 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from slicer.orchestrator.evaluation.sandbox import (
-    SandboxLimits,
-    SandboxResult,
-    check_completion,
-)
+from slicer.orchestrator.evaluation.sandbox import Sandbox, SandboxLimits, SandboxResult
 from slicer.orchestrator.evaluation.tasks import AnswerItem, CodeItem, Task, extract_answer
 
 
@@ -65,9 +61,18 @@ def read_samples(path: str | Path) -> list[dict]:
     return out
 
 
+def check_code(sandbox: Sandbox, item: CodeItem, completion: str) -> SandboxResult:
+    """One completion of a HumanEval- or MBPP-shaped problem, through ``sandbox``."""
+    if item.style == "asserts":
+        return sandbox.check_asserts(completion, item.setup, item.test, item.entry_point)
+    return sandbox.check(item.prompt, completion, item.test, item.entry_point)
+
+
 def score_samples(task: Task, samples: Sequence[dict], limits: SandboxLimits | None = None,
                   workers: int = 2) -> list[SampleResult]:
-    """Score given completions against a code (HumanEval) or exact-match (GSM8K) task."""
+    """Score given completions against a code (HumanEval, MBPP) or exact-match (GSM8K)
+    task; code runs in one ``Sandbox`` with ``workers`` problems at once. Raises
+    ``SandboxUnavailable`` when a required isolation layer cannot be applied."""
     if task.kind not in ("code", "exact_match"):
         raise ValueError(f"scoring given samples needs a code or exact-match task, {task.name} is {task.kind}")
     items = task.by_id()
@@ -89,11 +94,11 @@ def score_samples(task: Task, samples: Sequence[dict], limits: SandboxLimits | N
             ok = got == item.answer
             return SampleResult(tid, cid, ok, "" if ok else f"wrong answer: {got!r} != {item.answer!r}")
         assert isinstance(item, CodeItem)
-        r: SandboxResult = check_completion(item.prompt, completion, item.test, item.entry_point, limits)
+        r = check_code(sandbox, item, completion)
         return SampleResult(tid, cid, r.passed, r.error, r.duration_s)
 
-    # Each job is a child process; threads only wait on them.
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    # Each job runs in processes of a fork server; threads only wait on them.
+    with Sandbox(limits, workers=workers) as sandbox, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(one, jobs))
 
 

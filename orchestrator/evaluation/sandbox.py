@@ -44,6 +44,7 @@ from pathlib import Path
 CHILD = Path(__file__).with_name("_sandbox_child.py")
 LAYERS = ("pid-namespace", "mount-namespace", "ipc-namespace", "net-namespace", "read-only-mounts", "private-tmpfs",
           "rlimits", "unprivileged-user", "no-capabilities", "no-new-privs", "landlock", "seccomp")
+SKIPPABLE = ("pid-namespace", "mount-namespace", "ipc-namespace", "net-namespace", "landlock", "seccomp")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -70,6 +71,9 @@ class SandboxLimits:
     accept_weaker: bool = False
     """Run even where a required layer cannot be applied (each result still lists what
     was missing and why). For kernels without Landlock or namespaces, by explicit choice."""
+    skip_layers: tuple[str, ...] = ()
+    """Layers not to apply (of ``SKIPPABLE``); a skipped required layer refuses like a
+    missing one. For finding which layer a program trips over, and for the tests."""
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
@@ -83,6 +87,9 @@ class SandboxLimits:
         unknown = sorted(set(self.required) - set(LAYERS))
         if unknown:
             raise ValueError(f"SandboxLimits.required: unknown layers {unknown}; allowed: {', '.join(LAYERS)}")
+        unknown = sorted(set(self.skip_layers) - set(SKIPPABLE))
+        if unknown:
+            raise ValueError(f"SandboxLimits.skip_layers: {unknown} cannot be skipped; allowed: {', '.join(SKIPPABLE)}")
 
 
 @dataclass(frozen=True)
@@ -141,16 +148,21 @@ class _Server:
         return json.loads(_read_exact(self.proc.stdout, n))
 
     def close(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
+        """End of input: an idle fork server exits (it has no process left); one that does
+        not within 5 s is killed with its group (its helpers and their processes die with it)."""
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 f.close()
             except OSError:
                 pass
-        self.proc.wait()
+        try:
+            self.proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.proc.wait()
 
 
 class Sandbox:
@@ -163,7 +175,7 @@ class Sandbox:
         self.cfg = {"cpu_s": int(lim.timeout_s + 0.999) + 1, "memory_bytes": int(lim.memory_bytes),
                     "file_bytes": int(lim.file_bytes), "disk_bytes": int(lim.disk_bytes),
                     "output_bytes": int(lim.output_bytes), "required": list(lim.required),
-                    "accept_weaker": bool(lim.accept_weaker), "paths": sorted(paths)}
+                    "accept_weaker": bool(lim.accept_weaker), "skip": list(lim.skip_layers), "paths": sorted(paths)}
         self.workers = max(1, int(workers))
         self._idle: queue.Queue[_Server] = queue.Queue()
         self._all: list[_Server] = []
@@ -245,10 +257,11 @@ def _result(res: dict) -> SandboxResult:
             "them (as root, or where unprivileged user namespaces are allowed), or accept weaker isolation "
             "explicitly: SandboxLimits(accept_weaker=True) / slicer eval --accept-weaker-isolation")
     code = res.get("codes", {}).get("program")
-    # The helper exits 128 + n when the program process was killed by signal n.
+    # The helper exits 128 + n when the program process was killed by signal n; 128 + 9:
+    # killed by the sandbox when the verdict was in (or a hung helper's group, -9).
     exit_code = -(code - 128) if code is not None and code > 128 else code
-    if code == -signal.SIGKILL:
-        exit_code = None  # killed by us with its process group
+    if exit_code == -signal.SIGKILL:
+        exit_code = None
     layers = res.get("program_layers") or {}
     missing = res.get("program_missing") or {}
     common = dict(duration_s=float(res.get("duration_s", 0.0)), layers=layers, missing=missing,
