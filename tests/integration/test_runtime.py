@@ -54,7 +54,7 @@ def test_link_change_replans_and_shows_in_records(local_cluster, tiny_model_dir)
     # Memory binds the split; a latency budget the link can carry at 20 Mbit/s but not at
     # 0.5 Mbit/s makes the policy compress harder (or retreat) after the change.
     wl = _wl(tiny_model_dir, devices=[{
-        "class": "raspberry-pi-5", "link": {"rate_mbps": 20, "snr_db": 15},
+        "class": "raspberry-pi-5", "link": {"rate_mbps": 20, "snr_db": 15, "bandwidth_hz": 20e6},
         "budgets": {"latency_ms": 2, "memory_mb": 0.13},
         "link_schedule": [{"at_request": 1, "rate_mbps": 0.5}]}], requests=2, max_new_tokens=4)
     out = run_workload(wl, progress=None, write=False)
