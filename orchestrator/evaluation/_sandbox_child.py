@@ -756,7 +756,10 @@ def spawn(role: str, cfg: dict, job: dict, fds: dict[int, int]) -> int:
         def stop(*_):
             asked.append(1)
             if child[0]:
-                os.kill(child[0], signal.SIGKILL)
+                try:
+                    os.kill(child[0], signal.SIGKILL)
+                except OSError:
+                    pass  # already reaped
 
         signal.signal(signal.SIGTERM, stop)
         helper = os.getpid()
