@@ -105,7 +105,11 @@ def _field(fn, *args: Any, default: Any = None) -> Any:
     try:
         return fn(*args)
     except WorkloadError as e:
-        return _soft(e, default)
+        errs = _ERRORS.get()
+        if errs is None:
+            raise
+        errs.extend(e.errors)  # a helper that collected several reports each of them
+        return default
 
 
 def joined(errors: list[str], prefix: str = "") -> str:
@@ -170,6 +174,14 @@ class BudgetSpec:
     Eq. 2; the hand-off step gets w times it, Eq. 5); None: the policy's default (1 s)."""
     memory_mb: float | None = None
     """Memory budget M of the device for weights + KV cache in MiB; None: unconstrained."""
+    handoff_ms: float | None = None
+    """Budget of the hand-off step L_AR(ℓ, w, R) (Eq. 5) in milliseconds; None: w times
+    ``latency_ms`` (the average per-token latency up to the hand-off meets D)."""
+    ar_buffer_kb: float | None = None
+    """M_ar: cap on the hand-off payload B(x_ℓ^w) in kB (Eq. 6); None: no cap."""
+    min_accuracy: float | None = None
+    """Accuracy floor in [0, 1]: settings the accuracy table (or the prior) scores below it
+    are never chosen; None: no floor."""
 
 
 @dataclass(frozen=True)
@@ -435,6 +447,9 @@ def _budgets(path: str, raw: Any) -> BudgetSpec:
     return BudgetSpec(
         latency_ms=_opt(f"{path}.latency_ms", d.get("latency_ms"), lambda p, v: _num(p, v, 0, lo_open=True)),
         memory_mb=_opt(f"{path}.memory_mb", d.get("memory_mb"), lambda p, v: _num(p, v, 0, lo_open=True)),
+        handoff_ms=_opt(f"{path}.handoff_ms", d.get("handoff_ms"), lambda p, v: _num(p, v, 0, lo_open=True)),
+        ar_buffer_kb=_opt(f"{path}.ar_buffer_kb", d.get("ar_buffer_kb"), lambda p, v: _num(p, v, 0, lo_open=True)),
+        min_accuracy=_opt(f"{path}.min_accuracy", d.get("min_accuracy"), lambda p, v: _num(p, v, 0, 1)),
     )
 
 
@@ -715,7 +730,7 @@ def load_prompts(wl: Workload) -> list[dict[str, Any]]:
         path = wl.resolve_path(wl.inputs.task_file)
         if path is None:
             raise _bad("inputs.task_file", wl.inputs.task_file, "an existing file")
-        what = f"inputs.task_file {str(path)[:200]!r}"
+        what = f"inputs.task_file {wl.inputs.task_file[:200]!r}"
         try:
             text = decode_utf8(read_capped(path, MAX_TASK_FILE_BYTES, "inputs.task_file"), path, "inputs.task_file")
         except YamlFileError as e:
