@@ -654,18 +654,18 @@ def verifier_main(cfg: dict, job: dict, applied: dict, missing: dict) -> None:
             msg = json.loads(raw)
             if type(msg) is not dict:
                 raise ValueError("an answer that is not an object")
+            exc = None
             if set(msg) == {"r", "m"} and type(msg["m"]) is list and len(msg["m"]) == len(args):
                 value = decode(msg["r"])
                 changed = [decode(m) for m in msg["m"]]
             elif set(msg) == {"e", "msg"} and type(msg["e"]) is str and type(msg["msg"]) is str:
-                kind = getattr(builtins, msg["e"]) if msg["e"] in SAFE_EXCEPTIONS else None
-                if kind is None:
-                    raise CandidateError(f"{msg['e'][:80]}: {msg['msg'][:300]}")
-                try:
-                    exc = kind(msg["msg"][:300])
-                except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs five arguments
-                    exc = CandidateError(f"{msg['e'][:80]}: {msg['msg'][:300]}")
-                raise exc
+                # The candidate raised: the same builtin type here, for the test to judge.
+                exc = CandidateError(f"{msg['e'][:80]}: {msg['msg'][:300]}")
+                if msg["e"] in SAFE_EXCEPTIONS:
+                    try:
+                        exc = getattr(builtins, msg["e"])(msg["msg"][:300])
+                    except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs five arguments
+                        pass
             elif set(msg) == {"x"} and type(msg["x"]) is str:
                 raise ValueError(f"the candidate returned {msg['x'][:300]}")
             else:
@@ -673,6 +673,8 @@ def verifier_main(cfg: dict, job: dict, applied: dict, missing: dict) -> None:
         except (OSError, ValueError, TypeError, RecursionError, MemoryError) as e:
             poisoned.append(describe(e))
             raise ProtocolError(poisoned[0]) from None
+        if exc is not None:
+            raise exc
         # Arguments the candidate changed in place (lists, dicts, sets), as the test would see them.
         for a, new in zip(args, changed):
             if new is not None and type(new) is type(a):
@@ -685,8 +687,13 @@ def verifier_main(cfg: dict, job: dict, applied: dict, missing: dict) -> None:
 
     entry = job["entry_point"]
     g = {"__name__": "__main__", "__builtins__": builtins}
+    prelude = job["prelude"]
     try:
-        exec(compile(job["prelude"], "<prompt>", "exec"), g)  # noqa: S102 - the task's own source
+        compile(prelude, "<prompt>", "exec")
+    except SyntaxError:
+        prelude += "    pass\n"  # a prompt that ends at a signature, with no docstring for a body
+    try:
+        exec(compile(prelude, "<prompt>", "exec"), g)  # noqa: S102 - the task's own source
         g[entry] = candidate
         exec(compile(job["test"], "<test>", "exec"), g)  # noqa: S102
         if job.get("style", "check") == "check":
