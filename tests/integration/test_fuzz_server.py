@@ -212,3 +212,114 @@ def test_malformed_identity_and_trace_carrier_are_contained(tiny_model_dir):
     assert isinstance(res["token"], int)
     st = server._make_step(sid, payload, len(PROMPTS[1]), [("not", "a dict")])
     assert st.trace_ctx == {}
+
+
+class _WithCredential:
+    """A device's client of the shared ``LoopServer``: adds its driver-issued credential."""
+
+    def __init__(self, srv: LoopServer, credential: str):
+        self.srv, self.credential = srv, credential
+
+    def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None, supersedes=None):
+        return self.srv.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {},
+                                            credential=self.credential, supersedes=supersedes)
+
+    def step(self, session_id, payload, position, trace_ctx=None):
+        return self.srv.step(session_id, payload, position, trace_ctx)
+
+    def close_session(self, session_id, trace_ctx=None):
+        return self.srv.close_session(session_id, trace_ctx)
+
+
+def test_identity_attacks_while_seven_generate(tiny_model_dir):
+    """A registered device that knows every other device's id and request ids (and how
+    session ids are formed) attacks sessions and identities while seven devices generate
+    through the batching server: it cannot step, close or supersede their sessions, open
+    in their names, nor get any of them refused; their tokens stay exact."""
+    torch.set_num_threads(1)
+    model = load_model(str(tiny_model_dir))
+    ids = {f"good-{i}": f"cred-good-{i}-{i * 7919}" for i in range(7)}
+    ids["mallory"] = "cred-mallory"
+    # The server's own copy of the model, as in its actor (a separate process).
+    server = Server(load_model(str(tiny_model_dir)), ServerConfig(max_batch=8, batch_window_ms=3, max_sessions=12, max_sessions_per_device=12,
+                                        open_rate_per_s=50.0, open_burst=20), identities=ids)
+    srv = LoopServer(server)
+    split, results, crashed = 2, {}, []
+    outcomes: dict[str, int] = {}
+    done = threading.Event()
+    payload = encode(model.run(0, split, torch.tensor([PROMPTS[1]]), model.new_cache(0, split)), CodecConfig(method="raw"))
+
+    def good_device(i: int):
+        try:
+            policy = Policy(PolicyConfig(name="fixed"), model.profile, planner=_plan(split))
+            dev = EdgeDevice(EdgeConfig(device_id=f"good-{i}", device_class="raspberry-pi-5"), "unused",
+                             _WithCredential(srv, ids[f"good-{i}"]), InProcessPolicy(policy), model=model)
+            results[f"good-{i}"] = [
+                dev.generate({"request_id": f"good-{i}/r{k}", "index": k, "prompt_ids": PROMPTS[(i + k) % len(PROMPTS)],
+                              "max_new_tokens": NEW_TOKENS}) for k in range(3)]
+        except BaseException as e:  # noqa: BLE001
+            crashed.append(e)
+
+    def count(kind: str, fn):
+        try:
+            fn()
+            outcomes[kind + ":accepted"] = outcomes.get(kind + ":accepted", 0) + 1
+        except AdmissionError:
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+
+    def mallory():
+        rng = random.Random(7)
+        mine = _WithCredential(srv, ids["mallory"])
+        try:
+            while not done.is_set():
+                i, k, n = rng.randrange(7), rng.randrange(3), rng.randrange(1, 60)
+                guess = f"good-{i}/good-{i}/r{k}/{n}"  # a session id as the server forms them
+                forged = f"{guess}.{rng.randbytes(24).hex()}"
+                count("step", lambda: srv.step(forged, payload, 0))
+                if srv.close_session(forged) != {}:
+                    outcomes["close:accepted"] = outcomes.get("close:accepted", 0) + 1
+                try:  # a guessed token of a session that exists is refused; of none, supersedes nothing
+                    own = mine.open_session("mallory", f"good-{i}/r{k}", split, 16, supersedes=forged)
+                    outcomes["supersede:own-session"] = outcomes.get("supersede:own-session", 0) + 1
+                    mine.close_session(own)
+                except AdmissionError:
+                    outcomes["supersede"] = outcomes.get("supersede", 0) + 1
+                count("impersonate", lambda: server.open_session(f"good-{i}", f"good-{i}/r{k}", split, 16,
+                                                                 credential=ids["mallory"]))
+                count("rotate", lambda: server.open_session(f"rot-{rng.random()}", "r", split, 16,
+                                                            credential=ids["mallory"]))
+                count("flood", lambda: mine.open_session("mallory", f"m/{rng.random()}", split, 16))
+        except BaseException as e:  # noqa: BLE001
+            crashed.append(e)
+
+    threads = [threading.Thread(target=good_device, args=(i,)) for i in range(7)]
+    attacker = threading.Thread(target=mallory)
+    try:
+        attacker.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(240)
+        done.set()
+        attacker.join(30)
+        assert not any(t.is_alive() for t in threads + [attacker]), "a thread hung"
+    finally:
+        srv.stop()
+    assert not crashed, crashed
+    ref = {}
+    for i in range(7):
+        for r in results[f"good-{i}"]:
+            assert r["ok"], r["error"]
+            p = tuple(PROMPTS[(i + r["index"]) % len(PROMPTS)])
+            ref.setdefault(p, _reference(model, list(p), NEW_TOKENS))
+            assert r["tokens"] == ref[p], r["request_id"]
+    accepted = {k: v for k, v in outcomes.items() if k.endswith(":accepted") and not k.startswith("flood")}
+    assert not accepted, accepted
+    assert outcomes.get("step", 0) >= 20 and outcomes.get("impersonate", 0) >= 20 and outcomes.get("rotate", 0) >= 20
+    st = server.stats()
+    assert {r["device"] for r in st["rejected"]} <= {"mallory"}  # no good device was ever refused
+    assert st["requests_by_device"].get("mallory", 0) <= 20 + 50 * 60  # the flood is rate-limited
+    assert all(st["steps_by_device"][f"good-{i}"] == 3 * NEW_TOKENS for i in range(7))
+    assert st["open_sessions"] <= 5  # only mallory's flood is left: at most 12 - 7 kept for the others
+    print(f"identity attacks refused while 7 devices generated: {dict(sorted(outcomes.items()))}; "
+          f"auth failures {st['auth_failures']}, mallory refusals {st['rejected_total']}")
