@@ -117,6 +117,14 @@ class EdgeConfig:
     """``EmulationSpec`` as a dict (slowdown, memory_mb, link)."""
     link_schedule: list = field(default_factory=list)
     """Scripted link changes: dicts with ``at_request`` and the new link fields."""
+    link_trace: dict | None = None
+    """Emulated rate over time: ``{"times_s": [...], "rates_mbps": [...]}``
+    (``slicer.policies.link.RateTrace``), seconds since the device's first request. The
+    edge sleeps as Eq. 1 says at the current rate; the policy only sees what is measured."""
+    adapt: bool = False
+    """Report measured goodput and compute after every step that sends (the policy may
+    re-plan between two steps: a new codec setting applies from the next step, a new split
+    from the next request)."""
     codec: str | None = None
     """A codec spec forcing every feature's codec; None: the plan's."""
     mode: str = "auto"
@@ -150,6 +158,13 @@ class EdgeDevice:
         self.emu = dict(cfg.emulation)
         self.slowdown = float(self.emu.get("slowdown", 1.0) or 1.0)
         self.emulate_link = bool(self.emu.get("link", False))
+        self.trace = None
+        if cfg.link_trace is not None:
+            from slicer.policies.link import RateTrace
+
+            self.trace = RateTrace(tuple(cfg.link_trace["times_s"]), tuple(cfg.link_trace["rates_mbps"]))
+        self._trace_t0: float | None = None
+        self._replans: list[dict] = []
         self.requests_done = 0
         # Shapes and profile only: weights load per plan, for the units it runs
         # (segment-only weights, slicer.actors.models.weights).
@@ -216,7 +231,10 @@ class EdgeDevice:
             return 0.0
         from slicer.policies.link import LinkState, comm_latency_s
 
-        d = comm_latency_s(payload_bytes, LinkState.from_spec(self.link))
+        link = dict(self.link)
+        if self.trace is not None:
+            link["rate_mbps"] = self.trace.rate_mbps_at(now_s() - (self._trace_t0 or now_s()))
+        d = comm_latency_s(payload_bytes, LinkState.from_spec(link))
         return d if math.isfinite(d) else 60.0
 
     def _memory_check(self, plan: dict, mode: str, context: int) -> float:
@@ -270,12 +288,16 @@ class EdgeDevice:
     def _generate(self, request: dict, trace_ctx: dict) -> dict:
         t_start = now_s()
         self._cursor = t_start
+        if self._trace_t0 is None:
+            self._trace_t0 = t_start
+        self._replans = []
         link_change = self._apply_schedule(int(request.get("index", self.requests_done)), trace_ctx)
         plan = dict(self.plan)
         mode = plan_mode(plan["split"], plan.get("offload_step"), self.num_units)
         if self.cfg.mode != "auto":
             mode, plan = self._force_mode(self.cfg.mode, plan)
-        if mode == "local-then-offload" and int(plan.get("offload_step") or 0) > int(request["max_new_tokens"]):
+        n_new, capped = self._cap_new_tokens(plan, len(request["prompt_ids"]), int(request["max_new_tokens"]))
+        if mode == "local-then-offload" and int(plan.get("offload_step") or 0) > n_new:
             mode = "edge-only"  # the hand-off step lies beyond this request: it never offloads
         if mode in ("split", "local-then-offload"):
             codec_spec = self.cfg.codec or plan.get("codec_spec") or "lossless"
@@ -289,7 +311,6 @@ class EdgeDevice:
         # edge-only and local steps run every unit here: quantize all of them then
         model = self.model_for(precision, self.num_units if mode in ("edge-only", "local-then-offload") else plan["split"])
         ids = torch.tensor([request["prompt_ids"]], dtype=torch.long)  # (1, T)
-        n_new = int(request["max_new_tokens"])
         max_ctx = ids.shape[1] + n_new
         mem = float(plan.get("predicted_memory_bytes") or 0.0)
         rec: dict[str, Any] = {
@@ -300,6 +321,8 @@ class EdgeDevice:
             "plan_feasible": plan.get("feasible"), "plan_binding": plan.get("binding"),
             "link": dict(self.link), "link_changed": link_change is not None, "emulated": self.emulated,
             "emulation": dict(self.emu), "predicted_memory_bytes": mem, "t_start": t_start,
+            "max_new_tokens_requested": int(request["max_new_tokens"]), "capped": capped,
+            "replans": self._replans,
         }
         steps: list[dict] = []
         try:
@@ -322,6 +345,46 @@ class EdgeDevice:
             self.plan = self.policy.report(self.cfg.device_id, {"measured": measured}, trace_ctx)
             self._hop("policy.report", now_s())
         return rec
+
+    def _adapt(self, measured: dict, sess, plan: dict, step: int, trace_ctx: dict) -> None:
+        """Report one step's measured figures; a re-plan that keeps the split, hand-off
+        step and precision switches the codec from the next step (the payload says its
+        own setting, so the server decodes either); one that moves the split waits for
+        the next request (the KV caches of this one are built for the old split)."""
+        new = self.policy.report(self.cfg.device_id, {"measured": measured}, trace_ctx)
+        keys = ("split", "offload_step", "front_precision")
+        attrs = {tel.ATTR_STEP: step}
+        if measured.get("goodput_bps"):
+            attrs["slicer.measured_goodput_mbps"] = measured["goodput_bps"] / 1e6
+        if new.get("codec_spec") != self.plan.get("codec_spec") or any(new.get(k) != self.plan.get(k) for k in keys):
+            now_codec = all(new.get(k) == plan.get(k) for k in keys) and not self.cfg.codec \
+                and sess.mode != "edge-only" and new.get("codec_spec") not in (None, "none", "tokens")
+            ev = {"step": step, "goodput_mbps": (measured.get("goodput_bps") or 0) / 1e6,
+                  "from": {k: self.plan.get(k) for k in (*keys, "codec_spec")},
+                  "to": {k: new.get(k) for k in (*keys, "codec_spec")},
+                  "applies": "next step" if now_codec else "next request"}
+            if now_codec:
+                codec = CodecConfig.parse(new["codec_spec"])
+                if codec.method != "raw":
+                    codec = dataclasses.replace(codec, seed=int(self.cfg.seed))
+                sess.codec_cfg = codec
+            self._replans.append(ev)
+            attrs.update({"slicer.replan": f"{ev['from']['codec_spec']} split {ev['from']['split']} -> "
+                                           f"{ev['to']['codec_spec']} split {ev['to']['split']} ({ev['applies']})"})
+        self.plan = new
+        self._hop("policy.report", now_s(), **attrs)
+
+    @staticmethod
+    def _cap_new_tokens(plan: dict, prompt_len: int, asked: int) -> tuple[int, str | None]:
+        """The plan is sized (KV cache, memory, Eq. 5) for a context of ``plan["tokens"]``
+        tokens, OPSC's chosen sequence length when it shortened the request's: generate
+        no more than that allows (at least one token), and say so."""
+        ctx = int(plan.get("tokens") or 0)
+        if ctx <= 0 or prompt_len + asked <= ctx:
+            return asked, None
+        n = max(1, ctx - prompt_len)
+        return n, (f"max_new_tokens {asked} -> {n}: the plan ({plan.get('policy')}) is sized for a context of {ctx} "
+                   f"tokens and the prompt has {prompt_len}")
 
     def _force_mode(self, mode: str, plan: dict) -> tuple[str, dict]:
         n = self.num_units
@@ -380,8 +443,10 @@ class EdgeDevice:
                 if extra:
                     self._hop("edge.compute", enc_t0 + sess.encode_s + extra, **{tel.ATTR_STEP: i, "slicer.emulated": True})
                 delay = self._link_delay_s(len(payload))
+                t_link = time.perf_counter()
                 if delay:
                     time.sleep(delay)
+                delay_measured = time.perf_counter() - t_link
                 send_t = now_s()
                 res = self.server.step(sid, payload, position, trace_ctx)
                 recv_t = now_s()
@@ -404,6 +469,15 @@ class EdgeDevice:
                     server_compute_s=res.get("server_compute_s"), server_start_t=res.get("server_start_t"),
                     batch_size=res.get("batch_size"), server_done_t=res.get("server_done_t"), recv_t=recv_t,
                     token=tokens[-1]))
+                if self.cfg.adapt and self.policy is not None and i + 1 < n_new:
+                    # Goodput: payload bits over the measured transfer (the emulated link's
+                    # sleep, then the wire up to the server's receipt).
+                    wire = max(0.0, (srv_recv or send_t) - send_t)
+                    t_tr = delay_measured + wire
+                    m = {"step": i, "request_id": request["request_id"], "context": position,
+                         "goodput_bps": len(payload) * 8 / t_tr if t_tr > 0 else None,
+                         "compute_s": dt + extra if kind == "decode" else None}
+                    self._adapt(m, sess, plan, i, trace_ctx)
             return tokens
         finally:
             if sid is not None:

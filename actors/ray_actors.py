@@ -151,7 +151,8 @@ class ServerShell:
 
         self.info = where()
         _init_tracing("slicer-server", trace, {"slicer.role": "server"})
-        self.server = Server(load_model(model_ref), cfg, metrics=ServerMetrics(), identities=identities)
+        # Segment-only weights: units [split, n) load at the first session of each split.
+        self.server = Server(load_model(model_ref, units=(0, 0)), cfg, metrics=ServerMetrics(), identities=identities)
 
     async def where(self, trace_ctx: dict | None = None) -> dict:
         return dict(self.info)

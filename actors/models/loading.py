@@ -119,36 +119,77 @@ def _auto_class(model_type: str):
     return AutoModelForCausalLM if family_kind(model_type) == "causal_lm" else AutoModelForImageClassification
 
 
-def load_model(name_or_path_or_config, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0):
+def _local_folder(key: str) -> Path:
+    """A local folder with the model's config and safetensors: the path itself, or the
+    hub snapshot of a name (only ``*.json`` and ``*.safetensors`` are fetched)."""
+    if Path(key).is_dir():
+        return Path(key)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(key, allow_patterns=["*.json", "*.safetensors"]))
+
+
+def load_model(name_or_path_or_config, *, dtype: torch.dtype | None = torch.float32,
+               device: str | torch.device = "cpu", seed: int = 0, units: tuple[int, int] | None = None):
     """Load a model as a ``SplitModel``.
 
-    - a local folder or hub name with weights: ``from_pretrained`` (weights loaded);
+    - a local folder or hub name with weights: the checkpoint's weights;
     - a config object, a dict with ``model_type``, or a shipped config name: the
       architecture with random weights (``torch.manual_seed(seed)``), for tests.
+
+    ``units=(a, b)``: materialise only the weights of units ``[a, b)`` (segment-only
+    weights, ``slicer.actors.models.weights``): the model is built on the meta device and
+    only those units' tensors are read from the safetensors shards; ``(0, 0)`` loads
+    none (shapes and profile only). More units load later with
+    ``SplitModel.ensure_units``. ``units=None`` loads every unit. ``dtype=None``: the
+    checkpoint's own dtype (float32 for configs).
 
     Raises ``UnsupportedModelError`` (listing the supported architectures) for others."""
     from transformers import PretrainedConfig
 
     from slicer.actors.models.split import SplitModel
+    from slicer.actors.models.weights import Checkpoint, SegmentLoader
 
     src = name_or_path_or_config
-    if isinstance(src, (PretrainedConfig, dict)):
-        cfg = resolve_config(src)
-        if cfg.model_type not in FAMILIES:
-            raise UnsupportedModelError(unsupported_message(cfg.model_type))
-        torch.manual_seed(seed)
-        with torch.device(device):
-            hf = _auto_class(cfg.model_type).from_config(cfg, dtype=dtype)
+    from_config = isinstance(src, (PretrainedConfig, dict))
+    cfg = resolve_config(src)  # first: an unsupported model fails before any weights are read
+    if cfg.model_type not in FAMILIES:
+        raise UnsupportedModelError(unsupported_message(cfg.model_type))
+    if dtype is None:
+        dtype = _checkpoint_dtype(cfg)
+    if from_config:
         name = getattr(cfg, "_name_or_path", "") or f"{cfg.model_type}-random"
     else:
-        # Check the architecture from the config first (offline for shipped names), so
-        # an unsupported model fails before any weights are fetched.
-        cfg = resolve_config(src)
-        if cfg.model_type not in FAMILIES:
-            raise UnsupportedModelError(unsupported_message(cfg.model_type))
         key = str(src)
         if not Path(key).exists():  # a short name fetches its hub repo's weights
             key = HUB_NAMES.get(ALIASES.get(key) or ALIASES.get(key.lower()) or "", key)
-        hf = _auto_class(cfg.model_type).from_pretrained(key, dtype=dtype).to(device)
         name = str(src)
-    return SplitModel(hf, name=name)
+    auto = _auto_class(cfg.model_type)
+
+    def rebuild():
+        torch.manual_seed(seed)
+        with torch.device(device):
+            return auto.from_config(cfg, dtype=dtype)
+
+    if units is None:
+        if from_config:
+            hf = rebuild()
+        else:
+            hf = auto.from_pretrained(key, dtype=dtype).to(device)
+        return SplitModel(hf, name=name)
+    with torch.device("meta"):
+        hf = auto.from_config(cfg, dtype=dtype)
+    loader = SegmentLoader(hf, dtype=dtype, device=torch.device(device),
+                           checkpoint=None if from_config else Checkpoint(_local_folder(key)), rebuild=rebuild)
+    m = SplitModel(hf, name=name, loader=loader)
+    a, b = units
+    if b > a:
+        m.ensure_units(a, b)
+    return m
+
+
+def _checkpoint_dtype(cfg) -> torch.dtype:
+    dt = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+    if isinstance(dt, str):
+        dt = getattr(torch, dt, None)
+    return dt if isinstance(dt, torch.dtype) else torch.float32

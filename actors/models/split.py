@@ -15,13 +15,63 @@ class SplitModel:
     """A model cut into ``num_units`` split units (see ``slicer.actors.models`` for the unit
     layout). Built by ``load_model``; holds the Hugging Face model in ``.hf``."""
 
-    def __init__(self, hf_model: nn.Module, name: str = ""):
+    def __init__(self, hf_model: nn.Module, name: str = "", loader=None):
+        """``loader``: a ``slicer.actors.models.weights.SegmentLoader`` when the model was
+        built on the meta device and only some units hold weights (``load_model(...,
+        units=...)``); None: every unit is loaded."""
         hf_model.eval()
         self.hf = hf_model
         self.name = name or getattr(hf_model.config, "_name_or_path", "") or hf_model.config.model_type
         self.adapter = adapter_for(hf_model)
         self.units: list[Unit] = self.adapter.units()
         self._profile = None
+        self._loader = loader
+        self.loaded: set[int] = set(range(len(self.units))) if loader is None else set()
+        """Units whose weights this process holds."""
+        p = next(hf_model.parameters())
+        self._dtype = loader.dtype if loader is not None else p.dtype  # before any unit is loaded
+        self._device = loader.device if loader is not None else p.device
+
+    def ensure_units(self, a: int, b: int) -> int:
+        """Materialise the weights of units ``[a, b)`` that are not loaded yet (segment-only
+        models); returns the bytes added (0 when all were there)."""
+        self._check_segment(a, b)
+        missing = [i for i in range(a, b) if i not in self.loaded]
+        if not missing:
+            return 0
+        self.profile  # noqa: B018  (from the meta model, where tied weights are still one tensor)
+        mods = [m for i in missing for m in self.units[i].modules]
+        added = self._loader.load(mods)
+        rot = getattr(self.adapter, "rotary", None)
+        if rot is not None and any(i for i in missing):  # blocks need the rotary tables
+            fixed = self._loader.fix_rotary(rot)
+            if fixed is not rot:
+                for parent in self.hf.modules():
+                    for cname, child in list(parent.named_children()):
+                        if child is rot:
+                            setattr(parent, cname, fixed)
+                self.adapter.rotary = fixed
+        self.loaded.update(missing)
+        return added
+
+    @property
+    def loaded_range(self) -> tuple[int, int] | None:
+        """``(a, b)`` when the loaded units are one run ``[a, b)``; None when none are."""
+        if not self.loaded:
+            return None
+        return min(self.loaded), max(self.loaded) + 1
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the parameters and buffers this process holds (meta ones excluded,
+        tied ones once)."""
+        seen, total = set(), 0
+        for t in list(self.hf.parameters()) + list(self.hf.buffers()):
+            if t.device.type == "meta" or id(t) in seen:
+                continue
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+        return total
 
     # --- facts ---------------------------------------------------------------------
     @property
@@ -41,13 +91,18 @@ class SplitModel:
     def num_units(self) -> int:
         return len(self.units)
 
+    def _first_real(self):
+        return next((p for p in self.hf.parameters() if p.device.type != "meta" and p.is_floating_point()), None)
+
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.hf.parameters()).dtype
+        p = self._first_real()
+        return p.dtype if p is not None else self._dtype
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        p = self._first_real()
+        return p.device if p is not None else self._device
 
     @property
     def profile(self):
@@ -76,9 +131,16 @@ class SplitModel:
         if not (isinstance(a, int) and isinstance(b, int) and 0 <= a < b <= self.num_units):
             raise ValueError(f"segment [a={a}, b={b}) is invalid: need 0 <= a < b <= num_units={self.num_units}")
 
+    def _check_loaded(self, a: int, b: int) -> None:
+        missing = [i for i in range(a, b) if i not in self.loaded]
+        if missing:
+            raise ValueError(f"segment [{a}, {b}) needs units {missing[0]}..{missing[-1]} whose weights this process "
+                             f"did not load (loaded: {sorted(self.loaded) or 'none'}); call ensure_units first")
+
     # --- execution -------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, a: int, b: int, x: torch.Tensor, cache: SegmentCache | None = None, *, position: int | None = None) -> torch.Tensor:
+    def run(self, a: int, b: int, x: torch.Tensor, cache: SegmentCache | None = None, *, position: int | None = None,
+            last_only: bool = False) -> torch.Tensor:
         """Run units ``[a, b)`` on ``x``.
 
         LLMs: ``x`` is token ids ``(B, T)`` when ``a == 0``, else hidden states
@@ -91,6 +153,7 @@ class SplitModel:
         Vision: ``x`` is ``pixel_values`` ``(B, 3, H, W)`` when ``a == 0``, else the
         feature of unit ``a-1``; no cache, no position."""
         self._check_segment(a, b)
+        self._check_loaded(a, b)
         if self.kind == "vision":
             for i in range(a, b):
                 x = self.adapter.run_unit(i, x)
@@ -106,7 +169,7 @@ class SplitModel:
         past = cache.length if (cache is not None and cache.layer_ids) else 0
         out = self._forward(
             a, b, x, cache,
-            past_lens=[past] * B, past_max=past, new_lens=[T] * B, positions=[position] * B,
+            past_lens=[past] * B, past_max=past, new_lens=[T] * B, positions=[position] * B, last_only=last_only,
         )
         if cache is not None:
             cache.length = position + T
@@ -120,6 +183,8 @@ class SplitModel:
         xs: Sequence[torch.Tensor],
         caches: Sequence[SegmentCache],
         positions: Sequence[int] | None = None,
+        *,
+        last_only: bool = False,
     ) -> list[torch.Tensor]:
         """Run ``[a, b)`` for several sessions at once (the server's batched step).
 
@@ -130,8 +195,11 @@ class SplitModel:
         for the projections and MLPs, while attention runs per session on views of
         its own preallocated cache (no history is copied). Returns one output per
         session, ``(1, T_i, ...)``, equal (to float tolerance) to running them one by
-        one."""
+        one. ``last_only`` (LLMs, ``b == num_units``): the head runs on each session's
+        last position only and outputs are ``(1, 1, V)`` (a server needs no more to
+        pick the next token, and a prefill's logits would be ``T_i x V``)."""
         self._check_segment(a, b)
+        self._check_loaded(a, b)
         if self.kind == "vision":
             return [self.run(a, b, x) for x in xs]
         n = len(xs)
@@ -169,7 +237,8 @@ class SplitModel:
             padded.append(x)
         xb = torch.cat(padded, 0)  # (n, T_max[, H]): the new tokens only
         if not layer_ids:
-            out = self._forward(a, b, xb, None, past_lens=[0] * n, past_max=0, new_lens=new_lens, positions=positions)
+            out = self._forward(a, b, xb, None, past_lens=[0] * n, past_max=0, new_lens=new_lens, positions=positions,
+                                last_only=last_only)
             for c, p, t in zip(caches, positions, new_lens):
                 c.length = p + t
         else:
@@ -177,8 +246,10 @@ class SplitModel:
             step = BatchStep(list(caches), layer_ids, new_lens, base, self._window_of_layer)
             with active_batch(self.config, step):
                 out = self._forward(a, b, xb, step, past_lens=step.past_lens, past_max=None,
-                                    new_lens=new_lens, positions=positions)
+                                    new_lens=new_lens, positions=positions, last_only=last_only)
             step.finish()
+        if last_only and b == self.num_units:
+            return [out[i : i + 1] for i in range(n)]
         return [out[i : i + 1, : new_lens[i]] for i in range(n)]
 
     def _window_of_layer(self, layer_idx: int) -> int | None:
@@ -193,7 +264,7 @@ class SplitModel:
             )
 
     # --- the one code path of both ---------------------------------------------------
-    def _forward(self, a, b, x, cache, *, past_lens, past_max, new_lens, positions):
+    def _forward(self, a, b, x, cache, *, past_lens, past_max, new_lens, positions, last_only=False):
         ad: DecoderAdapter = self.adapter
         T = x.shape[1]
         dev = x.device
@@ -223,7 +294,9 @@ class SplitModel:
                 masks[win] = self._mask(past_lens, past_max, new_lens, positions, T, h.dtype, dev, win)
             h = ad.call_block(blk, h, masks[win], position_ids, pos_emb, cache)
         if b == n_units:
-            h = ad.head(h)  # (B, T, V)
+            if last_only:  # each row's last real position only: (B, 1, H)
+                h = h[torch.arange(h.shape[0], device=dev), torch.tensor(new_lens, device=dev) - 1][:, None]
+            h = ad.head(h)  # (B, T, V), or (B, 1, V)
         return h
 
     def _mask(self, past_lens, past_max, new_lens, positions, T, dtype, dev, win):

@@ -212,7 +212,7 @@ def test_lower_precision_front_still_generates(tiny_model, precision):
     server = Server(tiny_model, ServerConfig())
     edge, _ = _edge(tiny_model, server, fixed_planner(3, 1, precision=precision))
     edge.model_ref = None  # model_for must build from the shared float32 copy for int8
-    edge._load = lambda ref, dtype: tiny_model if dtype == torch.float32 else _cast(tiny_model, dtype)
+    edge._load = lambda ref, dtype, **kw: tiny_model if dtype == torch.float32 else _cast(tiny_model, dtype)
     rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 4})
     assert rec["ok"], rec["error"]
     assert rec["front_precision"] == precision
