@@ -106,3 +106,58 @@ def test_task_file_and_examples(tmp_path):
     for f in ("quickstart", "multi_client", "cloud_only", "lossless_split"):
         wl = load_workload(REPO / "examples" / f"{f}.yaml")
         assert wl.devices and load_prompts(wl)
+
+
+@pytest.mark.parametrize("path,value,needle", [
+    ("policy", {"name": "fixed", "split": True}, "policy.split=True is invalid: allowed an integer"),
+    ("requests", True, "requests=True"),
+    ("server.max_batch", False, "server.max_batch=False"),
+    ("server.max_kv_mb", float("inf"), "server.max_kv_mb=inf is invalid: allowed a finite number"),
+    ("server.max_kv_mb", float("nan"), "server.max_kv_mb=nan"),
+    ("server.max_kv_mb", 1e300, "server.max_kv_mb=1e+300 is invalid: allowed a finite number > 0 and <= 1048576"),
+    ("devices.0.link.rate_mbps", float("inf"), "devices[0].link.rate_mbps=inf"),
+    ("devices.0.link.epsilon", float("nan"), "devices[0].link.epsilon=nan"),
+    ("devices.0.budgets", {"latency_ms": float("-inf")}, "devices[0].budgets.latency_ms=-inf"),
+    ("devices.0.count", 10**400, "devices[0].count=<an integer of 1329 bits>"),
+    ("seed", 2.5, "seed=2.5 is invalid: allowed an integer"),
+    ("server.session_ttl_s", 0, "server.session_ttl_s=0 is invalid: allowed a finite number > 0 and <= 86400"),
+    ("server.open_rate_per_s", float("inf"), "server.open_rate_per_s=inf"),
+    ("server.open_burst", 0, "server.open_burst=0 is invalid: allowed an integer >= 1 and <= 100000"),
+    ("mode", "x" * 10000, "mode='xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'...(10000 chars)"),
+    ("inputs.prompts", [[1, True]], "inputs.prompts[0]=<a list of 2 items> is invalid"),
+])
+def test_numbers_are_strict_and_values_quoted_short(path, value, needle):
+    with pytest.raises(WorkloadError) as e:
+        parse_workload(_with(path, value))
+    assert needle in str(e.value)
+    assert len(str(e.value)) < 400
+
+
+def test_every_error_of_a_workload_is_reported_together():
+    d = _with("mode", "turbo")
+    d["server"] = {"max_batch": 0, "max_kv_mb": float("nan"), "bogus": 1}
+    d["devices"][0]["count"] = True
+    d["devices"][1]["link"] = {"rate_mbps": -1, "colour": "red"}
+    d["colour"] = 1
+    with pytest.raises(WorkloadError) as e:
+        parse_workload(d)
+    errs = e.value.errors
+    expected = ["mode='turbo'", "server.max_batch=0", "server.max_kv_mb=nan", "server.bogus is unknown",
+                "devices[0].count=True", "devices[1].link.rate_mbps=-1", "devices[1].link.colour is unknown",
+                "field .colour is unknown"]
+    assert len(errs) == len(expected), errs
+    for needle in expected:
+        assert sum(needle in x for x in errs) == 1, (needle, errs)
+    assert str(e.value).startswith(f"{len(expected)} errors:")
+
+
+def test_server_session_limits_reach_the_server():
+    from slicer.orchestrator.runner import make_identities, server_config
+
+    wl = parse_workload(_with("server", {"session_ttl_s": 12.5, "open_rate_per_s": 3, "open_burst": 7}))
+    cfg = server_config(wl)
+    assert (cfg.session_ttl_s, cfg.open_rate_per_s, cfg.open_burst) == (12.5, 3.0, 7)
+    ids = make_identities(wl)
+    assert sorted(ids) == sorted(d for d, _ in wl.all_devices())
+    assert len(set(ids.values())) == len(ids) and all(len(c) >= 40 for c in ids.values())  # 32 random bytes each
+    assert make_identities(wl) != ids  # fresh per run
