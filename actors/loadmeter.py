@@ -1,8 +1,9 @@
 """Server load, measured: a timeline for the run folder and Ray metrics for dashboards.
 
 ``LoadMeter`` is plain Python (no Ray): the server calls ``busy_start/busy_end`` around
-each batch it computes, ``queued(n)`` when its queue changes, and the runner samples it
-every interval into ``load.jsonl`` rows::
+each batch it computes and ``queued(n)`` when its queue changes; every batch adds a row to
+its timeline (``timeline()``: ``load.jsonl``), and ``sample()`` gives a row for the time
+since the previous sample (the driver's polling, the Ray metrics). A row::
 
     {"t_s": 1.5, "interval_s": 0.5, "busy_frac": 0.62, "queue_depth": 3, "queue_max": 5,
      "batches": 4, "mean_batch": 2.5, "tokens": 10, "tokens_per_s": 20.0,
@@ -20,19 +21,96 @@ from collections import defaultdict
 from typing import Any
 
 
+class _Window:
+    """Accumulators of one timeline: what happened since its last row."""
+
+    def __init__(self, t: float, queue: int):
+        self.last = t
+        self.busy_s = 0.0
+        self.queue_max = queue
+        self.batches: list[int] = []
+        self.tokens = 0
+        self.compute: dict[str, float] = defaultdict(float)
+
+    def row(self, now: float, t0: float, busy_since: float | None, queue: int, kv_bytes: int,
+            sessions: int) -> dict[str, Any]:
+        interval = max(1e-9, now - self.last)
+        busy = self.busy_s
+        if busy_since is not None:  # a batch is running across the boundary
+            busy += now - max(busy_since, self.last)
+        return {
+            "t_s": round(now - t0, 6),
+            "interval_s": round(interval, 6),
+            "busy_frac": round(min(1.0, busy / interval), 4),
+            "queue_depth": queue,
+            "queue_max": self.queue_max,
+            "batches": len(self.batches),
+            "mean_batch": round(sum(self.batches) / len(self.batches), 3) if self.batches else 0.0,
+            "tokens": self.tokens,
+            "tokens_per_s": round(self.tokens / interval, 3),
+            "compute_s": {k: round(v, 6) for k, v in self.compute.items()},
+            "kv_bytes": kv_bytes,
+            "sessions": sessions,
+        }
+
+
+def merge_rows(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """One row covering two consecutive rows ``a`` then ``b`` (sums, maxima, b's state)."""
+    interval = a["interval_s"] + b["interval_s"]
+    batches = a["batches"] + b["batches"]
+    compute = dict(a["compute_s"])
+    for k, v in b["compute_s"].items():
+        compute[k] = round(compute.get(k, 0.0) + v, 6)
+    return {
+        "t_s": b["t_s"], "interval_s": round(interval, 6),
+        "busy_frac": round((a["busy_frac"] * a["interval_s"] + b["busy_frac"] * b["interval_s"]) / max(1e-9, interval), 4),
+        "queue_depth": b["queue_depth"], "queue_max": max(a["queue_max"], b["queue_max"]), "batches": batches,
+        "mean_batch": round((a["mean_batch"] * a["batches"] + b["mean_batch"] * b["batches"]) / batches, 3) if batches else 0.0,
+        "tokens": a["tokens"] + b["tokens"], "tokens_per_s": round((a["tokens"] + b["tokens"]) / max(1e-9, interval), 3),
+        "compute_s": compute, "kv_bytes": b["kv_bytes"], "sessions": b["sessions"],
+    }
+
+
+def rebase(rows: list[dict[str, Any]], t_start_s: float) -> list[dict[str, Any]]:
+    """Per-batch rows measured from ``t_start_s`` (on the meter's clock: the ``t_s`` of the
+    driver's first ``sample()``, the run's t=0): rows ending before it are dropped, the
+    first one after it is clipped to start there (the time before was actor start-up)."""
+    out = []
+    prev = t_start_s
+    for r in rows:
+        if r["t_s"] <= t_start_s:
+            continue
+        r = dict(r)
+        span = r["t_s"] - prev
+        if r["interval_s"] > span:  # clip: busy time falls in the batch, at the row's end
+            busy_s = r["busy_frac"] * r["interval_s"]
+            r["interval_s"] = round(max(1e-9, span), 6)
+            r["busy_frac"] = round(min(1.0, busy_s / r["interval_s"]), 4)
+            r["tokens_per_s"] = round(r["tokens"] / r["interval_s"], 3)
+        r["t_s"] = round(r["t_s"] - t_start_s, 6)
+        prev = t_start_s + r["t_s"]
+        out.append(r)
+    return out
+
+
 class LoadMeter:
-    def __init__(self, clock=time.perf_counter):
+    """Two timelines over the same events: ``sample()`` rows on the caller's schedule (the
+    driver's polling, the metrics), and ``timeline()`` rows, one per server batch, which
+    give any run a readable load plot (the quickstart's driver polling saw 2 samples 6 ms
+    apart; one row per batch gives ~one per generated token of the busiest device).
+    ``max_events`` bounds the per-batch timeline: past it, neighbouring rows are merged
+    in pairs (half the resolution, same totals)."""
+
+    def __init__(self, clock=time.perf_counter, max_events: int = 20_000):
         self._clock = clock
         self._lock = threading.Lock()
         self._t0 = clock()
-        self._last = self._t0
         self._busy_since: float | None = None
-        self._busy_s = 0.0
         self._queue = 0
-        self._queue_max = 0
-        self._batches: list[int] = []
-        self._tokens = 0
-        self._compute: dict[str, float] = defaultdict(float)
+        self._poll = _Window(self._t0, 0)
+        self._batch = _Window(self._t0, 0)
+        self._events: list[dict[str, Any]] = []
+        self._max_events = max(2, int(max_events))
         self._compute_total: dict[str, float] = defaultdict(float)
         self.kv_bytes = 0
         self.sessions = 0
@@ -45,49 +123,43 @@ class LoadMeter:
     def busy_end(self, batch_size: int, tokens: int, compute_s_by_device: dict[str, float]) -> None:
         with self._lock:
             now = self._clock()
-            if self._busy_since is not None:
-                self._busy_s += now - max(self._busy_since, self._last)
-                self._busy_since = None
-            self._batches.append(batch_size)
-            self._tokens += tokens
+            for w in (self._poll, self._batch):
+                if self._busy_since is not None:
+                    w.busy_s += now - max(self._busy_since, w.last)
+                w.batches.append(batch_size)
+                w.tokens += tokens
+                for dev, s in compute_s_by_device.items():
+                    w.compute[dev] += s
+            self._busy_since = None
             for dev, s in compute_s_by_device.items():
-                self._compute[dev] += s
                 self._compute_total[dev] += s
+            self._events.append(self._batch.row(now, self._t0, None, self._queue, self.kv_bytes, self.sessions))
+            self._batch = _Window(now, self._queue)
+            if len(self._events) > self._max_events:
+                ev = self._events
+                self._events = [merge_rows(ev[i], ev[i + 1]) if i + 1 < len(ev) else ev[i]
+                                for i in range(0, len(ev), 2)]
 
     def queued(self, depth: int) -> None:
         with self._lock:
             self._queue = depth
-            self._queue_max = max(self._queue_max, depth)
+            self._poll.queue_max = max(self._poll.queue_max, depth)
+            self._batch.queue_max = max(self._batch.queue_max, depth)
 
     def sample(self) -> dict[str, Any]:
         """One timeline row for the interval since the previous sample; resets it."""
         with self._lock:
             now = self._clock()
-            interval = max(1e-9, now - self._last)
-            busy = self._busy_s
-            if self._busy_since is not None:  # a batch is running across the boundary
-                busy += now - max(self._busy_since, self._last)
-            row = {
-                "t_s": round(now - self._t0, 6),
-                "interval_s": round(interval, 6),
-                "busy_frac": round(min(1.0, busy / interval), 4),
-                "queue_depth": self._queue,
-                "queue_max": self._queue_max,
-                "batches": len(self._batches),
-                "mean_batch": round(sum(self._batches) / len(self._batches), 3) if self._batches else 0.0,
-                "tokens": self._tokens,
-                "tokens_per_s": round(self._tokens / interval, 3),
-                "compute_s": {k: round(v, 6) for k, v in self._compute.items()},
-                "kv_bytes": self.kv_bytes,
-                "sessions": self.sessions,
-            }
-            self._last = now
-            self._busy_s = 0.0
-            self._queue_max = self._queue
-            self._batches = []
-            self._tokens = 0
-            self._compute = defaultdict(float)
+            row = self._poll.row(now, self._t0, self._busy_since, self._queue, self.kv_bytes, self.sessions)
+            self._poll = _Window(now, self._queue)
             return row
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """The per-batch rows since the last call (each covers the time since the previous
+        batch ended, idle time included); drains them."""
+        with self._lock:
+            out, self._events = self._events, []
+            return out
 
     def compute_totals(self) -> dict[str, float]:
         with self._lock:

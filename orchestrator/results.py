@@ -237,5 +237,24 @@ def progress_line(rec: dict, done: int, total: int, stream: TextIO = sys.stderr)
     stream.flush()
 
 
+def wait_progress(refs: list, stream: TextIO, what: str, timeout_s: float) -> None:
+    """Print ``k/N <what> (t s)`` on ``stream`` as Ray object refs complete (a line per
+    change, at most every 0.5 s on a terminal's same line); returns when all are ready
+    or at ``timeout_s`` (the caller's ``ray.get`` then raises with its own message)."""
+    import ray
+
+    t0 = time.perf_counter()
+    pending, done, shown = list(refs), 0, -1
+    tty = getattr(stream, "isatty", lambda: False)()
+    while pending and time.perf_counter() - t0 < timeout_s:
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+        done += len(ready)
+        if done != shown or tty:
+            end = "\r" if tty and pending else "\n"
+            stream.write(f"slicer: {done}/{len(refs)} {what} ({time.perf_counter() - t0:.0f} s){end}")
+            stream.flush()
+            shown = done
+
+
 def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None

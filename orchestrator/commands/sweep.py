@@ -181,9 +181,16 @@ def _print_fronts(rows, settings) -> None:
                   "target (raise --bandwidth-mhz or --snr-db)")
     for dev in settings.devices:
         for link in settings.links_mbps:
-            print(f"front on {dev} at {link:g} Mbit/s:")
-            for r in rows:
-                if not (r.device == dev and r.link_mbps == link and r.on_front):
+            sub = [r for r in rows if r.device == dev and r.link_mbps == link]
+            n_bad = sum(not r.feasible for r in sub)
+            if sub and n_bad == len(sub):
+                binding = sorted({v for r in sub for v in r.violations.split(";") if v})
+                print(f"no front on {dev} at {link:g} Mbit/s: all {len(sub)} plans are infeasible "
+                      f"(budgets missed: {', '.join(binding) or '?'})")
+                continue
+            print(f"front on {dev} at {link:g} Mbit/s ({n_bad} of {len(sub)} plans infeasible, never on a front):")
+            for r in sub:
+                if not r.on_front:
                     continue
                 print(f"  split={r.split} {r.mode}{'' if r.offload_step is None else f' w={r.offload_step}'} "
                       f"{r.codec} front={r.front_precision}: {r.metric}={r.fidelity:.3f} bits={r.bits_per_element:.2f} "

@@ -3,7 +3,9 @@
 A point ``p`` dominates ``q`` when it is at least as good as ``q`` on every objective and
 strictly better on one. Points equal on every objective do not dominate each other, so
 duplicates on the front are all kept (each is a real configuration a user may pick).
-Points with a missing or NaN objective are never on the front.
+Points with a missing or NaN objective, and points marked not eligible (an infeasible
+plan: it breaks a budget, so no user can pick it), are never on the front and dominate
+nothing.
 """
 from __future__ import annotations
 
@@ -31,15 +33,19 @@ def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
 
 
-def pareto_mask(points: Sequence[Mapping[str, float]], objectives: Mapping[str, str]) -> list[bool]:
+def pareto_mask(points: Sequence[Mapping[str, float]], objectives: Mapping[str, str],
+                eligible: Sequence[bool] | None = None) -> list[bool]:
     """For each point, whether it is on the front. ``objectives`` maps a field to
-    ``"max"`` or ``"min"``, e.g. ``{"accuracy": "max", "bits_per_element": "min"}``."""
+    ``"max"`` or ``"min"``, e.g. ``{"accuracy": "max", "bits_per_element": "min"}``;
+    ``eligible`` (one bool per point, e.g. plan feasibility) leaves points out entirely."""
     if not objectives:
         raise ValueError("pareto_mask needs at least one objective")
     for name, direction in objectives.items():
         if direction not in DIRECTIONS:
             raise ValueError(f"objective {name!r} has direction {direction!r}: allowed 'max' or 'min'")
-    vecs = [_oriented(p, objectives) for p in points]
+    if eligible is not None and len(eligible) != len(points):
+        raise ValueError(f"eligible has {len(eligible)} entries for {len(points)} points")
+    vecs = [_oriented(p, objectives) if eligible is None or eligible[i] else None for i, p in enumerate(points)]
     mask = []
     # O(n^2) comparisons: sweeps are hundreds of points, not millions.
     for i, v in enumerate(vecs):

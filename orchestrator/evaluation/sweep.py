@@ -276,10 +276,11 @@ def run_sweep(model, grid: SweepGrid, settings: SweepSettings, *, text_ids: Sequ
 
 
 def mark_front(rows: list[SweepRow], objectives: dict[str, str]) -> None:
-    """Set ``on_front`` per (device class, link rate)."""
+    """Set ``on_front`` per (device class, link rate), among the feasible plans only (an
+    infeasible plan breaks a budget: it is never a choice, so it is on no front)."""
     for key in sorted({(r.device, r.link_mbps) for r in rows}):
         sub = [r for r in rows if (r.device, r.link_mbps) == key]
-        for r, m in zip(sub, pareto_mask([asdict(r) for r in sub], objectives)):
+        for r, m in zip(sub, pareto_mask([asdict(r) for r in sub], objectives, [r.feasible for r in sub])):
             r.on_front = m
 
 
@@ -376,9 +377,14 @@ def write_csv(rows: Sequence[SweepRow], path: str | Path) -> None:
             wr.writerow({k: ("" if v is None else f"{v:.7g}" if isinstance(v, float) else v) for k, v in d.items()})
 
 
+def _config_key(r: SweepRow) -> tuple:
+    return (r.split, r.mode, r.offload_step, r.codec, r.front_precision)
+
+
 def plot(rows: Sequence[SweepRow], path: str | Path, title: str = "") -> None:
     """Fidelity against bits per element (measured) and against predicted step latency,
-    one colour per device class, the front drawn as a line."""
+    one colour per device class, the front drawn as a line. Infeasible plans are drawn
+    grey with an x and counted in the legend; no front goes through them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,10 +395,20 @@ def plot(rows: Sequence[SweepRow], path: str | Path, title: str = "") -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     # Bits per element do not depend on the device: one series on the left panel.
+    # A configuration counts as feasible there when it is feasible on some (device, link).
     first = [r for r in rows if (r.device, r.link_mbps) == devices[0]] if devices else []
+    ok_somewhere = {_config_key(r) for r in rows if r.feasible}
+    ok1 = [_config_key(r) in ok_somewhere for r in first]
     ax = axes[0]
-    ax.scatter([r.bits_per_element for r in first], [r.fidelity for r in first], s=18, color="#999999", label="configurations")
-    front2 = pareto_mask([asdict(r) for r in first], {"fidelity": "max", "bits_per_element": "min"})
+    feas = [r for r, ok in zip(first, ok1) if ok]
+    bad = [r for r, ok in zip(first, ok1) if not ok]
+    if feas:
+        ax.scatter([r.bits_per_element for r in feas], [r.fidelity for r in feas], s=18, color="#555555",
+                   label=f"configurations ({len(feas)})")
+    if bad:
+        ax.scatter([r.bits_per_element for r in bad], [r.fidelity for r in bad], s=18, color="#cccccc", marker="x",
+                   label=f"infeasible everywhere ({len(bad)})")
+    front2 = pareto_mask([asdict(r) for r in first], {"fidelity": "max", "bits_per_element": "min"}, ok1)
     fr = sorted((r.bits_per_element, r.fidelity) for r, m in zip(first, front2) if m)
     if fr:
         ax.plot(*zip(*fr), "-o", c=colors[0], label="front (fidelity, bits)")
@@ -404,11 +420,19 @@ def plot(rows: Sequence[SweepRow], path: str | Path, title: str = "") -> None:
     for k, dev in enumerate(devices):
         sub = [r for r in rows if (r.device, r.link_mbps) == dev]
         c = colors[(k + 1) % len(colors)]
-        ax.scatter([r.predicted_step_ms for r in sub], [r.fidelity for r in sub], s=14, color=c, alpha=0.5)
-        m2 = pareto_mask([asdict(r) for r in sub], {"fidelity": "max", "predicted_step_ms": "min"})
+        feas = [r for r in sub if r.feasible and math.isfinite(r.predicted_step_ms)]
+        bad = [r for r in sub if not r.feasible and math.isfinite(r.predicted_step_ms)]
+        ax.scatter([r.predicted_step_ms for r in feas], [r.fidelity for r in feas], s=14, color=c, alpha=0.5)
+        n_bad = sum(not r.feasible for r in sub)
+        if bad:
+            ax.scatter([r.predicted_step_ms for r in bad], [r.fidelity for r in bad], s=14, color="#cccccc", marker="x")
+        m2 = pareto_mask([asdict(r) for r in sub], {"fidelity": "max", "predicted_step_ms": "min"}, [r.feasible for r in sub])
         fr = sorted((r.predicted_step_ms, r.fidelity) for r, m in zip(sub, m2) if m)
+        what = f"{dev[0]} @ {dev[1]:g} Mbit/s"
         if fr:
-            ax.plot(*zip(*fr), "-o", c=c, label=f"{dev[0]} @ {dev[1]:g} Mbit/s front")
+            ax.plot(*zip(*fr), "-o", c=c, label=f"{what} front ({n_bad} of {len(sub)} infeasible, grey x)")
+        else:
+            ax.plot([], [], "x", c="#cccccc", label=f"{what}: no front, all {len(sub)} infeasible")
     ax.set_xscale("log")
     ax.set_xlabel("per-token latency, ms (predicted by the policy's cost model)")
     ax.set_ylabel(metric)

@@ -158,6 +158,7 @@ def test_measured_agreement_feeds_a_predict_only_sweep_of_a_big_model(tiny_dir, 
     for key in {(r["device"], r["link_mbps"]) for r in rows}:
         sub = [r for r in rows if (r["device"], r["link_mbps"]) == key]
         obj = {"fidelity": "max", "bits_per_element": "min", "predicted_step_ms": "min"}
-        assert [r["on_front"] == "True" for r in sub] == pareto_mask([{k: float(r[k]) for k in obj} for r in sub], obj)
+        assert [r["on_front"] == "True" for r in sub] == pareto_mask([{k: float(r[k]) for k in obj} for r in sub], obj,
+                                                                     [r["feasible"] == "True" for r in sub])
     meta = json.loads((planned / "sweep.json").read_text())
     assert meta["predict_only"] is True and meta["measured"] == []

@@ -80,3 +80,54 @@ def test_bad_objectives_are_refused():
     assert parse_objectives("accuracy:max, bits:min") == OBJ
     with pytest.raises(ValueError, match="NAME:max"):
         parse_objectives("accuracy")
+
+
+def test_ineligible_points_are_never_on_the_front_and_dominate_nothing():
+    pts = [{"a": 1.0, "b": 1.0}, {"a": 0.5, "b": 2.0}, {"a": 2.0, "b": 0.1}]
+    obj = {"a": "max", "b": "min"}
+    assert pareto_mask(pts, obj) == [False, False, True]  # the third dominates both
+    # the third is infeasible: it is off the front and no longer hides the others
+    assert pareto_mask(pts, obj, [True, True, False]) == [True, False, False]
+    assert pareto_mask(pts, obj, [False, False, False]) == [False, False, False]
+    with pytest.raises(ValueError, match="eligible has 2 entries for 3 points"):
+        pareto_mask(pts, obj, [True, True])
+
+
+def test_sweep_of_an_all_infeasible_grid_reports_no_front(tmp_path, capsys):
+    """The issue's example: llama-3-70b on a Jetson Orin AGX at 5 and 20 Mbit/s, every plan
+    infeasible: no front printed or written, infeasible plans counted."""
+    import csv
+
+    from slicer.orchestrator.cli import main
+
+    out = tmp_path / "sw"
+    assert main(["sweep", "--predict-only", "--model", "llama-3-70b", "--devices", "jetson-orin-agx",
+                 "--link-mbps", "5,20", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert rows and all(r["feasible"] == "False" for r in rows)
+    assert list(csv.DictReader((out / "front.csv").open())) == []
+    assert text.count("no front on jetson-orin-agx") == 2 and "front on" not in text.replace("no front on", "")
+    assert f"all {len(rows) // 2} plans are infeasible" in text
+
+
+def test_mixed_feasibility_front_holds_only_feasible_rows(tmp_path, capsys):
+    import csv
+
+    from slicer.orchestrator.cli import main
+
+    out = tmp_path / "sw"
+    # a generous budget on the tiny model: some plans feasible, the 1 Mbit/s link makes others miss it
+    assert main(["sweep", "--predict-only", "--model", "examples/models/slicer-tiny", "--devices", "jetson-orin-nano",
+                 "--link-mbps", "1", "--latency-budget-ms", "5", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    front = list(csv.DictReader((out / "front.csv").open()))
+    n_bad = sum(r["feasible"] == "False" for r in rows)
+    assert 0 < n_bad < len(rows)  # 75 of 90 when written
+    assert front and all(r["feasible"] == "True" for r in front)
+    assert f"({n_bad} of {len(rows)} plans infeasible, never on a front)" in text
+    # the filter matters here: without it an infeasible plan would sit on the front
+    obj = {"fidelity": "max", "bits_per_element": "min", "predicted_step_ms": "min"}
+    pts = [{k: float(r[k]) for k in obj} for r in rows]
+    assert any(m and r["feasible"] == "False" for r, m in zip(rows, pareto_mask(pts, obj)))

@@ -48,7 +48,8 @@ class FakeEdge:
 class FakeServer:
     def __init__(self, stats_hang):
         self.where = Method(lambda: {"node_id": "node-server", "labels": {}})
-        self.load_sample = Method(lambda: {"t": time.time(), "sessions": 0})
+        self.load_sample = Method(lambda: {"t_s": time.time(), "sessions": 0})
+        self.load_timeline = Method(lambda: [])
         self.stats = Method(lambda: PENDING if stats_hang else {"requests": 0})
         self.drain_traces = Method(lambda _: [])
 
