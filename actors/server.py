@@ -180,6 +180,8 @@ class Server:
         self.metrics = metrics
         self._sessions: dict[str, Session] = {}
         self._ids = itertools.count(1)
+        if identities is not None and not all(isinstance(v, str) and v for v in identities.values()):
+            raise ValueError("identities: every credential must be a non-empty string")
         self._identities = None if identities is None else {str(k): str(v) for k, v in identities.items()}
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # identity -> (tokens, clock at last refill)
@@ -239,10 +241,13 @@ class Server:
             self._expire_locked(now)
             self._take_open_token_locked(device_id, now)
             if supersedes is not None:
+                # A token that opens nothing (a guess, or a session already gone with a
+                # restarted server) supersedes nothing and tells nothing; the real token
+                # of another device's or request's session is refused.
                 old = self._lookup_locked(supersedes)
                 if old is not None and (old.device_id, old.request_id) == (device_id, request_id):
                     self._drop_locked(old)
-                elif old is not None or self._session_part(supersedes) in self._sessions:
+                elif old is not None:
                     self._reject(device_id, "supersede", "supersedes= is not a token of this device's session of "
                                  f"request {request_id[:80]!r}")
             if self._identities is not None:
@@ -302,10 +307,6 @@ class Server:
             return self._expire_locked(self._clock())
 
     # ------------------------------------------------------------------ session internals
-    @staticmethod
-    def _session_part(token: Any) -> str:
-        return token.rpartition(".")[0] if isinstance(token, str) else ""
-
     def _lookup_locked(self, token: Any) -> Session | None:
         """The session a token opens, or None (unknown, expired, or a wrong secret: the
         same answer, so a guess learns nothing)."""
@@ -426,7 +427,7 @@ class Server:
                 if len(shape) != 2 or shape[1] != h or not 1 <= shape[0] <= room:
                     raise AdmissionError(f"payload declares shape {hdr.shape}: expected (1, T, {h}) "
                                          f"with 1 <= T <= {room}, the tokens left of the {s.max_tokens} it was admitted for")
-                x = decode(bytes(st.payload), shape=hdr.shape)  # the shape checked above, exactly
+                x = decode(bytes(st.payload), device=self.model.device, shape=hdr.shape)  # checked shape; Triton decoder on CUDA
                 h = self.profile.hidden_size or x.shape[-1]
                 if x.dim() == 2:
                     x = x[None]  # (T, H) -> (1, T, H)

@@ -303,8 +303,9 @@ def test_a_device_that_knows_anothers_ids_cannot_touch_its_session(tiny_model):
         # superseding by ids from its own identity, or with a forged token
         with pytest.raises(AdmissionError, match="supersedes= is not a token of this device"):
             server.open_session("mallory", "victim/r0", 2, 16, credential=IDS["mallory"], supersedes=victim_token)
-        with pytest.raises(AdmissionError, match="supersedes= is not a token of this device"):
-            server.open_session("mallory", "m/r0", 2, 16, credential=IDS["mallory"], supersedes=f"{sid}.guess")
+        # a guessed token supersedes nothing (and says nothing): mallory only opens its own
+        own = server.open_session("mallory", "victim/r0", 2, 16, credential=IDS["mallory"], supersedes=f"{sid}.guess")
+        assert server.stats()["open_sessions"] == 2 and server.close_session(own)["steps"] == 0
         assert server.stats()["open_sessions"] == 1  # only the victim's
 
     got = _victim_generation(tiny_model, server, PROMPTS[0], 6, attack)
