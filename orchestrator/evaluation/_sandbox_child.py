@@ -286,7 +286,8 @@ PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, PR_SET_SECCOMP = 47, 4, 22
 
 def drop_privileges(uid: int, applied: dict, missing: dict) -> None:
     try:
-        last = int(open("/proc/sys/kernel/cap_last_cap").read())
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
     except (OSError, ValueError):
         last = 63
     for cap in range(last + 1):

@@ -13,7 +13,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slicer.orchestrator.evaluation.sandbox import Sandbox, SandboxLimits, SandboxResult
-from slicer.orchestrator.evaluation.tasks import AnswerItem, CodeItem, Task, extract_answer
+from slicer.orchestrator.evaluation.tasks import (
+    AnswerItem,
+    CodeItem,
+    Task,
+    extract_answer,
+)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

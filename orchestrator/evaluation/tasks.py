@@ -234,7 +234,7 @@ def _item(path: Path, n: int, shape: str, rec: dict) -> Any:
     raise AssertionError(shape)
 
 
-_DEF = re.compile(r"^def\s+([A-Za-z_]\w*)\s*\(", re.M)
+_DEF = re.compile(r"^def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
 
 
 def _mbpp(rec: dict) -> CodeItem:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from slicer.orchestrator.evaluation.sandbox import Sandbox, SandboxLimits, SandboxUnavailable, run_program
+from slicer.orchestrator.evaluation.sandbox import (
+    Sandbox,
+    SandboxLimits,
+    SandboxUnavailable,
+    run_program,
+)
 
 LIMITS = SandboxLimits(timeout_s=3.0, memory_bytes=256 << 20)
 
