@@ -29,6 +29,9 @@ class PolicyConfig:
     """``fixed``: the offload step w."""
     replan: bool = True
     """Re-plan on link/memory changes."""
+    adapt: bool = False
+    """Re-plan from what the edges measure (goodput, compute per token), smoothed, with
+    hysteresis (``policies.PolicyState.observe``), also between two steps of a request."""
     codec: str | None = None
     """A codec spec forced by the workload (the plan is then made for it); None: chosen."""
     new_tokens: int = 8
@@ -73,8 +76,12 @@ def _budgets_of(cfg: PolicyConfig, device: Any, dev: "_Device"):
     if dev.memory_cap_mb is not None:
         mem_bytes = min(mem_bytes, float(dev.memory_cap_mb) * 2**20)
     lat_ms = dev.budgets.get("latency_ms") or cfg.default_latency_ms
+    handoff_ms, ar_kb = dev.budgets.get("handoff_ms"), dev.budgets.get("ar_buffer_kb")
     return Budgets(latency_s=float(lat_ms) / 1e3, memory_bytes=mem_bytes,
-                   new_tokens=int(cfg.new_tokens), prompt_tokens=int(cfg.prompt_tokens))
+                   new_tokens=int(cfg.new_tokens), prompt_tokens=int(cfg.prompt_tokens),
+                   handoff_latency_s=None if handoff_ms is None else float(handoff_ms) / 1e3,
+                   ar_buffer_bytes=None if ar_kb is None else float(ar_kb) * 1e3,
+                   min_accuracy=dev.budgets.get("min_accuracy"))
 
 
 def default_planner(cfg: PolicyConfig, profile: Any, dev: "_Device") -> dict:
@@ -160,6 +167,10 @@ class Policy:
             if report.get("measured"):
                 dev.measured.append({"t": now_s(), **report["measured"]})
                 del dev.measured[:-64]  # the latest figures are what a planner would use
+                if self.cfg.adapt and self.cfg.replan and dev.state is not None and hasattr(dev.state, "observe"):
+                    adapted = self._observe(dev, report["measured"])
+                    if adapted is not None:
+                        return adapted
             triggers = []
             if report.get("link") is not None and report["link"] != dev.link:
                 old = dev.link
@@ -172,6 +183,43 @@ class Policy:
             if triggers and self.cfg.replan:
                 return self._decide(dev, "; ".join(r for _, r in triggers), "+".join(t for t, _ in triggers))
             return dict(dev.plan or {})
+
+    def _observe(self, dev: _Device, m: dict) -> dict | None:
+        """Measured goodput / compute of a device into its planner state; a re-plan is
+        logged with the figure that caused it (trigger ``measured``)."""
+        g, c = m.get("goodput_bps"), m.get("compute_s")
+        if g is None and c is None:
+            return None
+        g = float(g) if _pos_finite(g) else None
+        c = float(c) if _pos_finite(c) else None
+        if g is None and c is None:
+            return None
+        state = dev.state
+        t0 = now_s()
+        plan, event = state.observe(goodput_bps=g, compute_s=c, context=m.get("context"))
+        if event is None:
+            return None
+        old = dev.plan
+        d = plan.to_dict()
+        d["device"] = dev.device_id
+        dev.plan = d
+        why = (f"measured goodput {g / 1e6:.3g} Mbit/s (smoothed {event['goodput_est_mbps']:.3g})" if g is not None
+               else "measured compute") + (f", compute x{event['compute_scale']:.2f} of predicted"
+                                           if event.get("compute_scale") else "") + f" at step {m.get('step')}: {event['why']}"
+        self._log.append({
+            "t": t0, "decide_s": round(now_s() - t0, 6), "device": dev.device_id, "device_class": dev.device_class,
+            "trigger": "measured", "reason": why, "policy": self.cfg.name, "tier": d.get("tier"),
+            "binding": d.get("binding"), "plan_reason": d.get("reason"), "feasible": d.get("feasible"),
+            "split": d.get("split"), "offload_step": d.get("offload_step"), "codec": d.get("codec_spec"),
+            "sparsity": d.get("sparsity"), "front_precision": d.get("front_precision"),
+            "predicted_latency_ms": d.get("predicted_latency_ms"), "predicted_memory_mb": d.get("predicted_memory_mb"),
+            "link": dict(dev.link), "memory_cap_mb": dev.memory_cap_mb, "changed": True,
+            "measured": {"goodput_mbps": event["goodput_mbps"], "goodput_est_mbps": event["goodput_est_mbps"],
+                         "compute_scale": event["compute_scale"], "request_id": m.get("request_id"), "step": m.get("step")},
+            "previous": None if old is None else {k: old.get(k) for k in ("split", "offload_step", "codec_spec", "sparsity")},
+        })
+        return {**d, "replanned": {"trigger": "measured", "goodput_mbps": event["goodput_mbps"],
+                                   "goodput_est_mbps": event["goodput_est_mbps"], "step": m.get("step")}}
 
     def plan_for(self, device_id: str, trace_ctx: dict | None = None) -> dict:
         with self._lock:
@@ -192,10 +240,15 @@ def _traced_plan(sp: Any, plan: dict) -> dict:
     """Put the plan's split, sparsity and deciding tier on the policy span."""
     if sp is not None:
         for key, val in ((tel.ATTR_SPLIT, plan.get("split")), (tel.ATTR_SPARSITY, plan.get("sparsity")),
-                         (tel.ATTR_TIER, plan.get("tier")), ("slicer.reason", plan.get("reason"))):
+                         (tel.ATTR_TIER, plan.get("tier")), ("slicer.reason", plan.get("reason")),
+                         ("slicer.replan_measured_goodput_mbps", (plan.get("replanned") or {}).get("goodput_est_mbps"))):
             if val is not None:
                 sp.set_attribute(key, val)
     return plan
+
+
+def _pos_finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
 
 
 def finite(v: float) -> float | None:

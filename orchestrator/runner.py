@@ -112,7 +112,24 @@ def edge_config(wl: Workload, dev_id: str, g) -> dict:
         "link_schedule": [dataclasses.asdict(c) for c in g.link_schedule],
         "codec": wl.codec.spec() if wl.codec is not None else None, "mode": wl.mode,
         "precision": None if wl.precision == "auto" else wl.precision, "seed": wl.seed,
+        "link_trace": _link_trace(wl, g.link_trace), "adapt": wl.policy.adapt,
     }
+
+
+def _link_trace(wl: Workload, trace) -> dict | None:
+    """A group's rate trace as ``EdgeConfig.link_trace`` (a file is read here, once)."""
+    if trace is None:
+        return None
+    from slicer.policies.link import RateTrace, load_rate_trace
+
+    if isinstance(trace, str):
+        path = wl.resolve_path(trace)
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"link_trace file {trace!r} not found (relative to {wl.base_dir})")
+        t = load_rate_trace(path)
+    else:
+        t = RateTrace.from_rows(list(trace))
+    return {"times_s": list(t.times_s), "rates_mbps": list(t.rates_mbps)}
 
 
 def policy_config(wl: Workload, requests: dict[str, list[dict]]):
@@ -122,7 +139,7 @@ def policy_config(wl: Workload, requests: dict[str, list[dict]]):
     return PolicyConfig(name=wl.policy.name, split=wl.policy.split, offload_step=wl.policy.offload_step,
                         replan=wl.policy.replan, codec=wl.codec.spec() if wl.codec is not None else None,
                         new_tokens=wl.max_new_tokens, prompt_tokens=longest,
-                        front_precision=None if wl.precision == "auto" else wl.precision)
+                        front_precision=None if wl.precision == "auto" else wl.precision, adapt=wl.policy.adapt)
 
 
 def server_config(wl: Workload):

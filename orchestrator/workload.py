@@ -223,6 +223,10 @@ class DeviceGroup:
     """Device/link emulation (off by default)."""
     link_schedule: tuple[LinkChange, ...] = ()
     """Scripted link changes over the run, e.g. ``[{at_request: 3, rate_mbps: 2}]``."""
+    link_trace: tuple[tuple[float, float], ...] | str | None = None
+    """Emulated rate over time (needs ``emulation.link: true``): rows ``[{t_s: 0,
+    rate_mbps: 20}, {t_s: 5, rate_mbps: 1}]`` or a CSV/YAML file of them (relative to the
+    workload's folder). Seconds count from the device's first request."""
     requests: int | None = None
     """Requests per device of this group; None: the workload's ``requests``."""
 
@@ -289,6 +293,9 @@ class PolicySpec:
     """``fixed`` only: the offload step w (1 = per-token split from the first step)."""
     replan: bool = True
     """Re-plan a device when its reported link or memory changes."""
+    adapt: bool = False
+    """Re-plan from what the devices measure (goodput, compute per token), smoothed with
+    hysteresis, also between two steps of a request (codec) or two requests (split)."""
 
 
 @dataclass(frozen=True)
@@ -485,8 +492,27 @@ def _device_group(path: str, raw: Any) -> DeviceGroup:
         budgets=_budgets(f"{path}.budgets", d.get("budgets")),
         emulation=_emulation(f"{path}.emulation", d.get("emulation")),
         link_schedule=tuple(sorted(sched, key=lambda c: c.at_request)),
+        link_trace=_link_trace(f"{path}.link_trace", d.get("link_trace"), d.get("emulation")),
         requests=_opt(f"{path}.requests", d.get("requests"), lambda p, v: _num(p, v, 1, 100000, integer=True)),
     )
+
+
+def _link_trace(path: str, raw: Any, emulation: Any) -> tuple[tuple[float, float], ...] | str | None:
+    if raw is None:
+        return None
+    if not (isinstance(emulation, dict) and emulation.get("link") is True):
+        raise WorkloadError(f"workload field {path} needs emulation.link: true (a rate trace is emulated)")
+    if isinstance(raw, str):
+        if not _path_ok(raw):
+            raise _bad(path, raw, "a path (a string of 1..4096 characters, no NUL) or a list of {t_s, rate_mbps}")
+        return raw
+    from slicer.policies.link import RateTrace
+
+    try:
+        t = RateTrace.from_rows(raw)
+    except ValueError as e:
+        raise WorkloadError(f"workload field {path} is invalid: {e}") from None
+    return tuple(zip(t.times_s, t.rates_mbps))
 
 
 def _server(path: str, raw: Any) -> ServerSpec:
@@ -563,7 +589,10 @@ def _policy(path: str, raw: Any) -> PolicySpec:
     replan = d.get("replan", True)
     if not isinstance(replan, bool):
         raise _bad(f"{path}.replan", replan, "true or false")
-    return PolicySpec(name=name, split=split, offload_step=step, replan=replan)
+    adapt = d.get("adapt", False)
+    if not isinstance(adapt, bool):
+        raise _bad(f"{path}.adapt", adapt, "true or false")
+    return PolicySpec(name=name, split=split, offload_step=step, replan=replan, adapt=adapt)
 
 
 def _codec(path: str, raw: Any) -> CodecConfig | None:

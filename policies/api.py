@@ -6,10 +6,18 @@
 memory budget, with hysteresis: a plan that still meets the budgets is kept until a
 better (deeper) one has been proposed ``patience`` times in a row; a plan that no longer
 meets them is replaced at once. "Better" = more work on the edge, then more accurate.
+
+``PolicyState.observe`` adapts to what the edge measures: goodput (payload bits over the
+measured transfer time) and edge compute per token. Each is smoothed (EWMA, weight
+``alpha`` on the newest sample); the planner then sees a link whose payloads take
+``B / goodput`` and a device whose compute is scaled by measured / predicted. Hysteresis:
+nothing is re-planned while the current plan still meets the budgets under the estimates
+and the goodput estimate stays within ``dead_band`` of the one the plan was made for.
 """
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -108,6 +116,17 @@ class PolicyState:
     _pending: SplitPlan | None = None
     _pending_count: int = 0
     switches: int = 0
+    alpha: float = 0.5
+    """Weight of the newest measurement in the smoothed estimates (EWMA)."""
+    dead_band: float = 0.2
+    """Hysteresis of ``observe``: a goodput estimate within this fraction of the one the
+    plan was made for re-plans only if the plan breaks a budget."""
+    goodput_est: float | None = None
+    """Smoothed measured goodput in bit/s (None before the first measurement)."""
+    planned_goodput: float | None = None
+    compute_scale: float | None = None
+    """Smoothed measured / predicted edge compute (None before the first measurement)."""
+    base_device: DeviceProfile | None = None
 
     def update(self, link: LinkState | None = None, memory_bytes: float | None = None,
                budgets: Budgets | None = None) -> SplitPlan:
@@ -139,6 +158,52 @@ class PolicyState:
         # A worse proposal while the current plan still fits: keep the current one.
         self._pending, self._pending_count = None, 0
         return cur
+
+    def observe(self, goodput_bps: float | None = None, compute_s: float | None = None,
+                context: int | None = None) -> tuple[SplitPlan, dict | None]:
+        """Feed one measurement; returns (plan to use, event or None). ``compute_s``: the
+        edge's measured compute of one decode step of the current plan's front segment
+        at ``context`` tokens. The event says what was measured and why it re-planned."""
+        if self.current is None or self.link is None:
+            raise ValueError("PolicyState.observe needs a first plan (call update first)")
+        for name, v in (("goodput_bps", goodput_bps), ("compute_s", compute_s)):
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf):
+                raise ValueError(f"measured {name}={v!r} is invalid: allowed a finite number > 0")
+        if self.base_device is None:
+            self.base_device = self.device
+        cur = self.current
+        if goodput_bps is not None:
+            g = float(goodput_bps)
+            self.goodput_est = g if self.goodput_est is None else self.alpha * g + (1 - self.alpha) * self.goodput_est
+        if compute_s is not None and cur.split > 0:
+            ctx = context if context is not None else self.budgets.context_tokens
+            cm = CostModel(self.model, self.base_device, self.link, self.budgets)
+            predicted = cm.range_s(self.base_device, 0, cur.split if cur.offloads else self.model.num_layers,
+                                   cur.front_precision, int(ctx), 1)
+            if predicted > 0:
+                r = float(compute_s) / predicted
+                self.compute_scale = r if self.compute_scale is None else self.alpha * r + (1 - self.alpha) * self.compute_scale
+                self.device = self.base_device.replace(slowdown=self.base_device.slowdown * self.compute_scale)
+        link = self.link if self.goodput_est is None else self.link.replace(goodput_bps=self.goodput_est)
+        opts = self.options or {}
+        holds = reassess(cur, self.model, self.device, link, self.budgets, **opts)
+        moved = self.goodput_est is not None and (self.planned_goodput is None or
+                                                  abs(self.goodput_est / self.planned_goodput - 1) > self.dead_band)
+        if holds and not moved:
+            return cur, None
+        new = self.update(link=link)
+        if _same(new, cur):
+            return new, None
+        self.planned_goodput = self.goodput_est
+        event = {
+            "trigger": "measured", "goodput_mbps": None if goodput_bps is None else goodput_bps / 1e6,
+            "goodput_est_mbps": None if self.goodput_est is None else self.goodput_est / 1e6,
+            "compute_scale": self.compute_scale, "plan_held": holds,
+            "why": ("the current plan breaks a budget under the measured figures" if not holds else
+                    f"measured goodput moved beyond the ±{self.dead_band:.0%} dead band and a better plan held "
+                    f"for {self.patience} reports"),
+        }
+        return new, event
 
     def _adopt(self, p: SplitPlan) -> SplitPlan:
         if self.current is not None and not _same(self.current, p):

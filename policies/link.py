@@ -47,6 +47,10 @@ class LinkState:
     """Outage target ε in (0, 1): probability that the payload is still not through."""
     rtt_s: float = 0.0
     """Extra fixed delay per hand-off in seconds (propagation, protocol); 0 in the papers."""
+    goodput_bps: float | None = None
+    """Measured goodput in bit/s (payload bits over measured transfer seconds, smoothed):
+    when set, a payload takes ``B / goodput`` (the measurement already holds the
+    retransmissions and the protocol) instead of Eq. 1's ``B / R · ceil(ln ε / ln P_o)``."""
 
     def __post_init__(self) -> None:
         checks = (
@@ -55,6 +59,8 @@ class LinkState:
             ("snr", self.snr, self.snr > 0 and math.isfinite(self.snr), "a finite linear ratio > 0 (10 dB = 10)"),
             ("epsilon", self.epsilon, 0.0 < self.epsilon < 1.0, "a number in (0, 1)"),
             ("rtt_s", self.rtt_s, self.rtt_s >= 0 and math.isfinite(self.rtt_s), "a finite number >= 0"),
+            ("goodput_bps", self.goodput_bps, self.goodput_bps is None
+             or (isinstance(self.goodput_bps, (int, float)) and 0 < self.goodput_bps < math.inf), "None or a finite number > 0"),
         )
         for name, value, ok, allowed in checks:
             if not ok:
@@ -90,7 +96,9 @@ class LinkState:
     @property
     def transmissions(self) -> float:
         """Transmissions per payload for outage ε (``math.inf`` when the rate exceeds the
-        capacity or P_o = 1)."""
+        capacity or P_o = 1); 1 with a measured goodput (its time holds the retries)."""
+        if self.goodput_bps is not None:
+            return 1.0
         if self.rate_bps > self.capacity_bps:
             return math.inf
         return transmissions(self.outage_probability, self.epsilon)
@@ -100,6 +108,8 @@ class LinkState:
         return math.isfinite(self.transmissions)
 
     def describe(self) -> str:
+        if self.goodput_bps is not None:
+            return f"measured goodput {self.goodput_bps / 1e6:.3g} Mbit/s"
         return (f"{self.rate_bps / 1e6:g} Mbit/s, W {self.bandwidth_hz / 1e6:g} MHz, "
                 f"SNR {linear_to_db(self.snr):.1f} dB, eps {self.epsilon:g}")
 
@@ -141,7 +151,106 @@ def comm_latency_s(payload_bytes: float, link: LinkState, codec_time_s: float = 
         raise ValueError(f"payload_bytes={payload_bytes!r} is invalid: allowed >= 0")
     if payload_bytes == 0:
         return codec_time_s
+    if link.goodput_bps is not None:
+        return payload_bytes * 8.0 / link.goodput_bps + codec_time_s + link.rtt_s
     n = link.transmissions
     if math.isinf(n):
         return math.inf
     return payload_bytes * 8.0 / link.rate_bps * n + codec_time_s + link.rtt_s
+
+
+def goodput_bps(link: LinkState) -> float:
+    """Payload bits per second Eq. 1 predicts: R / transmissions (0 where infeasible)."""
+    if link.goodput_bps is not None:
+        return link.goodput_bps
+    n = link.transmissions
+    return 0.0 if math.isinf(n) else link.rate_bps / n
+
+
+@dataclass(frozen=True)
+class RateTrace:
+    """A link's rate over time (a drive along a road, a walk out of Wi-Fi range): a step
+    function, ``rates_mbps[i]`` from ``times_s[i]`` until the next time. Emulation only:
+    the edge sleeps as Eq. 1 says at the trace's current rate; the policy never reads it
+    (it plans from what the edge measures)."""
+
+    times_s: tuple[float, ...]
+    """Seconds since the device's first request, ascending, the first 0."""
+    rates_mbps: tuple[float, ...]
+    """Rate R in Mbit/s from each time on."""
+
+    #: Most points a trace may hold (a sample per second for over an hour).
+    MAX_POINTS = 4096
+
+    def __post_init__(self) -> None:
+        t, r = self.times_s, self.rates_mbps
+        if not t or len(t) != len(r) or len(t) > self.MAX_POINTS:
+            raise ValueError(f"rate trace has {len(t)} times and {len(r)} rates: allowed 1..{self.MAX_POINTS} of each, as many")
+        for i, (ti, ri) in enumerate(zip(t, r)):
+            if not _finite_num(ti) or ti < 0 or (i and ti <= t[i - 1]) or (i == 0 and ti != 0):
+                raise ValueError(f"rate trace time[{i}]={ti!r} is invalid: allowed ascending seconds >= 0 starting at 0")
+            if not _finite_num(ri) or ri <= 0:
+                raise ValueError(f"rate trace rate_mbps[{i}]={ri!r} is invalid: allowed a finite number > 0")
+
+    def rate_mbps_at(self, t_s: float) -> float:
+        import bisect
+
+        return self.rates_mbps[max(0, bisect.bisect_right(self.times_s, t_s) - 1)]
+
+    @classmethod
+    def from_rows(cls, rows) -> RateTrace:
+        """From ``[{"t_s": 0, "rate_mbps": 20}, ...]`` (YAML/JSON) or ``[(t, rate), ...]``."""
+        if not isinstance(rows, (list, tuple)):
+            raise ValueError(f"rate trace must be a list of {{t_s, rate_mbps}} rows, got {type(rows).__name__}")
+        ts, rs = [], []
+        for i, row in enumerate(rows[: cls.MAX_POINTS + 1]):
+            if isinstance(row, dict):
+                unknown = sorted(set(map(str, row)) - {"t_s", "rate_mbps"})
+                if unknown or "t_s" not in row or "rate_mbps" not in row:
+                    raise ValueError(f"rate trace row {i} has keys {sorted(map(str, row))}: allowed exactly t_s, rate_mbps")
+                ts.append(row["t_s"]), rs.append(row["rate_mbps"])
+            elif isinstance(row, (list, tuple)) and len(row) == 2:
+                ts.append(row[0]), rs.append(row[1])
+            else:
+                raise ValueError(f"rate trace row {i}={row!r:.60} is invalid: allowed {{t_s, rate_mbps}} or [t_s, rate_mbps]")
+        return cls(tuple(ts), tuple(rs))
+
+    @classmethod
+    def parse_csv(cls, text: str) -> RateTrace:
+        """CSV with a header naming ``t_s`` and ``rate_mbps`` (other columns ignored)."""
+        import csv
+        import io
+
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or "t_s" not in reader.fieldnames or "rate_mbps" not in reader.fieldnames:
+            raise ValueError(f"rate trace CSV header {reader.fieldnames!r} is invalid: it must name t_s and rate_mbps")
+        rows = []
+        for i, r in enumerate(reader):
+            if i >= cls.MAX_POINTS:
+                raise ValueError(f"rate trace CSV has more than {cls.MAX_POINTS} rows")
+            try:
+                rows.append((float(r["t_s"]), float(r["rate_mbps"])))
+            except (TypeError, ValueError):
+                raise ValueError(f"rate trace CSV row {i + 1}: t_s={r.get('t_s')!r:.30}, rate_mbps={r.get('rate_mbps')!r:.30} "
+                                 f"are not numbers") from None
+        return cls.from_rows(rows)
+
+
+def load_rate_trace(path) -> RateTrace:
+    """A rate trace file: ``.csv`` (header ``t_s,rate_mbps``) or YAML/JSON rows
+    ``[{t_s, rate_mbps}, ...]``; at most 1 MiB."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.stat().st_size > 1 << 20:
+        raise ValueError(f"rate trace {p} is larger than 1 MiB")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".csv":
+        return RateTrace.parse_csv(text)
+    import yaml
+
+    return RateTrace.from_rows(yaml.safe_load(text))
+
+
+def _finite_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
