@@ -119,6 +119,15 @@ def _check_events(text: str, max_depth: int) -> None:
 class _StrictLoader(_BASE):
     """The safe loader with mappings refusing merge keys, duplicate and non-string keys."""
 
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as e:  # a 6000-digit int, a 13th month: name the place
+            if isinstance(e, yaml.YAMLError):
+                raise
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read this {node.tag.rpartition(':')[2]} "
+                                                    f"value ({str(e)[:120]})", node.start_mark) from None
+
     def construct_mapping(self, node, deep=False):
         seen: dict[str, Any] = {}
         for key_node, _ in node.value:
