@@ -125,6 +125,8 @@ def _print_samples(rep: dict) -> None:
         print(f"  {r['task_id']:>12} #{r['completion_id']}: {'pass' if r['passed'] else 'FAIL'} {r['error']}")
     for k, v in rep["pass_at_k"].items():
         print(f"{k} = {v:.4f}")
+    if rep.get("sandbox_missing_layers"):
+        print(f"weaker isolation accepted; sandbox layers not applied: {', '.join(rep['sandbox_missing_layers'])}")
 
 
 def _print_model(rep: dict) -> None:

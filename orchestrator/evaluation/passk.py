@@ -47,6 +47,9 @@ class SampleResult:
     """"" when passed; the sandbox's error otherwise (``timeout``, ``memory``, ``failed: ...``)."""
     duration_s: float = 0.0
     """Sandbox wall time (0 for exact match)."""
+    missing_layers: tuple[str, ...] = ()
+    """Sandbox layers that were not applied (only with ``accept_weaker``; see
+    ``SandboxResult.missing`` for why)."""
 
 
 def read_samples(path: str | Path) -> list[dict]:
@@ -100,7 +103,7 @@ def score_samples(task: Task, samples: Sequence[dict], limits: SandboxLimits | N
             return SampleResult(tid, cid, ok, "" if ok else f"wrong answer: {got!r} != {item.answer!r}")
         assert isinstance(item, CodeItem)
         r = check_code(sandbox, item, completion)
-        return SampleResult(tid, cid, r.passed, r.error, r.duration_s)
+        return SampleResult(tid, cid, r.passed, r.error, r.duration_s, tuple(sorted(r.missing)))
 
     # Each job runs in processes of a fork server; threads only wait on them.
     with Sandbox(limits, workers=workers) as sandbox, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -135,6 +138,7 @@ def samples_report(task: Task, results: Sequence[SampleResult], ks: Sequence[int
         "n_samples": len(results),
         "missing": [it.task_id for it in task.items if it.task_id not in scored],
         "pass_at_1": agg.get("pass@1"),
+        "sandbox_missing_layers": sorted({m for r in results for m in r.missing_layers}),
         "pass_at_k": agg,
         "results": [asdict(r) for r in results],
     }

@@ -89,3 +89,21 @@ def test_slicer_eval_leaves_no_process_behind(tmp_path, capsys):
     assert _named(marker) == [], out
     # int 0x80 is killed (SIGSYS); libc fork and clone fail, so those completions still add.
     assert "crash: SIGSYS" in out or "crash: SIGSEGV" in out or os.uname().machine != "x86_64", out
+
+
+def test_slicer_eval_refuses_without_a_layer_and_reports_accepted_weaker_isolation(tmp_path, capsys, monkeypatch):
+    from slicer.orchestrator.evaluation import sandbox
+
+    task = tmp_path / "t.jsonl"
+    task.write_text(json.dumps({"task_id": "t/0", "prompt": "def one():\n", "test": "def check(c):\n    assert c() == 1\n",
+                                "entry_point": "one"}) + "\n")
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"task_id": "t/0", "completion": "    return 1\n"}) + "\n")
+    real = sandbox.SandboxLimits
+    monkeypatch.setattr(sandbox, "SandboxLimits", lambda **kw: real(skip_layers=("landlock",), **kw))
+    assert main(["eval", "--task", str(task), "--samples", str(samples), "--k", "1"]) == 2
+    assert "landlock: skipped" in capsys.readouterr().err
+    assert main(["eval", "--task", str(task), "--samples", str(samples), "--k", "1",
+                 "--accept-weaker-isolation"]) == 0
+    out = capsys.readouterr().out
+    assert "pass@1 = 1.0000" in out and "layers not applied: landlock" in out, out
