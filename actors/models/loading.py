@@ -35,6 +35,12 @@ ALIASES: dict[str, str] = {
     "llama2-7b": "llama-2-7b",
     "mistralai/Codestral-22B-v0.1": "codestral-22b",
     "codestral-22b": "codestral-22b",
+    # The seed's "Codestral-34B" is not a published model: Codestral is 22B; the 34B code
+    # model is CodeLlama-34B (both shipped, both planned by the research-question repro).
+    "codellama/CodeLlama-34b-hf": "codellama-34b",
+    "codellama/CodeLlama-34b-Instruct-hf": "codellama-34b",
+    "codellama/CodeLlama-34b-Python-hf": "codellama-34b",
+    "codellama-34b": "codellama-34b",
     "Qwen/Qwen2.5-Coder-7B": "qwen2.5-coder-7b",
     "Qwen/Qwen2.5-Coder-7B-Instruct": "qwen2.5-coder-7b",
     "qwen2.5-coder-7b": "qwen2.5-coder-7b",
@@ -58,6 +64,7 @@ HUB_NAMES: dict[str, str] = {
     "llama-3-70b": "meta-llama/Meta-Llama-3-70B",
     "llama-2-7b": "meta-llama/Llama-2-7b-hf",
     "codestral-22b": "mistralai/Codestral-22B-v0.1",
+    "codellama-34b": "codellama/CodeLlama-34b-hf",
     "qwen2.5-coder-7b": "Qwen/Qwen2.5-Coder-7B",
     "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
     "gpt2": "openai-community/gpt2",

@@ -49,3 +49,21 @@ def test_plan_from_a_profile_json_and_all_policies(tmp_path):
     plans = json.loads(out.read_text())
     assert [p["policy"] for p in plans] == ["slicer", "opsc", "cloud-only", "edge-only", "fixed-split", "neurosurgeon"]
     assert all(all(k in p for k in KEYS) for p in plans)
+
+
+def test_plan_codellama_34b_offline_from_its_hub_name(tmp_path, monkeypatch):
+    """The seed's "Codestral-34B" does not exist; CodeLlama-34B (and Codestral-22B) are
+    shipped configs: planning needs no hub access and no weights."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: (_ for _ in ()).throw(AssertionError("hub")))
+    out = tmp_path / "plan.json"
+    rc = main(["plan", "--model", "codellama/CodeLlama-34b-hf", "--device", "jetson-orin-agx", "--rate-mbps", "20",
+               "--latency-ms", "200", "--tokens", "256", "--front-precision", "auto", "--json", str(out)])
+    assert rc == 0
+    d = json.loads(out.read_text())
+    assert d["num_layers"] == 50 and d["feasible"] and d["predicted_latency_ms"] <= 200
+    from slicer.actors.models import profile_from_config
+
+    assert profile_from_config("codellama-34b").extra["total_params_unique"] == 33_743_970_304
