@@ -7,6 +7,7 @@ them and the kernel, so what stops them is a kernel layer.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import tempfile
@@ -388,3 +389,39 @@ def test_ordinary_programs_keep_working(sb):
     pytest.importorskip("numpy")
     r = sb.run("import numpy as np\nassert int(np.arange(5).sum()) == 10\n")
     assert r.passed, r
+
+
+def _system_python() -> str | None:
+    for p in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(p) and os.stat(p).st_mode & 0o001:
+            return p
+    return None
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv") or _system_python() is None,
+                    reason="needs root (to become uid 65534), setpriv and a world-executable system python3")
+def test_an_unprivileged_user_gets_every_layer_through_a_user_namespace():
+    """The fork server run as uid 65534 (setpriv): the namespaces come from a user
+    namespace, and every layer is still applied."""
+    import json
+    import subprocess
+
+    folder = Path(tempfile.mkdtemp(prefix="slicer-sandbox-test-"))  # readable by uid 65534
+    script = folder / "child.py"
+    script.write_text(Path(child.__file__).read_text())
+    os.chmod(folder, 0o755)
+    os.chmod(script, 0o644)
+    cfg = {"cpu_s": 4, "memory_bytes": 1 << 30, "file_bytes": 1 << 24, "disk_bytes": 1 << 24, "output_bytes": 4000,
+           "required": list(LAYERS), "accept_weaker": False, "skip": [], "paths": []}
+    job = {"timeout_s": 5.0, "program": "def f(x):\n    return x + 1\n", "entry_point": "f",
+           "prelude": 'def f(x):\n    """doc"""\n', "test": "def check(c):\n    assert c(1) == 2\n", "style": "check"}
+    frames = b"".join(struct.pack(">I", len(d)) + d for d in (json.dumps(cfg).encode(), json.dumps(job).encode()))
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", _system_python(), "-I", "-S",
+                          str(script)], input=frames, capture_output=True, cwd="/", timeout=60)
+    shutil.rmtree(folder)
+    assert len(out.stdout) > 4, out.stderr.decode()[-2000:]
+    res = json.loads(out.stdout[4:])
+    if res.get("refused"):
+        pytest.skip(f"this system refuses unprivileged user namespaces: {res['refused']}")
+    assert res["passed"] is True, res
+    assert set(LAYERS) <= set(res["program_layers"]) and res["program_missing"] == {}, res
