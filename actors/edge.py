@@ -134,6 +134,9 @@ class EdgeConfig:
     seed: int = 0
     """The workload's seed: the codec's seed (rotation, tie-breaks) unless the codec spec names one."""
     node: str = ""
+    device: str = "cpu"
+    """Where this edge computes: ``cpu``, ``cuda`` or ``auto`` (CUDA where the node has
+    it); its features are then encoded on that device (the Triton encoder on CUDA)."""
     """Node id/ip the device runs on (filled in by its actor)."""
 
 
@@ -146,7 +149,10 @@ class EdgeDevice:
         ``SplitModel`` to share (tests), used for float32 fronts."""
         from slicer.actors.models import load_model
 
+        from slicer.actors.models.devices import resolve_device
+
         self.cfg = cfg
+        self.device = resolve_device(cfg.device, "device.device")
         self.model_ref = model_ref
         self._load = load_model
         self._models: dict[str, Any] = {}
@@ -169,7 +175,7 @@ class EdgeDevice:
         # Shapes and profile only: weights load per plan, for the units it runs
         # (segment-only weights, slicer.actors.models.weights).
         base = self._models.get("float32") or self._models.setdefault(
-            "float32", self._load(self.model_ref, dtype=_DTYPES["float32"], units=(0, 0)))
+            "float32", self._load(self.model_ref, dtype=_DTYPES["float32"], units=(0, 0), device=self.device))
         self.num_units = base.num_units
         self.profile = base.profile
         info = {"device_class": cfg.device_class, "link": self.link, "budgets": dict(cfg.budgets),
@@ -198,15 +204,15 @@ class EdgeDevice:
                 if shared is not None and shared._loader is None:  # a whole model handed in (tests)
                     q = quantize_front(shared, need, bits=bits)
                 else:
-                    q = quantize_front(self._load(self.model_ref, dtype=_DTYPES["float32"], units=(0, need)), need,
-                                       bits=bits, inplace=True)
+                    q = quantize_front(self._load(self.model_ref, dtype=_DTYPES["float32"], units=(0, need),
+                                                  device=self.device), need, bits=bits, inplace=True)
                 for old in [k for k in self._models if k.startswith(f"{precision}@")]:
                     del self._models[old]  # a re-plan to another split replaces the old front
                 self._models[key] = q
             return self._models[key]
         key = precision if precision in _DTYPES else "float32"
         if key not in self._models:
-            self._models[key] = self._load(self.model_ref, dtype=_DTYPES[key], units=(0, 0))
+            self._models[key] = self._load(self.model_ref, dtype=_DTYPES[key], units=(0, 0), device=self.device)
         m = self._models[key]
         if need and m._loader is not None:
             m.ensure_units(0, need)

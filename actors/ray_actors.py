@@ -140,9 +140,12 @@ class ServerShell:
     """The shared server as an async actor: ``step`` coroutines queue into the
     server's batching loop while one thread computes batches."""
 
-    def __init__(self, model_ref: str, cfg: ServerConfig, trace: bool = False, identities: dict | None = None):
+    def __init__(self, model_ref: str, cfg: ServerConfig, trace: bool = False, identities: dict | None = None,
+                 device: str = "cpu", dtype: str | None = None):
         """``identities``: device id -> credential (the driver's, at placement; Ray
-        restarts the actor with the same ones, so a restarted server knows them)."""
+        restarts the actor with the same ones, so a restarted server knows them).
+        ``device``/``dtype``: the workload's ``server.device``/``server.dtype``
+        (``slicer.actors.models.devices``), resolved on this node."""
         import transformers  # noqa: F401
 
         _quiet()
@@ -152,7 +155,12 @@ class ServerShell:
         self.info = where()
         _init_tracing("slicer-server", trace, {"slicer.role": "server"})
         # Segment-only weights: units [split, n) load at the first session of each split.
-        self.server = Server(load_model(model_ref, units=(0, 0)), cfg, metrics=ServerMetrics(), identities=identities)
+        from slicer.actors.models.devices import resolve_device, resolve_dtype
+
+        dev = resolve_device(device, "server.device")
+        self.info["device"] = dev
+        model = load_model(model_ref, units=(0, 0), device=dev, dtype=resolve_dtype(dtype, dev))
+        self.server = Server(model, cfg, metrics=ServerMetrics(), identities=identities)
 
     async def where(self, trace_ctx: dict | None = None) -> dict:
         return dict(self.info)
@@ -219,10 +227,14 @@ class PolicyShell:
 # Logical CPUs: 0 for every actor. The embedded cluster gives each node one CPU and a
 # run puts 8+ edge actors on one node; what is counted is slots (custom resources).
 def make_server(model_ref: str, cfg: ServerConfig, *, label_selector: dict, resources: dict,
-                trace: bool = False, name: str | None = None, max_restarts: int = 0, identities: dict | None = None):
+                trace: bool = False, name: str | None = None, max_restarts: int = 0, identities: dict | None = None,
+                device: str = "cpu", dtype: str | None = None):
+    """``device``: ``cpu`` or ``cuda`` (resolved by the caller against the cluster's
+    nodes): a CUDA server is placed with ``num_gpus=1``."""
     return ray.remote(ServerShell).options(
-        num_cpus=0, label_selector=label_selector, resources=resources, name=name,
-        max_restarts=max_restarts, max_concurrency=1000).remote(model_ref, cfg, trace, identities)
+        num_cpus=0, num_gpus=1 if device == "cuda" else 0, label_selector=label_selector, resources=resources,
+        name=name, max_restarts=max_restarts, max_concurrency=1000).remote(model_ref, cfg, trace, identities,
+                                                                           device, dtype)
 
 
 def make_policy(cfg: PolicyConfig, profile, *, label_selector: dict, resources: dict | None = None,
@@ -233,8 +245,9 @@ def make_policy(cfg: PolicyConfig, profile, *, label_selector: dict, resources: 
 
 def make_edge(cfg: dict, model_ref: str, server, policy, *, label_selector: dict, resources: dict,
               timeout_s: float = 60.0, trace: bool = False, max_restarts: int = 0, credential: str | None = None):
-    return ray.remote(EdgeShell).options(
-        num_cpus=0, label_selector=label_selector, resources=resources, max_restarts=max_restarts,
+    return ray.remote(EdgeShell).options(  # a CUDA edge (cfg["device"]) gets a GPU
+        num_cpus=0, num_gpus=1 if cfg.get("device") == "cuda" else 0,
+        label_selector=label_selector, resources=resources, max_restarts=max_restarts,
         name=None).remote(cfg, model_ref, server, policy, timeout_s, trace, credential)
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
-import math
 import secrets
 import threading
 import time

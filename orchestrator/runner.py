@@ -104,14 +104,50 @@ def add_text(records: list[dict], model_ref: str) -> None:
             r["text"] = tok.decode(r["tokens"])
 
 
-def edge_config(wl: Workload, dev_id: str, g) -> dict:
-    """``slicer.actors.edge.EdgeConfig`` fields (plain data) of one device."""
+def resolve_devices(wl: Workload, has_gpu: Callable[[str | None], bool]) -> dict:
+    """``{"server": "cpu"|"cuda", "groups": [...]}``: each side's ``device`` resolved
+    against the nodes it may run on (``has_gpu(None)``: a server node has a GPU;
+    ``has_gpu(device_class)``: a node of that class has one). ``cuda`` where there is
+    none is a ``WorkloadError`` naming the field, raised before any actor starts."""
+    def one(field: str, want: str, gpu: bool) -> str:
+        if want == "cuda" and not gpu:
+            raise WorkloadError(f"workload field {field}='cuda' is invalid here: no node it may run on has a GPU "
+                                f"(torch.cuda.is_available() is False on this machine, or the cluster's nodes report "
+                                f"no GPU resource); allowed: auto, cpu")
+        return "cuda" if want == "cuda" or (want == "auto" and gpu) else "cpu"
+
+    return {"server": one("server.device", wl.server.device, has_gpu(None)),
+            "groups": [one(f"devices[{i}].device", g.device, has_gpu(g.device_class)) for i, g in enumerate(wl.devices)]}
+
+
+def _cluster_gpus(selector_role: str = "server"):
+    """``has_gpu`` for ``resolve_devices`` from the connected Ray cluster's alive nodes."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and float((n.get("Resources") or {}).get("GPU", 0)) > 0]
+
+    def has_gpu(device_class: str | None) -> bool:
+        for n in nodes:
+            labels = n.get("Labels") or {}
+            if device_class is None and labels.get("role", "server") != "edge":
+                return True
+            if device_class is not None and labels.get("device-class") == device_class:
+                return True
+        return False
+
+    return has_gpu
+
+
+def edge_config(wl: Workload, dev_id: str, g, device: str = "cpu") -> dict:
+    """``slicer.actors.edge.EdgeConfig`` fields (plain data) of one device; ``device``:
+    the group's resolved device (``resolve_devices``)."""
     return {
         "device_id": dev_id, "device_class": g.device_class, "link": g.link.as_dict(),
         "budgets": dataclasses.asdict(g.budgets), "emulation": dataclasses.asdict(g.emulation),
         "link_schedule": [dataclasses.asdict(c) for c in g.link_schedule],
         "codec": wl.codec.spec() if wl.codec is not None else None, "mode": wl.mode,
-        "precision": None if wl.precision == "auto" else wl.precision, "seed": wl.seed,
+        "precision": g.dtype or (None if wl.precision == "auto" else wl.precision), "seed": wl.seed,
+        "device": device,
         "link_trace": _link_trace(wl, g.link_trace), "adapt": wl.policy.adapt,
     }
 
@@ -198,16 +234,23 @@ def run_inprocess(wl: Workload, *, model: Any = None, planner: Callable | None =
     if planner is None:
         check_device_classes(wl)
     t0 = time.perf_counter()
+    from slicer.actors.models.devices import resolve_dtype
+
     model_ref = wl.model_ref()
-    model = model or load_model(model_ref)
+    import torch
+
+    devices = resolve_devices(wl, lambda _cls: torch.cuda.is_available())
+    if model is None:
+        model = load_model(model_ref, device=devices["server"], dtype=resolve_dtype(wl.server.dtype, devices["server"]))
     requests = make_requests(wl, model_ref, int(getattr(model.config, "vocab_size", 0) or 0))
     _check_model_fit(wl, model.profile, model_ref, requests)
     identities = make_identities(wl)
     server = Server(model, server_config(wl), identities=identities)
     policy = Policy(policy_config(wl, requests), model.profile, planner=planner)
     edges = {}
+    group_dev = {id(g): d for g, d in zip(wl.devices, devices["groups"])}
     for dev_id, g in wl.all_devices():
-        edges[dev_id] = EdgeDevice(EdgeConfig(**edge_config(wl, dev_id, g), node="local"), model_ref,
+        edges[dev_id] = EdgeDevice(EdgeConfig(**edge_config(wl, dev_id, g, group_dev[id(g)]), node="local"), model_ref,
                                    InProcessServer(server, identities[dev_id]), InProcessPolicy(policy), model=model)
     records: list[dict] = []
     total = sum(len(v) for v in requests.values())
@@ -271,16 +314,29 @@ def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | 
     # checked before any Ray work: a bad model path fails here in about a second, not
     # after a cluster start and an actor's model load.
     prepared = _prepare(wl)
+    if address is None and not ray.is_initialized():
+        # an embedded cluster runs on this machine (its server node gets the GPUs):
+        # `cuda` without one fails here, in seconds, before a cluster starts
+        import torch
+
+        resolve_devices(wl, lambda cls: cls is None and torch.cuda.is_available())
     cluster = conn = None
     try:
         if address is None and ray.is_initialized():
             pass
         elif address is None:
             cluster = _start_cluster(wl)
+            if progress is not None:
+                progress.write(f"slicer: starting a local Ray cluster on 127.0.0.1 (server node + "
+                               f"{len(cluster.edge_specs)} edge node(s))...\n")
+                progress.flush()
             cluster.__enter__()
         else:
             from slicer.orchestrator.cluster import connect
 
+            if progress is not None:
+                progress.write(f"slicer: connecting to the Ray cluster at {address}...\n")
+                progress.flush()
             conn = connect(address)
         return _drive(wl, prepared, out=out, trace=trace, progress=progress, load_interval_s=load_interval_s,
                       write=write, t_setup=t_setup, cluster_info={"address": address or "embedded"})
@@ -328,6 +384,7 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
     from slicer.actors import ray_actors as RA
 
     timeout_s = wl.server.step_timeout_s
+    devices = resolve_devices(wl, _cluster_gpus())  # before any actor starts: `cuda` without a GPU fails here
     policy = RA.make_policy(policy_config(wl, requests), profile, trace=trace, **where_to["policy"])
     from slicer.orchestrator import faults
 
@@ -335,22 +392,25 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
     # an edge's request is resubmitted by the driver (orchestrator.faults.Resubmitter).
     identities = make_identities(wl)
     server = RA.make_server(model_ref, server_config(wl), trace=trace, max_restarts=faults.SERVER_MAX_RESTARTS,
-                            identities=identities, **where_to["server"])
+                            identities=identities, device=devices["server"], dtype=wl.server.dtype, **where_to["server"])
     handles += [policy, server]
     edges = {}
+    group_dev = {id(g): d for g, d in zip(wl.devices, devices["groups"])}
     for dev_id, g in wl.all_devices():
-        edges[dev_id] = RA.make_edge(edge_config(wl, dev_id, g), model_ref, server, policy,
+        edges[dev_id] = RA.make_edge(edge_config(wl, dev_id, g, group_dev[id(g)]), model_ref, server, policy,
                                      timeout_s=timeout_s, trace=trace, max_restarts=faults.EDGE_MAX_RESTARTS,
                                      credential=identities[dev_id], **where_to["edges"][g.device_class])
         handles.append(edges[dev_id])
     # Wait for every actor to be up (model loaded, plan received) before timing requests.
-    where = RA.get(
-        [server.where.remote()] + [e.where.remote() for e in edges.values()],
-        # Each actor is a process importing torch + transformers and loading the model:
-        # ~4.6 CPU-s each (measured: `load_model` in a fresh python, 2-core machine), so
-        # 10 actors need ~25 s on 2 idle cores and minutes on a loaded one: the bound is
-        # generous, but there is one.
-        timeout_s=max(300.0, 30.0 * len(edges)), what="actors starting (model load, first plan)")
+    # Each actor is a process importing torch + transformers and loading the model:
+    # ~4.6 CPU-s each (measured: `load_model` in a fresh python, 2-core machine), so
+    # 10 actors need ~25 s on 2 idle cores and minutes on a loaded one: the bound is
+    # generous, but there is one.
+    refs = [server.where.remote()] + [e.where.remote() for e in edges.values()]
+    startup_s = max(300.0, 30.0 * len(edges))
+    if progress is not None:
+        R.wait_progress(refs, progress, "actors ready (each loads the model)", timeout_s=startup_s)
+    where = RA.get(refs, timeout_s=startup_s, what="actors starting (model load, first plan)")
     server_where, edge_where = where[0], dict(zip(edges, where[1:]))
     resub = faults.Resubmitter({d: g.device_class for d, g in wl.all_devices()},
                                restart_timeout_s=max(180.0, 3 * timeout_s))

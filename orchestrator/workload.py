@@ -44,6 +44,8 @@ DEFAULT_WORKLOAD = REPO_ROOT / "examples" / "quickstart.yaml"
 POLICIES = ("slicer", "cloud-only", "edge-only", "fixed", "neurosurgeon", "opsc")
 PRECISIONS = ("auto", "float32", "float16", "bfloat16", "int8", "int4")
 MODES = ("auto", "split", "local-then-offload", "edge-only", "cloud-only")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 #: Largest task file read (``inputs.task_file``).
@@ -229,6 +231,14 @@ class DeviceGroup:
     workload's folder). Seconds count from the device's first request."""
     requests: int | None = None
     """Requests per device of this group; None: the workload's ``requests``."""
+    device: str = "auto"
+    """Where the group's edge actors compute: ``auto`` (CUDA where their node has a GPU,
+    else CPU), ``cpu`` or ``cuda`` (placed with ``num_gpus: 1``; a cluster without a GPU
+    node is a validation error)."""
+    dtype: str | None = None
+    """Weights/activations dtype of the group's float fronts: ``float32``, ``bfloat16``,
+    ``float16``; None: the workload's ``precision`` (float32 on CPU, the checkpoint's
+    dtype on CUDA)."""
 
     def device_ids(self) -> list[str]:
         prefix = self.name or self.device_class
@@ -268,6 +278,13 @@ class ServerSpec:
     open_burst: int = 200
     """Session opens one device may make at once before ``open_rate_per_s`` applies
     (1..100000)."""
+    device: str = "auto"
+    """Where the server computes: ``auto`` (CUDA where its node has a GPU, else CPU),
+    ``cpu`` or ``cuda`` (placed with ``num_gpus: 1``; a cluster without a GPU node is a
+    validation error, before any actor starts)."""
+    dtype: str | None = None
+    """The server's weights/activations dtype: ``float32``, ``bfloat16``, ``float16``;
+    None: float32 on CPU, the checkpoint's dtype on CUDA."""
 
 
 @dataclass(frozen=True)
@@ -385,7 +402,7 @@ def _num(path: str, v: Any, lo: float | None = None, hi: float | None = None, *,
             allowed = ("an integer" if integer else "a finite number") + \
                 f" {'>' if lo_open else '>='} {_fmt(lo)} and <= {_fmt(hi)}"
         lo_ok = lo + (1 if lo_open else 0) if integer else (lo + abs(lo) * 1e-9 + 1e-9 if lo_open else lo)
-        return _soft(_bad(path, v, allowed), int(math.ceil(lo_ok)) if integer else float(lo_ok))
+        return _soft(_bad(path, v, allowed), math.ceil(lo_ok) if integer else float(lo_ok))
     return int(v) if integer else float(v)
 
 
@@ -494,6 +511,8 @@ def _device_group(path: str, raw: Any) -> DeviceGroup:
         link_schedule=tuple(sorted(sched, key=lambda c: c.at_request)),
         link_trace=_link_trace(f"{path}.link_trace", d.get("link_trace"), d.get("emulation")),
         requests=_opt(f"{path}.requests", d.get("requests"), lambda p, v: _num(p, v, 1, 100000, integer=True)),
+        device=_field(_choice, f"{path}.device", d.get("device", "auto"), DEVICES, default="auto"),
+        dtype=_opt(f"{path}.dtype", d.get("dtype"), lambda p, v: _choice(p, v, DTYPES)),
     )
 
 
@@ -535,6 +554,8 @@ def _server(path: str, raw: Any) -> ServerSpec:
         session_ttl_s=_num(f"{path}.session_ttl_s", d.get("session_ttl_s", 300.0), 0, 86400, lo_open=True),
         open_rate_per_s=_num(f"{path}.open_rate_per_s", d.get("open_rate_per_s", 100.0), 0, 100000, lo_open=True),
         open_burst=_num(f"{path}.open_burst", d.get("open_burst", 200), 1, 100000, integer=True),
+        device=_field(_choice, f"{path}.device", d.get("device", "auto"), DEVICES, default="auto"),
+        dtype=_opt(f"{path}.dtype", d.get("dtype"), lambda p, v: _choice(p, v, DTYPES)),
     )
 
 

@@ -155,6 +155,7 @@ class SplitModel:
         self._check_segment(a, b)
         self._check_loaded(a, b)
         if self.kind == "vision":
+            x = x.to(self.device)
             for i in range(a, b):
                 x = self.adapter.run_unit(i, x)
             return x
@@ -266,6 +267,8 @@ class SplitModel:
     # --- the one code path of both ---------------------------------------------------
     def _forward(self, a, b, x, cache, *, past_lens, past_max, new_lens, positions, last_only=False):
         ad: DecoderAdapter = self.adapter
+        if x.device != self.device:  # ids or a feature decoded elsewhere: onto the weights' device
+            x = x.to(self.device)
         T = x.shape[1]
         dev = x.device
         t_idx = torch.arange(T, device=dev)
