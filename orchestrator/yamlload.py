@@ -86,7 +86,7 @@ def decode_utf8(data: bytes, path: Path, what: str) -> str:
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise YamlFileError(f"{what} {str(path)[:200]!r} is not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} "
                             f"(line {line}, column {col})") from None
-    return text[1:] if text.startswith("\ufeff") else text
+    return text.removeprefix("\ufeff")
 
 
 #: libyaml's parser when PyYAML was built with it (30x faster: a 500 KB scalar parses in

@@ -275,7 +275,7 @@ def test_identity_attacks_while_seven_generate(tiny_model_dir):
                 i, k, n = rng.randrange(7), rng.randrange(3), rng.randrange(1, 60)
                 guess = f"good-{i}/good-{i}/r{k}/{n}"  # a session id as the server forms them
                 forged = f"{guess}.{rng.randbytes(24).hex()}"
-                count("step", lambda: srv.step(forged, payload, 0))
+                count("step", lambda f=forged: srv.step(f, payload, 0))
                 if srv.close_session(forged) != {}:
                     outcomes["close:accepted"] = outcomes.get("close:accepted", 0) + 1
                 try:  # a guessed token of a session that exists is refused; of none, supersedes nothing
@@ -284,8 +284,8 @@ def test_identity_attacks_while_seven_generate(tiny_model_dir):
                     mine.close_session(own)
                 except AdmissionError:
                     outcomes["supersede"] = outcomes.get("supersede", 0) + 1
-                count("impersonate", lambda: server.open_session(f"good-{i}", f"good-{i}/r{k}", split, 16,
-                                                                 credential=ids["mallory"]))
+                count("impersonate", lambda i=i, k=k: server.open_session(f"good-{i}", f"good-{i}/r{k}", split, 16,
+                                                                          credential=ids["mallory"]))
                 count("rotate", lambda: server.open_session(f"rot-{rng.random()}", "r", split, 16,
                                                             credential=ids["mallory"]))
                 count("flood", lambda: mine.open_session("mallory", f"m/{rng.random()}", split, 16))

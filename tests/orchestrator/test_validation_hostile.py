@@ -165,10 +165,8 @@ def test_slicer_run_refuses_each_hostile_file_quickly(hostile_dir, tmp_path):
     ``slicer.policies`` (~650 MB RSS; 2 s idle, 10 s at load average 12 on 2 cores)."""
     files = [str(hostile_dir / f"{n}.yaml") for n in sorted(HOSTILE)]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _CHILD, *files], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path, env=env)
-    child_s = time.perf_counter() - t0
+                          cwd=tmp_path, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rep = json.loads(proc.stdout.strip().splitlines()[-1])
     assert rep["heavy_modules"] == [], rep["heavy_modules"]  # refused before any model or Ray work
