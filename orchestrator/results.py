@@ -162,6 +162,10 @@ def build_summary(workload: dict, records: list[dict], server_stats: dict, decis
             "rejected": server_stats.get("rejected", []),
             "node": server_stats.get("node"),
             "config": server_stats.get("config", {}),
+            # measured in the server process (segment-only weights: the units it loaded)
+            "rss_bytes": server_stats.get("rss_bytes"),
+            "weight_bytes": server_stats.get("weight_bytes"),
+            "loaded_units": server_stats.get("loaded_units"),
         },
         "policy": {"decisions": len(decisions), "replans": sum(1 for d in decisions if d.get("trigger") != "register")},
         "totals": {
