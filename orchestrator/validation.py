@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from slicer.orchestrator.workload import Workload, WorkloadError
+from slicer.orchestrator.yamlload import short
 
 
 def model_max_positions(model_ref: Any) -> int | None:
@@ -38,7 +39,7 @@ def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, 
     ``profile.layers``) with ``max_positions`` tokens of context (None: unknown)."""
     n = int(profile.num_layers)
     if wl.policy.split is not None and not 1 <= wl.policy.split <= n - 1:
-        raise WorkloadError(f"workload field policy.split={wl.policy.split} is invalid for model {wl.model!r}: "
+        raise WorkloadError(f"workload field policy.split={wl.policy.split} is invalid for model {short(wl.model)}: "
                             f"allowed 1..{n - 1} (the model has {n} units; for none on the edge or all of them "
                             "use policy cloud-only or edge-only)")
     ctx = int(longest_prompt_tokens) + int(wl.max_new_tokens)
