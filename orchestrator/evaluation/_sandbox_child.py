@@ -656,7 +656,7 @@ def verifier_main(cfg: dict, job: dict, applied: dict, missing: dict) -> None:
     except (ValueError, OSError):
         head = None
     if not isinstance(head, dict):
-        finish(error="program process ended before it started")
+        finish(error="failed: the program process ended before it started")
     out["program_layers"], out["program_missing"] = head.get("layers", {}), head.get("missing", {})
     if head.get("refused"):
         finish(refused=head["refused"])
@@ -667,9 +667,10 @@ def verifier_main(cfg: dict, job: dict, applied: dict, missing: dict) -> None:
         own = None
     status = own.get("self") if isinstance(own, dict) else None
     if not isinstance(status, str):
-        finish(error="program process ended before its tests finished")
+        finish(error="failed: the program process ended before its tests finished")
     if status != "passed":
-        finish(error=status[:400])  # the program's own words, kept only to explain a failure
+        # The program's own words, kept only to explain a failure.
+        finish(error=status[:400] if status == "memory" or status.startswith("failed: ") else f"failed: {status[:400]}")
     if job.get("test") is None:
         finish(passed=True, self_reported=True)  # run_program: nothing to verify
 
