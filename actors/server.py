@@ -78,6 +78,10 @@ class ServerConfig:
     one session per request, so more is a loop or abuse."""
     open_burst: int = 200
     """Opens one identity may make at once before ``open_rate_per_s`` applies."""
+    kv_kept_per_idle_device: int = 0
+    """With identities: KV bytes kept free for each registered device that holds no
+    session (the runner sets one request's worst case), so devices holding sessions
+    cannot take the KV a device with none needs for its next request."""
 
 
 def _is_int(v: Any) -> bool:
@@ -262,13 +266,17 @@ class Server:
                              f"of max_kv_bytes_per_device={self.cfg.max_kv_bytes_per_device}")
             if len(self._sessions) >= self.cfg.max_sessions:
                 self._reject(device_id, "sessions", f"server holds {len(self._sessions)} sessions, limit max_sessions={self.cfg.max_sessions}")
-            kept = self._kept_for_others_locked(device_id) if mine else 0
-            if len(self._sessions) + 1 > self.cfg.max_sessions - kept:
-                self._reject(device_id, "sessions", f"device holds {len(mine)} sessions and the last {kept} free of "
+            # Reservations bind a device that already holds a session: one with none is
+            # never refused for them (were the server too small for all, nobody would start).
+            idle = self._idle_identities_locked(device_id) if mine else 0
+            if len(self._sessions) + 1 > self.cfg.max_sessions - idle:
+                self._reject(device_id, "sessions", f"device holds {len(mine)} sessions and the last {idle} free of "
                              f"max_sessions={self.cfg.max_sessions} are kept for registered devices that hold none")
-            if self.reserved_kv_bytes + kv > self.cfg.max_kv_bytes:
+            kept_kv = idle * self.cfg.kv_kept_per_idle_device
+            if self.reserved_kv_bytes + kv > self.cfg.max_kv_bytes - kept_kv:
                 self._reject(device_id, "kv", f"session needs {kv} KV bytes; {self.reserved_kv_bytes} of "
-                             f"max_kv_bytes={self.cfg.max_kv_bytes} already reserved")
+                             f"max_kv_bytes={self.cfg.max_kv_bytes} already reserved"
+                             + (f" and {kept_kv} kept for {idle} registered devices that hold none" if kept_kv else ""))
             sid = f"{device_id}/{request_id}/{next(self._ids)}"
             # The server half of the request (``slicer.actors.models.generate``): units
             # [split, n) with this session's own KV cache.
@@ -362,9 +370,10 @@ class Server:
             for k in [k for k, (n, t0) in self._buckets.items() if n + (now - t0) * rate >= cap]:
                 del self._buckets[k]
 
-    def _kept_for_others_locked(self, device_id: str) -> int:
-        """Free sessions kept for registered devices other than ``device_id`` that hold
-        none, so a device taking extra sessions can never lock out one that has none."""
+    def _idle_identities_locked(self, device_id: str) -> int:
+        """Registered devices other than ``device_id`` that hold no session: one session
+        (and ``kv_kept_per_idle_device`` KV bytes) is kept free for each, so devices
+        taking extra sessions can never lock out one that has none."""
         if self._identities is None:
             return 0
         holding = {s.device_id for s in self._sessions.values()}

@@ -34,6 +34,7 @@ from typing import Any, Callable, TextIO
 
 from slicer.orchestrator import results as R
 from slicer.orchestrator.workload import Workload, WorkloadError, load_prompts
+from slicer.orchestrator.yamlload import short
 
 
 @dataclass
@@ -73,13 +74,13 @@ def make_requests(wl: Workload, model_ref: str | None = None, vocab_size: int | 
             if tok is None:
                 tok = tokenizer_for(model_ref or wl.model_ref())
                 if tok is None:
-                    raise WorkloadError(f"inputs.prompts[{i}] is text but model {wl.model!r} has no tokenizer: "
+                    raise WorkloadError(f"inputs.prompts[{i}] is text but model {short(wl.model)} has no tokenizer: "
                                         "give prompts as lists of token ids")
             ids = list(tok(p)["input_ids"])
         else:
             ids = [int(t) for t in p]
         if not ids:
-            raise WorkloadError(f"inputs.prompts[{i}]={p!r} tokenizes to nothing")
+            raise WorkloadError(f"inputs.prompts[{i}]={short(p)} tokenizes to nothing")
         if vocab_size and max(ids) >= vocab_size:
             raise WorkloadError(f"inputs.prompts[{i}] holds token id {max(ids)}: allowed ids < vocab size {vocab_size}")
         ids_list.append(ids)
@@ -178,15 +179,22 @@ def policy_config(wl: Workload, requests: dict[str, list[dict]]):
                         front_precision=None if wl.precision == "auto" else wl.precision, adapt=wl.policy.adapt)
 
 
-def server_config(wl: Workload):
+def server_config(wl: Workload, profile: Any = None, requests: dict[str, list[dict]] | None = None):
+    """The server's limits. With the model's ``profile`` and the run's ``requests``, one
+    request's worst-case KV is kept free for every device holding no session."""
     from slicer.actors.server import ServerConfig
+    from slicer.orchestrator.validation import request_kv_bytes
 
     s = wl.server
+    kept = 0
+    if profile is not None and requests:
+        kept = request_kv_bytes(wl, profile, max(len(r["prompt_ids"]) for rs in requests.values() for r in rs))
     return ServerConfig(max_batch=s.max_batch, batch_window_ms=s.batch_window_ms, batching=s.batching,
                         max_sessions=s.max_sessions, max_kv_bytes=int(s.max_kv_mb * 2**20),
                         max_payload_bytes=s.max_payload_bytes, max_sessions_per_device=s.max_sessions_per_device,
                         max_kv_bytes_per_device=int(s.max_kv_mb_per_device * 2**20),
-                        session_ttl_s=s.session_ttl_s, open_rate_per_s=s.open_rate_per_s, open_burst=s.open_burst)
+                        session_ttl_s=s.session_ttl_s, open_rate_per_s=s.open_rate_per_s, open_burst=s.open_burst,
+                        kv_kept_per_idle_device=kept)
 
 
 def make_identities(wl: Workload) -> dict[str, str]:
@@ -245,7 +253,7 @@ def run_inprocess(wl: Workload, *, model: Any = None, planner: Callable | None =
     requests = make_requests(wl, model_ref, int(getattr(model.config, "vocab_size", 0) or 0))
     _check_model_fit(wl, model.profile, model_ref, requests)
     identities = make_identities(wl)
-    server = Server(model, server_config(wl), identities=identities)
+    server = Server(model, server_config(wl, model.profile, requests), identities=identities)
     policy = Policy(policy_config(wl, requests), model.profile, planner=planner)
     edges = {}
     group_dev = {id(g): d for g, d in zip(wl.devices, devices["groups"])}
@@ -391,7 +399,7 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
     # Restarts: the server's sessions are rebuilt by the edges' replay (actors.recovery),
     # an edge's request is resubmitted by the driver (orchestrator.faults.Resubmitter).
     identities = make_identities(wl)
-    server = RA.make_server(model_ref, server_config(wl), trace=trace, max_restarts=faults.SERVER_MAX_RESTARTS,
+    server = RA.make_server(model_ref, server_config(wl, profile, requests), trace=trace, max_restarts=faults.SERVER_MAX_RESTARTS,
                             identities=identities, device=devices["server"], dtype=wl.server.dtype, **where_to["server"])
     handles += [policy, server]
     edges = {}

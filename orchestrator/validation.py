@@ -32,6 +32,12 @@ def model_max_positions(model_ref: Any) -> int | None:
         return None
 
 
+def request_kv_bytes(wl: Workload, profile: Any, longest_prompt_tokens: int) -> int:
+    """The most KV-cache bytes one request of ``wl`` can hold on the server: its longest
+    context at split 0 (cloud-only keeps every layer's cache there)."""
+    return int(profile.kv_bytes_per_token(0, int(profile.num_layers))) * (int(longest_prompt_tokens) + int(wl.max_new_tokens))
+
+
 def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, *, max_positions: int | None = None,
                         max_tokens_per_session: int = 4096) -> None:
     """Raise ``WorkloadError`` naming the field when the workload cannot run on the model
@@ -52,7 +58,7 @@ def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, 
         raise WorkloadError(f"workload field max_new_tokens={wl.max_new_tokens}: a request reaches {ctx} tokens, more "
                             f"than the server's per-session limit of {max_tokens_per_session}")
     # Worst case: cloud-only (split 0) holds the KV cache of every layer on the server.
-    kv = int(profile.kv_bytes_per_token(0, n)) * ctx
+    kv = request_kv_bytes(wl, profile, longest_prompt_tokens)
     cap = int(wl.server.max_kv_mb * 2**20)
     if kv > cap:
         raise WorkloadError(f"workload field server.max_kv_mb={wl.server.max_kv_mb:g} cannot hold one request: its KV "

@@ -413,3 +413,17 @@ def test_booleans_and_floats_are_not_integers(tiny_model, split, max_tokens, nee
     with pytest.raises(AdmissionError, match=re.escape(needle)):
         server.open_session("d", "r", split, max_tokens)
     assert server.stats()["open_sessions"] == 0
+
+
+def test_kv_is_kept_for_registered_devices_that_hold_none(tiny_model):
+    kv = int(tiny_model.profile.kv_bytes_per_token(2, tiny_model.num_units)) * 16  # one session
+    server = Server(tiny_model, ServerConfig(max_kv_bytes=6 * kv, max_kv_bytes_per_device=6 * kv,
+                                             max_sessions_per_device=10, kv_kept_per_idle_device=kv), identities=IDS)
+    held = [server.open_session("mallory", "m/r0", 2, 16, credential=IDS["mallory"])]
+    with pytest.raises(AdmissionError, match=rf"and {2 * kv} kept for 2 registered devices that hold none"):
+        while True:
+            held.append(server.open_session("mallory", f"m/r{len(held)}", 2, 16, credential=IDS["mallory"]))
+    assert len(held) == 4 and server.stats()["reserved_kv_bytes"] == 4 * kv
+    server.open_session("victim", "v/r0", 2, 16, credential=IDS["victim"])
+    server.open_session("other", "o/r0", 2, 16, credential=IDS["other"])
+    assert server.stats()["reserved_kv_bytes"] == 6 * kv

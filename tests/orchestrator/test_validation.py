@@ -76,3 +76,17 @@ def test_infeasible_budget_names_the_binding_constraint_everywhere(model_dir):
     ok = run_inprocess(_wl(model_dir, devices=[{"class": "raspberry-pi-5", "budgets": {"memory_mb": 100}}]))
     assert ok.records[0]["plan_feasible"] is not False
     assert "no plan meets" not in R.format_table(ok.summary)
+
+
+def test_one_requests_kv_is_kept_for_each_idle_device(model_dir):
+    from slicer.actors.models import profile_from_config
+    from slicer.orchestrator.runner import make_requests, server_config
+    from slicer.orchestrator.validation import request_kv_bytes
+
+    wl = _wl(model_dir, max_new_tokens=5)
+    prof = profile_from_config(str(model_dir))
+    reqs = make_requests(wl, vocab_size=97)
+    kv = request_kv_bytes(wl, prof, 3)
+    assert kv == int(prof.kv_bytes_per_token(0, prof.num_layers)) * (3 + 5) > 0
+    assert server_config(wl, prof, reqs).kv_kept_per_idle_device == kv
+    assert server_config(wl).kv_kept_per_idle_device == 0  # no model known: nothing kept
