@@ -70,7 +70,8 @@ class SandboxLimits:
     """Layers without which nothing runs (``SandboxUnavailable``)."""
     accept_weaker: bool = False
     """Run even where a required layer cannot be applied (each result still lists what
-    was missing and why). For kernels without Landlock or namespaces, by explicit choice."""
+    was missing and why). For kernels without Landlock or namespaces, by explicit choice.
+    Without both the PID namespace and seccomp, processes a program starts can outlive it."""
     skip_layers: tuple[str, ...] = ()
     """Layers not to apply (of ``SKIPPABLE``); a skipped required layer refuses like a
     missing one. For finding which layer a program trips over, and for the tests."""
@@ -270,9 +271,12 @@ def _result(res: dict) -> SandboxResult:
         return SandboxResult(True, "", **common)
     if res.get("timed_out"):
         return SandboxResult(False, "timeout", **common)
-    error = str(res.get("error") or "failed: no verdict")
+    error = str(res.get("error") or "")
+    if not error:  # the verifier died without a verdict: say what it printed
+        tail = str(res.get("verifier_output", "")).strip().splitlines()[-1:] or ["no output"]
+        error = f"failed: no verdict (verifier: {tail[0][:300]})"
     crashed = exit_code is not None and exit_code < 0 and exit_code != -signal.SIGKILL
-    if crashed and ("ended" in error or error == "failed: no verdict"):
+    if crashed and ("ended" in error or error.startswith("failed: no verdict")):
         sig = -exit_code
         if sig == signal.SIGXCPU:
             return SandboxResult(False, "timeout", **common)
