@@ -263,3 +263,27 @@ def test_exceptions_meet_the_tests_except_clauses_as_in_one_process(sb, raised, 
     r = sb.check(prompt, f"    raise {raised}\n", test, "f")
     assert r.passed is passes, r
     assert _human_eval(f"    raise {raised}\n", prompt, test, "f") is passes
+
+
+@pytest.mark.parametrize("answer", [
+    '{"r": {"": ["<f8", [1]]}, "m": [null]}',  # an empty tag ("" in "na" was once true)
+    '{"r": {"n": ["<i8", 1000000000000000000000000000000]}, "m": [null]}',  # overflows int64
+    '{"r": {"n": ["object", 1]}, "m": [null]}',  # not a numeric dtype
+    '{"r": {"a": ["<f8", [2], [1.0]]}, "m": [null]}',  # data and shape disagree
+    '{"r": {"s": [[1]]}, "m": [null]}',  # an unhashable set member
+    '{"r": {"d": [[[1], 2]]}, "m": [null]}',  # an unhashable key
+    '{"r": ' + "[" * 5000 + "]" * 5000 + ', "m": [null]}',  # nested past any limit
+    '{"r": 1, "m": [null, null, null]}',  # changed arguments that were never passed
+    '{"e": 5, "msg": "", "b": false}',  # an exception without a name
+    '"passed"',
+], ids=["unknown-tag", "int64-overflow", "object-dtype", "shape", "unhashable-member", "unhashable-key", "deep",
+        "extra-arguments", "nameless-exception", "not-an-object"])
+def test_malformed_answers_fail_even_when_the_test_swallows_exceptions(sb, answer):
+    prompt = 'def f(x):\n    """Identity."""\n'
+    # The program's own run of the test (the first call) is honest; the verifier's call
+    # gets the forged answer, written ahead of the real one.
+    body = ("    global _n\n    _n = globals().get('_n', 0) + 1\n    if _n > 1:\n        import os, struct\n"
+            f"        b = {answer.encode()!r}\n        os.write(4, struct.pack('>I', len(b)) + b)\n    return x\n")
+    test = "def check(candidate):\n    try:\n        candidate(1)\n    except Exception:\n        pass\n"
+    r = sb.check(prompt, body, test, "f")
+    assert not r.passed, r
