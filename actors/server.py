@@ -221,7 +221,9 @@ class Server:
 
         ``credential``: the device's, when the server has ``identities``. ``supersedes``:
         the token of an earlier session of the same device and request to replace (the
-        edge's recovery path); a token that is not this device's is refused. With
+        edge's recovery path); the token of another device's or request's session is
+        refused, and one that opens no session (a guess, a session gone with a restarted
+        server) replaces nothing. With
         identities, a new session of a (device, request) that already has one replaces it
         too: the device's actor was restarted (``slicer.orchestrator.faults``) and holds
         the driver-issued credential but not the old token."""
@@ -292,7 +294,7 @@ class Server:
             self.requests_by_device[device_id] += 1
             self.meter.sessions = len(self._sessions)
         if self.metrics is not None:
-            self.metrics.on_request()
+            self.metrics.on_request(device_id)
         return f"{sid}.{secret}"
 
     def close_session(self, session_id: str, trace_ctx: dict | None = None) -> dict[str, Any]:
@@ -366,8 +368,7 @@ class Server:
                          f"open_rate_per_s={rate:g}; next allowed in {(1.0 - tokens) / rate:.3f} s")
         self._buckets[device_id] = (tokens - 1.0, now)
         if len(self._buckets) > 4096:  # a full bucket is the same as none: keep the table small
-            cap = burst - 1.0
-            for k in [k for k, (n, t0) in self._buckets.items() if n + (now - t0) * rate >= cap]:
+            for k in [k for k, (n, t0) in self._buckets.items() if n + (now - t0) * rate >= burst]:
                 del self._buckets[k]
 
     def _idle_identities_locked(self, device_id: str) -> int:
