@@ -4,8 +4,11 @@ A workload names the model, the inputs, the device groups (class, count, link, b
 emulation, scripted link changes), the policy, the codec, the mode, how many requests
 each device sends and how long they generate, and the server's limits. ``load_workload``
 parses and validates it; every error names the field (as a dotted path), the bad value
-and what is allowed, and unknown fields are rejected (a typo never silently becomes a
-default).
+(quoted short) and what is allowed, unknown fields are rejected (a typo never silently
+becomes a default), and all errors of a file come in one ``WorkloadError``. Every number
+is finite and never a boolean; each number field's range is in its docstring (a range
+given as "> 0" is also at most ``MAX_NUMBER`` = 1e15). The file itself is read by
+``slicer.orchestrator.yamlload`` (size cap, UTF-8, no aliases, no duplicate keys).
 
 Example (``examples/quickstart.yaml``)::
 
@@ -135,13 +138,13 @@ class LinkSpec:
 
     rate_mbps: float = 20.0
     """Transmission rate R in megabits per second (20: below the default channel's
-    capacity W·log2(1+γ) = 34.6 Mbit/s, so a device with no link given is feasible)."""
+    capacity W·log2(1+γ) = 34.6 Mbit/s, so a device with no link given is feasible; > 0)."""
     snr_db: float = linear_to_db(DEFAULT_SNR)
-    """Average signal-to-noise ratio γ in dB (10 dB)."""
+    """Average signal-to-noise ratio γ in dB (10 dB; -50..100)."""
     epsilon: float = DEFAULT_EPSILON
     """Outage probability target ε in (0, 1) of the ε-outage latency (0.001)."""
     bandwidth_hz: float = DEFAULT_BANDWIDTH_HZ
-    """Channel bandwidth W in hertz (10 MHz)."""
+    """Channel bandwidth W in hertz (10 MHz; > 0)."""
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -152,15 +155,15 @@ class LinkChange:
     """A scripted change of a device's link, applied before one of its requests."""
 
     at_request: int
-    """Index (0-based) of the device's request before which the link changes."""
+    """Index (0-based, >= 0) of the device's request before which the link changes."""
     rate_mbps: float | None = None
-    """New rate; None keeps the current one."""
+    """New rate (> 0); None keeps the current one."""
     snr_db: float | None = None
-    """New SNR; None keeps the current one."""
+    """New SNR (-50..100 dB); None keeps the current one."""
     epsilon: float | None = None
-    """New outage target; None keeps the current one."""
+    """New outage target (in (0, 1)); None keeps the current one."""
     bandwidth_hz: float | None = None
-    """New bandwidth; None keeps the current one."""
+    """New bandwidth (> 0); None keeps the current one."""
 
     def apply(self, link: LinkSpec) -> LinkSpec:
         changes = {k: v for k, v in dataclasses.asdict(self).items() if k != "at_request" and v is not None}
@@ -173,14 +176,14 @@ class BudgetSpec:
 
     latency_ms: float | None = None
     """Latency budget D per output token in milliseconds (the planner's per-step budget,
-    Eq. 2; the hand-off step gets w times it, Eq. 5); None: the policy's default (1 s)."""
+    Eq. 2; the hand-off step gets w times it, Eq. 5; > 0); None: the policy's default (1 s)."""
     memory_mb: float | None = None
-    """Memory budget M of the device for weights + KV cache in MiB; None: unconstrained."""
+    """Memory budget M of the device for weights + KV cache in MiB (> 0); None: unconstrained."""
     handoff_ms: float | None = None
     """Budget of the hand-off step L_AR(ℓ, w, R) (Eq. 5) in milliseconds; None: w times
-    ``latency_ms`` (the average per-token latency up to the hand-off meets D)."""
+    ``latency_ms`` (the average per-token latency up to the hand-off meets D). > 0."""
     ar_buffer_kb: float | None = None
-    """M_ar: cap on the hand-off payload B(x_ℓ^w) in kB (Eq. 6); None: no cap."""
+    """M_ar: cap on the hand-off payload B(x_ℓ^w) in kB (Eq. 6; > 0); None: no cap."""
     min_accuracy: float | None = None
     """Accuracy floor in [0, 1]: settings the accuracy table (or the prior) scores below it
     are never chosen; None: no floor."""
@@ -193,10 +196,10 @@ class EmulationSpec:
 
     slowdown: float = 1.0
     """The device computes this many times slower than this machine: after each measured
-    compute interval it sleeps ``(slowdown - 1) ×`` that interval. 1 = no emulation."""
+    compute interval it sleeps ``(slowdown - 1) ×`` that interval. 1 = no emulation (1..1000)."""
     memory_mb: float | None = None
     """Emulated memory cap in MiB: a plan whose front segment and KV cache exceed it is
-    refused by the device (and the policy is told). None: no cap."""
+    refused by the device (and the policy is told; > 0). None: no cap."""
     link: bool = False
     """Delay each payload by Eq. 1's ε-outage latency of its real size over ``link``
     (the wire is loopback otherwise)."""
@@ -214,7 +217,7 @@ class DeviceGroup:
     """Device class (YAML key ``class``): a name from ``slicer.policies.devices``' catalog, and
     the ``device-class`` label of the nodes its actors go to."""
     count: int = 1
-    """Number of devices in the group."""
+    """Number of devices in the group (1..256; at most 4096 devices in a workload)."""
     name: str = ""
     """Prefix of the devices' ids (default: the class): ids are ``NAME-0``, ``NAME-1``..."""
     link: LinkSpec = field(default_factory=LinkSpec)
@@ -230,7 +233,7 @@ class DeviceGroup:
     rate_mbps: 20}, {t_s: 5, rate_mbps: 1}]`` or a CSV/YAML file of them (relative to the
     workload's folder). Seconds count from the device's first request."""
     requests: int | None = None
-    """Requests per device of this group; None: the workload's ``requests``."""
+    """Requests per device of this group (1..100000); None: the workload's ``requests``."""
     device: str = "auto"
     """Where the group's edge actors compute: ``auto`` (CUDA where their node has a GPU,
     else CPU), ``cpu`` or ``cuda`` (placed with ``num_gpus: 1``; a cluster without a GPU
@@ -305,9 +308,9 @@ class PolicySpec:
     name: str = "slicer"
     """One of ``slicer``, ``cloud-only``, ``edge-only``, ``fixed``, ``neurosurgeon``, ``opsc``."""
     split: int | None = None
-    """``fixed`` only: the split layer ℓ."""
+    """``fixed`` only: the split layer ℓ (0..10000, then checked against the model: 1..n-1)."""
     offload_step: int | None = None
-    """``fixed`` only: the offload step w (1 = per-token split from the first step)."""
+    """``fixed`` only: the offload step w (1 = per-token split from the first step; 1..100000)."""
     replan: bool = True
     """Re-plan a device when its reported link or memory changes."""
     adapt: bool = False
@@ -341,12 +344,12 @@ class Workload:
     """``auto`` (the plan's mode), ``split`` (per-token split from the first step),
     ``local-then-offload``, ``edge-only`` or ``cloud-only`` (forces that mode)."""
     requests: int = 2
-    """Requests per device."""
+    """Requests per device (1..100000)."""
     max_new_tokens: int = 8
-    """Tokens generated per request (greedy)."""
+    """Tokens generated per request (greedy; 1..4096)."""
     seed: int = 0
     """Seed of everything random: the codec's seed (its rotation and tie-breaks) unless the
-    codec spec names one."""
+    codec spec names one (0..2**32-1)."""
     server: ServerSpec = field(default_factory=ServerSpec)
     """Server limits."""
     base_dir: str = "."
