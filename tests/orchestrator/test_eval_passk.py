@@ -57,7 +57,7 @@ def test_cli_scores_samples_with_hostile_completions(tmp_path, capsys):
     sp.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in samples))
     out = tmp_path / "report.json"
     rc = main(["eval", "--task", str(TASKS / "humaneval_mini.jsonl"), "--samples", str(sp), "--json", str(out),
-               "--k", "1,2", "--timeout-s", "2", "--memory-mb", "256"])
+               "--k", "1,2", "--timeout-s", "4", "--memory-mb", "256"])  # 4 s: the bomb must meet the memory limit first on a loaded machine
     assert rc == 0
     rep = json.loads(out.read_text())
     assert rep["task"] == "humaneval_mini"
