@@ -64,8 +64,9 @@ def auth_headers() -> dict[str, str]:
 
 def normalize_address(address: str | None) -> str:
     """The dashboard URL: ``--address``, else ``RAY_API_SERVER_ADDRESS``/``RAY_ADDRESS`` when
-    they are http(s) URLs, else ``http://127.0.0.1:8265`` (what ``ray dashboard
-    clusters/<file>.yaml`` tunnels to). ``HOST:PORT`` gets ``http://``."""
+    they are http(s) URLs, else the `slicer cluster up` cluster's, else
+    ``http://127.0.0.1:8265`` (what ``ray dashboard clusters/<file>.yaml`` tunnels to).
+    ``HOST:PORT`` gets ``http://``."""
     if not address:
         for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
             v = os.environ.get(var, "")
@@ -73,7 +74,9 @@ def normalize_address(address: str | None) -> str:
                 address = v
                 break
         else:
-            address = DEFAULT_ADDRESS
+            from slicer.orchestrator.cluster import read_state
+
+            address = (read_state() or {}).get("dashboard_url") or DEFAULT_ADDRESS
     if "://" not in address:
         address = "http://" + address
     if not address.startswith(("http://", "https://")):
@@ -168,8 +171,10 @@ def sys_python() -> str:
 
 def submit_workload(address: str | None, workload: str | None, *, working_dir: str | None = None,
                     entrypoint: str | None = None, extra_args: list[str] | None = None,
-                    timeout_s: float = 30.0) -> Submission:
-    """Submit ``slicer run WORKLOAD`` (or ``entrypoint``) as a Ray job; returns at once."""
+                    timeout_s: float = 120.0) -> Submission:
+    """Submit ``slicer run WORKLOAD`` (or ``entrypoint``) as a Ray job; returns once Ray has
+    it. The dashboard answers the submission only after starting the job's supervisor
+    actor (a new worker process): 30 s timed out on a loaded 2-core machine, hence 120 s."""
     wd = Path(working_dir or os.getcwd()).resolve()
     if not wd.is_dir():
         raise JobError(f"--working-dir {str(wd)!r} is not a folder")

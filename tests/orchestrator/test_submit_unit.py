@@ -98,12 +98,16 @@ def test_big_run_folder_comes_back_as_summary_only(tmp_path, monkeypatch):
     (None, {"RAY_API_SERVER_ADDRESS": "https://head:443"}, "https://head:443"),
     (None, {"RAY_ADDRESS": "10.0.0.5:6379"}, "http://127.0.0.1:8265"),  # a GCS address is not the dashboard
 ])
-def test_normalize_address(monkeypatch, given, env, expected):
+def test_normalize_address(monkeypatch, tmp_path, given, env, expected):
     for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    monkeypatch.setenv("SLICER_HOME", str(tmp_path))  # no `slicer cluster up` record
     assert J.normalize_address(given) == expected
+    # with a `slicer cluster up` record, its dashboard is the default (not over an explicit one)
+    (tmp_path / "cluster.json").write_text('{"id": "x", "address": "127.0.0.1:7", "dashboard_url": "http://127.0.0.1:9"}')
+    assert J.normalize_address(given) == (expected if given or env.get("RAY_API_SERVER_ADDRESS") else "http://127.0.0.1:9")
 
 
 def test_ray_client_address_is_refused():
