@@ -104,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         from slicer.orchestrator.evaluation.harness import run_model_eval
 
         torch.set_num_threads(args.threads)
+        print(f"slicer eval: {args.model} on {task.name}: loading the model, then scoring "
+              f"{'the split model' if args.no_unsplit else 'the unsplit model, then the split model'}...",
+              file=sys.stderr, flush=True)
         try:
             report = run_model_eval(args, task, limits, ks)
         except (ValueError, SandboxUnavailable) as e:  # bad split, codec, policy, device, tokenizer; no sandbox
@@ -130,7 +133,12 @@ def _print_samples(rep: dict) -> None:
 
 
 def _print_model(rep: dict) -> None:
-    print(f"task {rep['task']} ({rep['shape']}), model {rep['model']}, plan {rep['plan']}")
+    pl = rep["plan"]
+    mode = pl["mode"] + (f" w={pl['offload_step']}" if pl.get("offload_step") is not None else "")
+    front = f", front {pl['front_bits']}-bit" if pl.get("front_bits") else ""
+    note = f" ({pl['note']})" if pl.get("note") else ""
+    print(f"task {rep['task']} ({rep['shape']}), model {rep['model']}: split {pl['split']}/{pl['num_units']}, "
+          f"{mode}, codec {pl['codec']}{front}{note}")
     if rep.get("policy_plan"):
         pp = rep["policy_plan"]
         print(f"  from policy {pp.get('policy')}: split {pp.get('split')}, w {pp.get('offload_step')}, "

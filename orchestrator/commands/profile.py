@@ -380,6 +380,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"slicer profile: cannot load {args.model!r}: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    print(f"slicer profile: timing {model.num_units} units at contexts {', '.join(map(str, contexts))} and "
+          f"{len(specs)} codec setting(s), {args.reps} reps each (tens of seconds)...", file=sys.stderr, flush=True)
     prof, dev = measure_profile(model, device_name=device, contexts=contexts, prefill_tokens=args.prefill_tokens,
                                 reps=args.reps, codec_specs=specs, model_name=args.model, clock=args.clock)
     save_measured(out, prof, dev)

@@ -50,7 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--windows", type=int, default=2, help="text windows per configuration")
     p.add_argument("--objectives", default="fidelity:max,bits_per_element:min,predicted_step_ms:min",
                    help="Pareto objectives NAME:max|min (fields of the CSV)")
-    p.add_argument("--out", default="runs/sweep", help="output folder (sweep.csv, front.csv, sweep.png, sweep.json)")
+    p.add_argument("--out", default=None,
+                   help="output folder (sweep.csv, front.csv, sweep.png, sweep.json; default runs/<time>-sweep)")
+    p.add_argument("--force", action="store_true", help="write into an existing, non-empty --out folder")
 
 
 def _list(s: str, cast, name: str, sep: str = ","):
@@ -69,6 +71,20 @@ def _front_bits(s: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
+    from slicer.orchestrator import results as R
+
+    refused = R.refuse_existing(args.out, args.force)
+    if refused:
+        print(f"slicer sweep: {refused}", file=sys.stderr)
+        return 2
+    if args.out is None:
+        args.out = f"runs/{time.strftime('%Y%m%d-%H%M%S')}-sweep"
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from slicer.actors.models import load_model

@@ -194,14 +194,14 @@ def test_submit_checks_the_workload_before_contacting_the_cluster(tmp_path, caps
 
 
 @pytest.mark.parametrize("argv", [["run", "--in-process"], ["logs", "raysubmit_x", "--fetch"],
-                                  ["submit", "--wait", "--entrypoint", "true"]])
+                                  ["submit", "--wait", "--entrypoint", "true"], ["sweep", "--predict-only"]])
 def test_out_refuses_an_existing_folder_without_force(tmp_path, capsys, argv):
     from slicer.orchestrator.cli import main
 
     out = tmp_path / "out"
     out.mkdir()
     (out / "summary.json").write_text("{}")
-    rc = main([*argv, "--out", str(out), "--address", "http://127.0.0.1:1"] if argv[0] != "run"
+    rc = main([*argv, "--out", str(out), "--address", "http://127.0.0.1:1"] if argv[0] in ("logs", "submit")
               else [*argv, "--out", str(out)])
     assert rc == 2 and "exists and is not empty" in capsys.readouterr().err
     assert (out / "summary.json").read_text() == "{}"
