@@ -19,3 +19,21 @@ def test_help_renders(argv, capsys):
         main(argv)
     assert e.value.code == 0
     assert "usage: slicer" in capsys.readouterr().out
+
+
+def test_ctrl_c_ends_with_one_line(monkeypatch, capsys):
+    from slicer.orchestrator.commands import load
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(load, "run", interrupted)
+    assert main(["load", "some-run"]) == 130
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.strip().splitlines() == ["slicer load: interrupted"]
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("slicer ")
