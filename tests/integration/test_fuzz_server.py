@@ -104,7 +104,10 @@ def test_corrupt_payloads_from_one_device_while_seven_generate(tiny_model_dir):
     torch.set_num_threads(1)
     model = load_model(str(tiny_model_dir))
     hidden = TINY_LLAMA["hidden_size"]
-    server = Server(model, ServerConfig(max_batch=8, batch_window_ms=3, max_payload_bytes=MAX_PAYLOAD))
+    # The server's own copy of the model, as in its actor (a separate process): the edges'
+    # fronts run in their own threads meanwhile.
+    server = Server(load_model(str(tiny_model_dir)), ServerConfig(max_batch=8, batch_window_ms=3,
+                                                                  max_payload_bytes=MAX_PAYLOAD))
     srv = LoopServer(server)
     rng = random.Random(1234)
     results: dict[str, list[dict]] = {}
