@@ -166,39 +166,73 @@ class LoadMeter:
             return dict(self._compute_total)
 
 
-class ServerMetrics:
-    """``ray.util.metrics`` for the server; silently off when not in a Ray process."""
+#: Metric names as Prometheus shows them (Ray adds ``ray_``; counters get ``_total``):
+#: a contract with ``slicer top`` and ``clusters/grafana-slicer.json``.
+METRICS = {
+    "requests": "slicer_server_requests",
+    "steps": "slicer_server_steps",
+    "tokens": "slicer_server_tokens",
+    "rejections": "slicer_server_rejections",
+    "busy": "slicer_server_busy_seconds",
+    "device_compute": "slicer_server_device_compute_seconds",
+    "queue": "slicer_server_queue_depth",
+    "queue_at_batch": "slicer_server_queue_depth_at_batch",
+    "kv": "slicer_server_kv_bytes",
+    "sessions": "slicer_server_sessions",
+    "batch": "slicer_server_batch_size",
+}
 
-    def __init__(self, server_name: str = "server"):
+
+class ServerMetrics:
+    """``ray.util.metrics`` for the server; silently off when not in a Ray process.
+
+    Every series carries ``run`` (the run's name, so runs sharing a cluster do not mix)
+    and the per-device ones ``device_class``. The queue is also observed at every batch
+    into a histogram: Ray exports gauges every few seconds, so a short run's
+    ``queue_depth`` gauge read 0 at every scrape while the queue reached 7 (NOTES.md);
+    a histogram accumulates and misses nothing."""
+
+    def __init__(self, server_name: str = "server", run: str = "", device_classes: dict[str, str] | None = None):
         self._on = False
+        self._classes = dict(device_classes or {})
         try:
             import ray
             from ray.util import metrics as m
 
             if not ray.is_initialized():
                 return
-            tags = ("server",)
-            self.requests = m.Counter("slicer_server_requests", "requests admitted", tag_keys=tags)
-            self.steps = m.Counter("slicer_server_steps", "decode/prefill steps computed", tag_keys=tags)
-            self.busy = m.Counter("slicer_server_busy_seconds", "seconds spent computing", tag_keys=tags)
-            self.device_compute = m.Counter(
-                "slicer_server_device_compute_seconds", "server compute seconds per device",
-                tag_keys=("server", "device"),
-            )
-            self.queue = m.Gauge("slicer_server_queue_depth", "steps waiting", tag_keys=tags)
-            self.kv = m.Gauge("slicer_server_kv_bytes", "bytes held in KV caches", tag_keys=tags)
-            self.sessions = m.Gauge("slicer_server_sessions", "open sessions", tag_keys=tags)
-            self.batch = m.Histogram(
-                "slicer_server_batch_size", "steps per batch", boundaries=[1, 2, 4, 8, 16, 32], tag_keys=tags
-            )
-            self._tags = {"server": server_name}
+            tags = ("server", "run")
+            per_class = ("server", "run", "device_class")
+            self.requests = m.Counter(METRICS["requests"], "sessions admitted", tag_keys=per_class)
+            self.steps = m.Counter(METRICS["steps"], "decode/prefill steps computed", tag_keys=tags)
+            self.tokens = m.Counter(METRICS["tokens"], "tokens computed (one per step)", tag_keys=per_class)
+            self.rejections = m.Counter(METRICS["rejections"], "session opens and steps refused",
+                                        tag_keys=("server", "run", "device_class", "what"))
+            self.busy = m.Counter(METRICS["busy"], "seconds spent computing", tag_keys=tags)
+            self.device_compute = m.Counter(METRICS["device_compute"], "server compute seconds per device",
+                                            tag_keys=("server", "run", "device_class", "device"))
+            self.queue = m.Gauge(METRICS["queue"], "steps waiting", tag_keys=tags)
+            self.queue_at_batch = m.Histogram(METRICS["queue_at_batch"], "steps waiting when a batch ends",
+                                              boundaries=[1, 2, 4, 8, 16, 32, 64], tag_keys=tags)
+            self.kv = m.Gauge(METRICS["kv"], "bytes held in KV caches", tag_keys=tags)
+            self.sessions = m.Gauge(METRICS["sessions"], "open sessions", tag_keys=tags)
+            self.batch = m.Histogram(METRICS["batch"], "steps per batch", boundaries=[1, 2, 4, 8, 16, 32], tag_keys=tags)
+            self._tags = {"server": server_name, "run": run or "-"}
             self._on = True
         except Exception:  # no ray, or metrics unavailable: the timeline still works
             self._on = False
 
-    def on_request(self) -> None:
+    def _cls(self, device: str | None) -> str:
+        return self._classes.get(device or "", "unknown")
+
+    def on_request(self, device: str | None = None) -> None:
         if self._on:
-            self.requests.inc(1, self._tags)
+            self.requests.inc(1, {**self._tags, "device_class": self._cls(device)})
+
+    def on_reject(self, what: str, device: str | None = None) -> None:
+        """``what``: ``open`` (a session refused) or ``step`` (a step refused)."""
+        if self._on:
+            self.rejections.inc(1, {**self._tags, "device_class": self._cls(device), "what": what})
 
     def on_batch(self, batch_size: int, busy_s: float, compute_s_by_device: dict[str, float]) -> None:
         if not self._on:
@@ -206,12 +240,19 @@ class ServerMetrics:
         self.steps.inc(batch_size, self._tags)
         self.busy.inc(max(0.0, busy_s), self._tags)
         self.batch.observe(batch_size, self._tags)
+        by_class: dict[str, int] = defaultdict(int)
         for dev, s in compute_s_by_device.items():
-            self.device_compute.inc(max(0.0, s), {**self._tags, "device": dev})
+            self.device_compute.inc(max(0.0, s), {**self._tags, "device_class": self._cls(dev), "device": dev})
+            # A device has one request in flight and a session one step at a time (the
+            # server refuses a second): one token per device in the batch.
+            by_class[self._cls(dev)] += 1
+        for cls, n in by_class.items():
+            self.tokens.inc(n, {**self._tags, "device_class": cls})
 
     def on_state(self, queue_depth: int, kv_bytes: int, sessions: int) -> None:
         if not self._on:
             return
         self.queue.set(queue_depth, self._tags)
+        self.queue_at_batch.observe(queue_depth, self._tags)
         self.kv.set(kv_bytes, self._tags)
         self.sessions.set(sessions, self._tags)

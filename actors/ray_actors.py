@@ -22,6 +22,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from slicer.actors.edge import EdgeConfig, EdgeDevice
 from slicer.actors.policy_actor import Policy, PolicyConfig
+from slicer.actors.protocol import AdmissionError
 from slicer.actors.server import Server, ServerConfig
 
 
@@ -141,11 +142,12 @@ class ServerShell:
     server's batching loop while one thread computes batches."""
 
     def __init__(self, model_ref: str, cfg: ServerConfig, trace: bool = False, identities: dict | None = None,
-                 device: str = "cpu", dtype: str | None = None):
+                 device: str = "cpu", dtype: str | None = None, metrics_tags: dict | None = None):
         """``identities``: device id -> credential (the driver's, at placement; Ray
         restarts the actor with the same ones, so a restarted server knows them).
         ``device``/``dtype``: the workload's ``server.device``/``server.dtype``
-        (``slicer.actors.models.devices``), resolved on this node."""
+        (``slicer.actors.models.devices``), resolved on this node. ``metrics_tags``:
+        ``ServerMetrics`` keywords (``run``, ``device_classes``)."""
         import transformers  # noqa: F401
 
         _quiet()
@@ -160,18 +162,27 @@ class ServerShell:
         dev = resolve_device(device, "server.device")
         self.info["device"] = dev
         model = load_model(model_ref, units=(0, 0), device=dev, dtype=resolve_dtype(dtype, dev))
-        self.server = Server(model, cfg, metrics=ServerMetrics(), identities=identities)
+        self.metrics = ServerMetrics(**(metrics_tags or {}))
+        self.server = Server(model, cfg, metrics=self.metrics, identities=identities)
 
     async def where(self, trace_ctx: dict | None = None) -> dict:
         return dict(self.info)
 
     async def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None, credential=None,
                            supersedes=None):
-        return self.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {},
-                                        credential=credential, supersedes=supersedes)
+        try:
+            return self.server.open_session(device_id, request_id, split, max_tokens, trace_ctx or {},
+                                            credential=credential, supersedes=supersedes)
+        except AdmissionError:
+            self.metrics.on_reject("open", device_id if isinstance(device_id, str) else None)
+            raise
 
     async def step(self, session_id, payload, position, trace_ctx=None):
-        return await self.server.step(session_id, payload, position, trace_ctx or {})
+        try:
+            return await self.server.step(session_id, payload, position, trace_ctx or {})
+        except AdmissionError:
+            self.metrics.on_reject("step")
+            raise
 
     async def close_session(self, session_id, trace_ctx=None):
         return self.server.close_session(session_id, trace_ctx or {})
@@ -228,13 +239,13 @@ class PolicyShell:
 # run puts 8+ edge actors on one node; what is counted is slots (custom resources).
 def make_server(model_ref: str, cfg: ServerConfig, *, label_selector: dict, resources: dict,
                 trace: bool = False, name: str | None = None, max_restarts: int = 0, identities: dict | None = None,
-                device: str = "cpu", dtype: str | None = None):
+                device: str = "cpu", dtype: str | None = None, metrics_tags: dict | None = None):
     """``device``: ``cpu`` or ``cuda`` (resolved by the caller against the cluster's
-    nodes): a CUDA server is placed with ``num_gpus=1``."""
+    nodes): a CUDA server is placed with ``num_gpus=1``. ``metrics_tags``: see ServerShell."""
     return ray.remote(ServerShell).options(
         num_cpus=0, num_gpus=1 if device == "cuda" else 0, label_selector=label_selector, resources=resources,
         name=name, max_restarts=max_restarts, max_concurrency=1000).remote(model_ref, cfg, trace, identities,
-                                                                           device, dtype)
+                                                                           device, dtype, metrics_tags)
 
 
 def make_policy(cfg: PolicyConfig, profile, *, label_selector: dict, resources: dict | None = None,

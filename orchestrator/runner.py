@@ -400,7 +400,10 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
     # an edge's request is resubmitted by the driver (orchestrator.faults.Resubmitter).
     identities = make_identities(wl)
     server = RA.make_server(model_ref, server_config(wl, profile, requests), trace=trace, max_restarts=faults.SERVER_MAX_RESTARTS,
-                            identities=identities, device=devices["server"], dtype=wl.server.dtype, **where_to["server"])
+                            identities=identities, device=devices["server"], dtype=wl.server.dtype,
+                            metrics_tags={"run": f"{wl.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                          "device_classes": {d: g.device_class for d, g in wl.all_devices()}},
+                            **where_to["server"])
     handles += [policy, server]
     edges = {}
     group_dev = {id(g): d for g, d in zip(wl.devices, devices["groups"])}

@@ -77,7 +77,16 @@ def test_traces_cli_and_perfetto(traced_run, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "hop coverage" in text and "server compute" in text
     doc = json.loads((tmp_path / "p.json").read_text())
-    assert {e["ph"] for e in doc["traceEvents"]} == {"X", "M"}
+    ev = doc["traceEvents"]
+    assert {e["ph"] for e in ev} == {"X", "M", "s", "f"}
+    # one flow arrow per edge send, from the edge's process to the server's
+    sends = [e for e in ev if e["ph"] == "X" and e["name"].startswith("transfer")]
+    starts = {e["id"]: e for e in ev if e["ph"] == "s"}
+    ends = {e["id"]: e for e in ev if e["ph"] == "f"}
+    assert len(starts) == len(ends) == len(sends) > 0 and set(starts) == set(ends)
+    procs = {e["pid"]: e["args"]["name"] for e in ev if e["name"] == "process_name"}
+    assert all(procs[ends[i]["pid"]] == "slicer-server" and procs[starts[i]["pid"]].startswith("slicer-edge-")
+               for i in starts)
 
 
 def test_server_metrics_on_the_prometheus_endpoint(traced_run):
@@ -98,6 +107,26 @@ def test_server_metrics_on_the_prometheus_endpoint(traced_run):
     lines = [l for l in text.splitlines() if l.startswith("ray_slicer_server_steps_total")]
     assert lines and float(lines[0].rsplit(" ", 1)[1]) > 0
     assert "ray_slicer_server_device_compute_seconds_total" in text
+    # labelled by run and device class; `slicer top` reads the same series
+    from slicer.orchestrator.commands import top
+
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        snap = top.parse(urllib.request.urlopen(url, timeout=5).read().decode())
+        v = top.view((0.0, {}), (1.0, snap))
+        runs = [r for r in v if r.startswith("traced-")]
+        want = {}
+        for rec in out.records:
+            if rec["mode"] != "edge-only":
+                want[rec["device_class"]] = want.get(rec["device_class"], 0) + rec["new_tokens"]
+        if runs and v[runs[-1]]["tokens"] == want:
+            break
+        time.sleep(0.5)
+    assert runs, list(v)
+    # tokens per device class, from the counter, equal what the records say (export lag aside)
+    assert v[runs[-1]]["tokens"] == want
+    assert v[runs[-1]]["mean_batch"] is not None
+    assert "ray_slicer_server_queue_depth_at_batch_count" in text or "queue_depth_at_batch" in str(snap)
 
 
 def test_load_timeline_table_and_plot_agree_with_the_run(traced_run, tmp_path, capsys):
