@@ -188,3 +188,20 @@ def test_tracing_off_makes_no_spans():
         assert s is None
     assert tel.inject() == {}
     assert tel.drain() == []
+
+
+def test_endpoint_without_the_exporter_warns_once(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)  # not installed
+    monkeypatch.setattr(tel, "_warned", False)
+    tel.init_tracing("edge-x")
+    tel.init_tracing("edge-x")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is not installed" in err[0]
+    assert "slicer[otlp]" in err[0] and not tel._state.otlp
+    with tel.span("request"):  # spans still reach traces.jsonl
+        pass
+    assert [s["name"] for s in tel.drain()] == ["request"]
+    tel.init_tracing("test", enabled=False)
