@@ -8,32 +8,41 @@ Nothing here imports Ray; everything is a function of snapshots::
              LinkState.from_mbps(20), Budgets(latency_s=0.2, memory_bytes=8e9))
     p.split, p.offload_step, p.codec_spec, p.reason
 """
-from slicer.policies.accuracy import AccuracyTable, accuracy_of, prior_accuracy
-from slicer.policies.api import POLICIES, PolicyState, plan, policy_names, reassess
-from slicer.policies.baselines import (
-    cloud_only_plan,
-    edge_only_plan,
-    fixed_split_plan,
-    neurosurgeon_plan,
-)
-from slicer.policies.devices import (
-    DeviceProfile,
-    MeasuredTimings,
-    get_device,
-    load_device_catalog,
-)
-from slicer.policies.link import (
-    LinkState,
-    comm_latency_s,
-    db_to_linear,
-    outage_probability,
-    transmissions,
-)
-from slicer.policies.models import CostModel, Estimate
-from slicer.policies.opsc import opsc_plan
-from slicer.policies.profile import LayerProfile, ModelProfile
-from slicer.policies.schema import PRECISION_BYTES, Budgets, SplitPlan, canonical_precision
-from slicer.policies.search import SearchSpace, slicer_plan
+import importlib
+
+# Names resolve lazily (PEP 562): ``from slicer.policies.link import LinkState`` must not
+# import torch (the workload validator uses the link defaults and refuses a bad file in
+# well under a second and a few MiB), and ``from slicer.policies import plan`` loads only
+# what plan needs.
+_WHERE = {
+    "AccuracyTable": "accuracy", "accuracy_of": "accuracy", "prior_accuracy": "accuracy",
+    "POLICIES": "api", "PolicyState": "api", "plan": "api", "policy_names": "api", "reassess": "api",
+    "cloud_only_plan": "baselines", "edge_only_plan": "baselines", "fixed_split_plan": "baselines",
+    "neurosurgeon_plan": "baselines",
+    "DeviceProfile": "devices", "MeasuredTimings": "devices", "get_device": "devices",
+    "load_device_catalog": "devices",
+    "LinkState": "link", "comm_latency_s": "link", "db_to_linear": "link", "outage_probability": "link",
+    "transmissions": "link",
+    "CostModel": "models", "Estimate": "models",
+    "opsc_plan": "opsc",
+    "LayerProfile": "profile", "ModelProfile": "profile",
+    "PRECISION_BYTES": "schema", "Budgets": "schema", "SplitPlan": "schema", "canonical_precision": "schema",
+    "SearchSpace": "search", "slicer_plan": "search",
+}
+
+
+def __getattr__(name: str):
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'slicer.policies' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"slicer.policies.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "POLICIES",
