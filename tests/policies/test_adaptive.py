@@ -268,3 +268,17 @@ def test_a_plan_sized_for_fewer_tokens_caps_the_request(tiny):
     assert rec["tokens"] == greedy(tiny, PROMPT, 3)
     rec = edge.generate({"request_id": "r2", "index": 1, "prompt_ids": PROMPT[:2], "max_new_tokens": 4})
     assert rec["capped"] is None and rec["new_tokens"] == 4
+
+
+def test_the_example_workload_reads_its_trace_file():
+    from pathlib import Path
+
+    from slicer.orchestrator.runner import _link_trace
+    from slicer.orchestrator.workload import load_workload
+
+    wl = load_workload(Path(__file__).resolve().parents[2] / "examples" / "adaptive_link.yaml")
+    g = wl.devices[0]
+    assert wl.policy.adapt and g.link_trace == "traces/drive.csv"
+    assert _link_trace(wl, g.link_trace) == {"times_s": [0.0, 1.5, 3.0], "rates_mbps": [20.0, 2.0, 0.05]}
+    with pytest.raises(FileNotFoundError, match="link_trace file 'nope.csv' not found"):
+        _link_trace(wl, "nope.csv")
