@@ -84,3 +84,36 @@ def test_window_bounds_the_wait_for_a_live_session(tiny_model):
     asyncio.run(_device(server, tiny_model, 1, 1, res))
     dt = time.perf_counter() - t0
     assert 0.12 <= res[0]["queue_s"] and dt < 1.0
+
+
+def test_cohorts_merge_when_a_batch_takes_longer_than_a_round_trip(tiny_model):
+    """Devices whose next step comes a few ms after their token (an edge's round trip)
+    are waited for up to one batch's compute, so N devices form batches of N instead of
+    two alternating cohorts of N/2 (a 0 ms window alone would compute each arrival)."""
+    server = Server(tiny_model, ServerConfig(batch_window_ms=0.0, max_batch=16))
+    compute = server._compute
+
+    def slow_compute(steps):  # a batch that takes 30 ms, as a big model's would
+        time.sleep(0.03)
+        return compute(steps)
+
+    server._compute = slow_compute
+
+    async def device(i):
+        sid = server.open_session(f"dev-{i}", "r", SPLIT, 20)
+        x = tiny_model.run(0, SPLIT, torch.tensor([[3 + i, 4]]))
+        pos = 0
+        await asyncio.sleep(0.004 * i)  # staggered starts
+        for _ in range(8):
+            res = await server.step(sid, encode(x, LOSSLESS), pos)
+            pos += x.shape[1]
+            await asyncio.sleep(0.005)  # the edge's round trip
+            x = tiny_model.run(0, SPLIT, torch.tensor([[res["token"]]]), position=pos)
+        server.close_session(sid)
+
+    async def main():
+        await asyncio.gather(*(device(i) for i in range(4)))
+
+    asyncio.run(main())
+    assert sum(server.batch_sizes) == 32
+    assert server.batch_sizes[-5:].count(4) >= 4, server.batch_sizes
