@@ -53,7 +53,8 @@ class ServerConfig:
     max_batch: int = 16
     """Most steps computed together."""
     batch_window_ms: float = 2.0
-    """How long the loop waits for more steps once one is queued."""
+    """Most a queued step waits for open sessions that have not sent yet (none once every
+    live session has sent; up to the last batch's compute, at most 50 ms, when longer)."""
     batching: bool = True
     """False: every step is computed alone (the batching benchmark's baseline)."""
     max_sessions: int = 64

@@ -255,7 +255,9 @@ class ServerSpec:
     max_batch: int = 16
     """Most decode steps run together in one batch (1..1024)."""
     batch_window_ms: float = 2.0
-    """How long the batching loop waits for more steps once one is queued (0..1000 ms)."""
+    """Most a queued step waits for open sessions that have not sent yet (0..1000 ms); it
+    never waits once every live session has sent, and waits up to one batch's compute
+    (at most 50 ms) when that is longer (``slicer.actors.server.Server._batch_loop``)."""
     batching: bool = True
     """False runs every step alone (the batching benchmark's baseline)."""
     max_sessions: int = 64
