@@ -146,6 +146,40 @@ def _full_generate_tokens_s(model, n_seq: int, new_tokens: int) -> float:
     return n_seq * new_tokens / (time.perf_counter() - t0)
 
 
+def hop_costs(n: int = 2000) -> dict:
+    """Median seconds of the server's per-step mechanism with nothing to compute: a step
+    queued (asyncio queue + future) and its batch computed through a one-thread executor,
+    against computed on the event loop's thread (what ``Server._batch_loop`` does)."""
+    import asyncio
+    import concurrent.futures
+    import statistics
+
+    async def measure(use_executor: bool) -> float:
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        ex = concurrent.futures.ThreadPoolExecutor(1)
+
+        async def serve():
+            while True:
+                fut = await q.get()
+                fut.set_result(await loop.run_in_executor(ex, int) if use_executor else int())
+
+        task = loop.create_task(serve())
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fut = loop.create_future()
+            await q.put(fut)
+            await fut
+            ts.append(time.perf_counter() - t0)
+        task.cancel()
+        ex.shutdown()
+        return statistics.median(ts)
+
+    ex_s, loop_s = asyncio.run(measure(True)), asyncio.run(measure(False))
+    return {"queue_executor_s": ex_s, "queue_loop_thread_s": loop_s, "ratio": ex_s / loop_s}
+
+
 # ----------------------------------------------------------------------------- cluster runs
 def _workload(model_dir: str, n_devices: int, split: int | None, tokens: int, window_ms: float, name: str,
               vocab: int):
@@ -198,6 +232,9 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--models: {bad} unknown: allowed llama1024, tiny")
     counts = [int(x) for x in args.devices.split(",") if x.strip()]
     result: dict = {"benchmark": "serve", "machine": "shared CPU machine (other processes use the cores)", "models": {}}
+    result["hop"] = hop_costs()
+    print(f"per-step mechanism, nothing computed: queue + executor {result['hop']['queue_executor_s'] * 1e6:.1f} us, "
+          f"queue + loop thread {result['hop']['queue_loop_thread_s'] * 1e6:.1f} us", flush=True)
     tmp = tempfile.TemporaryDirectory(prefix="slicer-serve-")
     try:
         dirs = _prepare_models(names, tmp.name)
