@@ -64,7 +64,9 @@ def encode(x: torch.Tensor, cfg: CodecConfig | None = None) -> bytes:
             "finite |x| ≤ 3.4028e38 (float32's range; use 'raw' for anything else)"
         )
     sections = _encode_sections(method, x.detach(), cfg)
-    return _wire.pack(_methods.METHOD_IDS[cfg.method], x.dtype, tuple(x.shape), sections)
+    return _wire.pack(
+        _methods.METHOD_IDS[cfg.method], x.dtype, tuple(x.shape), sections, getattr(method, "wire_version", 1)
+    )
 
 
 def _encode_sections(method, x: torch.Tensor, cfg: CodecConfig) -> list[bytes]:
@@ -125,6 +127,10 @@ def decode(
             f"(raise it up to {_wire.MAX_ELEMENTS}, or pass the expected shape)"
         )
     name, method = _methods.get_by_id(frame.method_id)
+    if frame.version > getattr(method, "wire_version", 1):
+        raise CodecError(
+            f"{name} payloads are wire version {getattr(method, 'wire_version', 1)} or older; this one says {frame.version}"
+        )
     target = torch.device(device) if device is not None else torch.device("cpu")
     try:
         if name == "slicer" and CodecConfig(backend=backend).resolved_backend(target.type) == "triton":

@@ -85,6 +85,8 @@ F32_TINY = 2.0**-149
 #: c ≤ 2^28 terms (rows of up to wire.MAX_ELEMENTS), the rotated values reach sqrt(c)·max|x|,
 #: and the decoder's inverse sums c of those: 2^64 · 2^28 · 2^14 · 2 = 2^107 < 2^128.
 ROTATE_AMAX_LIMIT = 2.0**64
+#: The rate search's grid: 2^19 bins a sign over max|x| (``_ECSQ._search_grid``).
+GRID_BITS = 19
 #: Bytes of section 0 without the seed and the qmax varint.
 _PARAMS_FIXED = 1 + 4 + 1 + 1
 N_SECTIONS = 2
@@ -98,6 +100,88 @@ def _quantize(x: torch.Tensor, delta: float, r: float) -> torch.Tensor:
     # divide in float64 instead (only extreme magnitudes, |x| beyond ~1e37 or below ~1e-31).
     xd = x.double()
     return (torch.sign(xd) * torch.floor(xd.abs() / delta + r)).to(torch.int64)
+
+
+try:  # a declared dependency (the rANS coder needs it too)
+    import numba as _numba
+except ImportError:  # pragma: no cover
+    _numba = None
+
+
+def _grid_histogram_py(xf: np.ndarray, inv: float, grid: int) -> np.ndarray:
+    w = np.minimum(np.floor(np.abs(xf) * inv + 0.5), grid).astype(np.int64) * np.sign(xf).astype(np.int64)
+    return np.concatenate([[0], np.cumsum(np.bincount(w + grid, minlength=2 * grid + 1))])
+
+
+def _grid_histogram_nb(xf, inv, grid):  # pragma: no cover - compiled
+    # cum[k] = number of values with w < k - grid, k = 0..2·grid+1
+    cum = np.zeros(2 * grid + 2, dtype=np.int64)
+    for i in range(xf.shape[0]):
+        v = xf[i]
+        w = min(int(abs(v) * inv + 0.5), grid)
+        cum[1 + (grid + w if v > 0 else grid - w)] += 1
+    for k in range(1, cum.shape[0]):
+        cum[k] += cum[k - 1]
+    return cum
+
+
+_grid_histogram = (
+    _numba.njit(cache=True, nogil=True)(_grid_histogram_nb) if _numba is not None else _grid_histogram_py
+)
+
+
+def _quantize_fused_nb(xf, inv, r):  # pragma: no cover - compiled
+    # _quantize's float32 arithmetic (|x|·(1/Δ) + r, floored, signed), with the symbol
+    # range and the sums for ρ in the same pass.
+    n = xf.shape[0]
+    q = np.empty(n, dtype=np.int64)
+    qmin = 0
+    qmax = 0
+    sum_x = 0.0
+    sum_q = 0
+    count = 0
+    for i in range(n):
+        v = xf[i]
+        a = abs(v)
+        k = np.int64(np.floor(a * inv + r))
+        if v < 0:
+            k = -k
+        q[i] = k
+        if k != 0:
+            qmin = min(qmin, k)
+            qmax = max(qmax, k)
+            sum_x += np.float64(a)
+            sum_q += abs(k)
+            count += 1
+    return q, qmin, qmax, sum_x, sum_q, count
+
+
+def _offset_histogram_nb(q, off, lo, size):  # pragma: no cover - compiled
+    hist = np.zeros(size, dtype=np.int64)
+    for i in range(q.shape[0]):
+        s = q[i] + off
+        q[i] = s
+        hist[s - lo] += 1
+    return hist
+
+
+if _numba is not None:
+    _quantize_fused_jit = _numba.njit(cache=True, nogil=True)(_quantize_fused_nb)
+    _offset_histogram = _numba.njit(cache=True, nogil=True)(_offset_histogram_nb)
+
+
+def _quantize_fused(x2: torch.Tensor, delta: float, r: float):
+    """One compiled pass where ``_quantize`` runs in float32 (normal Δ, float32 input on
+    the CPU); None elsewhere (the torch path serves those)."""
+    if _numba is None or not 2.0**-125 <= delta <= 2.0**125 or x2.device.type != "cpu" or x2.numel() < 1024:
+        return None
+    xf = np.ascontiguousarray(x2.reshape(-1).numpy(), dtype=np.float32)
+    return _quantize_fused_jit(xf, np.float32(1.0 / delta), np.float32(r))
+
+
+def _reconstruct(q: torch.Tensor, rho: float, delta: float) -> torch.Tensor:
+    """x̂ = sign(q)·(|q| + ρ)·Δ in float32 (version 1's arithmetic, kept bit for bit)."""
+    return torch.sign(q).float() * (q.abs().float() + rho) * delta
 
 
 def _step(delta: float) -> float:
@@ -139,6 +223,9 @@ def _min_body(rotated: bool) -> int:
 
 
 class _ECSQ:
+    #: Payloads are wire version 2 (symbols in entropy mode 3); version 1 still decodes.
+    wire_version = 2
+
     def _prepare(self, x: torch.Tensor, cfg: CodecConfig) -> torch.Tensor:
         rows, cols = rows_cols(tuple(x.shape))
         x2 = x.detach().float().reshape(rows, cols)  # (rows, cols)
@@ -155,6 +242,9 @@ class _ECSQ:
     def _pack(self, x2: torch.Tensor, delta: float, r_code: int, cfg: CodecConfig) -> list[bytes]:
         r = r_code / 256.0
         delta = _step(delta)
+        fast = _quantize_fused(x2, delta, r)
+        if fast is not None:
+            return self._pack_fused(fast, delta, r_code, cfg)
         q = _quantize(x2, delta, r)  # (rows, cols) int64
         qabs = q.abs()
         qmax = int(qabs.max()) if q.numel() else 0
@@ -175,12 +265,27 @@ class _ECSQ:
             rho = (sum_abs / delta - float(qabs.sum())) / count
         else:
             rho = 0.5 - r
-        rho_code = int(min(255, max(0, round((rho + r) * 256))))
+        return [self._head(cfg, delta, r_code, rho, qmax), entropy.encode_symbols(_symbols(q, qmax), 2 * qmax + 1, entropy.V2_MODES)]
+
+    @staticmethod
+    def _head(cfg: CodecConfig, delta: float, r_code: int, rho: float, qmax: int) -> bytes:
+        rho_code = int(min(255, max(0, round((rho + r_code / 256.0) * 256))))
         head = bytes((1 if cfg.rotate else 0,))
         if cfg.rotate:
             head += struct.pack("<I", cfg.seed)
-        head += struct.pack("<f", delta) + bytes((r_code, rho_code)) + varint(qmax)
-        return [head, entropy.encode_symbols(_symbols(q, qmax), 2 * qmax + 1)]
+        return head + struct.pack("<f", delta) + bytes((r_code, rho_code)) + varint(qmax)
+
+    def _pack_fused(self, fast, delta: float, r_code: int, cfg: CodecConfig) -> list[bytes]:
+        """``_pack`` from the one-pass quantizer: symbols, their histogram and the sums
+        for ρ, with no further pass over the data before the entropy coder."""
+        q, qmin, qmax_signed, sum_x, sum_q, count = fast
+        qmax = max(-qmin, qmax_signed)
+        if qmax > QMAX_LIMIT:
+            raise CodecError(f"ecsq: step {delta} gives |q| = {qmax}, allowed 0..{QMAX_LIMIT}")
+        rho = (sum_x / delta - sum_q) / count if count else 0.5 - r_code / 256.0
+        counts = _offset_histogram(q, qmax, qmin + qmax, qmax_signed - qmin + 1)  # q += qmax in place
+        stream = entropy.encode_symbols(q, 2 * qmax + 1, entropy.V2_MODES, hist=(qmin + qmax, counts))
+        return [self._head(cfg, delta, r_code, rho, qmax), stream]
 
     def _est_total(self, shape, xs: np.ndarray, delta: float, r_code: int, cfg: CodecConfig) -> int:
         """Payload bytes at step Δ, from the sorted values ``xs`` (float32): the symbol
@@ -209,7 +314,9 @@ class _ECSQ:
             )
             return g[:-1] - g[1:]
 
-        body = _params_nbytes(cfg.rotate, qmax) + entropy.estimate_nbytes_hist(n, qa + qmax, qb - qa, counts)
+        body = _params_nbytes(cfg.rotate, qmax) + entropy.estimate_nbytes_hist(
+            n, qa + qmax, qb - qa, counts, entropy.V2_MODES
+        )
         return header_nbytes(shape, [8, body]) + body
 
     def encode(self, x: torch.Tensor, cfg: CodecConfig) -> list[bytes]:
@@ -235,23 +342,13 @@ class _ECSQ:
         body_cap = _rate_cap_bytes(shape, cfg)
         cap_total = body_cap + header_nbytes(shape, [body_cap] * N_SECTIONS)
 
-        # Bisection on log2 Δ: `lo` does not fit (or is the floor), `hi` fits (Δ_zero
-        # gives the smallest payload there is).
-        xs = np.sort(x2.reshape(-1).cpu().numpy())  # (N,) float32; one sort serves every step
-        lo, hi = math.log2(delta_min), math.log2(delta_top)
-        if self._est_total(shape, xs, 2.0**lo, r_code, cfg) <= cap_total:
-            hi = lo
-        else:
-            for _ in range(SEARCH_STEPS):
-                mid = 0.5 * (lo + hi)
-                if self._est_total(shape, xs, 2.0**mid, r_code, cfg) <= cap_total:
-                    hi = mid
-                else:
-                    lo = mid
+        delta = self._search_grid(x2, amax, shape, cap_total, cfg)
+        if delta is None:
+            delta = self._search_sorted(x2, delta_min, delta_top, shape, cap_total, r_code, cfg)
         # The rANS estimate is within a few bytes: verify the real payload and widen Δ
         # by 0.5% at a time until it fits (bounded; at Δ_zero the payload is the
         # all-zero one, the documented fallback when even that exceeds the cap).
-        delta = min(2.0**hi, delta_top)  # 2^log2(Δ) may round one ulp past Δ
+        delta = min(delta, delta_top)
         for _ in range(64):
             sections = self._pack(x2, delta, r_code, cfg)
             if _total_nbytes(shape, len(sections[0]), len(sections[1])) <= cap_total:
@@ -261,6 +358,136 @@ class _ECSQ:
             # _step: a subnormal step moves by at least one 2^-149 grid point.
             delta = min(_step(delta) * 1.005, delta_top)
         return self._pack(x2, delta_zero, r_code, cfg)
+
+    def _search_sorted(self, x2, delta_min, delta_top, shape, cap_total, r_code, cfg) -> float:
+        """Bisection on log2 Δ over the sorted values: `lo` does not fit (or is the floor),
+        `hi` fits (Δ_zero gives the smallest payload there is). Exact at any magnitude and
+        rate; used where the grid search does not apply."""
+        xs = np.sort(x2.reshape(-1).cpu().numpy())  # (N,) float32; one sort serves every step
+        lo, hi = math.log2(delta_min), math.log2(delta_top)
+        if self._est_total(shape, xs, 2.0**lo, r_code, cfg) <= cap_total:
+            return 2.0**lo
+        for _ in range(SEARCH_STEPS):
+            mid = 0.5 * (lo + hi)
+            if self._est_total(shape, xs, 2.0**mid, r_code, cfg) <= cap_total:
+                hi = mid
+            else:
+                lo = mid
+        return 2.0**hi
+
+    def _search_grid(self, x2, amax, shape, cap_total, cfg) -> float | None:
+        """The rate search from one histogram (r = 1/2 only): values binned on a fine grid
+        δ = max|x|/(2^19 - 1/2), w = sign(x)·floor(|x|/δ + 1/2); for Δ = m·δ with m odd
+        the bin edges (q ± 1/2)Δ fall on the grid's, so the symbol histogram at Δ is a
+        difference of the grid's cumulative counts (O(levels), no pass over the data).
+        Bisection over odd m on the payload estimate. None where the grid does not apply:
+        magnitudes near float32's limits, or a rate the finest grid step already meets
+        (≥ ~19 bits per element): the sorted search serves those exactly."""
+        if not 2.0**-100 < amax < 2.0**100 or x2.numel() < 1024:
+            return None
+        xf = np.ascontiguousarray(x2.reshape(-1).cpu().numpy())  # (N,) float32
+        grid = 1 << GRID_BITS
+        step0 = amax / (grid - 0.5)
+        cum = _grid_histogram(xf, 1.0 / step0, grid)  # (2·grid + 2,) cum[k]: values with w < k - grid
+        n = xf.size
+
+        def counts_at(m: int) -> tuple[int, int, np.ndarray]:
+            h = (m - 1) // 2
+            qmax = (grid + h) // m
+            qs = np.arange(-qmax, qmax + 1)
+            lo = np.clip(qs * m - h, -grid, grid + 1) + grid
+            hi = np.clip(qs * m + h + 1, -grid, grid + 1) + grid
+            counts = cum[hi] - cum[lo]  # (2·qmax + 1,) symbols -qmax..qmax
+            used = np.flatnonzero(counts)
+            return qmax, int(used[0]), counts[used[0] : used[-1] + 1]
+
+        def crude(m: int) -> float:
+            # entropy + a 6-bit table over the span + states, params, header: cheap
+            qmax, a, c = counts_at(m)
+            cu = c[c > 0].astype(np.float64)
+            body = _params_nbytes(cfg.rotate, max(abs(a - qmax), abs(a + c.size - 1 - qmax))) + 24
+            body += float((cu * np.log2(n / cu)).sum()) / 8 + c.size * 6 / 8
+            return header_nbytes(shape, [8, int(body)]) + body
+
+        def exact(m: int) -> int:
+            # the entropy coder's own plan (what _pack will write, within a few bytes)
+            qmax, a, c = counts_at(m)
+            body = _params_nbytes(cfg.rotate, max(abs(a - qmax), abs(a + c.size - 1 - qmax)))
+            body += entropy.estimate_nbytes_hist(n, a, c.size - 1, lambda: c, entropy.V2_MODES)
+            return header_nbytes(shape, [8, body]) + body
+
+        def solve(target: float, lo: int, hi: int, f_lo: float | None = None, f_hi: float | None = None) -> int:
+            # Smallest odd m with crude(m) ≤ target in [lo, hi] (lo fails, hi fits), by
+            # regula falsi on log m (Illinois), falling back to bisection: the payload is
+            # nearly linear in log Δ at high rates (−1 bit per element per octave).
+            f_lo = crude(lo) - target if f_lo is None else f_lo
+            f_hi = crude(hi) - target if f_hi is None else f_hi
+            side = 0
+            while hi - lo > 2:
+                a, b = math.log(lo), math.log(hi)
+                t = a + (b - a) * f_lo / (f_lo - f_hi) if f_lo > 0 > f_hi else 0.5 * (a + b)
+                t = min(max(t, a + 0.02 * (b - a)), b - 0.02 * (b - a))
+                mid = int(math.exp(t)) | 1
+                mid = min(max(mid, lo + 2), hi - 2)
+                f_mid = crude(mid) - target
+                if f_mid <= 0:
+                    hi, f_hi = mid, f_mid
+                    if side == -1:
+                        f_lo *= 0.5
+                    side = -1
+                else:
+                    lo, f_lo = mid, f_mid
+                    if side == 1:
+                        f_hi *= 0.5
+                    side = 1
+            return hi
+
+        # Solve on the cheap estimate, then calibrate its target against the coder's plan
+        # (a plan costs ~0.5 ms at 1 byte an element: two or three of them, not one a step).
+        top = 2 * grid + 1  # every symbol 0: the smallest payload
+        target, best = float(cap_total), None
+        # Bracket from a first guess (a Gaussian's entropy at step Δ is log2(σ/Δ) + 2.05
+        # bits), doubling outwards: crude() at a small m costs O(max|x|/Δ), never start at 1.
+        rate_bits = 8.0 * cap_total / n
+        sigma = float(np.std(xf[:: max(1, n // 16384)].astype(np.float64))) or amax
+        m = min(top - 2, max(3, int(sigma * 2.0 ** (2.05 - rate_bits) / step0) | 1))
+        f_m = crude(m) - target
+        lo, hi, f_lo, f_hi = (1, m, None, f_m) if f_m <= 0 else (m, top, f_m, None)
+        if f_m <= 0:
+            while f_lo is None:  # halve until m fails (or reaches 1: a finer Δ may fit)
+                nxt = (hi // 2) | 1
+                if nxt <= 3:
+                    return None
+                f_n = crude(nxt) - target
+                if f_n > 0:
+                    lo, f_lo = nxt, f_n
+                else:
+                    hi, f_hi = nxt, f_n
+        else:
+            while f_hi is None:  # double until m fits (m = top always does)
+                nxt = min(top, (lo * 2) | 1)
+                f_n = crude(nxt) - target
+                if f_n <= 0 or nxt == top:
+                    hi, f_hi = nxt, min(f_n, -1e-9)
+                else:
+                    lo, f_lo = nxt, f_n
+        m = solve(target, lo, hi, f_lo, f_hi)
+        for _ in range(3):
+            if m < 64:
+                return None  # steps of 2/m ≥ 3% are too coarse here: a finer Δ may fit
+            e = exact(m)
+            if e <= cap_total:
+                best = m if best is None else min(best, m)
+                if cap_total - e <= 0.002 * cap_total + 16:
+                    break
+            target *= cap_total / max(e, 1)
+            lo, hi = max(1, int(m / 1.1) | 1), min(top, int(m * 1.1) | 1)
+            if crude(lo) <= target:
+                lo = 1
+            if crude(hi) > target:
+                hi = top
+            m = solve(target, lo, hi)
+        return (best if best is not None else m) * step0
 
     def _delta_from_sparsity(self, x2: torch.Tensor, amax: float, r_code: int, cfg: CodecConfig) -> float:
         r = r_code / 256.0
@@ -332,9 +559,21 @@ class _ECSQ:
             y = torch.full((1, cols), v, dtype=torch.float32)  # (1, cols)
             y = hadamard.rotate(y, seed, inverse=True).clamp_(-fmax, fmax) if rotated else y
             return y.expand(rows, cols).contiguous().reshape(frame.shape)
-        sym = entropy.decode_symbols(stream, rows * cols, 2 * qmax + 1)  # (n,) int64
-        q = torch.from_numpy(sym - qmax).reshape(rows, cols)  # (rows, cols)
-        y = torch.sign(q).float() * (q.abs().float() + rho) * delta  # (rows, cols)
+        modes = entropy.V1_MODES if frame.version == 1 else entropy.V2_MODES
+        if frame.version >= 2 and len(stream) and stream[0] == 3:
+            # Values straight from the decoding loop through a per-symbol table over the
+            # stream's own symbol range (its table codes are in the stream, so the table
+            # costs no more than the payload declares).
+            def lut(lo: int, span: int) -> np.ndarray:
+                qs = torch.arange(lo - qmax, lo - qmax + span + 1)  # (span+1,) int64
+                v = _reconstruct(qs, rho, delta)
+                return (v if rotated else v.clamp_(-fmax, fmax)).numpy()
+
+            y = torch.from_numpy(entropy.decode_mode3(stream, rows * cols, 2 * qmax + 1, lut)).reshape(rows, cols)
+        else:
+            sym = entropy.decode_symbols(stream, rows * cols, 2 * qmax + 1, modes)  # (n,) int64
+            q = torch.from_numpy(sym - qmax).reshape(rows, cols)  # (rows, cols)
+            y = _reconstruct(q, rho, delta)  # (rows, cols)
         if rotated:
             y = hadamard.rotate(y, seed, inverse=True)
         return y.clamp_(-fmax, fmax).reshape(frame.shape)

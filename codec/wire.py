@@ -1,10 +1,10 @@
 """The wire format: versioned, self-describing, checksummed, never pickle.
 
-Frozen layout of version 1 (all integers little-endian; ``varint`` is unsigned LEB128,
+Frozen layout of versions 1 and 2 (all integers little-endian; ``varint`` is unsigned LEB128,
 at most 5 bytes)::
 
     magic    4 bytes  b"SLCR"
-    version  u8       1
+    version  u8       1, or 2 for ECSQ payloads with the fast entropy stream
     method   u8       method id (codec.methods.METHOD_IDS)
     dtype    u8       0 float32, 1 float16, 2 bfloat16, 3 float64
     ndim     u8       0..8
@@ -36,7 +36,12 @@ import torch
 from slicer.codec.errors import CodecError
 
 MAGIC = b"SLCR"
-VERSION = 1
+#: The newest version this build writes and reads. Version 2 (ECSQ only: its symbol
+#: stream uses entropy mode 3, ``codec/reference/rans.py``) has version 1's layout; a
+#: method writes the version its ``wire_version`` names (1 if none) and reads that one
+#: or older, so every version 1 payload still decodes.
+VERSION = 2
+VERSIONS = (1, 2)
 MAX_NDIM = 8
 MAX_DIM = 1 << 31
 #: Largest tensor a payload may declare (elements). 2**28 float32 = 1 GiB decoded.
@@ -59,6 +64,7 @@ class Frame:
     dtype: torch.dtype
     shape: tuple[int, ...]
     sections: tuple[memoryview, ...]
+    version: int = 1
 
     @property
     def numel(self) -> int:
@@ -90,7 +96,7 @@ def header_nbytes(shape: tuple[int, ...], section_lengths: list[int]) -> int:
     )
 
 
-def pack(method_id: int, dtype: torch.dtype, shape: tuple[int, ...], sections: list[bytes]) -> bytes:
+def pack(method_id: int, dtype: torch.dtype, shape: tuple[int, ...], sections: list[bytes], version: int = 1) -> bytes:
     if dtype not in DTYPE_CODES:
         raise CodecError(f"dtype {dtype} not supported: allowed {sorted(str(d) for d in DTYPE_CODES)}")
     if len(shape) > MAX_NDIM:
@@ -100,7 +106,9 @@ def pack(method_id: int, dtype: torch.dtype, shape: tuple[int, ...], sections: l
     if len(sections) > MAX_SECTIONS:
         raise CodecError(f"{len(sections)} sections, at most {MAX_SECTIONS} allowed")
     head = bytearray(MAGIC)
-    head += bytes((VERSION, method_id, DTYPE_CODES[dtype], len(shape)))
+    if version not in VERSIONS:
+        raise CodecError(f"wire version {version} unknown: allowed {VERSIONS}")
+    head += bytes((version, method_id, DTYPE_CODES[dtype], len(shape)))
     for d in shape:
         head += varint(int(d))
     head.append(len(sections))
@@ -164,8 +172,8 @@ def unpack(payload: bytes | bytearray | memoryview) -> Frame:
         raise CodecError("checksum mismatch: payload corrupt or truncated")
     r = Cursor(buf, end, "payload", pos=4)
     version = r.u8("version")
-    if version != VERSION:
-        raise CodecError(f"payload version {version} not supported (this build reads version {VERSION})")
+    if version not in VERSIONS:
+        raise CodecError(f"payload version {version} not supported (this build reads versions {', '.join(map(str, VERSIONS))})")
     method_id = r.u8("method id")
     dcode = r.u8("dtype")
     if dcode not in DTYPES:
@@ -190,4 +198,4 @@ def unpack(payload: bytes | bytearray | memoryview) -> Frame:
     for n in lengths:
         sections.append(buf[pos : pos + n])
         pos += n
-    return Frame(method_id=method_id, dtype=DTYPES[dcode], shape=shape, sections=tuple(sections))
+    return Frame(method_id=method_id, dtype=DTYPES[dcode], shape=shape, sections=tuple(sections), version=version)

@@ -18,6 +18,26 @@ Stream layout (frozen, wire version 1; ``varint`` is unsigned LEB128 ≤ 5 bytes
     u8 mode = 2      rANS:     varint lo, varint span, u8 table_bits b (4, 5, 6 or 8),
                                (span+1) table codes of b bits (bitpack layout),
                                then the ANS words (u32 little-endian) to the end
+    u8 mode = 3      fast rANS (wire version 2; ``rans.py``): varint lo, varint span ≥ 1,
+                               u8 table_bits b (5, 6 or 7), (span+2) table codes of b bits
+                               (the last: the escape symbol), varint r = rANS bytes,
+                               r bytes: 4 final states (u32) then 16-bit words,
+                               then each escaped symbol - lo at span.bit_length() bits
+
+Which modes a stream may use is the caller's (``V1_MODES`` in wire version 1 payloads,
+``V2_MODES`` in ECSQ's version 2 ones): one valid byte string per stream.
+
+Mode 3 escapes rare symbols: one of count < n/2^13 would get a frequency of under 4 in
+2^15, and the floor of 1 per present symbol stole 12% of the mass from the common ones at
+1 byte per element (4,000 tail symbols: 0.3% over the rate cap). It is coded as the escape
+symbol plus its raw offset instead, and is absent from the table (a decoder refuses an
+escaped symbol the table holds). Mode 3's model is integer: code e ≥ 1 has weight (4 + e mod 4)·2^floor(e/4) (four steps
+an octave; 0 = absent), normalized by ``rans.freqs`` to 2^15, so both sides build the same
+table on any machine. It must be a fixed multiple of its symbols' work: at least
+``MODE3_MIN_BITS`` = 1/32 bit per symbol counting states and words (n ≤ 4096 + 512·words);
+an encoder appends the fewest zero words that meets it (only for streams under 1/32 bit
+a symbol), and the decoder refuses a stream below it before decoding, and any other
+trailing words.
 
 The model of mode 2 is the histogram of the symbols ``lo..lo+span`` quantized on a log
 scale: code 0 = absent, code e ≥ 1 = weight 2^-((2^b-1-e)·step_b) relative to the most
@@ -35,6 +55,7 @@ import math
 import numpy as np
 
 from slicer.codec.errors import CodecError
+from slicer.codec.reference import rans
 from slicer.codec.reference.bitpack import pack_bits, packed_nbytes, unpack_bits
 from slicer.codec.wire import Cursor, varint
 
@@ -53,6 +74,15 @@ _STATE_BITS = 64
 #: stays far inside it unless more than 99.9% of the symbols are one value, which the
 #: constant mode or a sparser payload serves.
 MIN_BITS_PER_SYMBOL = 1.0 / 512
+#: Modes a stream may use in wire version 1 payloads, and in ECSQ's version 2 ones.
+V1_MODES = (0, 1, 2)
+V2_MODES = (0, 1, 3)
+#: Mode 3: table widths the encoder tries (4 codes an octave: 7.75, 15.75, 31.75 octaves).
+TABLE3_BITS = (5, 6, 7)
+#: Mode 3's work bound (bits per symbol, final states included).
+MODE3_MIN_BITS = 1.0 / 32
+#: Mode 3 escapes a symbol of count < n >> RARE_SHIFT.
+RARE_SHIFT = 13
 
 
 def _constriction():
@@ -83,16 +113,39 @@ def _weights(codes: np.ndarray, bits: int) -> np.ndarray:
     return np.where(codes > 0, np.exp2(-(top - codes).astype(np.float64) * _step(bits)), 0.0)
 
 
+def _weights3(codes: np.ndarray) -> np.ndarray:
+    """Mode 3's integer weights of table codes (0 = absent)."""
+    c = np.asarray(codes, dtype=np.int64)
+    return np.where(c > 0, (4 + (c & 3)) << (c >> 2), 0)
+
+
+def _table_codes3(counts: np.ndarray, bits: int) -> np.ndarray:
+    """Mode 3 table codes: the most frequent symbol at the top code, the others at the code
+    whose weight is nearest in log scale (clipped to code 1)."""
+    top = (1 << bits) - 1
+    w = _weights3(np.arange(1, top + 1))  # (top,) ascending
+    present = counts > 0
+    v = np.log2(np.where(present, counts, 1).astype(np.float64) / float(counts.max())) + math.log2(float(w[-1]))
+    mids = (np.log2(w[1:].astype(np.float64)) + np.log2(w[:-1].astype(np.float64))) / 2
+    codes = 1 + np.searchsorted(mids, v)
+    return np.where(present, codes, 0)
+
+
+def _mode3_pad_words(n: int) -> int:
+    """Fewest 16-bit words a mode 3 stream of n symbols must hold (the work bound)."""
+    return max(0, -(-(n - 4096) // 512))
+
+
 def _check_alphabet(alphabet_size: int) -> None:
     if not isinstance(alphabet_size, (int, np.integer)) or not 1 <= int(alphabet_size) <= MAX_ALPHABET:
         raise CodecError(f"alphabet_size={alphabet_size!r} invalid: allowed 1..{MAX_ALPHABET}")
 
 
-def _plan_hist(n: int, lo: int, span: int, counts_fn):
+def _plan_hist(n: int, lo: int, span: int, counts_fn, modes=V1_MODES):
     """Mode choice from the symbol range and (lazily) the histogram ``counts_fn()`` of
     the symbols lo..lo+span: (bytes, mode, width, table_bits, codes). ``bytes`` is exact
-    for modes 0 and 1 and the model's cross-entropy estimate (+ 2 words of ANS state)
-    for mode 2."""
+    for modes 0 and 1 and the model's cross-entropy estimate (+ the ANS state) for modes
+    2 and 3."""
     if span == 0:
         return 1 + len(varint(lo)), 0, 0, 0, None
     width = span.bit_length()
@@ -102,6 +155,26 @@ def _plan_hist(n: int, lo: int, span: int, counts_fn):
         return best  # the model table alone costs more than packing: rANS cannot win
     counts = np.asarray(counts_fn(), dtype=np.int64)
     used = counts > 0
+    rare = used & (counts < (n >> RARE_SHIFT))
+    model = np.append(np.where(rare, 0, counts), counts[rare].sum())  # (span+2,) last: escape
+    in_model = model > 0
+    if 3 in modes and 2 <= int(in_model.sum()) <= rans.MAX_PRESENT:
+        cu = model[in_model]
+        raw = packed_nbytes(int(model[-1]), width)
+        for b in TABLE3_BITS:
+            codes = _table_codes3(model, b)
+            f = rans.freqs(_weights3(codes))
+            xent_bits = float((cu * (rans.PROB_BITS - np.log2(f[in_model]))).sum())
+            # rANS with 16-bit states codes ~0.02% above the model's cross-entropy (522,219
+            # bytes for an estimate of 522,121 on 524k Gaussian symbols): a margin of 0.05%
+            # keeps the estimate an upper bound, so a rate search rarely packs twice.
+            words = max(math.ceil(xent_bits * 1.0005 / 16) + 2, _mode3_pad_words(n))
+            nr = 4 * rans.LANES + 2 * words
+            est = head + packed_nbytes(span + 2, b) + len(varint(nr)) + nr + raw
+            if est < best[0]:
+                best = (est, 3, width, b, codes)
+    if 2 not in modes:
+        return best
     for b in TABLE_BITS:
         codes = _table_codes(counts, b)
         w = _weights(codes, b)
@@ -115,7 +188,7 @@ def _plan_hist(n: int, lo: int, span: int, counts_fn):
     return best
 
 
-def _plan(symbols: np.ndarray, alphabet_size: int):
+def _plan(symbols: np.ndarray, alphabet_size: int, modes=V1_MODES, hist=None):
     """(bytes, mode, sym int64, lo, span, width, table_bits, codes) for these symbols."""
     _check_alphabet(alphabet_size)
     sym = np.asarray(symbols).reshape(-1)
@@ -124,39 +197,51 @@ def _plan(symbols: np.ndarray, alphabet_size: int):
     if sym.dtype.kind not in "iu":
         raise CodecError(f"symbols must be integers, got dtype {sym.dtype}")
     sym = sym.astype(np.int64, copy=False)
-    lo, hi = int(sym.min()), int(sym.max())
+    if hist is not None:  # (lo, counts of lo..hi) from the caller's own pass over the symbols
+        lo, counts = hist
+        nz = np.flatnonzero(counts)
+        lo, counts = lo + int(nz[0]), counts[nz[0] : nz[-1] + 1]
+        hi = lo + counts.size - 1
+        counts_fn = lambda: counts  # noqa: E731
+    else:
+        lo, hi = int(sym.min()), int(sym.max())
+        counts_fn = lambda: np.bincount(sym - lo, minlength=hi - lo + 1)  # noqa: E731
     if lo < 0 or hi >= alphabet_size:
         raise CodecError(f"symbols span [{lo}, {hi}], outside the alphabet 0..{alphabet_size - 1}")
-    est, mode, width, b, codes = _plan_hist(sym.size, lo, hi - lo, lambda: np.bincount(sym - lo, minlength=hi - lo + 1))
+    est, mode, width, b, codes = _plan_hist(sym.size, lo, hi - lo, counts_fn, modes)
     return est, mode, sym, lo, hi - lo, width, b, codes
 
 
-def estimate_nbytes_hist(n: int, lo: int, span: int, counts_fn) -> int:
+def estimate_nbytes_hist(n: int, lo: int, span: int, counts_fn, modes=V1_MODES) -> int:
     """``estimate_nbytes`` from a histogram instead of the symbols: ``n`` symbols in
     lo..lo+span (lo and lo+span both occurring), ``counts_fn()`` their span+1 counts,
     called only when an entropy-coded stream could be the smallest."""
     if n == 0:
         return 0
-    return _plan_hist(n, lo, span, counts_fn)[0]
+    return _plan_hist(n, lo, span, counts_fn, modes)[0]
 
 
-def estimate_nbytes(symbols: np.ndarray, alphabet_size: int) -> int:
+def estimate_nbytes(symbols: np.ndarray, alphabet_size: int, modes=V1_MODES) -> int:
     """Bytes ``encode_symbols`` will write (exact unless it chooses rANS, then the model's
-    cross-entropy rounded up to words + 8 bytes: the real stream is within a few bytes)."""
-    return _plan(symbols, alphabet_size)[0]
+    cross-entropy rounded up to words + the state: the real stream is within a few bytes)."""
+    return _plan(symbols, alphabet_size, modes)[0]
 
 
-def encode_symbols(symbols: np.ndarray, alphabet_size: int) -> bytes:
+def encode_symbols(symbols: np.ndarray, alphabet_size: int, modes=V1_MODES, hist=None) -> bytes:
     """Entropy-code ``symbols`` (non-negative ints, each < ``alphabet_size``) with a
-    static model carried in the stream. Near the empirical entropy for n ≥ a few
-    thousand; for tiny n it falls back to plain bit packing when that is smaller."""
-    _, mode, sym, lo, span, width, b, codes = _plan(symbols, alphabet_size)
+    static model carried in the stream, in the smallest of ``modes``. Near the empirical
+    entropy for n ≥ a few thousand; for tiny n it falls back to plain bit packing when
+    that is smaller. ``hist`` = (lo, counts of lo, lo+1, …) saves the pass that counts
+    the symbols where the caller has them (zero counts at either end are trimmed)."""
+    _, mode, sym, lo, span, width, b, codes = _plan(symbols, alphabet_size, modes, hist)
     if mode == -1:
         return b""
     if mode == 0:
         return bytes((0,)) + varint(lo)
     if mode == 1:
         return bytes((1,)) + varint(lo) + bytes((width,)) + pack_bits(sym - lo, width)
+    if mode == 3:
+        return encode_mode3(sym - lo, lo, span, b, codes)
     c = _constriction()
     model = c.stream.model.Categorical(_weights(codes, b), perfect=False)
     coder = c.stream.stack.AnsCoder()
@@ -167,9 +252,65 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int) -> bytes:
     return bytes((2,)) + varint(lo) + varint(span) + bytes((b,)) + pack_bits(codes, b) + words.tobytes()
 
 
-def decode_symbols(buf: bytes | memoryview, n: int, alphabet_size: int) -> np.ndarray:
+def encode_mode3(rel: np.ndarray, lo: int, span: int, b: int, codes: np.ndarray) -> bytes:
+    """A mode 3 stream of the symbols ``lo + rel`` (rel in 0..span) with these table codes
+    (span+2 of them; a symbol whose code is 0 is escaped)."""
+    escaped = codes[:-1][rel] == 0  # (n,)
+    mapped = np.where(escaped, span + 1, rel)
+    stream = rans.encode(mapped, rans.freqs(_weights3(codes)))
+    pad = _mode3_pad_words(rel.size) - (len(stream) - 4 * rans.LANES) // 2
+    stream += bytes(2 * max(0, pad))
+    head = bytes((3,)) + varint(lo) + varint(span) + bytes((b,)) + pack_bits(codes, b) + varint(len(stream))
+    return head + stream + pack_bits(rel[escaped], span.bit_length())
+
+
+def decode_mode3(buf: bytes | memoryview, n: int, alphabet_size: int, lut=None) -> np.ndarray:
+    """A mode 3 stream's n symbols (int64), or with ``lut(lo, span)`` (the values of the
+    symbols lo..lo+span, an array built once the header is validated) their values,
+    gathered in the decoding loop. Every field is validated and the work bound checked
+    before any decoding."""
+    view = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf.cast("B")
+    cur = Cursor(view, context="entropy stream")
+    if cur.u8("mode") != 3:
+        raise CodecError("entropy stream: not a mode 3 stream")
+    lo = cur.varint("lowest symbol", alphabet_size - 1)
+    span = cur.varint("symbol span", alphabet_size - 1 - lo)
+    if span < 1:
+        raise CodecError("entropy stream: rANS mode with a single-symbol alphabet")
+    b = cur.u8("table width")
+    if b not in TABLE3_BITS:
+        raise CodecError(f"entropy stream: mode 3 table width {b} invalid: allowed {TABLE3_BITS}")
+    codes = unpack_bits(cur.take(packed_nbytes(span + 2, b), "model table"), span + 2, b)
+    present = int((codes > 0).sum())
+    if not 2 <= present <= rans.MAX_PRESENT:
+        raise CodecError(f"entropy stream: mode 3 table holds {present} symbols, allowed 2..{rans.MAX_PRESENT}")
+    nr = cur.varint("rANS bytes", cur.end - cur.pos)
+    coded = cur.take(nr, "rANS section")
+    raw = cur.buf[cur.pos : cur.end]
+    if (nr - 4 * rans.LANES) // 2 < _mode3_pad_words(n):
+        raise CodecError(
+            f"entropy stream of {nr} rANS bytes cannot hold {n} symbols "
+            f"(mode 3 holds at least {MODE3_MIN_BITS:g} bits per symbol)"
+        )
+    width = span.bit_length()
+    max_esc = len(raw) * 8 // width if codes[-1] else 0
+    f = rans.freqs(_weights3(codes))
+    values = None if lut is None else np.append(lut(lo, span), np.zeros(1, dtype=np.float32))
+    out, esc_pos = rans.decode(coded, n, f, _mode3_pad_words(n), values, span + 1, max_esc)
+    k = esc_pos.shape[0]
+    if len(raw) != packed_nbytes(k, width):
+        raise CodecError(f"entropy stream: {len(raw)} bytes of escaped symbols, {k} need {packed_nbytes(k, width)}")
+    if k:
+        rel = unpack_bits(raw, k, width, "escaped symbols")
+        if int(rel.max()) > span or bool((codes[rel] != 0).any()):
+            raise CodecError("entropy stream: an escaped symbol outside the span or held by the table (corrupt)")
+        out[esc_pos] = rel if values is None else values[rel]
+    return out if values is not None else out + lo
+
+
+def decode_symbols(buf: bytes | memoryview, n: int, alphabet_size: int, modes=V1_MODES) -> np.ndarray:
     """Inverse of ``encode_symbols``: ``n`` symbols as int64. Raises ``CodecError`` on any
-    corrupt, truncated or over-long stream."""
+    corrupt, truncated or over-long stream, or a mode outside ``modes``."""
     _check_alphabet(alphabet_size)
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise CodecError(f"symbol count n={n!r} invalid")
@@ -181,6 +322,10 @@ def decode_symbols(buf: bytes | memoryview, n: int, alphabet_size: int) -> np.nd
         return np.zeros(0, dtype=np.int64)
     cur = Cursor(view, context="entropy stream")
     mode = cur.u8("mode")
+    if mode not in modes:
+        raise CodecError(f"entropy stream mode {mode} not allowed here: allowed {', '.join(map(str, modes))}")
+    if mode == 3:
+        return decode_mode3(view, n, alphabet_size)
     if mode == 0:
         s = cur.varint("constant symbol", alphabet_size - 1)
         if cur.pos != len(view):
@@ -199,7 +344,7 @@ def decode_symbols(buf: bytes | memoryview, n: int, alphabet_size: int) -> np.nd
             raise CodecError(f"entropy stream: symbol {int(out.max())} outside the alphabet 0..{alphabet_size - 1}")
         return out
     if mode != 2:
-        raise CodecError(f"entropy stream mode {mode} unknown: allowed 0, 1, 2")
+        raise CodecError(f"entropy stream mode {mode} unknown: allowed {', '.join(map(str, modes))}")
     lo = cur.varint("lowest symbol", alphabet_size - 1)
     span = cur.varint("symbol span", alphabet_size - 1 - lo)
     if span < 1:
