@@ -644,7 +644,8 @@ def read_state() -> dict | None:
         st = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return st if isinstance(st, dict) and isinstance(st.get("address"), str) else None
+    ok = isinstance(st, dict) and all(isinstance(st.get(k), str) and st.get(k) for k in ("address", "id"))
+    return st if ok else None
 
 
 def marked_pids(cluster_id: str) -> dict[int, int]:
@@ -801,8 +802,10 @@ def cluster_down(state: dict | None = None, *, quiet: bool = False, grace_s: flo
     # Workers forked while we were stopping carry the id too: a second pass.
     again = marked_pids(st["id"])
     left = {**left, **kill_pids(again, grace_s=grace_s)} if again else left
-    root = st.get("temp_dir") or ""
-    if root.startswith(tempfile.gettempdir()) and os.path.basename(root).startswith("slicer-rc-"):
+    # The record is a file in the user's home: remove only a folder `up` could have made.
+    root = os.path.realpath(str(st.get("temp_dir") or "/nonexistent"))
+    if (os.path.dirname(root) == os.path.realpath(tempfile.gettempdir())
+            and os.path.basename(root).startswith("slicer-rc-") and os.path.isdir(root)):
         shutil.rmtree(root, ignore_errors=True)
     cur = read_state()
     if cur is not None and cur.get("id") == st["id"]:

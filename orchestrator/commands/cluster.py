@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
                   f"{st['address']} (dashboard {st['dashboard_url']}), {st['nodes']} nodes, {alive} processes, "
                   f"classes {', '.join(st['classes'])}")
         return 0 if st is None or alive else 1
-    except (C.ClusterError, ValueError) as e:
+    except ValueError as e:
+        print(f"slicer cluster {args.action}: {e}", file=sys.stderr)
+        return 2
+    except C.ClusterError as e:
         print(f"slicer cluster {args.action}: {e}", file=sys.stderr)
         return 1

@@ -48,7 +48,11 @@ def scrape(urls: list[str], timeout_s: float = 5.0) -> tuple[float, dict]:
             text = urllib.request.urlopen(url, timeout=timeout_s).read().decode("utf-8", "replace")
         except OSError:
             continue  # a node that went away: the others still count
-        for k, v in parse(text).items():
+        try:
+            rows = parse(text)
+        except ValueError:  # not Prometheus text (a proxy's error page): skip that node
+            continue
+        for k, v in rows.items():
             merged[k] += v
     return time.time(), dict(merged)
 

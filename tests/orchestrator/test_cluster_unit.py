@@ -193,3 +193,46 @@ def test_job_env_ships_otel_variables_but_not_those_the_job_has(monkeypatch):
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
         {"runtime_env": {"env_vars": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}}}))
     assert C._job_env() == {"env_vars": {"OTEL_EXPORTER_OTLP_HEADERS": "x=1"}}
+
+
+def test_cluster_record_is_checked_and_down_removes_only_what_up_could_make(tmp_path, monkeypatch, capsys):
+    """The record lives in the user's home: a tampered one must not make `down` delete an
+    arbitrary folder or kill processes that are not the cluster's."""
+    import json
+
+    from slicer.orchestrator.cli import main
+
+    monkeypatch.setenv("SLICER_HOME", str(tmp_path))
+    rec = tmp_path / "cluster.json"
+    for bad in ("[]", '{"address": 5, "id": "x"}', '{"address": "127.0.0.1:1"}', "not json"):
+        rec.write_text(bad)
+        assert C.read_state() is None
+    victim = tmp_path / "slicer-rc-victim"
+    victim.mkdir()
+    rec.write_text(json.dumps({"id": "nosuchcluster", "address": "127.0.0.1:1", "temp_dir": str(victim)}))
+    assert C.marked_pids("nosuchcluster") == {}
+    assert C.cluster_down() == {"stopped": 0, "left": []}
+    assert victim.is_dir() and not rec.exists()  # outside the temp dir: left alone
+    assert main(["cluster", "down"]) == 1 and "no slicer cluster is recorded" in capsys.readouterr().err
+    assert main(["cluster", "up", "--classes", "no-such-class"]) == 2
+    assert "not in the device catalog" in capsys.readouterr().err
+    assert main(["cluster", "status"]) == 0 and "no slicer cluster is up" in capsys.readouterr().out
+
+
+def test_marked_pids_finds_exactly_the_marked_processes():
+    import uuid
+
+    cid = uuid.uuid4().hex[:12]
+    env = {**__import__("os").environ, C.CLUSTER_ID_ENV: cid}
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
+    q = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                         env={**env, C.CLUSTER_ID_ENV: cid + "x"})
+    try:
+        deadline = time.monotonic() + 10
+        while p.pid not in C.marked_pids(cid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(C.marked_pids(cid)) == {p.pid}
+    finally:
+        for x in (p, q):
+            x.kill()
+            x.wait(5)
