@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,17 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith("slicer ")
+
+
+@pytest.mark.parametrize("policy", ["slicer", "all"])
+def test_plan_json_to_stdout_is_json_alone(capsys, policy):
+    import json
+
+    tiny = Path(__file__).resolve().parents[2] / "examples" / "models" / "slicer-tiny"
+    rc = main(["plan", "--model", str(tiny), "--device", "jetson-orin-nano", "--rate-mbps", "20",
+               "--latency-ms", "50", "--policy", policy, "--json", "-"])
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)  # nothing else on stdout
+    plans = doc if isinstance(doc, list) else [doc]
+    assert rc in (0, 1) and plans and all("split" in p and "feasible" in p for p in plans)
+    assert "model " in cap.err and "budgets:" in cap.err  # the human-readable lines went to stderr

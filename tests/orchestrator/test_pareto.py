@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from pathlib import Path
 
 import pytest
 
@@ -118,7 +119,8 @@ def test_mixed_feasibility_front_holds_only_feasible_rows(tmp_path, capsys):
 
     out = tmp_path / "sw"
     # a generous budget on the tiny model: some plans feasible, the 1 Mbit/s link makes others miss it
-    assert main(["sweep", "--predict-only", "--model", "examples/models/slicer-tiny", "--devices", "jetson-orin-nano",
+    tiny = Path(__file__).resolve().parents[2] / "examples" / "models" / "slicer-tiny"
+    assert main(["sweep", "--predict-only", "--model", str(tiny), "--devices", "jetson-orin-nano",
                  "--link-mbps", "1", "--latency-budget-ms", "5", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     rows = list(csv.DictReader((out / "sweep.csv").open()))
