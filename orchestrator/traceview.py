@@ -222,12 +222,14 @@ def to_chrome_trace(spans: list[dict[str, Any]]) -> dict[str, Any]:
                 continue
             used.add(dst["span_id"])
             flow += 1
-            # "s" binds to the send slice (its ts inside it), "f" with bp=e to the slice
-            # enclosing its ts on the server thread: the step's queue span.
+            # "s" binds to the slice enclosing its ts on its thread, "f" (bp=e) likewise:
+            # each at its slice's midpoint, so a neighbour ending or starting at the same
+            # microsecond cannot take the arrow.
             events.append({"name": "step", "cat": "flow", "ph": "s", "id": flow, "pid": pid_of[str(send.get("service"))],
-                           "tid": tid_of[t.trace_id], "ts": us(send["start_ns"])})
+                           "tid": tid_of[t.trace_id], "ts": us((send["start_ns"] + send["end_ns"]) // 2)})
             events.append({"name": "step", "cat": "flow", "ph": "f", "bp": "e", "id": flow,
-                           "pid": pid_of[str(dst.get("service"))], "tid": tid_of[t.trace_id], "ts": us(dst["start_ns"])})
+                           "pid": pid_of[str(dst.get("service"))], "tid": tid_of[t.trace_id],
+                           "ts": us((dst["start_ns"] + dst["end_ns"]) // 2)})
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
