@@ -963,7 +963,10 @@ def connect(address: str | None = "auto", *, namespace: str = "slicer", timeout_
 
         # RAY_ADDRESS (set inside a Ray job), else the `slicer cluster up` cluster, else the
         # address file of the last cluster started on this machine
-        target = os.environ.get("RAY_ADDRESS") or (read_state() or {}).get("address", "") or read_ray_address() or ""
+        env_addr = os.environ.get("RAY_ADDRESS", "")
+        if env_addr.startswith(("http://", "https://")):
+            env_addr = ""  # the Jobs API's address (as `ray job submit` uses it), not a GCS
+        target = env_addr or (read_state() or {}).get("address", "") or read_ray_address() or ""
         if target:
             address = target  # resolved here: Ray's own "auto" would look elsewhere
         else:

@@ -236,3 +236,23 @@ def test_marked_pids_finds_exactly_the_marked_processes():
         for x in (p, q):
             x.kill()
             x.wait(5)
+
+
+def test_address_auto_prefers_ray_address_then_the_slicer_cluster(tmp_path, monkeypatch):
+    """`--address auto` resolves without Ray's own search (which takes any GCS on the host):
+    RAY_ADDRESS unless it is a dashboard URL, then the `slicer cluster up` record."""
+    seen = []
+
+    def fake_match(target, timeout_s, notice):
+        seen.append(target)
+        raise C.ClusterError("stop here")
+
+    monkeypatch.setattr(C, "_match_auth", fake_match)
+    monkeypatch.setenv("SLICER_HOME", str(tmp_path))
+    (tmp_path / "cluster.json").write_text('{"id": "abc", "address": "127.0.0.1:4242"}')
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:5151")
+    for env, want in (("127.0.0.1:5151", "127.0.0.1:5151"), ("http://127.0.0.1:8265", "127.0.0.1:4242")):
+        monkeypatch.setenv("RAY_ADDRESS", env)
+        with pytest.raises(C.ClusterError, match="stop here"):
+            C.connect("auto", timeout_s=1)
+        assert seen[-1] == want
