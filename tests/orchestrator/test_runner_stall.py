@@ -84,6 +84,7 @@ def fake_ray(monkeypatch):
     monkeypatch.setattr(RA, "make_policy", lambda *a, **k: FakePolicy())
     monkeypatch.setattr(RA, "make_server", lambda *a, **k: FakeServer(state["stats_hang"]))
     monkeypatch.setattr(RA, "make_edge", lambda cfg, *a, **k: FakeEdge(cfg, hang.get(cfg["device_id"], ())))
+    monkeypatch.setattr(runner, "_cluster_gpus", lambda *a, **k: (lambda device_class: False))  # no Ray: no GPU
     return hang, state
 
 
