@@ -482,6 +482,7 @@ class EdgeDevice:
                     t_tr = delay_measured + wire
                     m = {"step": i, "request_id": request["request_id"], "context": position,
                          "goodput_bps": len(payload) * 8 / t_tr if t_tr > 0 else None,
+                         "payload_bytes": len(payload), "transfer_s": t_tr if t_tr > 0 else None,
                          "compute_s": dt + extra if kind == "decode" else None}
                     self._adapt(m, sess, plan, i, trace_ctx)
             return tokens

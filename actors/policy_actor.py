@@ -187,23 +187,25 @@ class Policy:
     def _observe(self, dev: _Device, m: dict) -> dict | None:
         """Measured goodput / compute of a device into its planner state; a re-plan is
         logged with the figure that caused it (trigger ``measured``)."""
-        g, c = m.get("goodput_bps"), m.get("compute_s")
-        if g is None and c is None:
+        g, c, b, t = (float(m[k]) if _pos_finite(m.get(k)) else None
+                      for k in ("goodput_bps", "compute_s", "payload_bytes", "transfer_s"))
+        if b is None or t is None:
+            b = t = None
+        if g is None and c is None and b is None:
             return None
-        g = float(g) if _pos_finite(g) else None
-        c = float(c) if _pos_finite(c) else None
-        if g is None and c is None:
-            return None
+        ctx = m.get("context")
+        ctx = int(ctx) if isinstance(ctx, int) and not isinstance(ctx, bool) and 0 <= ctx <= 10**7 else None
         state = dev.state
         t0 = now_s()
-        plan, event = state.observe(goodput_bps=g, compute_s=c, context=m.get("context"))
+        plan, event = state.observe(goodput_bps=g, compute_s=c, context=ctx, payload_bytes=b, transfer_s=t)
         if event is None:
             return None
         old = dev.plan
         d = plan.to_dict()
         d["device"] = dev.device_id
         dev.plan = d
-        why = (f"measured goodput {g / 1e6:.3g} Mbit/s (smoothed {event['goodput_est_mbps']:.3g})" if g is not None
+        why = (f"measured goodput {g / 1e6:.3g} Mbit/s (fit {event['goodput_est_mbps']:.3g} Mbit/s + "
+               f"{event['overhead_est_ms']:.2f} ms per message)" if g is not None and event["goodput_est_mbps"]
                else "measured compute") + (f", compute x{event['compute_scale']:.2f} of predicted"
                                            if event.get("compute_scale") else "") + f" at step {m.get('step')}: {event['why']}"
         self._log.append({
@@ -215,6 +217,7 @@ class Policy:
             "predicted_latency_ms": d.get("predicted_latency_ms"), "predicted_memory_mb": d.get("predicted_memory_mb"),
             "link": dict(dev.link), "memory_cap_mb": dev.memory_cap_mb, "changed": True,
             "measured": {"goodput_mbps": event["goodput_mbps"], "goodput_est_mbps": event["goodput_est_mbps"],
+                         "overhead_est_ms": event["overhead_est_ms"], "payload_bytes": b, "transfer_s": t,
                          "compute_scale": event["compute_scale"], "request_id": m.get("request_id"), "step": m.get("step")},
             "previous": None if old is None else {k: old.get(k) for k in ("split", "offload_step", "codec_spec", "sparsity")},
         })

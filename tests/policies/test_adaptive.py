@@ -83,6 +83,27 @@ def test_a_measured_drop_replans_at_once_and_recovery_waits():
     assert st.current.sparsity <= p1.sparsity
 
 
+def test_link_fit_separates_per_message_time_from_goodput():
+    """t = 1 ms + B / 20 Mbit/s: the fit recovers both, so small payloads do not read as a
+    slow link (the pure B/t estimate would say 1.1 Mbit/s for a 150 B payload and push the
+    plan to ever smaller payloads)."""
+    from slicer.policies.api import _fit_link
+
+    t = lambda b: 1e-3 + b * 8 / 20e6
+    st, p0 = _state()
+    sizes = [5000, 150, 150, 160, 150, 4000, 150, 150]
+    for b in sizes:
+        st.observe(payload_bytes=b, transfer_s=t(b))
+    assert st.goodput_est == pytest.approx(20e6, rel=1e-6) and st.overhead_est == pytest.approx(1e-3, rel=1e-6)
+    # A plan under the fit pays the per-message time on every payload.
+    assert "measured goodput 20 Mbit/s" in st.current.link and p0.feasible
+    naive, _ = _state()
+    naive.observe(goodput_bps=150 * 8 / t(150))
+    assert naive.goodput_est < 1.2e6  # what B/t alone makes of a 150 B payload
+    # Equal sizes cannot separate the two: no per-message term, goodput = bits / seconds.
+    assert _fit_link([(1200.0, 0.002)] * 4, 0.5) == (pytest.approx(6e5), 0.0)
+
+
 def test_measured_compute_scales_the_device():
     st, p0 = _state()
     cm_pred = p0.predicted_latency_s
