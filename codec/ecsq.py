@@ -85,8 +85,11 @@ F32_TINY = 2.0**-149
 #: c ≤ 2^28 terms (rows of up to wire.MAX_ELEMENTS), the rotated values reach sqrt(c)·max|x|,
 #: and the decoder's inverse sums c of those: 2^64 · 2^28 · 2^14 · 2 = 2^107 < 2^128.
 ROTATE_AMAX_LIMIT = 2.0**64
-#: The rate search's grid: 2^19 bins a sign over max|x| (``_ECSQ._search_grid``).
+#: The rate search's grid: 2^19 bins a sign over max|x| (``_ECSQ._search_grid``), for
+#: tensors of at least GRID_MIN_ELEMENTS (below that the sorted search costs little, and
+#: its estimate, the coder's own plan at every step, uses small budgets better).
 GRID_BITS = 19
+GRID_MIN_ELEMENTS = 1 << 16
 #: Bytes of section 0 without the seed and the qmax varint.
 _PARAMS_FIXED = 1 + 4 + 1 + 1
 N_SECTIONS = 2
@@ -115,7 +118,7 @@ def _grid_histogram_py(xf: np.ndarray, inv: float, grid: int) -> np.ndarray:
 
 def _grid_histogram_nb(xf, inv, grid):  # pragma: no cover - compiled
     # cum[k] = number of values with w < k - grid, k = 0..2·grid+1
-    cum = np.zeros(2 * grid + 2, dtype=np.int64)
+    cum = np.zeros(2 * grid + 2, dtype=np.int32)  # int32: half the cache footprint of int64
     for i in range(xf.shape[0]):
         v = xf[i]
         w = min(int(abs(v) * inv + 0.5), grid)
@@ -128,46 +131,71 @@ def _grid_histogram_nb(xf, inv, grid):  # pragma: no cover - compiled
 _grid_histogram = (
     _numba.njit(cache=True, nogil=True)(_grid_histogram_nb) if _numba is not None else _grid_histogram_py
 )
+_grid_entropy = None  # compiled below (or the numpy version)
 
 
-def _quantize_fused_nb(xf, inv, r):  # pragma: no cover - compiled
-    # _quantize's float32 arithmetic (|x|·(1/Δ) + r, floored, signed), with the symbol
-    # range and the sums for ρ in the same pass.
+def _quantize_fused_nb(xf, inv, r, qb):  # pragma: no cover - compiled
+    # _quantize's float32 arithmetic (|x|·(1/Δ) + r, floored, signed) as symbols q + qb
+    # (qb = max|q|, from max|x| by the same arithmetic), their histogram over -qb..qb and
+    # the sums for ρ, in one pass.
     n = xf.shape[0]
-    q = np.empty(n, dtype=np.int64)
-    qmin = 0
-    qmax = 0
+    sym = np.empty(n, dtype=np.int64)
+    hist = np.zeros(2 * qb + 1, dtype=np.int64)
     sum_x = 0.0
     sum_q = 0
-    count = 0
     for i in range(n):
         v = xf[i]
         a = abs(v)
         k = np.int64(np.floor(a * inv + r))
-        if v < 0:
-            k = -k
-        q[i] = k
         if k != 0:
-            qmin = min(qmin, k)
-            qmax = max(qmax, k)
             sum_x += np.float64(a)
-            sum_q += abs(k)
-            count += 1
-    return q, qmin, qmax, sum_x, sum_q, count
+            sum_q += k
+        s = qb - k if v < 0 else qb + k
+        sym[i] = s
+        hist[s] += 1
+    return sym, hist, sum_x, sum_q
 
 
-def _offset_histogram_nb(q, off, lo, size):  # pragma: no cover - compiled
-    hist = np.zeros(size, dtype=np.int64)
-    for i in range(q.shape[0]):
-        s = q[i] + off
-        q[i] = s
-        hist[s - lo] += 1
-    return hist
+def _grid_entropy_nb(cum, grid, m, n):  # pragma: no cover - compiled
+    # Σ c·log2(n/c) over the symbol counts c at Δ = m·δ (m odd), read off the grid's
+    # cumulative counts; also the symbol span and max|q|.
+    h = (m - 1) // 2
+    qmax = (grid + h) // m
+    bits = 0.0
+    first = -1
+    last = -1
+    for q in range(-qmax, qmax + 1):
+        lo = min(max(q * m - h, -grid), grid + 1) + grid
+        hi = min(max(q * m + h + 1, -grid), grid + 1) + grid
+        c = np.int64(cum[hi]) - np.int64(cum[lo])
+        if c > 0:
+            bits += c * np.log2(n / c)
+            if first < 0:
+                first = q
+            last = q
+    return bits, last - first + 1, max(abs(first), abs(last))
+
+
+def _grid_entropy_py(cum, grid, m, n):
+    h = (m - 1) // 2
+    qmax = (grid + h) // m
+    qs = np.arange(-qmax, qmax + 1)
+    lo = np.clip(qs * m - h, -grid, grid + 1) + grid
+    hi = np.clip(qs * m + h + 1, -grid, grid + 1) + grid
+    c = cum[hi].astype(np.int64) - cum[lo]
+    used = np.flatnonzero(c)
+    cu = c[used].astype(np.float64)
+    first, last = int(qs[used[0]]), int(qs[used[-1]])
+    return float((cu * np.log2(n / cu)).sum()), last - first + 1, max(abs(first), abs(last))
 
 
 if _numba is not None:
+    _grid_entropy = _numba.njit(cache=True, nogil=True)(_grid_entropy_nb)
     _quantize_fused_jit = _numba.njit(cache=True, nogil=True)(_quantize_fused_nb)
-    _offset_histogram = _numba.njit(cache=True, nogil=True)(_offset_histogram_nb)
+
+
+if _grid_entropy is None:
+    _grid_entropy = _grid_entropy_py
 
 
 def _quantize_fused(x2: torch.Tensor, delta: float, r: float):
@@ -176,7 +204,11 @@ def _quantize_fused(x2: torch.Tensor, delta: float, r: float):
     if _numba is None or not 2.0**-125 <= delta <= 2.0**125 or x2.device.type != "cpu" or x2.numel() < 1024:
         return None
     xf = np.ascontiguousarray(x2.reshape(-1).numpy(), dtype=np.float32)
-    return _quantize_fused_jit(xf, np.float32(1.0 / delta), np.float32(r))
+    inv, r32 = np.float32(1.0 / delta), np.float32(r)
+    qb = int(np.floor(np.float32(np.abs(xf).max()) * inv + r32))
+    if qb > QMAX_LIMIT:
+        return None
+    return _quantize_fused_jit(xf, inv, r32, qb), qb
 
 
 def _reconstruct(q: torch.Tensor, rho: float, delta: float) -> torch.Tensor:
@@ -278,13 +310,10 @@ class _ECSQ:
     def _pack_fused(self, fast, delta: float, r_code: int, cfg: CodecConfig) -> list[bytes]:
         """``_pack`` from the one-pass quantizer: symbols, their histogram and the sums
         for ρ, with no further pass over the data before the entropy coder."""
-        q, qmin, qmax_signed, sum_x, sum_q, count = fast
-        qmax = max(-qmin, qmax_signed)
-        if qmax > QMAX_LIMIT:
-            raise CodecError(f"ecsq: step {delta} gives |q| = {qmax}, allowed 0..{QMAX_LIMIT}")
+        (sym, hist, sum_x, sum_q), qmax = fast
+        count = sym.size - int(hist[qmax])
         rho = (sum_x / delta - sum_q) / count if count else 0.5 - r_code / 256.0
-        counts = _offset_histogram(q, qmax, qmin + qmax, qmax_signed - qmin + 1)  # q += qmax in place
-        stream = entropy.encode_symbols(q, 2 * qmax + 1, entropy.V2_MODES, hist=(qmin + qmax, counts))
+        stream = entropy.encode_symbols(sym, 2 * qmax + 1, entropy.V2_MODES, hist=(0, hist))
         return [self._head(cfg, delta, r_code, rho, qmax), stream]
 
     def _est_total(self, shape, xs: np.ndarray, delta: float, r_code: int, cfg: CodecConfig) -> int:
@@ -383,7 +412,7 @@ class _ECSQ:
         Bisection over odd m on the payload estimate. None where the grid does not apply:
         magnitudes near float32's limits, or a rate the finest grid step already meets
         (≥ ~19 bits per element): the sorted search serves those exactly."""
-        if not 2.0**-100 < amax < 2.0**100 or x2.numel() < 1024:
+        if not 2.0**-100 < amax < 2.0**100 or x2.numel() < GRID_MIN_ELEMENTS:
             return None
         xf = np.ascontiguousarray(x2.reshape(-1).cpu().numpy())  # (N,) float32
         grid = 1 << GRID_BITS
@@ -397,23 +426,21 @@ class _ECSQ:
             qs = np.arange(-qmax, qmax + 1)
             lo = np.clip(qs * m - h, -grid, grid + 1) + grid
             hi = np.clip(qs * m + h + 1, -grid, grid + 1) + grid
-            counts = cum[hi] - cum[lo]  # (2·qmax + 1,) symbols -qmax..qmax
+            counts = cum[hi].astype(np.int64) - cum[lo]  # (2·qmax + 1,) symbols -qmax..qmax
             used = np.flatnonzero(counts)
             return qmax, int(used[0]), counts[used[0] : used[-1] + 1]
 
         def crude(m: int) -> float:
             # entropy + a 6-bit table over the span + states, params, header: cheap
-            qmax, a, c = counts_at(m)
-            cu = c[c > 0].astype(np.float64)
-            body = _params_nbytes(cfg.rotate, max(abs(a - qmax), abs(a + c.size - 1 - qmax))) + 24
-            body += float((cu * np.log2(n / cu)).sum()) / 8 + c.size * 6 / 8
+            bits, span, qabs = _grid_entropy(cum, grid, m, n)
+            body = _params_nbytes(cfg.rotate, qabs) + 24 + bits / 8 + span * 6 / 8
             return header_nbytes(shape, [8, int(body)]) + body
 
         def exact(m: int) -> int:
             # the entropy coder's own plan (what _pack will write, within a few bytes)
             qmax, a, c = counts_at(m)
             body = _params_nbytes(cfg.rotate, max(abs(a - qmax), abs(a + c.size - 1 - qmax)))
-            body += entropy.estimate_nbytes_hist(n, a, c.size - 1, lambda: c, entropy.V2_MODES)
+            body += entropy.estimate_nbytes_hist(n, a, c.size - 1, lambda: c, entropy.V2_MODES, table3=(6,))
             return header_nbytes(shape, [8, body]) + body
 
         def solve(target: float, lo: int, hi: int, f_lo: float | None = None, f_hi: float | None = None) -> int:

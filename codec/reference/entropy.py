@@ -141,7 +141,7 @@ def _check_alphabet(alphabet_size: int) -> None:
         raise CodecError(f"alphabet_size={alphabet_size!r} invalid: allowed 1..{MAX_ALPHABET}")
 
 
-def _plan_hist(n: int, lo: int, span: int, counts_fn, modes=V1_MODES):
+def _plan_hist(n: int, lo: int, span: int, counts_fn, modes=V1_MODES, table3=TABLE3_BITS):
     """Mode choice from the symbol range and (lazily) the histogram ``counts_fn()`` of
     the symbols lo..lo+span: (bytes, mode, width, table_bits, codes). ``bytes`` is exact
     for modes 0 and 1 and the model's cross-entropy estimate (+ the ANS state) for modes
@@ -161,7 +161,7 @@ def _plan_hist(n: int, lo: int, span: int, counts_fn, modes=V1_MODES):
     if 3 in modes and 2 <= int(in_model.sum()) <= rans.MAX_PRESENT:
         cu = model[in_model]
         raw = packed_nbytes(int(model[-1]), width)
-        for b in TABLE3_BITS:
+        for b in table3:
             codes = _table_codes3(model, b)
             f = rans.freqs(_weights3(codes))
             xent_bits = float((cu * (rans.PROB_BITS - np.log2(f[in_model]))).sum())
@@ -172,7 +172,7 @@ def _plan_hist(n: int, lo: int, span: int, counts_fn, modes=V1_MODES):
             nr = 4 * rans.LANES + 2 * words
             est = head + packed_nbytes(span + 2, b) + len(varint(nr)) + nr + raw
             if est < best[0]:
-                best = (est, 3, width, b, codes)
+                best = (est, 3, width, b, (codes, int(model[-1])))
     if 2 not in modes:
         return best
     for b in TABLE_BITS:
@@ -212,13 +212,13 @@ def _plan(symbols: np.ndarray, alphabet_size: int, modes=V1_MODES, hist=None):
     return est, mode, sym, lo, hi - lo, width, b, codes
 
 
-def estimate_nbytes_hist(n: int, lo: int, span: int, counts_fn, modes=V1_MODES) -> int:
+def estimate_nbytes_hist(n: int, lo: int, span: int, counts_fn, modes=V1_MODES, table3=TABLE3_BITS) -> int:
     """``estimate_nbytes`` from a histogram instead of the symbols: ``n`` symbols in
     lo..lo+span (lo and lo+span both occurring), ``counts_fn()`` their span+1 counts,
     called only when an entropy-coded stream could be the smallest."""
     if n == 0:
         return 0
-    return _plan_hist(n, lo, span, counts_fn, modes)[0]
+    return _plan_hist(n, lo, span, counts_fn, modes, table3)[0]
 
 
 def estimate_nbytes(symbols: np.ndarray, alphabet_size: int, modes=V1_MODES) -> int:
@@ -241,7 +241,7 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int, modes=V1_MODES, hist
     if mode == 1:
         return bytes((1,)) + varint(lo) + bytes((width,)) + pack_bits(sym - lo, width)
     if mode == 3:
-        return encode_mode3(sym - lo, lo, span, b, codes)
+        return encode_mode3(sym, lo, span, b, *codes)  # (table codes, escaped count)
     c = _constriction()
     model = c.stream.model.Categorical(_weights(codes, b), perfect=False)
     coder = c.stream.stack.AnsCoder()
@@ -252,16 +252,18 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int, modes=V1_MODES, hist
     return bytes((2,)) + varint(lo) + varint(span) + bytes((b,)) + pack_bits(codes, b) + words.tobytes()
 
 
-def encode_mode3(rel: np.ndarray, lo: int, span: int, b: int, codes: np.ndarray) -> bytes:
-    """A mode 3 stream of the symbols ``lo + rel`` (rel in 0..span) with these table codes
-    (span+2 of them; a symbol whose code is 0 is escaped)."""
-    escaped = codes[:-1][rel] == 0  # (n,)
-    mapped = np.where(escaped, span + 1, rel)
-    stream = rans.encode(mapped, rans.freqs(_weights3(codes)))
-    pad = _mode3_pad_words(rel.size) - (len(stream) - 4 * rans.LANES) // 2
+def encode_mode3(sym: np.ndarray, lo: int, span: int, b: int, codes: np.ndarray, nesc: int) -> bytes:
+    """A mode 3 stream of the symbols ``sym`` (in lo..lo+span) with these table codes
+    (span+2 of them; a symbol whose code is 0 is escaped: ``nesc`` occurrences)."""
+    esc = span + 1
+    remap = np.where(codes[:-1] == 0, esc, np.arange(span + 1))  # (span+1,)
+    stream, raw = rans.encode(sym, rans.freqs(_weights3(codes)), lo, remap, esc, nesc)
+    if raw.size != nesc:
+        raise CodecError(f"mode 3: {raw.size} escaped symbols found, {nesc} counted")
+    pad = _mode3_pad_words(sym.size) - (len(stream) - 4 * rans.LANES) // 2
     stream += bytes(2 * max(0, pad))
     head = bytes((3,)) + varint(lo) + varint(span) + bytes((b,)) + pack_bits(codes, b) + varint(len(stream))
-    return head + stream + pack_bits(rel[escaped], span.bit_length())
+    return head + stream + pack_bits(raw, span.bit_length())
 
 
 def decode_mode3(buf: bytes | memoryview, n: int, alphabet_size: int, lut=None) -> np.ndarray:
