@@ -5,8 +5,10 @@
 Each stage is linear in the counts that drive its work (N elements, k = ⌊(1−s)N⌋ kept,
 M = M+ + M− blocks, r width passes of ABQ):
 
-- ``t_ATKF = a0 + a1·N + a2·N·[λ > 0]``: the selection of the k largest scores over N;
-  λ > 0 scores the two signs differently (one more pass);
+- ``t_ATKF = a0 + a1·N + a2·N·[0 < k < N] + a3·N·[λ > 0]``: scoring the N values, the
+  selection of the k largest when there is one to make (s = 0 keeps everything: a fitted
+  λ-only term absorbed the selection's cost and mispredicted λ = 0 settings 8x), and
+  λ > 0 scoring the two signs differently;
 - ``t_MS = m0 + m1·k + m2·M``: the sign split and the equal-cardinality cuts of the k values;
 - ``Σ t_ABQ = b0·M + b1·k·(1 + r)``: ranges and codes of every block, then r = 1 width tried
   below q_bit when δ is set (SLICER's δ = 0.01 usually stops there: one more pass), r = 0
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 STAGES = ("atkf", "ms", "abq", "pack", "decode")
 #: Regressors of each stage (what each coefficient multiplies), for ``features``.
 TERMS = {
-    "atkf": ("1", "N", "N*asym"),
+    "atkf": ("1", "N", "N*select", "N*asym"),
     "ms": ("1", "k", "M"),
     "abq": ("M", "k*(1+r)"),
     "pack": ("1", "N", "k"),
@@ -49,12 +51,14 @@ def counts(shape: Sequence[int], cfg) -> dict[str, float]:
     asym = 1.0 if float(getattr(cfg, "asymmetry", 0.0)) > 0 else 0.0
     fixed = isinstance(cfg.bits, tuple) or cfg.delta is None
     r = 0.0 if fixed else 1.0
-    return {"N": n, "k": k, "M": m, "asym": asym, "r": r}
+    select = 1.0 if 0 < k < n else 0.0
+    return {"N": n, "k": k, "M": m, "asym": asym, "r": r, "select": select}
 
 
 def features(stage: str, c: Mapping[str, float]) -> list[float]:
     """Regressor values of ``stage`` (``TERMS[stage]``) for the counts ``c``."""
     vals = {"1": 1.0, "N": c["N"], "k": c["k"], "M": c["M"], "N*asym": c["N"] * c["asym"],
+            "N*select": c["N"] * c.get("select", 1.0),
             "k*(1+r)": c["k"] * (1.0 + c["r"])}
     return [vals[t] for t in TERMS[stage]]
 
@@ -115,8 +119,9 @@ def roofline_coefficients(bandwidth_bps: float, launch_s: float) -> StageCoeffic
     """Stage coefficients of a device from its sustained bandwidth and launch overhead.
 
     Bytes per element each stage moves in the fused Triton encoder (codec/kernels): the
-    ATKF radix multi-select reads the float32 scores about 4 times (16 B per element; one
-    more pass for λ > 0), MS's cuts re-read the k kept values 3 times (12 B), ABQ reads each
+    ATKF scores the float32 values (4 B per element), its radix multi-select re-reads them
+    about 3 times where there is a selection to make (12 B; none at s = 0), one more pass
+    for λ > 0, MS's cuts re-read the k kept values 3 times (12 B), ABQ reads each
     value and writes its code per width pass (12 B), packing writes the bitmap (N/8 B) and
     the values (≤ 1 B at q_bit 8); the decoder writes the dense float32 output (4 B per
     element) after reading k values and positions (12 B). One launch per pass."""
@@ -124,7 +129,7 @@ def roofline_coefficients(bandwidth_bps: float, launch_s: float) -> StageCoeffic
         raise ValueError(f"roofline needs a bandwidth > 0 and a launch overhead >= 0, got {bandwidth_bps!r}, {launch_s!r}")
     b = 1.0 / bandwidth_bps
     return StageCoefficients(
-        atkf=(4 * launch_s, 16 * b, 4 * b),
+        atkf=(4 * launch_s, 4 * b, 12 * b, 4 * b),
         ms=(3 * launch_s, 12 * b, 0.0),
         abq=(0.0, 12 * b),
         pack=(2 * launch_s, 0.125 * b, 1.0 * b),

@@ -258,7 +258,7 @@ def _stages(device: str, d: Any) -> dict | None:
     try:
         return StageCoefficients.from_dict(d).to_dict()
     except ValueError as e:
-        raise ValueError(f"device {device!r}: measured.{e}") from None
+        raise ValueError(f"device {device!r}: measured.{e} (a profile of another layout: re-run slicer profile)") from None
 
 
 def stage_coefficients(dev: DeviceProfile):

@@ -338,18 +338,25 @@ def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 
         enc, dec = time_codecs(feats, codec_specs, reps, clock=tick, disturb=disturb)
         overhead = time_call_overhead(model, contexts[len(contexts) // 2], reps, clock=tick, disturb=codec_disturb) \
             if model.kind == "causal_lm" else 0.0
-    stages = None
+    stages, fit_note = None, ""
     if stage_points:
+        from slicer.codec import CodecConfig
         from slicer.policies.codectime import fit_stage_coefficients
 
-        stages = fit_stage_coefficients(time_codec_stages(stage_points, max(3, reps // 3), clock=tick)).to_dict()
+        timed = time_codec_stages(stage_points, max(3, reps // 3), clock=tick)
+        fit = fit_stage_coefficients(timed)
+        stages = fit.to_dict()
+        ratios = [fit.encode_s((int(r["N"]),), CodecConfig.parse(r["spec"])) / (r["atkf"] + r["ms"] + r["abq"] + r["pack"])
+                  for r in timed]
+        fit_note = (f"; codec stage fit predicts {min(ratios):.2f}-{max(ratios):.2f}x of the timed encodes "
+                    f"({len(timed)} points)")
     mem, bw, flops = machine_peaks()
     name = device_name or f"this-machine-{platform.node() or 'host'}"
     dev = DeviceProfile(
         name=name, memory_bytes=mem, memory_bandwidth_bps=bw, peak_flops={"float32": flops},
         compute_efficiency=1.0, bandwidth_efficiency=1.0, kind="measured",
         description=f"measured by slicer profile on {platform.node()} ({platform.processor() or platform.machine()}), "
-                    f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock} clock",
+                    f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock} clock{fit_note}",
         measured=MeasuredTimings(contexts=contexts, unit_s=tuple(rows), prefill_tokens=prefill_tokens if prefill else 0,
                                  prefill_unit_s=prefill, codec=tuple(enc), codec_decode=tuple(dec),
                                  call_overhead_s=overhead, codec_stages=stages),
@@ -398,5 +405,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  encode {spec} {n} elements: {t * 1e3:.3f} ms")
     if m.codec_stages:
         print("  codec stages (s per 1, N, k, M...): " + "; ".join(f"{k} {v}" for k, v in m.codec_stages.items()))
+        print(f"  {dev.description.rpartition('; ')[2]}")
     print(f"wrote {out}")
     return 0

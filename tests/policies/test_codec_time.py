@@ -32,6 +32,7 @@ def test_roofline_stages_follow_the_knobs():
     assert all(base[s] > 0 for s in STAGES)
     sparser = coef.stage_s(SHAPE, cfg(s=0.9))
     assert sparser["ms"] < base["ms"] and sparser["abq"] < base["abq"] and sparser["atkf"] == base["atkf"]
+    assert coef.stage_s(SHAPE, cfg(s=0.0))["atkf"] < base["atkf"]  # s = 0 keeps all: nothing to select
     assert coef.stage_s(SHAPE, cfg(lam=0.2))["atkf"] > base["atkf"]  # λ > 0: one more scoring pass
     assert coef.stage_s(SHAPE, cfg(delta=None))["abq"] < base["abq"]  # fixed bits: no width pass
     assert coef.encode_s(SHAPE, cfg()) == pytest.approx(base["atkf"] + base["ms"] + base["abq"] + base["pack"])
@@ -44,7 +45,7 @@ def test_roofline_stages_follow_the_knobs():
 
 
 def test_fit_recovers_known_coefficients():
-    truth = StageCoefficients(atkf=(1e-5, 2e-9, 1e-9), ms=(3e-6, 5e-9, 2e-5), abq=(4e-6, 3e-9),
+    truth = StageCoefficients(atkf=(1e-5, 1e-9, 2e-9, 1e-9), ms=(3e-6, 5e-9, 2e-5), abq=(4e-6, 3e-9),
                               pack=(2e-5, 1e-10, 2e-9), decode=(5e-5, 1e-9, 6e-9), source="fit")
     rows = []
     for n in (4096, 65536, 262144):
@@ -81,7 +82,9 @@ def test_bad_stage_tables_are_refused():
     with pytest.raises(ValueError, match="unknown key"):
         StageCoefficients.from_dict({**good, "evil": [1]})
     with pytest.raises(ValueError, match=r"StageCoefficients.atkf=.* is invalid"):
-        StageCoefficients.from_dict({**good, "atkf": [-1.0, 0.0, 0.0]})
+        StageCoefficients.from_dict({**good, "atkf": [-1.0, 0.0, 0.0, 0.0]})
+    with pytest.raises(ValueError, match=r"StageCoefficients.atkf=.* is invalid"):
+        StageCoefficients.from_dict({**good, "atkf": [0.0, 0.0, 0.0]})  # a profile of an older layout
     with pytest.raises(ValueError, match="is invalid"):
         StageCoefficients.from_dict({**good, "abq": [float("nan"), 0.0]})
     with pytest.raises(ValueError, match="list of numbers"):
