@@ -117,3 +117,28 @@ def test_cohorts_merge_when_a_batch_takes_longer_than_a_round_trip(tiny_model):
     asyncio.run(main())
     assert sum(server.batch_sizes) == 32
     assert server.batch_sizes[-5:].count(4) >= 4, server.batch_sizes
+
+
+def test_live_sessions_are_waited_for_up_to_their_usual_turnaround(tiny_model):
+    """Fast batches, slow edges (a split near the end: long fronts, a short back): a
+    batch waits for the live sessions up to their usual turnaround, so 4 devices whose
+    next steps arrive 5-20 ms apart still batch as 4."""
+    server = Server(tiny_model, ServerConfig(batch_window_ms=0.0, max_batch=16))
+
+    async def device(i):
+        sid = server.open_session(f"dev-{i}", "r", SPLIT, 20)
+        x = tiny_model.run(0, SPLIT, torch.tensor([[3 + i, 4]]))
+        pos = 0
+        for _ in range(8):
+            res = await server.step(sid, encode(x, LOSSLESS), pos)
+            pos += x.shape[1]
+            await asyncio.sleep(0.005 * (i + 1))  # edges of different speeds
+            x = tiny_model.run(0, SPLIT, torch.tensor([[res["token"]]]), position=pos)
+        server.close_session(sid)
+
+    async def main():
+        await asyncio.gather(*(device(i) for i in range(4)))
+
+    asyncio.run(main())
+    assert sum(server.batch_sizes) == 32
+    assert server.batch_sizes[-5:].count(4) >= 4, server.batch_sizes
