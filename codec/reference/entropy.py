@@ -19,8 +19,9 @@ Stream layout (frozen, wire version 1; ``varint`` is unsigned LEB128 ≤ 5 bytes
                                (span+1) table codes of b bits (bitpack layout),
                                then the ANS words (u32 little-endian) to the end
     u8 mode = 3      fast rANS (wire version 2; ``rans.py``): varint lo, varint span ≥ 1,
-                               u8 table_bits b (5, 6 or 7), (span+2) table codes of b bits
-                               (the last: the escape symbol), varint r = rANS bytes,
+                               u8 table_bits b (5, 6 or 7), varint core start c, varint
+                               core span k, (k+2) table codes of b bits for the symbols
+                               lo+c..lo+c+k and the escape (last), varint r = rANS bytes,
                                r bytes: 4 final states (u32) then 16-bit words,
                                then each escaped symbol - lo at span.bit_length() bits
 
@@ -31,7 +32,8 @@ Mode 3 escapes rare symbols: one of count < n/2^13 would get a frequency of unde
 2^15, and the floor of 1 per present symbol stole 12% of the mass from the common ones at
 1 byte per element (4,000 tail symbols: 0.3% over the rate cap). It is coded as the escape
 symbol plus its raw offset instead, and is absent from the table (a decoder refuses an
-escaped symbol the table holds). Mode 3's model is integer: code e ≥ 1 has weight (4 + e mod 4)·2^floor(e/4) (four steps
+escaped symbol the table holds); the table covers only the core from the first to the last
+symbol not escaped (outlier channels made tables of 10,000 codes, 1.9% of the stream). Mode 3's model is integer: code e ≥ 1 has weight (4 + e mod 4)·2^floor(e/4) (four steps
 an octave; 0 = absent), normalized by ``rans.freqs`` to 2^15, so both sides build the same
 table on any machine. It must be a fixed multiple of its symbols' work: at least
 ``MODE3_MIN_BITS`` = 1/32 bit per symbol counting states and words (n ≤ 4096 + 512·words);
@@ -159,8 +161,14 @@ def _plan_hist(n: int, lo: int, span: int, counts_fn, modes=V1_MODES, table3=TAB
     model = np.append(np.where(rare, 0, counts), counts[rare].sum())  # (span+2,) last: escape
     in_model = model > 0
     if 3 in modes and 2 <= int(in_model.sum()) <= rans.MAX_PRESENT:
+        # the table covers the core: the symbols from the first to the last one not escaped
+        kept = np.flatnonzero(in_model[:-1])
+        c_lo, c_hi = (int(kept[0]), int(kept[-1])) if kept.size else (0, -1)
+        model = np.append(model[c_lo : c_hi + 1], model[-1])  # (core+1,) last: escape
+        in_model = model > 0
         cu = model[in_model]
         raw = packed_nbytes(int(model[-1]), width)
+        head3 = head + len(varint(c_lo)) + len(varint(max(0, c_hi - c_lo)))
         for b in table3:
             codes = _table_codes3(model, b)
             f = rans.freqs(_weights3(codes))
@@ -170,9 +178,9 @@ def _plan_hist(n: int, lo: int, span: int, counts_fn, modes=V1_MODES, table3=TAB
             # keeps the estimate an upper bound, so a rate search rarely packs twice.
             words = max(math.ceil(xent_bits * 1.0005 / 16) + 2, _mode3_pad_words(n))
             nr = 4 * rans.LANES + 2 * words
-            est = head + packed_nbytes(span + 2, b) + len(varint(nr)) + nr + raw
+            est = head3 + packed_nbytes(model.size, b) + len(varint(nr)) + nr + raw
             if est < best[0]:
-                best = (est, 3, width, b, (codes, int(model[-1])))
+                best = (est, 3, width, b, (codes, int(model[-1]), c_lo))
     if 2 not in modes:
         return best
     for b in TABLE_BITS:
@@ -252,17 +260,21 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int, modes=V1_MODES, hist
     return bytes((2,)) + varint(lo) + varint(span) + bytes((b,)) + pack_bits(codes, b) + words.tobytes()
 
 
-def encode_mode3(sym: np.ndarray, lo: int, span: int, b: int, codes: np.ndarray, nesc: int) -> bytes:
-    """A mode 3 stream of the symbols ``sym`` (in lo..lo+span) with these table codes
-    (span+2 of them; a symbol whose code is 0 is escaped: ``nesc`` occurrences)."""
-    esc = span + 1
-    remap = np.where(codes[:-1] == 0, esc, np.arange(span + 1))  # (span+1,)
+def encode_mode3(sym: np.ndarray, lo: int, span: int, b: int, codes: np.ndarray, nesc: int, c_lo: int) -> bytes:
+    """A mode 3 stream of the symbols ``sym`` (in lo..lo+span) with these table codes for
+    the core lo+c_lo.. (and the escape last); a symbol outside the core or with code 0 is
+    escaped (``nesc`` occurrences)."""
+    core = codes.size - 1
+    esc = core
+    remap = np.full(span + 1, esc, dtype=np.int64)  # (span+1,) symbol - lo -> model index
+    remap[c_lo : c_lo + core] = np.where(codes[:-1] == 0, esc, np.arange(core))
     stream, raw = rans.encode(sym, rans.freqs(_weights3(codes)), lo, remap, esc, nesc)
     if raw.size != nesc:
         raise CodecError(f"mode 3: {raw.size} escaped symbols found, {nesc} counted")
     pad = _mode3_pad_words(sym.size) - (len(stream) - 4 * rans.LANES) // 2
     stream += bytes(2 * max(0, pad))
-    head = bytes((3,)) + varint(lo) + varint(span) + bytes((b,)) + pack_bits(codes, b) + varint(len(stream))
+    head = bytes((3,)) + varint(lo) + varint(span) + bytes((b,)) + varint(c_lo) + varint(core - 1)
+    head += pack_bits(codes, b) + varint(len(stream))
     return head + stream + pack_bits(raw, span.bit_length())
 
 
@@ -282,7 +294,9 @@ def decode_mode3(buf: bytes | memoryview, n: int, alphabet_size: int, lut=None) 
     b = cur.u8("table width")
     if b not in TABLE3_BITS:
         raise CodecError(f"entropy stream: mode 3 table width {b} invalid: allowed {TABLE3_BITS}")
-    codes = unpack_bits(cur.take(packed_nbytes(span + 2, b), "model table"), span + 2, b)
+    c_lo = cur.varint("core start", span)
+    core = cur.varint("core span", span - c_lo) + 1
+    codes = unpack_bits(cur.take(packed_nbytes(core + 1, b), "model table"), core + 1, b)  # last: escape
     present = int((codes > 0).sum())
     if not 2 <= present <= rans.MAX_PRESENT:
         raise CodecError(f"entropy stream: mode 3 table holds {present} symbols, allowed 2..{rans.MAX_PRESENT}")
@@ -297,17 +311,23 @@ def decode_mode3(buf: bytes | memoryview, n: int, alphabet_size: int, lut=None) 
     width = span.bit_length()
     max_esc = len(raw) * 8 // width if codes[-1] else 0
     f = rans.freqs(_weights3(codes))
-    values = None if lut is None else np.append(lut(lo, span), np.zeros(1, dtype=np.float32))
-    out, esc_pos = rans.decode(coded, n, f, _mode3_pad_words(n), values, span + 1, max_esc)
+    full = None if lut is None else lut(lo, span)  # (span+1,) values of lo..lo+span
+    # per model index: the core symbols' values (or symbols - lo), the escape's overwritten
+    per_model = np.arange(c_lo, c_lo + core + 1, dtype=np.int64) if full is None else np.append(
+        full[c_lo : c_lo + core], np.zeros(1, dtype=full.dtype))
+    out, esc_pos = rans.decode(coded, n, f, _mode3_pad_words(n), per_model, core, max_esc)
     k = esc_pos.shape[0]
     if len(raw) != packed_nbytes(k, width):
         raise CodecError(f"entropy stream: {len(raw)} bytes of escaped symbols, {k} need {packed_nbytes(k, width)}")
     if k:
         rel = unpack_bits(raw, k, width, "escaped symbols")
-        if int(rel.max()) > span or bool((codes[rel] != 0).any()):
-            raise CodecError("entropy stream: an escaped symbol outside the span or held by the table (corrupt)")
-        out[esc_pos] = rel if values is None else values[rel]
-    return out if values is not None else out + lo
+        if int(rel.max()) > span:
+            raise CodecError("entropy stream: an escaped symbol outside the span (corrupt)")
+        inside = (rel >= c_lo) & (rel < c_lo + core)
+        if bool((codes[np.where(inside, rel - c_lo, 0)][inside] != 0).any()):
+            raise CodecError("entropy stream: an escaped symbol the table holds (corrupt)")
+        out[esc_pos] = rel if full is None else full[rel]
+    return out if full is not None else out + lo
 
 
 def decode_symbols(buf: bytes | memoryview, n: int, alphabet_size: int, modes=V1_MODES) -> np.ndarray:
