@@ -39,3 +39,19 @@ def model_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tiny")
     load_model(dict(TINY_LLAMA), seed=7).hf.save_pretrained(d)
     return d
+
+
+def write_tiny_job(folder: Path, name: str, classes: tuple[str, str], max_new_tokens: int) -> Path:
+    """A job folder for the cluster tests: the actor tests' tiny random Llama saved as
+    ``tiny/`` and ``wl.yaml``, a lossless fixed split at 2 with one device of each class."""
+    from slicer.actors.models import load_model
+    from tests.actors.conftest import TINY_LLAMA
+
+    load_model(dict(TINY_LLAMA), seed=5).hf.save_pretrained(folder / "tiny")
+    a, b = classes
+    (folder / "wl.yaml").write_text(
+        f"name: {name}\nmodel: tiny\ninputs: {{prompts: [[1, 5, 9, 13, 2], [3, 4]]}}\ndevices:\n"
+        f"  - {{class: {a}, count: 1}}\n  - {{class: {b}, count: 1}}\n"
+        f"policy: {{name: fixed, split: 2, offload_step: 1}}\ncodec: lossless\nprecision: float32\n"
+        f"requests: 1\nmax_new_tokens: {max_new_tokens}\n")
+    return folder / "wl.yaml"

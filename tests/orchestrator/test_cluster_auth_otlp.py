@@ -15,22 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.orchestrator.conftest import write_tiny_job
+
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97, "max_position_embeddings": 128}
-WORKLOAD = """name: authjob
-model: tiny
-inputs: {prompts: [[1, 5, 9, 13, 2], [3, 4]]}
-devices:
-  - {class: laptop-cpu, count: 1}
-  - {class: jetson-orin-nano, count: 1}
-policy: {name: fixed, split: 2, offload_step: 1}
-codec: lossless
-precision: float32
-requests: 1
-max_new_tokens: 3
-"""
 
 
 class Receiver:
@@ -38,7 +26,9 @@ class Receiver:
     ExportTraceServiceRequest and keeps (service.name, span name) pairs."""
 
     def __init__(self):
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
 
         self.spans: list[tuple[str, str]] = []
         self.bad: list[str] = []
@@ -83,10 +73,7 @@ def noauth_cluster():
 
 
 def test_run_address_on_a_noauth_cluster_with_a_token_file_exports_otlp(noauth_cluster, tmp_path):
-    from slicer.actors.models import load_model
-
-    load_model(dict(TINY_LLAMA), seed=5).hf.save_pretrained(tmp_path / "tiny")
-    (tmp_path / "wl.yaml").write_text(WORKLOAD)
+    write_tiny_job(tmp_path, "authjob", ("laptop-cpu", "jetson-orin-nano"), 3)
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text("b" * 64)  # as `clusters/README.md` step 1 leaves it

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from slicer.orchestrator import cluster as C
+
+from tests.orchestrator.conftest import write_tiny_job
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -187,33 +188,17 @@ print(json.dumps({
 """
 
 
-TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97, "max_position_embeddings": 128}
-WORKLOAD = """name: tinyjob
-model: tiny
-inputs: {prompts: [[1, 5, 9, 13, 2], [3, 4]]}
-devices:
-  - {class: laptop-cpu, count: 1}
-  - {class: jetson-orin-nano, count: 1}
-policy: {name: fixed, split: 2, offload_step: 1}
-codec: lossless
-precision: float32
-requests: 1
-max_new_tokens: 4
-"""
 
 
 def test_submit_runs_a_workload_as_a_ray_job(local, tmp_path, capsys):
     """`slicer submit WORKLOAD --wait` through this cluster's Jobs API: `slicer run` runs
     inside the job on the multi-node cluster and its run folder comes back. The working
     dir holds only the workload and its model, so the project ships as py_modules."""
-    from slicer.actors.models import load_model
     from slicer.orchestrator.cli import main as slicer
 
     work = tmp_path / "work"
     work.mkdir()
-    load_model(dict(TINY_LLAMA), seed=5).hf.save_pretrained(work / "tiny")
-    (work / "wl.yaml").write_text(WORKLOAD)
+    write_tiny_job(work, "tinyjob", ("laptop-cpu", "jetson-orin-nano"), 4)
     out = tmp_path / "fetched"
     rc = slicer(["submit", str(work / "wl.yaml"), "--address", local.dashboard_url, "--working-dir", str(work),
                  "--wait", "--timeout-s", "240", "--out", str(out), "--run-args", "--no-trace --quiet"])

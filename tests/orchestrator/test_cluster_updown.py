@@ -12,25 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from slicer.orchestrator import cluster as C
+
+from tests.orchestrator.conftest import write_tiny_job
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97, "max_position_embeddings": 128}
-WORKLOAD = """name: updown
-model: tiny
-inputs: {prompts: [[1, 5, 9, 13, 2], [3, 4]]}
-devices:
-  - {class: phone-soc, count: 1}
-  - {class: raspberry-pi-5, count: 1}
-policy: {name: fixed, split: 2, offload_step: 1}
-codec: lossless
-precision: float32
-requests: 1
-max_new_tokens: 3
-"""
 
 
 def slicer(args: list[str], env: dict, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -39,14 +26,11 @@ def slicer(args: list[str], env: dict, cwd: Path, timeout: float = 600) -> subpr
 
 
 def test_cluster_up_submit_wait_down_leaves_nothing(tmp_path):
-    from slicer.actors.models import load_model
-
     home = tmp_path / "home"
     home.mkdir()
     work = tmp_path / "work"
     work.mkdir()
-    load_model(dict(TINY_LLAMA), seed=5).hf.save_pretrained(work / "tiny")
-    (work / "wl.yaml").write_text(WORKLOAD)
+    write_tiny_job(work, "updown", ("phone-soc", "raspberry-pi-5"), 3)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLICER_"))}
     env.update(HOME=str(home), PYTHONPATH=str(REPO))
     state = None
