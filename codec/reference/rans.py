@@ -19,6 +19,8 @@ one 16-bit word whenever it drops below L (at most once per symbol).
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from slicer.codec.errors import CodecError
@@ -27,6 +29,8 @@ PROB_BITS = 15
 PROB_SCALE = 1 << PROB_BITS
 LANES = 4
 RANS_L = 1 << 16
+#: Index of an int64's high 32-bit half in its int32 view (the decoder's slot entries).
+_HI = 1 if sys.byteorder == "little" else 0
 #: Most distinct symbols a model may hold (each needs frequency ≥ 1).
 MAX_PRESENT = PROB_SCALE // 2
 
@@ -71,11 +75,12 @@ def _enc_step(x, s, tab, rcp, out, pos):  # pragma: no cover - compiled
 
 @_inline
 def _dec_step(x, fb, words, pos, nw):  # pragma: no cover - compiled
-    # fb[slot] = freq << 16 | (slot - cum) (int32). Branchless refill; words[nw] is a
-    # padding zero, so a read past the last word yields 0 (and pos > nw, reported as
-    # corrupt after the loop).
+    # fb[slot] = freq << 16 | (slot - cum) in the low 32 bits (the caller keeps the slot's
+    # output in the high 32: one load a symbol). Branchless refill; words[nw] is a padding
+    # zero, so a read past the last word yields 0 (and pos > nw, reported as corrupt after
+    # the loop).
     slot = x & (PROB_SCALE - 1)
-    e = np.int64(fb[slot])
+    e = fb[slot] & 0xFFFFFFFF
     x = (e >> 16) * (x >> PROB_BITS) + (e & 0xFFFF)
     flag = np.int64(x < RANS_L)
     w = np.int64(words[min(pos, nw)])
@@ -126,7 +131,7 @@ def _encode_loop(sym, off, remap, esc, nesc, tab, rcp):  # pragma: no cover - co
 
 @_inline
 def _emit(out, i, slot, vals, esc_lo, esc_hi, esc_pos, k):  # pragma: no cover - compiled
-    out[i] = vals[slot]
+    out[i] = vals[slot << 1 | _HI]  # the high half of the slot's table entry
     if esc_lo <= slot < esc_hi:
         if k < esc_pos.shape[0]:
             esc_pos[k] = i
@@ -238,12 +243,19 @@ def decode(
     padded[:-1] = words
     f = np.asarray(f, dtype=np.int64)
     fb, slot_sym = decode_table(f)
-    vals = slot_sym if lut is None else np.ascontiguousarray(lut[slot_sym])  # (2^15,) per slot
-    out = np.empty(int(n), dtype=vals.dtype)
+    per_slot = (slot_sym if lut is None else lut[slot_sym]).astype(np.float32 if lut is not None and lut.dtype == np.float32 else np.int32)
+    # one 64-bit entry a slot: low half freq|bias, high half the output (int32 symbol or
+    # float32 value), read as int64 by the coder and as out's dtype by the store
+    entry = np.empty(PROB_SCALE, dtype=np.int64)
+    view = entry.view(np.int32).reshape(-1, 2)
+    view[:, 1 - _HI] = fb
+    view[:, _HI] = per_slot.view(np.int32)
+    vals = entry.view(per_slot.dtype)
+    out = np.empty(int(n), dtype=per_slot.dtype)
     esc_pos = np.empty(max_esc, dtype=np.int64)
     esc_lo = int(f[:esc].sum()) if 0 <= esc < f.shape[0] else PROB_SCALE
     esc_hi = esc_lo + int(f[esc]) if 0 <= esc < f.shape[0] else PROB_SCALE
-    end, pos, k = _decode_loop(padded, state, int(n), fb, vals, out, esc_lo, esc_hi, esc_pos)
+    end, pos, k = _decode_loop(padded, state, int(n), entry, vals, out, esc_lo, esc_hi, esc_pos)
     if pos > words.shape[0]:
         raise CodecError("rANS stream ran out of words before its last symbol (corrupt)")
     if bool((end != RANS_L).any()):
@@ -255,4 +267,4 @@ def decode(
         )
     if k > max_esc:
         raise CodecError(f"rANS stream escapes {k} symbols, its raw section holds at most {max_esc} (corrupt)")
-    return out, esc_pos[:k]
+    return (out.astype(np.int64) if lut is None or lut.dtype != np.float32 else out), esc_pos[:k]

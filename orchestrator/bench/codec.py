@@ -451,15 +451,16 @@ def run(args: argparse.Namespace) -> int:
               f"(target <= 3), decode {speed[0].decode_over_topk:.2f}x topk (target <= 1); topk {speed[0].topk_ms:.2f} ms, "
               f"{torch.get_num_threads()} threads (medians; best-case ratios {speed[0].extra['encode_over_topk_min']:.2f}x, "
               f"{speed[0].extra['decode_over_topk_min']:.2f}x)")
-    ecsq8 = CodecConfig.parse(ECSQ_SPEED_SPEC).spec()
-    espeed = [r for r in rows if r.input == "speed-128x4096" and r.config == ecsq8 and not r.error]
+    ecsq8 = CodecConfig.parse(ECSQ_SPEED_SPEC)
+    espeed = [r for r in rows if r.input == "speed-128x4096" and r.method == "ecsq" and not r.error
+              and CodecConfig.parse(r.config) == ecsq8]
     if espeed:
         e = espeed[0]
         summary["speed_ecsq_rate8"] = {"encode_over_topk": e.encode_over_topk, "decode_over_topk": e.decode_over_topk,
                                        "topk_ms": e.topk_ms, "bits_per_element": e.bits_per_element,
                                        **{k: e.extra[k] for k in ("encode_over_topk_min", "decode_over_topk_min",
                                                                   "encode_over_topk_cpu", "decode_over_topk_cpu")}}
-        print(f"CPU speed, 128x4096 float32, {ecsq8}: encode {e.encode_over_topk:.2f}x topk (target <= 1.5), "
+        print(f"CPU speed, 128x4096 float32, {ECSQ_SPEED_SPEC}: encode {e.encode_over_topk:.2f}x topk (target <= 1.5), "
               f"decode {e.decode_over_topk:.2f}x topk (target <= 1.0); CPU-time ratios {e.extra['encode_over_topk_cpu']:.2f}x, "
               f"{e.extra['decode_over_topk_cpu']:.2f}x; best-case {e.extra['encode_over_topk_min']:.2f}x, "
               f"{e.extra['decode_over_topk_min']:.2f}x ({e.bits_per_element:.3f} bits/element)")
