@@ -194,11 +194,25 @@ def _base_function(module, impl: str):
     return ALL_ATTENTION_FUNCTIONS[impl]
 
 
+def base_impl(config) -> str:
+    """The model's own attention implementation, also while a batched step has switched
+    ``config._attn_implementation`` to ``ATTN_NAME`` (another thread may be running)."""
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl == ATTN_NAME:
+        return _SWITCHED.get(id(config), (0, "sdpa"))[1]
+    return impl
+
+
 def _batch_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention of a batched step: per session, the model's own attention function
     (SDPA or eager) on that session's cache views. ``query`` ``(n, heads, T_max, hd)``;
-    returns ``(n, T_max, heads, hd)`` like the functions it calls (pad rows zero)."""
-    bs: BatchStep = _ACTIVE.step
+    returns ``(n, T_max, heads, hd)`` like the functions it calls (pad rows zero).
+    Called from a thread that is not running a batched step (the model's config is
+    shared), it is the model's own attention."""
+    bs: BatchStep | None = getattr(_ACTIVE, "step", None)
+    if bs is None:
+        return _base_function(module, base_impl(module.config))(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     fn = _base_function(module, bs.base_impl)
     views = bs.views[module.layer_idx]
     win = bs.window_of(module.layer_idx)
@@ -219,8 +233,15 @@ def _register() -> None:
         AttentionInterface.register(ATTN_NAME, _batch_attention)
 
 
+_SWITCHED: dict[int, tuple[int, str]] = {}  # id(config) -> (batched steps running, base implementation)
+_SWITCH_LOCK = threading.Lock()
+
+
 class active_batch:
-    """Context manager: run the model's attention per session for ``step``."""
+    """Context manager: run the model's attention per session for ``step``. The
+    config's implementation is switched while any thread runs a batched step of that
+    model (counted) and restored by the last one; other threads' calls meanwhile go
+    through ``_batch_attention`` to the model's own attention."""
 
     def __init__(self, config, step: BatchStep):
         self.config, self.step = config, step
@@ -229,10 +250,19 @@ class active_batch:
         _register()
         self.prev = getattr(_ACTIVE, "step", None)
         _ACTIVE.step = self.step
-        self.config._attn_implementation = ATTN_NAME  # the layers read it at call time
+        with _SWITCH_LOCK:
+            n, base = _SWITCHED.get(id(self.config), (0, self.step.base_impl))
+            _SWITCHED[id(self.config)] = (n + 1, base)
+            self.config._attn_implementation = ATTN_NAME  # the layers read it at call time
         return self.step
 
     def __exit__(self, *exc):
-        self.config._attn_implementation = self.step.base_impl
+        with _SWITCH_LOCK:
+            n, base = _SWITCHED[id(self.config)]
+            if n <= 1:
+                del _SWITCHED[id(self.config)]
+                self.config._attn_implementation = base
+            else:
+                _SWITCHED[id(self.config)] = (n - 1, base)
         _ACTIVE.step = self.prev
         return False

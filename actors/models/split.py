@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from slicer.actors.models.cache import BatchStep, SegmentCache, active_batch
+from slicer.actors.models.cache import BatchStep, SegmentCache, active_batch, base_impl
 from slicer.actors.models.families import DecoderAdapter, Unit, adapter_for
 
 
@@ -243,7 +243,7 @@ class SplitModel:
             for c, p, t in zip(caches, positions, new_lens):
                 c.length = p + t
         else:
-            base = getattr(self.config, "_attn_implementation", None) or "eager"
+            base = base_impl(self.config)
             step = BatchStep(list(caches), layer_ids, new_lens, base, self._window_of_layer)
             with active_batch(self.config, step):
                 out = self._forward(a, b, xb, step, past_lens=step.past_lens, past_max=None,
@@ -319,7 +319,6 @@ class SplitModel:
             k_abs = torch.where(is_new, pos0 + j, s)
             valid = valid & (q_abs - k_abs < win)
         valid = valid[:, None]  # (B, 1, T, S)
-        impl = getattr(self.config, "_attn_implementation", "eager")
-        if impl == "eager":
+        if base_impl(self.config) == "eager":
             return torch.zeros(valid.shape, dtype=dtype, device=dev).masked_fill(~valid, torch.finfo(dtype).min)
         return valid

@@ -150,3 +150,50 @@ def test_server_session_buffers_are_sized_for_the_admitted_context(tiny_model):
         server.step_now(sid, encode(m.run(0, 2, torch.arange(28)[None] % 90 + 3, position=3), LOSSLESS), 3)
     sid2 = server.open_session("d", "r2", 0, 5)
     assert server.step_now(sid2, encode_ids(torch.tensor([[3, 4]])), 0)["error"] is None
+
+
+def test_other_threads_run_the_models_own_attention_during_a_batch():
+    """The model's config is switched to the batched attention while a batched step runs;
+    a single-session run of the same model in another thread meanwhile gets the model's
+    own attention and the right result (the fuzz test shared one model between threads)."""
+    import threading
+
+    lm = load_model(TINY_LM["llama"], seed=1)
+    n = lm.num_units
+    ids = torch.tensor([[3, 9, 4, 7]])
+    want = lm.run(0, n, ids)
+    got, errors = [], []
+    gate = threading.Event()
+
+    def other():
+        gate.wait(5)
+        try:
+            got.append(lm.run(0, n, ids))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=other)
+    t.start()
+    caches = [lm.new_cache(1, n, capacity=8) for _ in range(2)]
+    xs = [lm.run(0, 1, ids), lm.run(0, 1, ids[:, :2])]
+    from slicer.actors.models import cache as C
+
+    real = C._batch_attention
+
+    def slow(*a, **k):  # hold the batch open while the other thread runs
+        gate.set()
+        if threading.current_thread() is not t:
+            t.join(5)
+        return real(*a, **k)
+
+    from transformers import AttentionInterface
+
+    AttentionInterface._global_mapping[C.ATTN_NAME] = slow
+    try:
+        lm.run_batch(1, n, xs, caches)
+    finally:
+        AttentionInterface._global_mapping[C.ATTN_NAME] = real
+    t.join(5)
+    assert not errors, errors
+    torch.testing.assert_close(got[0], want, rtol=0, atol=1e-6)
+    assert lm.config._attn_implementation != C.ATTN_NAME
