@@ -14,7 +14,7 @@ Modes (``slicer.actors.protocol.plan_mode``), for a plan with split ℓ and offl
 
 Emulation (stated as such in every record): ``slowdown`` sleeps ``(slowdown - 1) ×``
 each measured compute interval; ``link`` sleeps Eq. 1's ε-outage delay of the REAL
-payload size before each send; ``memory_mb`` refuses plans that need more.
+payload size before each send; ``memory_mib`` refuses plans that need more.
 
 The server and the policy are reached through small client objects (``InProcessServer``
 / ``InProcessPolicy`` here, the Ray ones in ``slicer.actors.ray_actors``), so this class runs
@@ -112,9 +112,9 @@ class EdgeConfig:
     link: dict = field(default_factory=dict)
     """``slicer.orchestrator.workload.LinkSpec`` as a dict (rate_mbps, snr_db, epsilon, bandwidth_hz)."""
     budgets: dict = field(default_factory=dict)
-    """``BudgetSpec`` as a dict (latency_ms, memory_mb)."""
+    """``BudgetSpec`` as a dict (latency_ms, memory_mib)."""
     emulation: dict = field(default_factory=dict)
-    """``EmulationSpec`` as a dict (slowdown, memory_mb, link)."""
+    """``EmulationSpec`` as a dict (slowdown, memory_mib, link)."""
     link_schedule: list = field(default_factory=list)
     """Scripted link changes: dicts with ``at_request`` and the new link fields."""
     link_trace: dict | None = None
@@ -179,12 +179,12 @@ class EdgeDevice:
         self.num_units = base.num_units
         self.profile = base.profile
         info = {"device_class": cfg.device_class, "link": self.link, "budgets": dict(cfg.budgets),
-                "memory_cap_mb": self.emu.get("memory_mb"), "node": cfg.node, "emulated": self.emulated}
+                "memory_cap_mib": self.emu.get("memory_mib"), "node": cfg.node, "emulated": self.emulated}
         self.plan = policy.register(cfg.device_id, info, {})
 
     @property
     def emulated(self) -> bool:
-        return self.slowdown != 1.0 or self.emulate_link or self.emu.get("memory_mb") is not None
+        return self.slowdown != 1.0 or self.emulate_link or self.emu.get("memory_mib") is not None
 
     def model_for(self, precision: str, split: int | None = None) -> Any:
         """The model with its front at ``precision`` holding the weights of units
@@ -245,7 +245,7 @@ class EdgeDevice:
 
     def _memory_check(self, plan: dict, mode: str, context: int) -> float:
         need = float(plan.get("predicted_memory_bytes") or 0.0)
-        cap = self.emu.get("memory_mb")
+        cap = self.emu.get("memory_mib")
         if cap is not None and need > cap * 2**20:
             raise MemoryError(f"device {self.cfg.device_id}: plan needs {need / 2**20:.1f} MiB (split {plan['split']}, "
                               f"{mode}), emulated memory cap is {cap} MiB")

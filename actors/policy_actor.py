@@ -52,7 +52,7 @@ class _Device:
     device_class: str
     link: dict
     budgets: dict
-    memory_cap_mb: float | None
+    memory_cap_mib: float | None
     node: str = ""
     emulated: bool = False
     plan: dict | None = None
@@ -71,10 +71,10 @@ def _budgets_of(cfg: PolicyConfig, device: Any, dev: "_Device"):
     from slicer.policies.schema import Budgets
 
     mem_bytes = float(device.memory_bytes)
-    if dev.budgets.get("memory_mb") is not None:
-        mem_bytes = min(mem_bytes, float(dev.budgets["memory_mb"]) * 2**20)
-    if dev.memory_cap_mb is not None:
-        mem_bytes = min(mem_bytes, float(dev.memory_cap_mb) * 2**20)
+    if dev.budgets.get("memory_mib") is not None:
+        mem_bytes = min(mem_bytes, float(dev.budgets["memory_mib"]) * 2**20)
+    if dev.memory_cap_mib is not None:
+        mem_bytes = min(mem_bytes, float(dev.memory_cap_mib) * 2**20)
     lat_ms = dev.budgets.get("latency_ms") or cfg.default_latency_ms
     handoff_ms, ar_kb = dev.budgets.get("handoff_ms"), dev.budgets.get("ar_buffer_kb")
     return Budgets(latency_s=float(lat_ms) / 1e3, memory_bytes=mem_bytes,
@@ -135,8 +135,8 @@ class Policy:
             "binding": plan.get("binding"), "plan_reason": plan.get("reason"), "feasible": plan.get("feasible"),
             "split": plan.get("split"), "offload_step": plan.get("offload_step"), "codec": plan.get("codec_spec"),
             "sparsity": plan.get("sparsity"), "front_precision": plan.get("front_precision"),
-            "predicted_latency_ms": plan.get("predicted_latency_ms"), "predicted_memory_mb": plan.get("predicted_memory_mb"),
-            "link": dict(dev.link), "memory_cap_mb": dev.memory_cap_mb, "changed": changed,
+            "predicted_latency_ms": plan.get("predicted_latency_ms"), "predicted_memory_mib": plan.get("predicted_memory_mib"),
+            "link": dict(dev.link), "memory_cap_mib": dev.memory_cap_mib, "changed": changed,
             "previous": None if old is None else {k: old.get(k) for k in ("split", "offload_step", "codec_spec", "sparsity")},
         })
         return plan
@@ -149,12 +149,12 @@ class Policy:
     def _register(self, device_id: str, info: dict) -> dict:
         with self._lock:
             dev = _Device(device_id, info["device_class"], dict(info.get("link") or {}), dict(info.get("budgets") or {}),
-                          info.get("memory_cap_mb"), info.get("node", ""), bool(info.get("emulated", False)))
+                          info.get("memory_cap_mib"), info.get("node", ""), bool(info.get("emulated", False)))
             self._devices[device_id] = dev
             return self._decide(dev, "first plan of the device", "register")
 
     def report(self, device_id: str, report: dict, trace_ctx: dict | None = None) -> dict:
-        """A device reports ``link`` (dict), ``memory_cap_mb`` and/or ``measured``
+        """A device reports ``link`` (dict), ``memory_cap_mib`` and/or ``measured``
         figures; a changed link or memory re-plans it. Returns its (new) plan."""
         with tel.span("policy.decide", carrier=trace_ctx or None, **{tel.ATTR_DEVICE: device_id, "slicer.call": "report"}) as sp:
             return _traced_plan(sp, self._report(device_id, report))
@@ -177,9 +177,9 @@ class Policy:
                 dev.link = dict(report["link"])
                 triggers.append(("link", "link changed: " + ", ".join(
                     f"{k} {old.get(k)} -> {v}" for k, v in dev.link.items() if old.get(k) != v)))
-            if "memory_cap_mb" in report and report["memory_cap_mb"] != dev.memory_cap_mb:
-                triggers.append(("memory", f"memory cap changed: {dev.memory_cap_mb} -> {report['memory_cap_mb']} MiB"))
-                dev.memory_cap_mb = report["memory_cap_mb"]
+            if "memory_cap_mib" in report and report["memory_cap_mib"] != dev.memory_cap_mib:
+                triggers.append(("memory", f"memory cap changed: {dev.memory_cap_mib} -> {report['memory_cap_mib']} MiB"))
+                dev.memory_cap_mib = report["memory_cap_mib"]
             if triggers and self.cfg.replan:
                 return self._decide(dev, "; ".join(r for _, r in triggers), "+".join(t for t, _ in triggers))
             return dict(dev.plan or {})
@@ -214,8 +214,8 @@ class Policy:
             "binding": d.get("binding"), "plan_reason": d.get("reason"), "feasible": d.get("feasible"),
             "split": d.get("split"), "offload_step": d.get("offload_step"), "codec": d.get("codec_spec"),
             "sparsity": d.get("sparsity"), "front_precision": d.get("front_precision"),
-            "predicted_latency_ms": d.get("predicted_latency_ms"), "predicted_memory_mb": d.get("predicted_memory_mb"),
-            "link": dict(dev.link), "memory_cap_mb": dev.memory_cap_mb, "changed": True,
+            "predicted_latency_ms": d.get("predicted_latency_ms"), "predicted_memory_mib": d.get("predicted_memory_mib"),
+            "link": dict(dev.link), "memory_cap_mib": dev.memory_cap_mib, "changed": True,
             "measured": {"goodput_mbps": event["goodput_mbps"], "goodput_est_mbps": event["goodput_est_mbps"],
                          "overhead_est_ms": event["overhead_est_ms"], "payload_bytes": b, "transfer_s": t,
                          "compute_scale": event["compute_scale"], "request_id": m.get("request_id"), "step": m.get("step")},

@@ -74,7 +74,7 @@ def base_workload(model: str, prompts, requests: int, tokens: int, groups=GROUPS
 
     w = weights_mib(model)
     devices = [{"class": cls, "count": 1, "link": {"rate_mbps": rate, "snr_db": snr},
-                "budgets": {"latency_ms": lat, "memory_mb": round(frac * w, 3)}}
+                "budgets": {"latency_ms": lat, "memory_mib": round(frac * w, 3)}}
                for cls, lat, frac, rate, snr in groups]
     raw = {"name": "fig2-right", "model": model, "inputs": {"prompts": prompts}, "devices": devices,
            "policy": "slicer", "requests": requests, "max_new_tokens": tokens, "seed": 0,

@@ -190,9 +190,9 @@ def server_config(wl: Workload, profile: Any = None, requests: dict[str, list[di
     if profile is not None and requests:
         kept = request_kv_bytes(wl, profile, max(len(r["prompt_ids"]) for rs in requests.values() for r in rs))
     return ServerConfig(max_batch=s.max_batch, batch_window_ms=s.batch_window_ms, batching=s.batching,
-                        max_sessions=s.max_sessions, max_kv_bytes=int(s.max_kv_mb * 2**20),
+                        max_sessions=s.max_sessions, max_kv_bytes=int(s.max_kv_mib * 2**20),
                         max_payload_bytes=s.max_payload_bytes, max_sessions_per_device=s.max_sessions_per_device,
-                        max_kv_bytes_per_device=int(s.max_kv_mb_per_device * 2**20),
+                        max_kv_bytes_per_device=int(s.max_kv_mib_per_device * 2**20),
                         session_ttl_s=s.session_ttl_s, open_rate_per_s=s.open_rate_per_s, open_burst=s.open_burst,
                         kv_kept_per_idle_device=kept)
 

@@ -8,7 +8,7 @@ actor's constructor or on the server mid-run:
 - ``policy.split`` (fixed policy) must lie in ``1..num_units - 1``;
 - the longest prompt plus ``max_new_tokens`` must fit the model's context
   (``max_position_embeddings``) and the server's per-session limit;
-- one session of the longest request must fit ``server.max_kv_mb`` (else every request
+- one session of the longest request must fit ``server.max_kv_mib`` (else every request
   would be refused), and ``server.max_sessions`` must hold one session per device
   (each device keeps one request in flight).
 """
@@ -59,13 +59,13 @@ def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, 
                             f"than the server's per-session limit of {max_tokens_per_session}")
     # Worst case: cloud-only (split 0) holds the KV cache of every layer on the server.
     kv = request_kv_bytes(wl, profile, longest_prompt_tokens)
-    cap = int(wl.server.max_kv_mb * 2**20)
+    cap = int(wl.server.max_kv_mib * 2**20)
     if kv > cap:
-        raise WorkloadError(f"workload field server.max_kv_mb={wl.server.max_kv_mb:g} cannot hold one request: its KV "
+        raise WorkloadError(f"workload field server.max_kv_mib={wl.server.max_kv_mib:g} cannot hold one request: its KV "
                             f"cache needs up to {kv} bytes ({kv / 2**20:.3f} MiB, {ctx} tokens at split 0)")
-    cap_dev = int(wl.server.max_kv_mb_per_device * 2**20)
+    cap_dev = int(wl.server.max_kv_mib_per_device * 2**20)
     if kv > cap_dev:
-        raise WorkloadError(f"workload field server.max_kv_mb_per_device={wl.server.max_kv_mb_per_device:g} cannot hold "
+        raise WorkloadError(f"workload field server.max_kv_mib_per_device={wl.server.max_kv_mib_per_device:g} cannot hold "
                             f"one request: its KV cache needs up to {kv} bytes ({kv / 2**20:.3f} MiB)")
     n_dev = sum(g.count for g in wl.devices)
     if wl.server.max_sessions < n_dev:

@@ -177,7 +177,7 @@ class BudgetSpec:
     latency_ms: float | None = None
     """Latency budget D per output token in milliseconds (the planner's per-step budget,
     Eq. 2; the hand-off step gets w times it, Eq. 5; > 0); None: the policy's default (1 s)."""
-    memory_mb: float | None = None
+    memory_mib: float | None = None
     """Memory budget M of the device for weights + KV cache in MiB (> 0); None: unconstrained."""
     handoff_ms: float | None = None
     """Budget of the hand-off step L_AR(ℓ, w, R) (Eq. 5) in milliseconds; None: w times
@@ -197,7 +197,7 @@ class EmulationSpec:
     slowdown: float = 1.0
     """The device computes this many times slower than this machine: after each measured
     compute interval it sleeps ``(slowdown - 1) ×`` that interval. 1 = no emulation (1..1000)."""
-    memory_mb: float | None = None
+    memory_mib: float | None = None
     """Emulated memory cap in MiB: a plan whose front segment and KV cache exceed it is
     refused by the device (and the policy is told; > 0). None: no cap."""
     link: bool = False
@@ -206,7 +206,7 @@ class EmulationSpec:
 
     @property
     def active(self) -> bool:
-        return self.slowdown != 1.0 or self.memory_mb is not None or self.link
+        return self.slowdown != 1.0 or self.memory_mib is not None or self.link
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,7 @@ class ServerSpec:
     """False runs every step alone (the batching benchmark's baseline)."""
     max_sessions: int = 64
     """Most sessions (requests in flight) held at once; more are refused (1..100000)."""
-    max_kv_mb: float = 512.0
+    max_kv_mib: float = 512.0
     """Most KV-cache MiB held over all sessions; a session that would exceed it is refused
     (> 0, at most 1048576 = 1 TiB)."""
     max_payload_bytes: int = 8 << 20
@@ -272,8 +272,8 @@ class ServerSpec:
     max_sessions_per_device: int = 4
     """Most sessions ONE device may hold at once (a device has one request in flight;
     1..100000)."""
-    max_kv_mb_per_device: float = 128.0
-    """Most KV-cache MiB ONE device may hold, so no device can take the whole ``max_kv_mb``
+    max_kv_mib_per_device: float = 128.0
+    """Most KV-cache MiB ONE device may hold, so no device can take the whole ``max_kv_mib``
     (> 0, at most 1048576)."""
     session_ttl_s: float = 300.0
     """A session idle this long (no step) expires and frees its KV cache; its device's
@@ -475,7 +475,7 @@ def _budgets(path: str, raw: Any) -> BudgetSpec:
     d = _mapping(path, raw, BudgetSpec)
     return BudgetSpec(
         latency_ms=_opt(f"{path}.latency_ms", d.get("latency_ms"), lambda p, v: _num(p, v, 0, lo_open=True)),
-        memory_mb=_opt(f"{path}.memory_mb", d.get("memory_mb"), lambda p, v: _num(p, v, 0, lo_open=True)),
+        memory_mib=_opt(f"{path}.memory_mib", d.get("memory_mib"), lambda p, v: _num(p, v, 0, lo_open=True)),
         handoff_ms=_opt(f"{path}.handoff_ms", d.get("handoff_ms"), lambda p, v: _num(p, v, 0, lo_open=True)),
         ar_buffer_kb=_opt(f"{path}.ar_buffer_kb", d.get("ar_buffer_kb"), lambda p, v: _num(p, v, 0, lo_open=True)),
         min_accuracy=_opt(f"{path}.min_accuracy", d.get("min_accuracy"), lambda p, v: _num(p, v, 0, 1)),
@@ -489,7 +489,7 @@ def _emulation(path: str, raw: Any) -> EmulationSpec:
         raise _bad(f"{path}.link", link, "true or false")
     return EmulationSpec(
         slowdown=_num(f"{path}.slowdown", d.get("slowdown", 1.0), 1.0, 1000.0),
-        memory_mb=_opt(f"{path}.memory_mb", d.get("memory_mb"), lambda p, v: _num(p, v, 0, lo_open=True)),
+        memory_mib=_opt(f"{path}.memory_mib", d.get("memory_mib"), lambda p, v: _num(p, v, 0, lo_open=True)),
         link=link,
     )
 
@@ -549,12 +549,12 @@ def _server(path: str, raw: Any) -> ServerSpec:
         batch_window_ms=_num(f"{path}.batch_window_ms", d.get("batch_window_ms", 2.0), 0, 1000),
         batching=batching,
         max_sessions=_num(f"{path}.max_sessions", d.get("max_sessions", 64), 1, 100000, integer=True),
-        max_kv_mb=_num(f"{path}.max_kv_mb", d.get("max_kv_mb", 512.0), 0, 1 << 20, lo_open=True),
+        max_kv_mib=_num(f"{path}.max_kv_mib", d.get("max_kv_mib", 512.0), 0, 1 << 20, lo_open=True),
         max_payload_bytes=_num(f"{path}.max_payload_bytes", d.get("max_payload_bytes", 8 << 20), 64, 1 << 31, integer=True),
         step_timeout_s=_num(f"{path}.step_timeout_s", d.get("step_timeout_s", 60.0), 0, 3600, lo_open=True),
         max_sessions_per_device=_num(f"{path}.max_sessions_per_device", d.get("max_sessions_per_device", 4), 1, 100000,
                                      integer=True),
-        max_kv_mb_per_device=_num(f"{path}.max_kv_mb_per_device", d.get("max_kv_mb_per_device", 128.0), 0, 1 << 20,
+        max_kv_mib_per_device=_num(f"{path}.max_kv_mib_per_device", d.get("max_kv_mib_per_device", 128.0), 0, 1 << 20,
                                   lo_open=True),
         session_ttl_s=_num(f"{path}.session_ttl_s", d.get("session_ttl_s", 300.0), 0, 86400, lo_open=True),
         open_rate_per_s=_num(f"{path}.open_rate_per_s", d.get("open_rate_per_s", 100.0), 0, 100000, lo_open=True),

@@ -170,7 +170,7 @@ class SplitPlan:
         d["predicted_latency_ms"] = _ms(self.predicted_latency_s)
         d["predicted_handoff_latency_ms"] = _ms(self.predicted_handoff_latency_s)
         d["predicted_e2e_latency_ms"] = _ms(self.predicted_e2e_latency_s)
-        d["predicted_memory_mb"] = self.predicted_memory_bytes / 1e6
+        d["predicted_memory_mib"] = self.predicted_memory_bytes / 2**20
         d["server_time_ms"] = _ms(self.server_time_s)
         d["cloud_server_time_ms"] = _ms(self.cloud_server_time_s)
         d["server_spared"] = self.server_spared
@@ -192,7 +192,7 @@ class SplitPlan:
             (f"  codec {self.codec_spec}  (sparsity {self.sparsity:g}, blocks {self.blocks}, bits {self.bits}); "
              f"front precision {self.front_precision}; context {self.tokens} tokens"),
             (f"  latency/step {_fmt_ms(self.predicted_latency_s)} (with server {_fmt_ms(self.predicted_e2e_latency_s)})  "
-             f"hand-off {_fmt_ms(self.predicted_handoff_latency_s)}  memory {self.predicted_memory_bytes / 1e6:,.1f} MB  "
+             f"hand-off {_fmt_ms(self.predicted_handoff_latency_s)}  memory {self.predicted_memory_bytes / 2**20:,.1f} MiB  "
              f"bytes/token {self.bytes_per_token:,.0f}  hand-off bytes {self.handoff_bytes:,.0f}"),
             (f"  server time {_fmt_ms(self.server_time_s)} vs cloud-only {_fmt_ms(self.cloud_server_time_s)} "
              f"(spared {100 * self.server_spared:.0f}%); accuracy {self._acc()}; tier {self.tier}; binding {self.binding or '-'}"),

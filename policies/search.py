@@ -297,8 +297,8 @@ def _fmt_ms(s: float) -> str:
     return "inf" if not math.isfinite(s) else f"{s * 1e3:,.1f} ms"
 
 
-def _mb(x: float) -> str:
-    return f"{x / 1e6:,.1f} MB"
+def _mib(x: float) -> str:
+    return f"{x / 2**20:,.1f} MiB"
 
 
 def describe_setting(cfg) -> str:
@@ -315,7 +315,7 @@ def describe_violation(est: Estimate, b: Budgets, link: LinkState, what: str) ->
     """(binding constraint, sentence) for the first violation of ``est``."""
     v = est.violations[0] if est.violations else ""
     if v == "memory":
-        return "memory", f"{what} needs {_mb(est.memory_bytes)} > memory budget {_mb(b.memory_bytes)}"
+        return "memory", f"{what} needs {_mib(est.memory_bytes)} > memory budget {_mib(b.memory_bytes)}"
     if v == "link":
         return "link", (f"the link cannot meet outage eps={link.epsilon:g} at {link.describe()} "
                         f"(rate above the capacity W·log2(1+γ) = {link.capacity_bps / 1e6:.1f} Mbit/s, "
@@ -386,7 +386,7 @@ def result_to_plan(policy: str, cm: CostModel, res: SearchResult, space: SearchS
     if c.tier == 0:
         kv = f" with its KV cache for {est.context_tokens} tokens" if cm.ar else ""
         step = "a step" if cm.ar else "an inference"
-        reason = (f"the whole model at {est.precision} ({_mb(est.memory_bytes)}{kv}) fits {_mb(b.memory_bytes)} "
+        reason = (f"the whole model at {est.precision} ({_mib(est.memory_bytes)}{kv}) fits {_mib(b.memory_bytes)} "
                   f"and {step} takes {_fmt_ms(est.step_latency_s)} <= {_fmt_ms(b.latency_s)}: nothing to offload "
                   f"(server spared).{step_txt}")
         return plan_from_estimate(policy, cm, est, None, tier=0, accuracy=c.accuracy, accuracy_source=c.accuracy_source,
@@ -416,7 +416,7 @@ def result_to_plan(policy: str, cm: CostModel, res: SearchResult, space: SearchS
         how = (f"tier 3: every deeper point the memory allows misses the budgets at every {grid}; "
                f"retreated ({res.retreat} lowered) to {where} ({setting})")
     reason = (f"split {est.split}/{n}, offload {w_txt}; {how}.{step_txt} Not deeper: {why_not_deeper or 'n/a'}. "
-              f"Predicted {_fmt_ms(est.step_latency_s)}/step, {_mb(est.memory_bytes)}, "
+              f"Predicted {_fmt_ms(est.step_latency_s)}/step, {_mib(est.memory_bytes)}, "
               f"{est.bytes_per_token:,.0f} B/token.")
     return plan_from_estimate(policy, cm, est, c.cfg, tier=c.tier, accuracy=c.accuracy,
                               accuracy_source=c.accuracy_source, binding=binding, reason=reason,
@@ -431,7 +431,7 @@ def infeasible_plan(policy: str, cm: CostModel, res: SearchResult) -> SplitPlan:
         est = res.deeper_failure
         binding = "memory"
         reason = (f"infeasible: even the first unit ({cm.model.layers[0].name}) with its KV cache and codec buffers needs "
-                  f"{_mb(est.memory_bytes)} > memory budget {_mb(b.memory_bytes)}")
+                  f"{_mib(est.memory_bytes)} > memory budget {_mib(b.memory_bytes)}")
     else:
         est = res.deeper_failure
         binding, sentence = describe_violation(est, b, link, f"the shallowest split ({est.split})")

@@ -202,7 +202,7 @@ def _workload(model_dir: str, n_devices: int, split: int | None, tokens: int, wi
         "inputs": {"prompts": _prompts(n_devices, vocab=vocab)}, "policy": policy,
         "codec": "lossless", "precision": "float32", "mode": "split" if split is not None else "cloud-only",
         "requests": 2, "max_new_tokens": tokens,
-        "server": {"max_batch": 16, "batch_window_ms": window_ms, "max_kv_mb": 4096, "max_kv_mb_per_device": 1024},
+        "server": {"max_batch": 16, "batch_window_ms": window_ms, "max_kv_mib": 4096, "max_kv_mib_per_device": 1024},
     }, base_dir=".")
 
 

@@ -111,8 +111,8 @@ def scaled_model_workload(wl, hidden: int, folder: str):
     groups = []
     for g in wl.devices:
         b = g.budgets
-        if b.memory_mb is not None:
-            b = dataclasses.replace(b, memory_mb=b.memory_mb * scale)
+        if b.memory_mib is not None:
+            b = dataclasses.replace(b, memory_mib=b.memory_mib * scale)
         groups.append(dataclasses.replace(g, budgets=b))
     print(f"scaled model: hidden {hidden}, {scale:.1f}x the parameters of {wl.model}; memory budgets x{scale:.1f}")
     return dataclasses.replace(wl, model=folder, devices=tuple(groups))

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="code tasks: sampling temperature (0: greedy; N > 1 needs > 0 to differ)")
     p.add_argument("--k", default="1,10,100", help="pass@k values, comma separated (reported where every problem has >= k samples)")
     p.add_argument("--timeout-s", type=float, default=3.0, help="sandbox wall-clock limit per program")
-    p.add_argument("--memory-mb", type=int, default=1024, help="sandbox address-space limit per program")
+    p.add_argument("--memory-mib", type=int, default=1024, help="sandbox address-space limit per program")
     p.add_argument("--workers", type=int, default=2, help="programs run at once")
     p.add_argument("--accept-weaker-isolation", action="store_true",
                    help="run generated code even where a sandbox layer (namespaces, Landlock, seccomp, ...) cannot be "
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"slicer eval: {e}", file=sys.stderr)
         return 2
     try:
-        limits = SandboxLimits(timeout_s=args.timeout_s, memory_bytes=args.memory_mb << 20,
+        limits = SandboxLimits(timeout_s=args.timeout_s, memory_bytes=args.memory_mib << 20,
                                accept_weaker=args.accept_weaker_isolation)
     except ValueError as e:
         print(f"slicer eval: {e}", file=sys.stderr)

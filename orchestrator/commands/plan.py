@@ -4,7 +4,7 @@ Works from a model config alone (meta device, no weights), so it answers for mod
 devices nobody here has, e.g.::
 
     slicer plan --model meta-llama/Meta-Llama-3-70B --device jetson-orin-agx \\
-        --rate-mbps 20 --latency-ms 500 --memory-mb 32000 --tokens 256
+        --rate-mbps 20 --latency-ms 500 --memory-mib 32000 --tokens 256
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"channel bandwidth W in MHz (default {DEFAULT_BANDWIDTH_HZ / 1e6:g})")
     p.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help=f"outage target ε (default {DEFAULT_EPSILON:g})")
     p.add_argument("--latency-ms", type=float, required=True, help="latency budget D: per decode step (LLMs) or per inference")
-    p.add_argument("--memory-mb", type=float, default=None, help="edge memory budget M in MB (default: the device's memory)")
+    p.add_argument("--memory-mib", type=float, default=None, help="edge memory budget M in MiB (default: the device's memory)")
     p.add_argument("--tokens", type=int, default=128, help="tokens to generate (default 128)")
     p.add_argument("--prompt-tokens", type=int, default=0, help="prompt length (its features cross at the hand-off)")
     p.add_argument("--handoff-ms", type=float, default=None,
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         link = LinkState.from_mbps(args.rate_mbps, snr_db=args.snr_db, bandwidth_mhz=args.bandwidth_mhz, epsilon=args.epsilon)
         budgets = Budgets(
             latency_s=args.latency_ms / 1e3,
-            memory_bytes=(args.memory_mb * 1e6) if args.memory_mb is not None else device.memory_bytes,
+            memory_bytes=(args.memory_mib * 2**20) if args.memory_mib is not None else device.memory_bytes,
             new_tokens=args.tokens, prompt_tokens=args.prompt_tokens,
             ar_buffer_bytes=args.ar_buffer_kb * 1e3 if args.ar_buffer_kb is not None else None,
             handoff_latency_s=args.handoff_ms / 1e3 if args.handoff_ms is not None else None,
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {model.name} ({model.num_layers} units, {model.dtype}, {model.source}); device {device.name} "
           f"({device.kind}); server {server.name}; link {link.describe()} (P_o {link.outage_probability:.4f}, "
           f"{link.transmissions:g} transmissions for eps)", file=out)
-    print(f"budgets: {args.latency_ms:g} ms per step, {budgets.memory_bytes / 1e6:,.0f} MB, "
+    print(f"budgets: {args.latency_ms:g} ms per step, {budgets.memory_bytes / 2**20:,.0f} MiB, "
           f"{budgets.prompt_tokens} prompt + {budgets.new_tokens} new tokens", file=out)
     for p in plans:
         print(p.summary(), file=out)

@@ -79,7 +79,7 @@ def view(a: tuple[float, dict], b: tuple[float, dict], run: str | None = None) -
             "queue": total(b[1], "queue_depth", r),
             "mean_batch": round(d_sum / d_count, 2) if d_count > 0 else None,
             "sessions": total(b[1], "sessions", r),
-            "kv_mb": round(total(b[1], "kv_bytes", r) / 2**20, 2),
+            "kv_mib": round(total(b[1], "kv_bytes", r) / 2**20, 2),
             "rejections": total(b[1], "rejections_total", r),
             "tokens_per_s": {c: round((total(b[1], "tokens_total", r, device_class=c)
                                        - total(a[1], "tokens_total", r, device_class=c)) / dt, 2) for c in classes},
@@ -96,7 +96,7 @@ def format_view(v: dict[str, dict]) -> str:
     for r, x in v.items():
         batch = "-" if x["mean_batch"] is None else f"{x['mean_batch']:.2f}"
         lines.append(f"run {r}: busy {x['busy_pct']:5.1f}%  queue {x['queue']:g}  batch {batch}  sessions "
-                     f"{x['sessions']:g}  KV {x['kv_mb']:.1f} MiB  rejected {x['rejections']:g}  (over {x['interval_s']:g} s)")
+                     f"{x['sessions']:g}  KV {x['kv_mib']:.1f} MiB  rejected {x['rejections']:g}  (over {x['interval_s']:g} s)")
         w = max([12] + [len(c) for c in x["tokens_per_s"]])
         lines.append(f"  {'device class':<{w}}  {'tokens/s':>9}  {'tokens':>8}")
         for c, tps in x["tokens_per_s"].items():

@@ -170,7 +170,7 @@ def test_admission_limits(tiny_model):
 def test_emulated_slowdown_and_link_are_labelled(tiny_model):
     server = Server(tiny_model, ServerConfig())
     edge, _ = _edge(tiny_model, server, fixed_planner(2, 1),
-                    emulation={"slowdown": 3.0, "link": True, "memory_mb": None},
+                    emulation={"slowdown": 3.0, "link": True, "memory_mib": None},
                     link={"rate_mbps": 1.0, "snr_db": 20.0, "epsilon": 0.01, "bandwidth_hz": 20e6})
     rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 3})
     assert rec["ok"] and rec["emulated"]
@@ -182,7 +182,7 @@ def test_emulated_slowdown_and_link_are_labelled(tiny_model):
 
 def test_memory_cap_refuses_plan(tiny_model):
     server = Server(tiny_model, ServerConfig())
-    edge, _ = _edge(tiny_model, server, fixed_planner(2, 1), emulation={"slowdown": 1.0, "link": False, "memory_mb": 0.5})
+    edge, _ = _edge(tiny_model, server, fixed_planner(2, 1), emulation={"slowdown": 1.0, "link": False, "memory_mib": 0.5})
     rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 3})
     assert not rec["ok"] and "memory cap" in rec["error"]
 

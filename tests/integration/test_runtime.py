@@ -55,7 +55,7 @@ def test_link_change_replans_and_shows_in_records(local_cluster, tiny_model_dir)
     # 0.5 Mbit/s makes the policy compress harder (or retreat) after the change.
     wl = _wl(tiny_model_dir, devices=[{
         "class": "raspberry-pi-5", "link": {"rate_mbps": 20, "snr_db": 15, "bandwidth_hz": 20e6},
-        "budgets": {"latency_ms": 2, "memory_mb": 0.13},
+        "budgets": {"latency_ms": 2, "memory_mib": 0.13},
         "link_schedule": [{"at_request": 1, "rate_mbps": 0.5}]}], requests=2, max_new_tokens=4)
     out = run_workload(wl, progress=None, write=False)
     recs = sorted(out.records, key=lambda r: r["index"])

@@ -58,7 +58,7 @@ def test_cli_scores_samples_with_hostile_completions(tmp_path, capsys):
     out = tmp_path / "report.json"
     # 4 s: on a loaded machine the bomb must still meet its memory limit before the clock.
     rc = main(["eval", "--task", str(TASKS / "humaneval_mini.jsonl"), "--samples", str(sp), "--json", str(out),
-               "--k", "1,2", "--timeout-s", "4", "--memory-mb", "256"])
+               "--k", "1,2", "--timeout-s", "4", "--memory-mib", "256"])
     assert rc == 0
     rep = json.loads(out.read_text())
     assert rep["task"] == "humaneval_mini"

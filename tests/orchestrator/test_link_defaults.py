@@ -42,7 +42,7 @@ def test_workload_plans_exactly_as_slicer_plan():
     cfg = policy_config(wl, {dev_id: [{"prompt_ids": [1, 2, 3, 4]}]})
     pol = Policy(cfg, profile)
     got = pol.register(dev_id, {"device_class": g.device_class, "link": g.link.as_dict(),
-                                "budgets": {"latency_ms": 60}, "memory_cap_mb": None, "node": None})
+                                "budgets": {"latency_ms": 60}, "memory_cap_mib": None, "node": None})
     device = get_device("jetson-orin-agx")
     budgets = _budgets_of(cfg, device, _Device(dev_id, g.device_class, g.link.as_dict(), {"latency_ms": 60}, None, None))
     want = plan("slicer", profile, device, _cli_link(20.0), budgets).to_dict()

@@ -16,8 +16,8 @@ PROMPTS = [[1, 5, 9, 13, 2], [3, 4], [7, 8, 9]]
 
 def _wl(model_dir, **kw):
     d = {"name": "t", "model": str(model_dir), "inputs": {"prompts": PROMPTS},
-         "devices": [{"class": "raspberry-pi-5", "count": 2, "budgets": {"memory_mb": 0.07, "latency_ms": 5}},
-                     {"class": "jetson-orin-nano", "budgets": {"memory_mb": 0.15}}],
+         "devices": [{"class": "raspberry-pi-5", "count": 2, "budgets": {"memory_mib": 0.07, "latency_ms": 5}},
+                     {"class": "jetson-orin-nano", "budgets": {"memory_mib": 0.15}}],
          "requests": 2, "max_new_tokens": 4}
     d.update(kw)
     return parse_workload(d)

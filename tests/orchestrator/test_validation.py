@@ -24,9 +24,9 @@ def _wl(model_dir, **kw):
     ({"policy": {"name": "fixed", "split": 6}}, r"policy\.split=6 .*allowed 1\.\.5"),
     ({"policy": {"name": "fixed", "split": 0}}, r"policy\.split=0 .*cloud-only"),
     ({"max_new_tokens": 126}, r"max_new_tokens=126: .*129 tokens.*max_position_embeddings=128; allowed max_new_tokens <= 125"),
-    ({"server": {"max_kv_mb": 0.001}}, r"server\.max_kv_mb=0\.001 cannot hold one request"),
+    ({"server": {"max_kv_mib": 0.001}}, r"server\.max_kv_mib=0\.001 cannot hold one request"),
     ({"server": {"max_sessions": 1}}, r"server\.max_sessions=1 is fewer than the 2 devices"),
-    ({"server": {"max_kv_mb_per_device": 0.001}}, r"server\.max_kv_mb_per_device=0\.001 cannot hold one request"),
+    ({"server": {"max_kv_mib_per_device": 0.001}}, r"server\.max_kv_mib_per_device=0\.001 cannot hold one request"),
 ])
 def test_model_dependent_fields_fail_before_any_run(model_dir, kw, needle):
     from slicer.actors.models import profile_from_config
@@ -41,11 +41,11 @@ def test_model_dependent_fields_fail_before_any_run(model_dir, kw, needle):
 def test_per_device_server_limits_are_workload_fields(model_dir):
     with pytest.raises(WorkloadError, match=r"server\.max_sessions_per_device=0 is invalid: allowed an integer >= 1"):
         _wl(model_dir, server={"max_sessions_per_device": 0})
-    with pytest.raises(WorkloadError, match=r"server\.max_kv_mb_per_device=-1 is invalid"):
-        _wl(model_dir, server={"max_kv_mb_per_device": -1})
+    with pytest.raises(WorkloadError, match=r"server\.max_kv_mib_per_device=-1 is invalid"):
+        _wl(model_dir, server={"max_kv_mib_per_device": -1})
     from slicer.orchestrator.runner import server_config
 
-    cfg = server_config(_wl(model_dir, server={"max_sessions_per_device": 2, "max_kv_mb_per_device": 1.5}))
+    cfg = server_config(_wl(model_dir, server={"max_sessions_per_device": 2, "max_kv_mib_per_device": 1.5}))
     assert cfg.max_sessions_per_device == 2 and cfg.max_kv_bytes_per_device == int(1.5 * 2**20)
 
 
@@ -61,7 +61,7 @@ def test_valid_edges_of_the_ranges_pass(model_dir):
 
 def test_infeasible_budget_names_the_binding_constraint_everywhere(model_dir):
     # A memory budget below any front segment: no setting is feasible; the policy names memory.
-    wl = _wl(model_dir, devices=[{"class": "raspberry-pi-5", "budgets": {"memory_mb": 0.0001, "latency_ms": 1000}}])
+    wl = _wl(model_dir, devices=[{"class": "raspberry-pi-5", "budgets": {"memory_mib": 0.0001, "latency_ms": 1000}}])
     out = run_inprocess(wl)
     rec = out.records[0]
     assert rec["plan_feasible"] is False and rec["plan_binding"] == "memory"
@@ -73,7 +73,7 @@ def test_infeasible_budget_names_the_binding_constraint_everywhere(model_dir):
     R.progress_line(rec, 1, 1, buf)
     assert "plan infeasible, binding memory" in buf.getvalue()
     # a feasible device shows none of it
-    ok = run_inprocess(_wl(model_dir, devices=[{"class": "raspberry-pi-5", "budgets": {"memory_mb": 100}}]))
+    ok = run_inprocess(_wl(model_dir, devices=[{"class": "raspberry-pi-5", "budgets": {"memory_mib": 100}}]))
     assert ok.records[0]["plan_feasible"] is not False
     assert "no plan meets" not in R.format_table(ok.summary)
 

@@ -41,13 +41,13 @@ def _bomb(levels: int = 9) -> str:
 # name -> (file bytes, regex the message must match after the file name)
 HOSTILE: dict[str, tuple[bytes, str]] = {
     "alias-bomb": (_bomb().encode(), r"line 1, column 5: anchors \(&name\) are not allowed"),
-    "alias-in-value": ((_ok() + "server: {max_kv_mb: &k 4}\nseed: *k\n").encode(), r"line 4, .*anchors"),
+    "alias-in-value": ((_ok() + "server: {max_kv_mib: &k 4}\nseed: *k\n").encode(), r"line 4, .*anchors"),
     "deep-nesting": ((_ok() + "policy: " + "[" * 5000 + "]" * 5000 + "\n").encode(), r"line 4, .*nesting deeper than 32"),
     "deep-mapping": ((_ok() + "server: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n").encode(), r"nesting deeper"),
     "task-file-dev-zero": (_ok().replace("{prompts: [[1, 2, 3]]}", "{task_file: /dev/zero}").encode(),
                            r"inputs\.task_file '/dev/zero' is not a regular file"),
     "not-utf8": ((_ok() + "name: caf\xe9\n").encode("latin-1"), r"is not UTF-8: byte 0xe9 at offset \d+ \(line 4, column 10\)"),
-    "max-kv-inf": ((_ok() + "server: {max_kv_mb: .inf}\n").encode(), r"field server\.max_kv_mb=inf is invalid: allowed a finite"),
+    "max-kv-inf": ((_ok() + "server: {max_kv_mib: .inf}\n").encode(), r"field server\.max_kv_mib=inf is invalid: allowed a finite"),
     "rate-inf": (_ok().replace("{class: raspberry-pi-5}", "{class: raspberry-pi-5, link: {rate_mbps: .inf}}").encode(),
                  r"field devices\[0\]\.link\.rate_mbps=inf is invalid"),
     "nan": ((_ok() + "server: {batch_window_ms: .nan}\n").encode(), r"server\.batch_window_ms=nan is invalid"),
@@ -65,7 +65,7 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     "too-big": ((_ok() + "# " + "x" * (1 << 20) + "\n").encode(), r"is \d+ bytes: allowed at most 1048576"),
     "non-string-key": ((_ok() + "? [a, b]\n: 1\n").encode(), r"line 4, .*a mapping key must be a string"),
     "merge-key": ((_ok() + "server:\n  <<: {max_batch: 4}\n").encode(), r"merge keys \(<<\) are not allowed"),
-    "many-errors": ((_ok("/nonexistent/m") + "mode: turbo\nserver: {max_kv_mb: .nan, batching: 1}\ncolour: red\n"
+    "many-errors": ((_ok("/nonexistent/m") + "mode: turbo\nserver: {max_kv_mib: .nan, batching: 1}\ncolour: red\n"
                      "requests: true\n").encode(), r"6 errors:"),
 }
 
@@ -105,7 +105,7 @@ def test_all_errors_of_a_file_come_together(hostile_dir):
         load_workload(hostile_dir / "many-errors.yaml")
     errs = e.value.errors
     assert len(errs) == 6
-    for needle in (".colour is unknown", "mode='turbo'", "server.max_kv_mb=nan", "server.batching=1",
+    for needle in (".colour is unknown", "mode='turbo'", "server.max_kv_mib=nan", "server.batching=1",
                    "requests=True", "model='/nonexistent/m'"):
         assert sum(needle in x for x in errs) == 1, (needle, errs)
     assert all(x in str(e.value) for x in errs)

@@ -112,9 +112,9 @@ def test_task_file_and_examples(tmp_path):
     ("policy", {"name": "fixed", "split": True}, "policy.split=True is invalid: allowed an integer"),
     ("requests", True, "requests=True"),
     ("server.max_batch", False, "server.max_batch=False"),
-    ("server.max_kv_mb", float("inf"), "server.max_kv_mb=inf is invalid: allowed a finite number"),
-    ("server.max_kv_mb", float("nan"), "server.max_kv_mb=nan"),
-    ("server.max_kv_mb", 1e300, "server.max_kv_mb=1e+300 is invalid: allowed a finite number > 0 and <= 1048576"),
+    ("server.max_kv_mib", float("inf"), "server.max_kv_mib=inf is invalid: allowed a finite number"),
+    ("server.max_kv_mib", float("nan"), "server.max_kv_mib=nan"),
+    ("server.max_kv_mib", 1e300, "server.max_kv_mib=1e+300 is invalid: allowed a finite number > 0 and <= 1048576"),
     ("devices.0.link.rate_mbps", float("inf"), "devices[0].link.rate_mbps=inf"),
     ("devices.0.link.epsilon", float("nan"), "devices[0].link.epsilon=nan"),
     ("devices.0.budgets", {"latency_ms": float("-inf")}, "devices[0].budgets.latency_ms=-inf"),
@@ -135,14 +135,14 @@ def test_numbers_are_strict_and_values_quoted_short(path, value, needle):
 
 def test_every_error_of_a_workload_is_reported_together():
     d = _with("mode", "turbo")
-    d["server"] = {"max_batch": 0, "max_kv_mb": float("nan"), "bogus": 1}
+    d["server"] = {"max_batch": 0, "max_kv_mib": float("nan"), "bogus": 1}
     d["devices"][0]["count"] = True
     d["devices"][1]["link"] = {"rate_mbps": -1, "colour": "red"}
     d["colour"] = 1
     with pytest.raises(WorkloadError) as e:
         parse_workload(d)
     errs = e.value.errors
-    expected = ["mode='turbo'", "server.max_batch=0", "server.max_kv_mb=nan", "server.bogus is unknown",
+    expected = ["mode='turbo'", "server.max_batch=0", "server.max_kv_mib=nan", "server.bogus is unknown",
                 "devices[0].count=True", "devices[1].link.rate_mbps=-1", "devices[1].link.colour is unknown",
                 "field .colour is unknown"]
     assert len(errs) == len(expected), errs

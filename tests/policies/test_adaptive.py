@@ -224,7 +224,7 @@ def test_degrading_link_replans_from_measured_goodput_tokens_exact(tiny):
         cap = _split_budget_mb(tiny)
         edge, policy, _ = _edge(
             tiny, PolicyConfig(name="slicer", adapt=True, new_tokens=8, prompt_tokens=len(PROMPT)),
-            link={"rate_mbps": 20.0}, budgets={"latency_ms": 20, "memory_mb": cap}, codec="lossless",
+            link={"rate_mbps": 20.0}, budgets={"latency_ms": 20, "memory_mib": cap}, codec="lossless",
             emulation={"link": True}, adapt=True, link_trace={"times_s": [0, 0.3], "rates_mbps": [20, 0.02]})
         first = edge.plan
         assert first["split"] < tiny.num_units and first["feasible"]
@@ -256,7 +256,7 @@ def test_codec_changes_between_steps_of_one_request(tiny):
     cap = _split_budget_mb(tiny)
     edge, _, _ = _edge(
         tiny, PolicyConfig(name="slicer", adapt=True, new_tokens=12, prompt_tokens=len(PROMPT)),
-        link={"rate_mbps": 20.0}, budgets={"latency_ms": 20, "memory_mb": cap},
+        link={"rate_mbps": 20.0}, budgets={"latency_ms": 20, "memory_mib": cap},
         emulation={"link": True}, adapt=True, link_trace={"times_s": [0], "rates_mbps": [0.05]})
     rec = edge.generate({"request_id": "r0", "index": 0, "prompt_ids": PROMPT, "max_new_tokens": 12})
     assert rec["ok"], rec["error"]

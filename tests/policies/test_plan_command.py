@@ -6,18 +6,18 @@ from policy_helpers import toy_llm
 from slicer.orchestrator.cli import main
 
 KEYS = ("split", "offload_step", "sparsity", "blocks", "bits", "front_precision", "predicted_latency_ms",
-        "predicted_memory_mb", "bytes_per_token", "server_time_ms", "tier", "feasible", "reason")
+        "predicted_memory_mib", "bytes_per_token", "server_time_ms", "tier", "feasible", "reason")
 
 
 def test_plan_llama3_70b_on_a_jetson_from_its_hub_name(tmp_path, capsys):
     out = tmp_path / "plan.json"
     rc = main(["plan", "--model", "meta-llama/Meta-Llama-3-70B", "--device", "jetson-orin-agx", "--rate-mbps", "20",
-               "--latency-ms", "500", "--memory-mb", "32000", "--tokens", "64", "--json", str(out)])
+               "--latency-ms", "500", "--memory-mib", "32000", "--tokens", "64", "--json", str(out)])
     assert rc == 0
     d = json.loads(out.read_text())
     assert all(k in d for k in KEYS)
     assert d["feasible"] and 1 <= d["split"] < 82 and d["offload_step"] == 1  # 140 GB cannot run whole on 32 GB
-    assert d["predicted_memory_mb"] <= 32000 and d["predicted_latency_ms"] <= 500
+    assert d["predicted_memory_mib"] <= 32000 and d["predicted_latency_ms"] <= 500
     assert 0 < d["server_time_ms"] < d["cloud_server_time_ms"]
     text = capsys.readouterr().out
     assert "FEASIBLE" in text and "reason:" in text
@@ -26,7 +26,7 @@ def test_plan_llama3_70b_on_a_jetson_from_its_hub_name(tmp_path, capsys):
 def test_infeasible_budget_is_an_answer_not_a_traceback(tmp_path, capsys):
     out = tmp_path / "plan.json"
     rc = main(["plan", "--model", "codestral-22b", "--device", "phone-soc", "--rate-mbps", "5", "--latency-ms", "100",
-               "--memory-mb", "100", "--json", str(out)])
+               "--memory-mib", "100", "--json", str(out)])
     assert rc == 1
     d = json.loads(out.read_text())
     assert d["feasible"] is False and d["binding"] == "memory" and "first unit" in d["reason"]
@@ -44,7 +44,7 @@ def test_plan_from_a_profile_json_and_all_policies(tmp_path):
     prof.write_text(toy_llm().to_json())
     out = tmp_path / "all.json"
     rc = main(["plan", "--model", str(prof), "--device", "raspberry-pi-5", "--rate-mbps", "10", "--latency-ms", "200",
-               "--memory-mb", "20", "--policy", "all", "--json", str(out), "--snr-db", "20"])
+               "--memory-mib", "20", "--policy", "all", "--json", str(out), "--snr-db", "20"])
     assert rc == 0
     plans = json.loads(out.read_text())
     assert [p["policy"] for p in plans] == ["slicer", "opsc", "cloud-only", "edge-only", "fixed-split", "neurosurgeon"]

@@ -21,7 +21,7 @@ def test_every_policy_answers():
         assert p.policy == name and p.reason
         d = p.to_dict()
         for k in ("split", "offload_step", "sparsity", "blocks", "bits", "front_precision", "predicted_latency_ms",
-                  "predicted_memory_mb", "bytes_per_token", "server_time_ms", "tier", "feasible", "reason"):
+                  "predicted_memory_mib", "bytes_per_token", "server_time_ms", "tier", "feasible", "reason"):
             assert k in d
 
 

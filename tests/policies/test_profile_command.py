@@ -23,7 +23,7 @@ def test_profile_then_plan_from_the_measured_file(stories260k_path, tmp_path, mo
     # Plan from the measured pair (model and device from the same file).
     out = tmp_path / "plan.json"
     rc = main(["plan", "--model", str(files[0]), "--device", str(files[0]), "--server", str(files[0]),
-               "--rate-mbps", "5", "--latency-ms", "50", "--memory-mb", "1", "--tokens", "16", "--json", str(out)])
+               "--rate-mbps", "5", "--latency-ms", "50", "--memory-mib", "1", "--tokens", "16", "--json", str(out)])
     d = json.loads(out.read_text())
     assert rc == 0 and d["feasible"] and 1 <= d["split"] < 7  # 1 MB cannot hold the whole 1.1 MB model
     assert d["device"] == "box"

@@ -127,7 +127,7 @@ def test_tier3_retreats_the_split():
 def test_infeasible_memory_names_the_first_unit():
     p = slicer(LinkState.from_mbps(5), budgets(memory_mb=0.5))
     assert not p.feasible and p.binding == "memory"
-    assert "first unit (embed)" in p.reason and "MB > memory budget" in p.reason
+    assert "first unit (embed)" in p.reason and "MiB > memory budget" in p.reason
 
 
 def test_infeasible_latency_names_the_shallowest_split():
