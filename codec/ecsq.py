@@ -20,10 +20,15 @@ hidden states (layers 2 and 5) it gave the lowest error of r ∈ {0.5, 0.4, 1/3,
 centroid, ρ = mean(|x|/Δ - |q|), within [-r, 1-r)); it is sent in 8 bits. Midpoint
 reconstruction would be ρ = 0.5 - r; the centroid is never worse in MSE.
 
-Rate control: with ``cfg.rate`` set, Δ is found by bisection on log2 Δ (``SEARCH_STEPS``
-fixed steps, deterministic) against the exact byte count of the entropy coder's plan, so the
+Rate control: with ``cfg.rate`` set, Δ is searched against the payload's byte count so the
 WHOLE payload (wire header included) is at most ``slicer.codec.predict_bytes(shape, cfg)`` ≤
-floor(rate·N/8) bytes. If even the all-zero payload (about 25 bytes) exceeds that cap, the
+floor(rate·N/8) bytes: from 2^16 elements on a fine grid (one histogram of the values at
+δ = max|x|/2^19; for Δ = m·δ, m odd, the symbol histogram is a difference of its cumulative
+counts), solved by regula falsi on log m against the entropy and calibrated against the
+entropy coder's own plan; below that (or at magnitudes near float32's limits) by
+bisection on log2 Δ (``SEARCH_STEPS`` fixed steps, deterministic) against the coder's plan
+at every step, over the sorted values. The real payload is then checked, and Δ widened by
+0.5% until it fits. If even the all-zero payload (about 25 bytes) exceeds that cap, the
 all-zero payload is sent and ``predict_bytes`` reports its size. Without ``rate``, Δ comes
 from ``cfg.sparsity`` (the dead zone is the s-quantile of |x|, so about s·N symbols are 0)
 and ``cfg.bits`` (|q| ≤ 2^(bits-1) - 1, so Δ ≥ max|x| / (2^(bits-1) - 1 + r)): the larger Δ.
@@ -35,9 +40,12 @@ makes rows Gaussian, the worst case at a given variance: ``slicer bench codec`` 
 rel L2 0.591 rotated against 0.447 plain at 1 bit per element on the 128×4096 input with
 outlier channels, and within ±1% either way on stories260k and slicer-tiny activations.
 
-Cost (``slicer bench codec``, 128×4096 float32, 1 thread, a loaded machine): encode 4-5×
-``torch.topk`` (one float32 sort, then the bisection reads symbol histograms off it with
-``searchsorted``), decode about 3× (rANS decoding is sequential).
+Cost (``slicer bench codec``, 128×4096 float32 with outlier channels, rate 8, 1 thread):
+encode ~1.4-1.5× and decode ~1.0× ``torch.topk`` of the same tensor (CPU-time medians on a
+shared 2-core machine; see README). Version 1 (constriction's coder) was 12× and 4.4×.
+One pass builds the grid histogram, one quantizes (symbols, their histogram and the sums
+for ρ together), then the rANS coder (``codec/reference/rans.py``); decoding gathers the
+reconstructed values in the coder's loop.
 
 Extreme magnitudes: every finite input encodes. Δ lives in [2^-149, float32 max]: a
 subnormal Δ is a multiple of 2^-149 (so subnormal inputs are exact at a high rate), and
@@ -46,7 +54,8 @@ max|x| > ~1.7e38 (its Δ_zero exceeds float32) stores float32 max. The decoder s
 the output dtype's largest value (the top bin reconstructs up to Δ past max|x|). With
 ``rotate``, max|x| ≥ 2^64 is refused (CodecError): the Hadamard sums would overflow.
 
-Sections (frozen, wire version 1)::
+Sections (frozen; wire version 2 writes the symbols in entropy mode 3, version 1 payloads
+used modes 0-2 and still decode)::
 
     0  params   u8 flags (bit 0: rotated), u32 seed if rotated, f32 Δ, u8 r code
                 (r = code/256, code 1..128), u8 ρ code (ρ = -r + code/256),

@@ -1,7 +1,9 @@
 """Golden payloads: every committed ``tests/codec/golden/<name>.bin`` listed in
 MANIFEST.json must still decode to its committed ``<name>.npy`` (written by
 ``golden/make_golden.py`` when the format was frozen). A failure means this version no
-longer reads payloads an older one wrote: fix the decoder, never regenerate the files."""
+longer reads payloads an older one wrote: fix the decoder, never regenerate the files.
+``ecsq_v2_*`` are wire version 2 (entropy mode 3), added when that version was frozen; the
+other ECSQ goldens are version 1 (constriction's coder) and must keep decoding."""
 from __future__ import annotations
 
 import json
