@@ -143,7 +143,12 @@ def decode(
                 )
             from slicer.codec.kernels import slicer_decode
 
-            return slicer_decode.decode(frame, target)
+            y = slicer_decode.decode(frame, target)
+            if frame.dtype in (torch.float16, torch.bfloat16) and y.numel():
+                # the kernel stores in the output dtype: saturate like the reference below
+                fmax = float(torch.finfo(frame.dtype).max)
+                y = y.clamp_(-fmax, fmax)
+            return y
         y = method.decode(frame)
     except CodecError:
         raise
