@@ -164,7 +164,12 @@ class ServerSession:
     def decode_payload(self, payload: bytes) -> torch.Tensor:
         if self.split == 0:
             return decode_ids(payload)  # (1, T)
-        return codec.decode(payload, device=self.model.device)  # (1, T, H); on a GPU, decoded there
+        # (1, T, H); on a GPU, decoded there. At most the model's context of hidden states:
+        # the codec's default cap (2^24 elements) would refuse a long prefill of a wide model.
+        a = getattr(self.model, "adapter", None)
+        t_max, h = getattr(a, "max_positions", None), getattr(a, "hidden_size", None)
+        cap = min(int(t_max) * int(h), codec.wire.MAX_ELEMENTS) if isinstance(t_max, int) and isinstance(h, int) else None
+        return codec.decode(payload, device=self.model.device, max_elements=cap)
 
     def step_logits(self, payload: bytes) -> torch.Tensor:
         """Run one step; return the logits of every position of the payload ``(1, T, V)``."""
