@@ -271,11 +271,10 @@ def encode_mode3(sym: np.ndarray, lo: int, span: int, b: int, codes: np.ndarray,
     stream, raw = rans.encode(sym, rans.freqs(_weights3(codes)), lo, remap, esc, nesc)
     if raw.size != nesc:
         raise CodecError(f"mode 3: {raw.size} escaped symbols found, {nesc} counted")
-    pad = _mode3_pad_words(sym.size) - (len(stream) - 4 * rans.LANES) // 2
-    stream += bytes(2 * max(0, pad))
+    pad = bytes(2 * max(0, _mode3_pad_words(sym.size) - (len(stream) - 4 * rans.LANES) // 2))
     head = bytes((3,)) + varint(lo) + varint(span) + bytes((b,)) + varint(c_lo) + varint(core - 1)
-    head += pack_bits(codes, b) + varint(len(stream))
-    return head + stream + pack_bits(raw, span.bit_length())
+    head += pack_bits(codes, b) + varint(len(stream) + len(pad))
+    return b"".join((head, stream, pad, pack_bits(raw, span.bit_length())))  # one copy of the words
 
 
 def decode_mode3(buf: bytes | memoryview, n: int, alphabet_size: int, lut=None) -> np.ndarray:

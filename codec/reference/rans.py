@@ -205,7 +205,7 @@ def encode(sym: np.ndarray, f: np.ndarray, off: int = 0, remap: np.ndarray | Non
     state, words, raw = _encode_loop(
         np.ascontiguousarray(sym, dtype=np.int64), int(off), remap, int(esc), int(nesc), *_encode_table(f)
     )
-    return state.astype("<u4").tobytes() + words.astype("<u2").tobytes(), raw
+    return b"".join((state.astype("<u4").tobytes(), words.astype("<u2", copy=False).data)), raw
 
 
 def _encode_table(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
