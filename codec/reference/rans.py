@@ -124,50 +124,40 @@ def _encode_loop(sym, off, remap, esc, nesc, tab, rcp):  # pragma: no cover - co
     return state, out[pos:].copy(), raw
 
 
-@_inline
-def _emit(out, i, slot, vals, esc_lo, esc_hi, esc_pos, k):  # pragma: no cover - compiled
-    out[i] = vals[slot << 1 | _HI]  # the high half of the slot's table entry
-    if esc_lo <= slot < esc_hi:
-        if k < esc_pos.shape[0]:
-            esc_pos[k] = i
-        k += 1
-    return k
-
-
 @_njit
-def _decode_loop(words, state, n, fb, vals, out, esc_lo, esc_hi, esc_pos):  # pragma: no cover - compiled
-    # Four symbols a round; out[i] = vals[slot] (the slot's symbol, or its decoded value);
-    # the positions of escapes (slots esc_lo..esc_hi-1) go to esc_pos, their count returned.
+def _decode_loop(words, state, n, fb, vals, out):  # pragma: no cover - compiled
+    # Four symbols a round; out[i] = the high half of the slot's entry (its symbol or decoded
+    # value; escapes carry a sentinel the caller finds afterwards: checking for them in this
+    # loop made it 2.5x slower).
     x0, x1, x2, x3 = state[0], state[1], state[2], state[3]
     pos = 0
-    k = 0
     nw = words.shape[0] - 1  # the last is the padding zero
     i = 0
     while i + 4 <= n:
         s, x0, pos = _dec_step(x0, fb, words, pos, nw)
-        k = _emit(out, i, s, vals, esc_lo, esc_hi, esc_pos, k)
+        out[i] = vals[s << 1 | _HI]
         s, x1, pos = _dec_step(x1, fb, words, pos, nw)
-        k = _emit(out, i + 1, s, vals, esc_lo, esc_hi, esc_pos, k)
+        out[i + 1] = vals[s << 1 | _HI]
         s, x2, pos = _dec_step(x2, fb, words, pos, nw)
-        k = _emit(out, i + 2, s, vals, esc_lo, esc_hi, esc_pos, k)
+        out[i + 2] = vals[s << 1 | _HI]
         s, x3, pos = _dec_step(x3, fb, words, pos, nw)
-        k = _emit(out, i + 3, s, vals, esc_lo, esc_hi, esc_pos, k)
+        out[i + 3] = vals[s << 1 | _HI]
         i += 4
     if i < n:
         s, x0, pos = _dec_step(x0, fb, words, pos, nw)
-        k = _emit(out, i, s, vals, esc_lo, esc_hi, esc_pos, k)
+        out[i] = vals[s << 1 | _HI]
     if i + 1 < n:
         s, x1, pos = _dec_step(x1, fb, words, pos, nw)
-        k = _emit(out, i + 1, s, vals, esc_lo, esc_hi, esc_pos, k)
+        out[i + 1] = vals[s << 1 | _HI]
     if i + 2 < n:
         s, x2, pos = _dec_step(x2, fb, words, pos, nw)
-        k = _emit(out, i + 2, s, vals, esc_lo, esc_hi, esc_pos, k)
+        out[i + 2] = vals[s << 1 | _HI]
     end = np.empty(4, dtype=np.int64)
     end[0] = x0
     end[1] = x1
     end[2] = x2
     end[3] = x3
-    return end, pos, k
+    return end, pos
 
 
 def _check_numba() -> None:
@@ -238,19 +228,19 @@ def decode(
     padded[:-1] = words
     f = np.asarray(f, dtype=np.int64)
     fb, slot_sym = decode_table(f)
-    per_slot = (slot_sym if lut is None else lut[slot_sym]).astype(np.float32 if lut is not None and lut.dtype == np.float32 else np.int32)
+    floats = lut is not None and lut.dtype == np.float32
+    per_slot = (lut[slot_sym] if lut is not None else slot_sym).astype(np.float32 if floats else np.int32)
+    # the escape's slots carry a sentinel: NaN (no decoded value is NaN) or -1
+    if 0 <= esc < f.shape[0]:
+        per_slot[slot_sym == esc] = np.nan if floats else -1
     # one 64-bit entry a slot: low half freq|bias, high half the output (int32 symbol or
     # float32 value), read as int64 by the coder and as out's dtype by the store
     entry = np.empty(PROB_SCALE, dtype=np.int64)
     view = entry.view(np.int32).reshape(-1, 2)
     view[:, 1 - _HI] = fb
     view[:, _HI] = per_slot.view(np.int32)
-    vals = entry.view(per_slot.dtype)
     out = np.empty(int(n), dtype=per_slot.dtype)
-    esc_pos = np.empty(max_esc, dtype=np.int64)
-    esc_lo = int(f[:esc].sum()) if 0 <= esc < f.shape[0] else PROB_SCALE
-    esc_hi = esc_lo + int(f[esc]) if 0 <= esc < f.shape[0] else PROB_SCALE
-    end, pos, k = _decode_loop(padded, state, int(n), entry, vals, out, esc_lo, esc_hi, esc_pos)
+    end, pos = _decode_loop(padded, state, int(n), entry, entry.view(per_slot.dtype), out)
     if pos > words.shape[0]:
         raise CodecError("rANS stream ran out of words before its last symbol (corrupt)")
     if bool((end != RANS_L).any()):
@@ -260,6 +250,8 @@ def decode(
             f"rANS stream has {words.shape[0] - pos} words past its last symbol "
             f"(only zero padding up to {min_words} words allowed)"
         )
-    if k > max_esc:
-        raise CodecError(f"rANS stream escapes {k} symbols, its raw section holds at most {max_esc} (corrupt)")
-    return (out.astype(np.int64) if lut is None or lut.dtype != np.float32 else out), esc_pos[:k]
+    has_esc = 0 <= esc < f.shape[0] and f[esc] > 0
+    esc_pos = np.flatnonzero(np.isnan(out) if floats else out == -1) if has_esc else np.zeros(0, dtype=np.int64)
+    if esc_pos.shape[0] > max_esc:
+        raise CodecError(f"rANS stream escapes {esc_pos.shape[0]} symbols, its raw section holds at most {max_esc} (corrupt)")
+    return (out if floats else out.astype(np.int64)), esc_pos
