@@ -41,8 +41,8 @@ rel L2 0.591 rotated against 0.447 plain at 1 bit per element on the 128×4096 i
 outlier channels, and within ±1% either way on stories260k and slicer-tiny activations.
 
 Cost (``slicer bench codec``, 128×4096 float32 with outlier channels, rate 8, 1 thread):
-encode ~1.4-1.5× and decode ~1.0× ``torch.topk`` of the same tensor (CPU-time medians on a
-shared 2-core machine; see README). Version 1 (constriction's coder) was 12× and 4.4×.
+encode 1.43× and decode 0.54× ``torch.topk`` of the same tensor (medians on a shared 2-core
+machine; see README). Version 1 (constriction's coder, a sort-based search) was 12× and 4.4×.
 One pass builds the grid histogram, one quantizes (symbols, their histogram and the sums
 for ρ together), then the rANS coder (``codec/reference/rans.py``); decoding gathers the
 reconstructed values in the coder's loop.
