@@ -158,3 +158,16 @@ def test_non_minimal_varints_are_refused():
         decode(bad)
     with pytest.raises(CodecError, match="not minimal"):
         entropy.decode_symbols(bytes((0, 0x81, 0x00)), 4, 16)
+
+
+def test_version_2_stream_cannot_pass_the_work_bound():
+    # The same bomb in wire version 2 (entropy mode 3): a two-symbol table and one word of
+    # rANS data declaring 2^28 symbols; mode 3 holds at least 1/32 bit a symbol.
+    codes = pack_bits(np.array([63, 1, 0]), 6)  # symbols 0, 1 and the escape (absent)
+    stream = bytes((3,)) + wire.varint(0) + wire.varint(1) + bytes((6,)) + wire.varint(0) + wire.varint(1)
+    stream += codes + wire.varint(18) + (np.full(4, 1 << 16, dtype="<u4").tobytes() + bytes(2))
+    head = bytes((0,)) + struct.pack("<f", 1.0) + bytes((128, 128)) + wire.varint(1)
+    p = wire.pack(ECSQ_ID, torch.float32, (1 << 14, 1 << 14), [head, stream], version=2)
+    err, dt, peak = _run(p, max_elements=wire.MAX_ELEMENTS)
+    assert err is not None and "cannot hold" in str(err), err
+    assert dt < 0.5 and peak < 4 << 20, (dt, peak)
