@@ -283,10 +283,11 @@ def machine_peaks() -> tuple[float, float, float]:
 
 def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 256), prefill_tokens: int = 32,
                     reps: int = 15, codec_specs=DEFAULT_CODECS, model_name: str | None = None,
-                    clock: str = "wall", stage_points=STAGE_POINTS):
+                    clock: str = "wall", stage_points=STAGE_POINTS, progress=None):
     """Measure ``model`` (a ``SplitModel``) on this machine: returns (ModelProfile,
     DeviceProfile) with ``kind="measured"``. ``stage_points``: where the codec's stages
     are timed for ζ̂'s per-stage fit (``time_codec_stages``; empty: not fitted).
+    ``progress``: called with a short line as each stage starts (``slicer profile`` prints it).
 
     ``clock="wall"`` (default) times elapsed time, what a dedicated device sees.
     ``clock="cpu"`` times the CPU time of the timing thread (run with one torch thread):
@@ -319,8 +320,14 @@ def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 
     probe = torch.randn(1, prof.hidden_size or 64, generator=torch.Generator().manual_seed(2))
     probe_payload = _codec.encode(probe, _codec.CodecConfig())
     codec_disturb = lambda: _codec.decode(probe_payload)
+    say = progress or (lambda _line: None)
     with torch.no_grad():
-        rows = [tuple(unit_times(time_prefixes(model, c, 1, reps, clock=tick, disturb=codec_disturb))) for c in contexts]
+        rows = []
+        for i, c in enumerate(contexts):
+            say(f"[{i + 1}/{len(contexts)}] {model.num_units} units after a {c}-token cache")
+            rows.append(tuple(unit_times(time_prefixes(model, c, 1, reps, clock=tick, disturb=codec_disturb))))
+        if prefill_tokens > 1:
+            say(f"prefill of {prefill_tokens} tokens")
         prefill = tuple(unit_times(time_prefixes(model, 0, prefill_tokens, reps, clock=tick, disturb=codec_disturb))) \
             if prefill_tokens > 1 else ()
         feats = []
@@ -335,6 +342,7 @@ def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 
         if model.kind == "causal_lm":
             tok = torch.zeros(1, 1, dtype=torch.long)
             disturb = lambda: model.run(0, model.num_units, tok)
+        say(f"{len(codec_specs)} codec setting(s) on {len(feats)} feature(s)")
         enc, dec = time_codecs(feats, codec_specs, reps, clock=tick, disturb=disturb)
         overhead = time_call_overhead(model, contexts[len(contexts) // 2], reps, clock=tick, disturb=codec_disturb) \
             if model.kind == "causal_lm" else 0.0
@@ -343,6 +351,7 @@ def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 
         from slicer.codec import CodecConfig
         from slicer.policies.codectime import fit_stage_coefficients
 
+        say(f"codec stages at {len(stage_points)} points (for the stage-time fit)")
         timed = time_codec_stages(stage_points, max(3, reps // 3), clock=tick)
         fit = fit_stage_coefficients(timed)
         stages = fit.to_dict()
@@ -395,7 +404,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"slicer profile: timing {model.num_units} units at contexts {', '.join(map(str, contexts))} and "
           f"{len(specs)} codec setting(s), {args.reps} reps each (tens of seconds)...", file=sys.stderr, flush=True)
     prof, dev = measure_profile(model, device_name=device, contexts=contexts, prefill_tokens=args.prefill_tokens,
-                                reps=args.reps, codec_specs=specs, model_name=args.model, clock=args.clock)
+                                reps=args.reps, codec_specs=specs, model_name=args.model, clock=args.clock,
+                                progress=lambda line: print(f"slicer profile: {line}", file=sys.stderr, flush=True))
     save_measured(out, prof, dev)
     m = dev.measured
     print(f"profiled {args.model} ({prof.num_layers} units, {prof.dtype}) on {device} in {time.perf_counter() - t0:.1f} s")

@@ -23,6 +23,7 @@ same generated text per item).
 from __future__ import annotations
 
 import math
+import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -68,12 +69,18 @@ def _cut(text: str, stops: Sequence[str]) -> str:
 
 def evaluate_task(task: Task, scorer, tokenizer, *, limit: int | None = None, max_new_tokens: int = 128,
                   window: int = 128, max_tokens: int = 2048, sandbox: SandboxLimits | None = None,
-                  n_samples: int = 1, temperature: float = 0.0, ks: Sequence[int] = (1,)) -> TaskRun:
-    """Run ``task`` through ``scorer`` (see the module docstring)."""
+                  n_samples: int = 1, temperature: float = 0.0, ks: Sequence[int] = (1,),
+                  progress: bool | None = None) -> TaskRun:
+    """Run ``task`` through ``scorer`` (see the module docstring). ``progress``: a bar of
+    items on stderr (None: only when stderr is a terminal)."""
+    from tqdm.auto import tqdm
+
     run = TaskRun(scorer.name)
     t0 = time.perf_counter()
     prefix = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     items = task.items if limit is None else task.items[:limit]
+    items = tqdm(items, desc=f"{task.name} ({scorer.name})", unit="item", file=sys.stderr,
+                 disable=None if progress is None else not progress)
     if task.kind == "perplexity":
         _perplexity(run, items, scorer, tokenizer, prefix, window, max_tokens)
     elif task.kind == "multiple_choice":

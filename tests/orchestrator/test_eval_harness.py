@@ -130,6 +130,15 @@ def test_multiple_choice_accuracy_and_norm():
     assert len(hs.items[0]["loglikelihoods"]) == 4
 
 
+def test_progress_bar_counts_items_on_stderr(capsys):
+    task = load_task(TASKS / "piqa_mini.jsonl")
+    evaluate_task(task, FakeScorer(vocab=256), FakeTokenizer(), progress=True)
+    cap = capsys.readouterr()
+    assert f"{len(task.items)}/{len(task.items)}" in cap.err and cap.out == ""
+    evaluate_task(task, FakeScorer(vocab=256), FakeTokenizer(), progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_exact_match_and_code_through_the_sandbox():
     gsm = load_task(TASKS / "gsm8k_mini.jsonl")
     run = evaluate_task(gsm, FakeScorer(text=" 3 + 4 = 7\n\nQuestion: 120"), FakeTokenizer())

@@ -10,6 +10,10 @@ def test_profile_then_plan_from_the_measured_file(stories260k_path, tmp_path, mo
     args = ["profile", "--model", str(stories260k_path), "--device", "box", "--contexts", "4,16", "--reps", "2",
             "--prefill-tokens", "4", "--codecs", "lossless;slicer", "--clock", "cpu", "--threads", "1"]
     assert main(args) == 0
+    err = capsys.readouterr().err  # progress: one line as each stage starts
+    for line in ("[1/2] 7 units after a 4-token cache", "[2/2] 7 units after a 16-token cache", "prefill of 4 tokens",
+                 "2 codec setting(s)"):
+        assert f"slicer profile: {line}" in err, err
     files = list((tmp_path / "profiles").glob("*.json"))
     assert len(files) == 1 and files[0].name.endswith("stories260k-box-float32-v1.json")
     model, dev = load_measured(files[0])
@@ -25,5 +29,5 @@ def test_profile_then_plan_from_the_measured_file(stories260k_path, tmp_path, mo
     rc = main(["plan", "--model", str(files[0]), "--device", str(files[0]), "--server", str(files[0]),
                "--rate-mbps", "5", "--latency-ms", "50", "--memory-mib", "1", "--tokens", "16", "--json", str(out)])
     d = json.loads(out.read_text())
-    assert rc == 0 and d["feasible"] and 1 <= d["split"] < 7  # 1 MB cannot hold the whole 1.1 MB model
+    assert rc == 0 and d["feasible"] and 1 <= d["split"] < 7  # 1 MiB cannot hold the whole 1.1 MB model
     assert d["device"] == "box"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec import CodecConfig, decode, encode
+from slicer.codec import CodecConfig, decode, encode
 
 HERE = Path(__file__).resolve().parent
 
