@@ -62,7 +62,7 @@ def test_fit_recovers_known_coefficients():
 def test_fit_from_timed_reference_stages():
     """The host's stages timed by `slicer profile`'s routine: the fit is non-negative and
     orders settings as the timings do (the sparsest setting encodes fastest)."""
-    from slicer.orchestrator.commands.profile import time_codec_stages
+    from slicer.orchestrator.profiler import time_codec_stages
 
     points = [(n, s, m, lam, fixed) for n in (4096, 65536) for s, m, lam, fixed in
               ((0.0, (1, 1), 0.0, False), (0.9, (8, 8), 0.2, False), (0.5, (2, 1), 0.0, True))]

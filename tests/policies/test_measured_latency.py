@@ -66,7 +66,7 @@ def split_run(model, steps: int, seed: int, clock=time.thread_time) -> tuple[lis
 
 
 def test_measured_profile_predicts_a_split_run_within_25_percent(stories, one_thread):
-    from slicer.orchestrator.commands.profile import measure_profile
+    from slicer.orchestrator.profiler import measure_profile
 
     edge_ratios, step_ratios = [], []
     for r in range(ROUNDS):
