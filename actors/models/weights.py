@@ -59,6 +59,13 @@ def drop_to_meta(module: nn.Module) -> None:
         _set(owner, attr, torch.empty(cur.shape, dtype=cur.dtype, device="meta"))
 
 
+def _same(hf: nn.Module, a: str, b: str) -> bool:
+    try:
+        return hf.get_parameter(a) is hf.get_parameter(b)
+    except AttributeError:
+        return False
+
+
 class Checkpoint:
     """Tensors of a local model folder by name (``model.safetensors`` or a sharded
     ``model.safetensors.index.json``)."""
@@ -102,7 +109,9 @@ class SegmentLoader:
         self.hf, self.dtype, self.device = hf, dtype, torch.device(device)
         self.checkpoint, self.rebuild = checkpoint, rebuild
         tied = getattr(hf, "_tied_weights_keys", None) or {}
-        self.tied = dict(tied) if isinstance(tied, dict) else {}
+        # only pairs this model really ties (the class lists them whatever the config's
+        # tie_word_embeddings says): one tensor object on the meta model
+        self.tied = {k: v for k, v in (tied.items() if isinstance(tied, dict) else []) if _same(hf, k, v)}
         self.prefix = getattr(hf, "base_model_prefix", "") or ""
 
     def _lookup(self, names: list[str]) -> torch.Tensor | None:

@@ -95,3 +95,19 @@ def test_quantized_front_keeps_no_float32_copy():
     fp32_front = _unit_bytes(full, 0, 3)
     assert held < 0.5 * fp32_front, (held, fp32_front)
     assert edge.memory()["edge_rss_bytes"] is None or edge.memory()["edge_rss_bytes"] > 0
+
+
+def test_untied_head_is_not_taken_from_the_embedding(tmp_path):
+    """A checkpoint with separate embedding and LM-head tensors (the class still lists the
+    pair as tieable): a segment load of the whole model gives the full model's outputs."""
+    cfg = dict(TINY_LM["llama"], tie_word_embeddings=False)
+    full = load_model(cfg, seed=3)
+    full.hf.save_pretrained(tmp_path)
+    ref = load_model(str(tmp_path))
+    seg = load_model(str(tmp_path), units=(0, full.num_units))
+    ids = torch.tensor([[3, 9, 4]])
+    torch.testing.assert_close(seg.run(0, full.num_units, ids), ref.run(0, full.num_units, ids), rtol=0, atol=0)
+    back = load_model(str(tmp_path), units=(0, 0))
+    back.ensure_units(2, full.num_units)
+    back.ensure_units(0, 2)  # the embedding after the head: still two tensors
+    torch.testing.assert_close(back.run(0, full.num_units, ids), ref.run(0, full.num_units, ids), rtol=0, atol=0)
