@@ -20,19 +20,23 @@ Split units
     Vision: ResNet = stem, every residual layer of every stage, head (pool + classifier);
     ViT = patch embedding, every encoder layer, head (layernorm + classifier on CLS).
 
-``load_model(src, *, dtype=torch.float32, device="cpu", seed=0) -> SplitModel``
+``load_model(src, *, dtype=torch.float32, device="cpu", seed=0, units=None) -> SplitModel``
     ``src``: a local folder or hub name (``from_pretrained``), or a ``PretrainedConfig``
-    / dict with ``model_type`` (random weights, seeded). Unsupported architectures raise
-    ``UnsupportedModelError`` listing the supported ones (``SUPPORTED``).
+    / dict with ``model_type`` (random weights, seeded). ``units=(a, b)``: only those
+    units' weights, read by name from the safetensors (``slicer.actors.models.weights``).
+    Unsupported architectures raise ``UnsupportedModelError`` listing the supported ones
+    (``SUPPORTED``).
 
 ``SplitModel``
     ``.profile`` (``slicer.policies.profile.ModelProfile``), ``.num_units``, ``.kind``,
     ``.family``, ``.config``, ``.hf`` (the transformers model), ``.units``;
-    ``new_cache(a, b) -> SegmentCache``;
-    ``run(a, b, x, cache=None, *, position=None) -> Tensor`` (``position``: absolute
-    position of ``x[:, 0]``; defaults to ``cache.length``);
-    ``run_batch(a, b, xs, caches, positions=None) -> list[Tensor]`` (one session of
-    batch 1 per entry, any lengths; same results as one by one, to float tolerance).
+    ``new_cache(a, b, capacity=None) -> SegmentCache``; ``ensure_units(a, b)``,
+    ``loaded``, ``weight_bytes`` (segment-only weights);
+    ``run(a, b, x, cache=None, *, position=None, last_only=False) -> Tensor``
+    (``position``: absolute position of ``x[:, 0]``; defaults to ``cache.length``);
+    ``run_batch(a, b, xs, caches, positions=None, *, last_only=False) -> list[Tensor]``
+    (one session of batch 1 per entry, any lengths; same results as one by one, to
+    float tolerance; attention per session on views of each cache, no history copied).
 
 ``profile_from_config(name_or_config, *, dtype=None) -> ModelProfile``
     No weights needed (meta device). Shipped configs (``shipped_configs()``): Llama-3-8B,
