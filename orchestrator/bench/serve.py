@@ -28,9 +28,9 @@ from __future__ import annotations
 
 HELP = "serving path: cluster vs one process (latency, tokens/s, mean batch, memory, context), ratios"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import time
 
 LLAMA_1024 = dict(model_type="llama", hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
                   num_attention_heads=16, num_key_value_heads=4, vocab_size=8192, max_position_embeddings=2048,
@@ -172,7 +172,7 @@ def hop_costs(n: int = 2000) -> dict:
         async def serve():
             while True:
                 fut = await q.get()
-                fut.set_result(await loop.run_in_executor(ex, int) if use_executor else int())
+                fut.set_result(await loop.run_in_executor(ex, int) if use_executor else 0)
 
         task = loop.create_task(serve())
         ts = []
@@ -235,7 +235,6 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     import torch
-
     from slicer.actors.models import load_model
     from slicer.orchestrator.runner import run_inprocess, run_many
 
@@ -344,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print(m: dict) -> None:
     R = m["ratios"]
-    f = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
+    f = lambda v: "n/a" if v is None else f"{v:.3g}"
     print(f"\n== {m['model']} ({m['units']} units; split {m['split']}, deep split {m['deep_split']}) ==")
     print(f"per-token latency, 1 device, cluster / in-process: {f(R.get('latency_cluster_over_inprocess'))}")
     print(f"{'N':>3} {'cluster tok/s':>13} {'limit tok/s':>11} {'ratio':>6} {'mean batch':>10} {'batch/N':>7} done")
@@ -360,7 +359,7 @@ def _print(m: dict) -> None:
     if "per_token_long_over_short" in R:
         print(f"8 devices, per-token time at long / short run: {f(R['per_token_long_over_short'])}")
     mm = m["memory"]
-    mb = lambda v: "n/a" if not v else f"{v / 2**20:.0f} MB"  # noqa: E731
+    mb = lambda v: "n/a" if not v else f"{v / 2**20:.0f} MB"
     print(f"memory: edge RSS {mb(mm['edge_rss_max_bytes'])} (weights {mb(mm['edge_weight_bytes'])}, policy predicts "
           f"{mb(mm['edge_predicted_bytes'])}); server RSS {mb(mm['server_rss_bytes'])} (weights "
           f"{mb(mm['server_weight_bytes'])}, predicted {mb(mm['server_predicted_weight_bytes'])}); "

@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-
 from slicer.actors.server import Server, ServerConfig
 from slicer.codec import CodecConfig, encode
 

@@ -14,8 +14,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # chosen at decoration: before import
 
 from slicer.actors.models import load_model
-from slicer.actors.models.devices import DeviceUnavailableError, resolve_device, resolve_dtype
-from slicer.actors.models.generate import EdgeSession, ServerSession, generate, reference_generate
+from slicer.actors.models.devices import (
+    DeviceUnavailableError,
+    resolve_device,
+    resolve_dtype,
+)
+from slicer.actors.models.generate import (
+    EdgeSession,
+    ServerSession,
+    generate,
+    reference_generate,
+)
 from slicer.actors.models.testing import TINY_LM
 from slicer.actors.server import Server, ServerConfig
 from slicer.codec import CodecConfig
