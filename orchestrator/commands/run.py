@@ -56,9 +56,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"slicer run: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # placement errors, timeouts: one clear line, no traceback wall
-        name = type(e).__name__
-        if name in ("PlacementError", "ClusterError", "TimeoutError", "UnsupportedModelError"):
-            print(f"slicer run: {name}: {e}", file=sys.stderr)
+        from slicer.actors.models.families import UnsupportedModelError
+        from slicer.orchestrator.cluster import ClusterError
+
+        # isinstance, not the class name: an actor's error arrives as a RayTaskError that
+        # is also an instance of its cause's class
+        if isinstance(e, (ClusterError, TimeoutError, UnsupportedModelError)):
+            print(f"slicer run: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
         raise
     rc = 0 if out.summary["totals"]["failed"] == 0 else 1

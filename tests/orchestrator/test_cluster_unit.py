@@ -10,6 +10,7 @@ import time
 import pytest
 
 from slicer.orchestrator import cluster as C
+from slicer.orchestrator.cluster import auth as A
 
 
 def _node(nid, labels, **res):
@@ -158,9 +159,9 @@ def test_connect_auto_without_any_address_refuses(monkeypatch):
 def test_auth_mode_follows_the_cluster(monkeypatch, user, needs, token, expect):
     import io
 
-    monkeypatch.setattr(C, "cluster_requires_token", lambda target, timeout_s: needs)
-    monkeypatch.setattr(C, "find_token", lambda: token)
-    monkeypatch.setattr(C, "_reload_auth_config", lambda: None)
+    monkeypatch.setattr(A, "cluster_requires_token", lambda target, timeout_s: needs)
+    monkeypatch.setattr(A, "find_token", lambda: token)
+    monkeypatch.setattr(A, "_reload_auth_config", lambda: None)
     if user is None:
         monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     else:
@@ -247,7 +248,7 @@ def test_address_auto_prefers_ray_address_then_the_slicer_cluster(tmp_path, monk
         seen.append(target)
         raise C.ClusterError("stop here")
 
-    monkeypatch.setattr(C, "_match_auth", fake_match)
+    monkeypatch.setattr(A, "_match_auth", fake_match)  # connect calls it through cluster.auth
     monkeypatch.setenv("SLICER_HOME", str(tmp_path))
     (tmp_path / "cluster.json").write_text('{"id": "abc", "address": "127.0.0.1:4242"}')
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:5151")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -70,3 +71,27 @@ def test_percentile():
     assert R.percentile([], 50) is None
     assert R.percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert R.percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+
+
+@pytest.mark.parametrize("exc_cls", ["PlacementError", "UnsupportedModelError", "wrapped"])
+def test_run_reports_cluster_and_model_errors_in_one_line(monkeypatch, capsys, exc_cls):
+    """Matched by class, not by name: an actor's error arrives as a Ray-made subclass of
+    its cause (``RayTaskError(UnsupportedModelError)``), which the name test missed."""
+    from slicer.actors.models.families import UnsupportedModelError
+    from slicer.orchestrator.cluster import PlacementError
+    from slicer.orchestrator.commands import run as run_cmd
+
+    cause = {"PlacementError": PlacementError("no alive node matches"),
+             "UnsupportedModelError": UnsupportedModelError("model_type 'x' is not supported"),
+             "wrapped": type("RayTaskError(UnsupportedModelError)", (UnsupportedModelError,), {})("from an actor")}[exc_cls]
+
+    def boom(*a, **k):
+        raise cause
+
+    monkeypatch.setattr(run_cmd, "_execute", boom)
+    assert main(["run", str(Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("slicer run: ") and str(cause) in err[0]
+    monkeypatch.setattr(run_cmd, "_execute", lambda *a, **k: (_ for _ in ()).throw(KeyError("a bug")))
+    with pytest.raises(KeyError):  # anything else is a bug: its traceback stays
+        main(["run", str(Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"), "--quiet"])
