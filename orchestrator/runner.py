@@ -197,6 +197,17 @@ def server_config(wl: Workload, profile: Any = None, requests: dict[str, list[di
                         kv_kept_per_idle_device=kept)
 
 
+def failed_record(request: dict, dev_id: str, index: int, device_class: str | None, error: str,
+                  node: str | None = None) -> dict:
+    """The record of a request that produced nothing (its actor died for good, or the run
+    stalled): the same fields a finished record's summary reads, ``ok`` False, the cause."""
+    rec = {"request_id": request["request_id"], "device": dev_id, "index": index, "ok": False,
+           "device_class": device_class, "error": error, "latency_s": 0.0, "new_tokens": 0, "tokens": []}
+    if node is not None:
+        rec["node"] = node
+    return rec
+
+
 def make_identities(wl: Workload) -> dict[str, str]:
     """Device id -> credential: the identities the driver assigns at placement. The
     server gets them all, each edge actor only its own; the server then checks every
@@ -480,9 +491,7 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
                     edge_where[dev_id] = resub.where.get(dev_id, edge_where[dev_id])
                     inflight[edges[dev_id].generate.remote(requests[dev_id][i], {})] = dev_id
                     continue
-                rec = {"request_id": requests[dev_id][i]["request_id"], "device": dev_id, "index": i, "ok": False,
-                       "device_class": resub.device_class.get(dev_id), "error": err, "latency_s": 0.0,
-                       "new_tokens": 0, "tokens": []}
+                rec = failed_record(requests[dev_id][i], dev_id, i, resub.device_class.get(dev_id), err)
             resub.annotate(rec)
             rec["node"] = rec.get("node") or edge_where[dev_id]["node_id"]
             records.append(rec)
@@ -492,9 +501,8 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
     if stall is not None:
         for dev_id in inflight.values():
             i = next_i[dev_id] - 1
-            rec = {"request_id": requests[dev_id][i]["request_id"], "device": dev_id, "index": i, "ok": False,
-                   "device_class": resub.device_class.get(dev_id), "error": stall, "latency_s": 0.0,
-                   "new_tokens": 0, "tokens": [], "node": edge_where[dev_id]["node_id"]}
+            rec = failed_record(requests[dev_id][i], dev_id, i, resub.device_class.get(dev_id), stall,
+                                node=edge_where[dev_id]["node_id"])
             records.append(resub.annotate(rec))
             if progress is not None:
                 R.progress_line(rec, len(records), total, progress)
