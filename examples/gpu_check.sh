@@ -44,6 +44,7 @@ step split_cuda_bf16 300 python - <<'EOF'
 import torch
 from slicer.actors.models import load_model
 from slicer.actors.models.generate import EdgeSession, ServerSession, generate, reference_generate
+from slicer.actors.models.testing import generate_batched
 from slicer.actors.server import Server, ServerConfig
 from slicer.codec import CodecConfig, encode
 
@@ -66,14 +67,7 @@ server = Server(back, ServerConfig(max_batch=16))
 refs = [reference_generate(full, p, 10)[0] for p in prompts]
 edges = [EdgeSession(front, 3, lossless) for _ in prompts]
 sess = [ServerSession(back, 3, capacity=64) for _ in prompts]
-pays = [e.begin(p).payload for e, p in zip(edges, prompts)]
-outs = [[] for _ in prompts]
-for i in range(10):
-    toks = ServerSession.step_batch(sess, pays)
-    for o, t in zip(outs, toks):
-        o.append(t)
-    if i < 9:
-        pays = [e.next(t).payload for e, t in zip(edges, toks)]
+outs = generate_batched(edges, sess, prompts, 10)
 assert outs == refs, (outs, refs)
 # the Triton encoder on a CUDA feature: same bytes as the torch reference
 x = front.run(0, 3, prompts[2].to(dev)).float()

@@ -25,3 +25,21 @@ TINY_VISION = {
     "vit": dict(model_type="vit", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                 image_size=32, patch_size=8, num_labels=5),
 }
+
+
+def generate_batched(edges, servers, prompts, n_new: int) -> list[list[int]]:
+    """Greedy tokens of several split sessions stepped together on the server side
+    (``ServerSession.step_batch``): ``edges[i]`` begins on ``prompts[i]`` and feeds each
+    token back; returns each session's ``n_new`` tokens (what the exact-token tests compare
+    with the unsplit model's)."""
+    from slicer.actors.models.generate import ServerSession
+
+    payloads = [e.begin(p).payload for e, p in zip(edges, prompts)]
+    out: list[list[int]] = [[] for _ in prompts]
+    for i in range(n_new):
+        toks = ServerSession.step_batch(servers, payloads)
+        for o, t in zip(out, toks):
+            o.append(t)
+        if i + 1 < n_new:
+            payloads = [e.next(t).payload for e, t in zip(edges, toks)]
+    return out

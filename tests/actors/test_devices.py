@@ -25,7 +25,7 @@ from slicer.actors.models.generate import (
     generate,
     reference_generate,
 )
-from slicer.actors.models.testing import TINY_LM
+from slicer.actors.models.testing import TINY_LM, generate_batched
 from slicer.actors.server import Server, ServerConfig
 from slicer.codec import CodecConfig
 from slicer.orchestrator.workload import WorkloadError, parse_workload
@@ -104,15 +104,7 @@ def test_bfloat16_batched_split_is_exact(family):
     refs = [reference_generate(m, p, 5)[0] for p in prompts]
     edges = [EdgeSession(m, 2, CodecConfig(method="raw")) for _ in prompts]
     servers = [ServerSession(m, 2, capacity=16) for _ in prompts]
-    pays = [e.begin(p).payload for e, p in zip(edges, prompts)]
-    outs = [[] for _ in prompts]
-    for i in range(5):
-        toks = ServerSession.step_batch(servers, pays)
-        for o, t in zip(outs, toks):
-            o.append(t)
-        if i < 4:
-            pays = [e.next(t).payload for e, t in zip(edges, toks)]
-    assert outs == refs
+    assert generate_batched(edges, servers, prompts, 5) == refs
     assert servers[0].cache._k[servers[0].cache.layer_ids[0]].dtype == torch.bfloat16
 
 

@@ -6,7 +6,7 @@ import torch
 
 from slicer.actors.models import load_model
 from slicer.actors.models.generate import EdgeSession, ServerSession, reference_generate
-from slicer.actors.models.testing import TINY_LM
+from slicer.actors.models.testing import TINY_LM, generate_batched
 from slicer.codec import CodecConfig
 
 LOSSLESS = CodecConfig(method="raw")
@@ -71,15 +71,7 @@ def test_server_step_batch_gives_each_session_its_greedy_tokens(lm, split):
     mode = "cloud-only" if split == 0 else "per-token"
     edges = [EdgeSession(lm, split, LOSSLESS, mode=mode) for _ in prompts]
     servers = [ServerSession(lm, split) for _ in prompts]
-    payloads = [e.begin(p).payload for e, p in zip(edges, prompts)]
-    out = [[] for _ in prompts]
-    for i in range(n_new):
-        toks = ServerSession.step_batch(servers, payloads)
-        for o, t in zip(out, toks):
-            o.append(t)
-        if i + 1 < n_new:
-            payloads = [e.next(t).payload for e, t in zip(edges, toks)]
-    assert out == refs
+    assert generate_batched(edges, servers, prompts, n_new) == refs
 
 
 def test_run_batch_rejects_bad_input(lm):
