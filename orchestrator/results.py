@@ -160,6 +160,11 @@ def build_summary(workload: dict, records: list[dict], server_stats: dict, decis
             "batch_size_max": server_stats.get("batch_size_max", 0),
             "batch_size_hist": server_stats.get("batch_size_hist", {}),
             "rejected": server_stats.get("rejected", []),
+            # what the server refused or reclaimed: forged/unknown credentials, idle sessions
+            "rejected_total": server_stats.get("rejected_total", 0),
+            "auth_failures": server_stats.get("auth_failures", 0),
+            "expired_sessions": server_stats.get("expired_sessions", 0),
+            "bad_payloads_by_device": server_stats.get("bad_payloads_by_device", {}),
             "node": server_stats.get("node"),
             "config": server_stats.get("config", {}),
             # measured in the server process (segment-only weights: the units it loaded)

@@ -427,3 +427,23 @@ def test_kv_is_kept_for_registered_devices_that_hold_none(tiny_model):
     server.open_session("victim", "v/r0", 2, 16, credential=IDS["victim"])
     server.open_session("other", "o/r0", 2, 16, credential=IDS["other"])
     assert server.stats()["reserved_kv_bytes"] == 6 * kv
+
+
+def test_run_summary_shows_what_the_server_refused(tiny_model):
+    """The run summary carries the server's refusals: forged credentials, idle sessions
+    reclaimed, bad payloads, per device (they were in ``stats()`` but not in summary.json)."""
+    from slicer.orchestrator.results import build_summary
+
+    now = [0.0]
+    server = Server(tiny_model, ServerConfig(session_ttl_s=5.0, max_sessions=1), identities={"dev": "cred-dev"},
+                    clock=lambda: now[0])
+    with pytest.raises(AdmissionError):
+        server.open_session("dev", "dev/r0", 2, 16, credential="forged")
+    server.open_session("dev", "dev/r0", 2, 16, credential="cred-dev")
+    now[0] = 10.0
+    server.open_session("dev", "dev/r1", 2, 16, credential="cred-dev")  # expiry runs at every open
+    with pytest.raises(AdmissionError, match="server refused"):  # one session at a time: refused, counted
+        server.open_session("dev", "dev/r2", 2, 16, credential="cred-dev")
+    s = build_summary({"name": "t"}, [], server.stats(), [], {}, 1.0, {"backend": "in-process"})["server"]
+    assert (s["auth_failures"], s["expired_sessions"]) == (1, 1)
+    assert s["rejected_total"] == 1 and s["rejected"][0]["device"] == "dev" and s["bad_payloads_by_device"] == {}
