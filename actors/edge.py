@@ -22,21 +22,18 @@ the same in a unit test and in an actor.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
 
 from slicer.actors import telemetry as tel
+from slicer.actors.models.devices import DTYPES as _DTYPES
 from slicer.actors.models.generate import EdgeSession
 from slicer.actors.protocol import SESSION_MODES, hop_record, now_s, plan_mode
 from slicer.codec import CodecConfig
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class _TimedEdgeSession(EdgeSession):
@@ -134,14 +131,23 @@ class EdgeConfig:
     seed: int = 0
     """The workload's seed: the codec's seed (rotation, tie-breaks) unless the codec spec names one."""
     node: str = ""
+    """Node id/ip the device runs on (filled in by its actor)."""
     device: str = "cpu"
     """Where this edge computes: ``cpu``, ``cuda`` or ``auto`` (CUDA where the node has
     it); its features are then encoded on that device (the Triton encoder on CUDA)."""
-    """Node id/ip the device runs on (filled in by its actor)."""
 
 
 class EdgeDevice:
     """One device (see the module docstring)."""
+
+    def _codec_of(self, spec: str) -> CodecConfig:
+        """The codec of a spec, seeded by the workload unless the spec names its own seed
+        (keys split as ``CodecConfig.parse`` splits them)."""
+        codec = CodecConfig.parse(spec)
+        named = {kv.split("=")[0].strip() for kv in spec.partition(":")[2].split(",")}
+        if codec.method == "raw" or "seed" in named:
+            return codec
+        return replace(codec, seed=int(self.cfg.seed))
 
     def __init__(self, cfg: EdgeConfig, model_ref: Any, server: ServerClient | None, policy: PolicyClient,
                  *, model: Any = None):
@@ -307,9 +313,8 @@ class EdgeDevice:
             mode = "edge-only"  # the hand-off step lies beyond this request: it never offloads
         if mode in ("split", "local-then-offload"):
             codec_spec = self.cfg.codec or plan.get("codec_spec") or "lossless"
-            codec = CodecConfig.parse(codec_spec)
-            if codec.method != "raw" and "seed" not in codec_spec.partition(":")[2].replace("=", ",").split(","):
-                codec = dataclasses.replace(codec, seed=int(self.cfg.seed))
+            codec = self._codec_of(codec_spec)
+            if codec != CodecConfig.parse(codec_spec):  # seeded by the workload: the record says so
                 codec_spec = codec.spec()
         else:  # no feature crosses: token ids (cloud-only) or nothing (edge-only)
             codec_spec, codec = ("tokens" if mode == "cloud-only" else "none"), CodecConfig(method="raw")
@@ -370,10 +375,7 @@ class EdgeDevice:
                   "to": {k: new.get(k) for k in (*keys, "codec_spec")},
                   "applies": "next step" if now_codec else "next request"}
             if now_codec:
-                codec = CodecConfig.parse(new["codec_spec"])
-                if codec.method != "raw":
-                    codec = dataclasses.replace(codec, seed=int(self.cfg.seed))
-                sess.codec_cfg = codec
+                sess.codec_cfg = self._codec_of(new["codec_spec"])
             self._replans.append(ev)
             attrs.update({"slicer.replan": f"{ev['from']['codec_spec']} split {ev['from']['split']} -> "
                                            f"{ev['to']['codec_spec']} split {ev['to']['split']} ({ev['applies']})"})

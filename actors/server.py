@@ -216,6 +216,7 @@ class Server:
         # Async batching state (created lazily inside the actor's event loop).
         self._queue: asyncio.Queue | None = None
         self._loop_task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._live_s = 0.05
         self._last_batch_s = 0.0  # wall seconds of the last batch (bounds the wait for live sessions)
 
@@ -625,7 +626,7 @@ class Server:
 
     def _nudge(self) -> None:
         """Wake the batch loop (a session closed: it is no longer waited for)."""
-        loop, q = getattr(self, "_loop", None), self._queue
+        loop, q = self._loop, self._queue
         if loop is not None and q is not None and not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(q.put_nowait, None)

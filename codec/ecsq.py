@@ -207,14 +207,15 @@ if _grid_entropy is None:
     _grid_entropy = _grid_entropy_py
 
 
-def _quantize_fused(x2: torch.Tensor, delta: float, r: float):
+def _quantize_fused(x2: torch.Tensor, delta: float, r: float, amax: float):
     """One compiled pass where ``_quantize`` runs in float32 (normal Δ, float32 input on
-    the CPU); None elsewhere (the torch path serves those)."""
+    the CPU); None elsewhere (the torch path serves those). ``amax``: max|x2|, which the
+    encoder has already (float32 rounding is monotone, so it is the float32 data's max)."""
     if _numba is None or not 2.0**-125 <= delta <= 2.0**125 or x2.device.type != "cpu" or x2.numel() < 1024:
         return None
     xf = np.ascontiguousarray(x2.reshape(-1).numpy(), dtype=np.float32)
     inv, r32 = np.float32(1.0 / delta), np.float32(r)
-    qb = int(np.floor(np.float32(np.abs(xf).max()) * inv + r32))
+    qb = int(np.floor(np.float32(amax) * inv + r32))
     if qb > QMAX_LIMIT:
         return None
     return _quantize_fused_jit(xf, inv, r32, qb), qb
@@ -280,10 +281,10 @@ class _ECSQ:
             x2 = hadamard.rotate(x2, cfg.seed)
         return x2
 
-    def _pack(self, x2: torch.Tensor, delta: float, r_code: int, cfg: CodecConfig) -> list[bytes]:
+    def _pack(self, x2: torch.Tensor, delta: float, r_code: int, cfg: CodecConfig, amax: float) -> list[bytes]:
         r = r_code / 256.0
         delta = _step(delta)
-        fast = _quantize_fused(x2, delta, r)
+        fast = _quantize_fused(x2, delta, r, amax)
         if fast is not None:
             return self._pack_fused(fast, delta, r_code, cfg)
         q = _quantize(x2, delta, r)  # (rows, cols) int64
@@ -364,12 +365,12 @@ class _ECSQ:
         if cfg.rate is None:
             r_code = SPARSITY_ROUND_CODE
             if amax == 0.0:
-                return self._pack(x2, 1.0, r_code, cfg)
-            return self._pack(x2, self._delta_from_sparsity(x2, amax, r_code, cfg), r_code, cfg)
+                return self._pack(x2, 1.0, r_code, cfg, amax)
+            return self._pack(x2, self._delta_from_sparsity(x2, amax, r_code, cfg), r_code, cfg, amax)
         r_code = RATE_ROUND_CODE
         r = r_code / 256.0
         if amax == 0.0:  # all zeros: every symbol 0 whatever Δ
-            return self._pack(x2, 1.0, r_code, cfg)
+            return self._pack(x2, 1.0, r_code, cfg, amax)
         # Δ above this makes every symbol 0: floor(amax/Δ + r) = 0 ⇔ Δ > amax/(1-r).
         delta_zero = amax / (1.0 - r) * (1 + 1e-6)
         # The largest step a payload with nonzero symbols can hold (f32 field).
@@ -388,14 +389,14 @@ class _ECSQ:
         # all-zero one, the documented fallback when even that exceeds the cap).
         delta = min(delta, delta_top)
         for _ in range(64):
-            sections = self._pack(x2, delta, r_code, cfg)
+            sections = self._pack(x2, delta, r_code, cfg, amax)
             if _total_nbytes(shape, len(sections[0]), len(sections[1])) <= cap_total:
                 return sections
             if delta >= delta_top:
                 break
             # _step: a subnormal step moves by at least one 2^-149 grid point.
             delta = min(_step(delta) * 1.005, delta_top)
-        return self._pack(x2, delta_zero, r_code, cfg)
+        return self._pack(x2, delta_zero, r_code, cfg, amax)
 
     def _search_sorted(self, x2, delta_min, delta_top, shape, cap_total, r_code, cfg) -> float:
         """Bisection on log2 Δ over the sorted values: `lo` does not fit (or is the floor),
@@ -418,7 +419,8 @@ class _ECSQ:
         δ = max|x|/(2^19 - 1/2), w = sign(x)·floor(|x|/δ + 1/2); for Δ = m·δ with m odd
         the bin edges (q ± 1/2)Δ fall on the grid's, so the symbol histogram at Δ is a
         difference of the grid's cumulative counts (O(levels), no pass over the data).
-        Bisection over odd m on the payload estimate. None where the grid does not apply:
+        Regula falsi (Illinois) on log m over odd m against a cheap entropy estimate,
+        calibrated against the coder's plan. None where the grid does not apply:
         magnitudes near float32's limits, or a rate the finest grid step already meets
         (≥ ~19 bits per element): the sorted search serves those exactly."""
         if not 2.0**-100 < amax < 2.0**100 or x2.numel() < GRID_MIN_ELEMENTS:
@@ -606,6 +608,8 @@ class _ECSQ:
                 return (v if rotated else v.clamp_(-fmax, fmax)).numpy()
 
             y = torch.from_numpy(entropy.decode_mode3(stream, rows * cols, 2 * qmax + 1, lut)).reshape(rows, cols)
+            if not rotated:
+                return y.reshape(frame.shape)  # its table is clamped already: no second pass
         else:
             sym = entropy.decode_symbols(stream, rows * cols, 2 * qmax + 1, modes)  # (n,) int64
             q = torch.from_numpy(sym - qmax).reshape(rows, cols)  # (rows, cols)

@@ -155,8 +155,9 @@ def runtime_env_for(working_dir: Path, staged: Path) -> dict:
     from slicer.actors.telemetry import otlp_env
 
     env = {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "py_modules": [str(staged)]}
-    if otlp_env():
-        env["env_vars"] = otlp_env()
+    env_vars = otlp_env()
+    if env_vars:
+        env["env_vars"] = env_vars
     return env
 
 

@@ -23,10 +23,17 @@ DEFAULT_CODECS = ("lossless", "slicer:sparsity=0.5", "slicer", "slicer:sparsity=
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
-def _median_s(fn, reps: int, clock=time.perf_counter) -> float:
+def _median_s(fn, reps: int, clock=time.perf_counter, disturb=None) -> float:
+    """Median seconds of ``fn`` after one warm-up. ``disturb`` (untimed) runs before each
+    timed call, so ``fn`` is timed as it runs in a split step, right after other work
+    (caches and branch predictors as cold as in the pipeline): timed back to back, SLICER
+    encode of a stories260k feature took 0.77 ms against 1.24 ms inside a real split
+    decode loop."""
     fn()  # warm-up (allocator, lazy init)
     ts = []
     for _ in range(reps):
+        if disturb is not None:
+            disturb()
         t0 = clock()
         fn()
         ts.append(clock() - t0)
@@ -104,22 +111,6 @@ def unit_times(prefix_s: list[float]) -> list[float]:
     return [mono[0]] + [mono[i] - mono[i - 1] for i in range(1, len(mono))]
 
 
-def _disturbed_median_s(fn, reps: int, clock, disturb=None) -> float:
-    """Median of ``fn`` timed the way it runs in a split step: right after other work
-    (``disturb``, untimed: a model segment), so caches and branch predictors are as cold
-    as in the pipeline. Timed back to back instead, SLICER encode of a stories260k
-    feature took 0.77 ms against 1.24 ms inside a real split decode loop."""
-    fn()
-    ts = []
-    for _ in range(reps):
-        if disturb is not None:
-            disturb()
-        t0 = clock()
-        fn()
-        ts.append(clock() - t0)
-    return statistics.median(ts)
-
-
 def time_codecs(features, specs, reps: int, clock=time.perf_counter, disturb=None) -> tuple[list, list]:
     """(encode rows, decode rows): ``(spec, elements, median s)`` for each spec and feature."""
     from slicer import codec
@@ -131,8 +122,8 @@ def time_codecs(features, specs, reps: int, clock=time.perf_counter, disturb=Non
         canon = cfg.spec()
         for x in features:
             payload = codec.encode(x, cfg)
-            enc.append((canon, int(x.numel()), _disturbed_median_s(lambda x=x, cfg=cfg: codec.encode(x, cfg), reps, clock, disturb)))
-            dec.append((canon, int(x.numel()), _disturbed_median_s(lambda p=payload: codec.decode(p), reps, clock, disturb)))
+            enc.append((canon, int(x.numel()), _median_s(lambda x=x, cfg=cfg: codec.encode(x, cfg), reps, clock, disturb)))
+            dec.append((canon, int(x.numel()), _median_s(lambda p=payload: codec.decode(p), reps, clock, disturb)))
     return enc, dec
 
 
@@ -307,7 +298,6 @@ def measure_profile(model, *, device_name: str | None = None, contexts=(16, 64, 
             say(f"prefill of {prefill_tokens} tokens")
         prefill = tuple(unit_times(time_prefixes(model, 0, prefill_tokens, reps, clock=tick, disturb=codec_disturb))) \
             if prefill_tokens > 1 else ()
-        feats = []
         if model.kind == "causal_lm":
             h = prof.hidden_size
             g = torch.Generator().manual_seed(1)

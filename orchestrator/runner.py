@@ -121,27 +121,23 @@ def resolve_devices(wl: Workload, has_gpu: Callable[[str | None], bool]) -> dict
             "groups": [one(f"devices[{i}].device", g.device, has_gpu(g.device_class)) for i, g in enumerate(wl.devices)]}
 
 
-def _cluster_gpus(selector_role: str = "server"):
-    """``has_gpu`` for ``resolve_devices`` from the connected Ray cluster's alive nodes."""
-    import ray
+def _cluster_gpus():
+    """``has_gpu`` for ``resolve_devices`` from the connected Ray cluster's alive nodes (a
+    node without a role label counts as a server node)."""
+    from slicer.orchestrator import cluster as C
 
-    nodes = [n for n in ray.nodes() if n.get("Alive") and float((n.get("Resources") or {}).get("GPU", 0)) > 0]
+    nodes = [n for n in C.list_nodes() if float(n.resources.get("GPU", 0)) > 0]
 
     def has_gpu(device_class: str | None) -> bool:
-        for n in nodes:
-            labels = n.get("Labels") or {}
-            if device_class is None and labels.get("role", "server") != "edge":
-                return True
-            if device_class is not None and labels.get("device-class") == device_class:
-                return True
-        return False
+        return any(n.role != C.EDGE_ROLE if device_class is None else n.device_class == device_class for n in nodes)
 
     return has_gpu
 
 
-def edge_config(wl: Workload, dev_id: str, g, device: str = "cpu") -> dict:
+def edge_config(wl: Workload, dev_id: str, g, device: str = "cpu", link_trace: dict | None = None) -> dict:
     """``slicer.actors.edge.EdgeConfig`` fields (plain data) of one device; ``device``:
-    the group's resolved device (``resolve_devices``)."""
+    the group's resolved device (``resolve_devices``); ``link_trace``: the group's
+    ``_link_trace``, read once per group by the caller (read here when not given)."""
     return {
         "device_id": dev_id, "device_class": g.device_class, "link": g.link.as_dict(),
         "budgets": dataclasses.asdict(g.budgets), "emulation": dataclasses.asdict(g.emulation),
@@ -149,7 +145,8 @@ def edge_config(wl: Workload, dev_id: str, g, device: str = "cpu") -> dict:
         "codec": wl.codec.spec() if wl.codec is not None else None, "mode": wl.mode,
         "precision": g.dtype or (None if wl.precision == "auto" else wl.precision), "seed": wl.seed,
         "device": device,
-        "link_trace": _link_trace(wl, g.link_trace), "adapt": wl.policy.adapt,
+        "link_trace": link_trace if link_trace is not None else _link_trace(wl, g.link_trace),
+        "adapt": wl.policy.adapt,
     }
 
 
@@ -169,10 +166,15 @@ def _link_trace(wl: Workload, trace) -> dict | None:
     return {"times_s": list(t.times_s), "rates_mbps": list(t.rates_mbps)}
 
 
+def longest_prompt(requests: dict[str, list[dict]]) -> int:
+    """Tokens of the run's longest prompt (1 with none): what plans and KV room are sized for."""
+    return max((len(r["prompt_ids"]) for rs in requests.values() for r in rs), default=1)
+
+
 def policy_config(wl: Workload, requests: dict[str, list[dict]]):
     from slicer.actors.policy_actor import PolicyConfig
 
-    longest = max((len(r["prompt_ids"]) for rs in requests.values() for r in rs), default=1)
+    longest = longest_prompt(requests)
     return PolicyConfig(name=wl.policy.name, split=wl.policy.split, offload_step=wl.policy.offload_step,
                         replan=wl.policy.replan, codec=wl.codec.spec() if wl.codec is not None else None,
                         new_tokens=wl.max_new_tokens, prompt_tokens=longest,
@@ -188,7 +190,7 @@ def server_config(wl: Workload, profile: Any = None, requests: dict[str, list[di
     s = wl.server
     kept = 0
     if profile is not None and requests:
-        kept = request_kv_bytes(wl, profile, max(len(r["prompt_ids"]) for rs in requests.values() for r in rs))
+        kept = request_kv_bytes(wl, profile, longest_prompt(requests))
     return ServerConfig(max_batch=s.max_batch, batch_window_ms=s.batch_window_ms, batching=s.batching,
                         max_sessions=s.max_sessions, max_kv_bytes=int(s.max_kv_mib * 2**20),
                         max_payload_bytes=s.max_payload_bytes, max_sessions_per_device=s.max_sessions_per_device,
@@ -232,7 +234,7 @@ def _check_model_fit(wl: Workload, profile, model_ref: str, requests: dict[str, 
     from slicer.actors.server import ServerConfig
     from slicer.orchestrator.validation import check_against_model, model_max_positions
 
-    longest = max((len(r["prompt_ids"]) for rs in requests.values() for r in rs), default=1)
+    longest = longest_prompt(requests)
     check_against_model(wl, profile, longest, max_positions=model_max_positions(model_ref),
                         max_tokens_per_session=ServerConfig().max_tokens_per_session)
 
@@ -268,8 +270,10 @@ def run_inprocess(wl: Workload, *, model: Any = None, planner: Callable | None =
     policy = Policy(policy_config(wl, requests), model.profile, planner=planner)
     edges = {}
     group_dev = {id(g): d for g, d in zip(wl.devices, devices["groups"])}
+    group_trace = {id(g): _link_trace(wl, g.link_trace) for g in wl.devices}  # each trace file read once
     for dev_id, g in wl.all_devices():
-        edges[dev_id] = EdgeDevice(EdgeConfig(**edge_config(wl, dev_id, g, group_dev[id(g)]), node="local"), model_ref,
+        cfg = edge_config(wl, dev_id, g, group_dev[id(g)], group_trace[id(g)])
+        edges[dev_id] = EdgeDevice(EdgeConfig(**cfg, node="local"), model_ref,
                                    InProcessServer(server, identities[dev_id]), InProcessPolicy(policy), model=model)
     records: list[dict] = []
     total = sum(len(v) for v in requests.values())
@@ -404,6 +408,7 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
 
     timeout_s = wl.server.step_timeout_s
     devices = resolve_devices(wl, _cluster_gpus())  # before any actor starts: `cuda` without a GPU fails here
+    group_trace = {id(g): _link_trace(wl, g.link_trace) for g in wl.devices}  # each trace file read once, here too
     policy = RA.make_policy(policy_config(wl, requests), profile, trace=trace, **where_to["policy"])
     from slicer.orchestrator import faults
 
@@ -419,7 +424,8 @@ def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, t
     edges = {}
     group_dev = {id(g): d for g, d in zip(wl.devices, devices["groups"])}
     for dev_id, g in wl.all_devices():
-        edges[dev_id] = RA.make_edge(edge_config(wl, dev_id, g, group_dev[id(g)]), model_ref, server, policy,
+        edges[dev_id] = RA.make_edge(edge_config(wl, dev_id, g, group_dev[id(g)], group_trace[id(g)]), model_ref,
+                                     server, policy,
                                      timeout_s=timeout_s, trace=trace, max_restarts=faults.EDGE_MAX_RESTARTS,
                                      credential=identities[dev_id], **where_to["edges"][g.device_class])
         handles.append(edges[dev_id])

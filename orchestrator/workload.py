@@ -541,24 +541,25 @@ def _link_trace(path: str, raw: Any, emulation: Any) -> tuple[tuple[float, float
 
 def _server(path: str, raw: Any) -> ServerSpec:
     d = _mapping(path, raw, ServerSpec)
-    batching = d.get("batching", True)
+    dflt = ServerSpec()
+    batching = d.get("batching", dflt.batching)
     if not isinstance(batching, bool):
         batching = _soft(_bad(f"{path}.batching", batching, "true or false"), True)
     return ServerSpec(
-        max_batch=_num(f"{path}.max_batch", d.get("max_batch", 16), 1, 1024, integer=True),
-        batch_window_ms=_num(f"{path}.batch_window_ms", d.get("batch_window_ms", 2.0), 0, 1000),
+        max_batch=_num(f"{path}.max_batch", d.get("max_batch", dflt.max_batch), 1, 1024, integer=True),
+        batch_window_ms=_num(f"{path}.batch_window_ms", d.get("batch_window_ms", dflt.batch_window_ms), 0, 1000),
         batching=batching,
-        max_sessions=_num(f"{path}.max_sessions", d.get("max_sessions", 64), 1, 100000, integer=True),
-        max_kv_mib=_num(f"{path}.max_kv_mib", d.get("max_kv_mib", 512.0), 0, 1 << 20, lo_open=True),
-        max_payload_bytes=_num(f"{path}.max_payload_bytes", d.get("max_payload_bytes", 8 << 20), 64, 1 << 31, integer=True),
-        step_timeout_s=_num(f"{path}.step_timeout_s", d.get("step_timeout_s", 60.0), 0, 3600, lo_open=True),
-        max_sessions_per_device=_num(f"{path}.max_sessions_per_device", d.get("max_sessions_per_device", 4), 1, 100000,
+        max_sessions=_num(f"{path}.max_sessions", d.get("max_sessions", dflt.max_sessions), 1, 100000, integer=True),
+        max_kv_mib=_num(f"{path}.max_kv_mib", d.get("max_kv_mib", dflt.max_kv_mib), 0, 1 << 20, lo_open=True),
+        max_payload_bytes=_num(f"{path}.max_payload_bytes", d.get("max_payload_bytes", dflt.max_payload_bytes), 64, 1 << 31, integer=True),
+        step_timeout_s=_num(f"{path}.step_timeout_s", d.get("step_timeout_s", dflt.step_timeout_s), 0, 3600, lo_open=True),
+        max_sessions_per_device=_num(f"{path}.max_sessions_per_device", d.get("max_sessions_per_device", dflt.max_sessions_per_device), 1, 100000,
                                      integer=True),
-        max_kv_mib_per_device=_num(f"{path}.max_kv_mib_per_device", d.get("max_kv_mib_per_device", 128.0), 0, 1 << 20,
+        max_kv_mib_per_device=_num(f"{path}.max_kv_mib_per_device", d.get("max_kv_mib_per_device", dflt.max_kv_mib_per_device), 0, 1 << 20,
                                   lo_open=True),
-        session_ttl_s=_num(f"{path}.session_ttl_s", d.get("session_ttl_s", 300.0), 0, 86400, lo_open=True),
-        open_rate_per_s=_num(f"{path}.open_rate_per_s", d.get("open_rate_per_s", 100.0), 0, 100000, lo_open=True),
-        open_burst=_num(f"{path}.open_burst", d.get("open_burst", 200), 1, 100000, integer=True),
+        session_ttl_s=_num(f"{path}.session_ttl_s", d.get("session_ttl_s", dflt.session_ttl_s), 0, 86400, lo_open=True),
+        open_rate_per_s=_num(f"{path}.open_rate_per_s", d.get("open_rate_per_s", dflt.open_rate_per_s), 0, 100000, lo_open=True),
+        open_burst=_num(f"{path}.open_burst", d.get("open_burst", dflt.open_burst), 1, 100000, integer=True),
         device=_field(_choice, f"{path}.device", d.get("device", "auto"), DEVICES, default="auto"),
         dtype=_opt(f"{path}.dtype", d.get("dtype"), lambda p, v: _choice(p, v, DTYPES)),
     )

@@ -264,8 +264,8 @@ def _fit_link(samples: list[tuple[float, float]], alpha: float) -> tuple[float, 
         t0 = mt - slope * mb
         if slope > 0 and t0 >= 0:
             return 1.0 / slope, t0
-        if slope > 0:  # a negative intercept: no measurable per-message time
-            return mb / mt, 0.0
+    # too few or too alike payloads, a negative intercept or a non-positive slope: no
+    # measurable per-message time
     return mb / mt, 0.0
 
 

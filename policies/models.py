@@ -118,6 +118,7 @@ class CostModel:
         self._payload = payload_bytes or predict_payload_bytes
         self._payload_cache: dict = {}
         self._range_cache: dict = {}
+        self._codec_cache: dict = {}  # the search asks the same (shape, codec, device) many times
         self.feature_dtype = model.dtype if model.dtype in PRECISION_BYTES else "float32"
 
     # -- pieces --------------------------------------------------------------------------
@@ -147,7 +148,12 @@ class CostModel:
     def codec_s(self, ell: int, tokens: int, cfg, decode: bool = False, device: DeviceProfile | None = None) -> float:
         if ell == 0 or cfg is None:
             return 0.0
-        return self.codec_time(self.feature_shape(ell, tokens), cfg, device or self.device, decode)
+        dev = device or self.device
+        shape = self.feature_shape(ell, tokens)
+        key = (shape, cfg, decode, id(dev))  # dev: self.device or self.server, alive as long as this model
+        if key not in self._codec_cache:
+            self._codec_cache[key] = self.codec_time(shape, cfg, dev, decode)
+        return self._codec_cache[key]
 
     def range_s(self, dev: DeviceProfile, a: int, b: int, precision: str, context: int, tokens: int = 1) -> float:
         """Seconds for units [a, b) on ``dev`` at ``precision`` for ``tokens`` new tokens after ``context``."""

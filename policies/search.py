@@ -170,13 +170,8 @@ class SearchResult:
 
 def _best(cands: list[tuple[Estimate, CodecConfig, float, str]]) -> tuple[Estimate, CodecConfig, float, str]:
     # Most accurate; ties: fewer bytes per token, then the lower latency, then the first
-    # in grid order (λ = 0 before λ > 0).
-    best = cands[0]
-    for c in cands[1:]:
-        if (round(c[2], 9), -c[0].bytes_per_token, -c[0].step_latency_s) > \
-                (round(best[2], 9), -best[0].bytes_per_token, -best[0].step_latency_s):
-            best = c
-    return best
+    # in grid order (λ = 0 before λ > 0: max keeps the first of equal keys).
+    return max(cands, key=lambda c: (round(c[2], 9), -c[0].bytes_per_token, -c[0].step_latency_s))
 
 
 def _effort_rank(est: Estimate) -> tuple:

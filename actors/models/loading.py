@@ -172,13 +172,15 @@ def load_model(name_or_path_or_config, *, dtype: torch.dtype | None = torch.floa
     auto = _auto_class(cfg.model_type)
 
     def rebuild():
+        # built on CPU whatever the target: CUDA's generator would give other random
+        # weights for the same seed than the CPU halves of the same model
         torch.manual_seed(seed)
-        with torch.device(device):
+        with torch.device("cpu"):
             return auto.from_config(cfg, dtype=dtype)
 
     if units is None:
         if from_config:
-            hf = rebuild()
+            hf = rebuild().to(device)
         else:
             hf = auto.from_pretrained(key, dtype=dtype).to(device)
         return SplitModel(hf, name=name)

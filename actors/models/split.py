@@ -54,13 +54,6 @@ class SplitModel:
         return added
 
     @property
-    def loaded_range(self) -> tuple[int, int] | None:
-        """``(a, b)`` when the loaded units are one run ``[a, b)``; None when none are."""
-        if not self.loaded:
-            return None
-        return min(self.loaded), max(self.loaded) + 1
-
-    @property
     def weight_bytes(self) -> int:
         """Bytes of the parameters and buffers this process holds (meta ones excluded,
         tied ones once)."""
@@ -95,11 +88,17 @@ class SplitModel:
 
     @property
     def dtype(self) -> torch.dtype:
+        if self._loader is not None:  # segment-only: every real tensor is on the loader's dtype
+            return self._dtype
         p = self._first_real()
         return p.dtype if p is not None else self._dtype
 
     @property
     def device(self) -> torch.device:
+        # read several times per step: a segment-only model answers without walking the
+        # (meta) parameters of the units it does not hold
+        if self._loader is not None:
+            return self._device
         p = self._first_real()
         return p.device if p is not None else self._device
 
@@ -243,7 +242,7 @@ class SplitModel:
                 c.length = p + t
         else:
             base = base_impl(self.config)
-            step = BatchStep(list(caches), layer_ids, new_lens, base, self._window_of_layer)
+            step = BatchStep(list(caches), layer_ids, new_lens, base, self.adapter.window_of)  # block i holds layer i
             with active_batch(self.config, step):
                 out = self._forward(a, b, xb, step, past_lens=step.past_lens, past_max=None,
                                     new_lens=new_lens, positions=positions, last_only=last_only)
@@ -251,9 +250,6 @@ class SplitModel:
         if last_only and b == self.num_units:
             return [out[i : i + 1] for i in range(n)]
         return [out[i : i + 1, : new_lens[i]] for i in range(n)]
-
-    def _window_of_layer(self, layer_idx: int) -> int | None:
-        return self.adapter.window_of(layer_idx)  # decoder block i holds layer_idx i
 
     def _check_positions(self, position: int, T: int) -> None:
         limit = self.adapter.max_positions

@@ -43,3 +43,11 @@ def generate_batched(edges, servers, prompts, n_new: int) -> list[list[int]]:
         if i + 1 < n_new:
             payloads = [e.next(t).payload for e, t in zip(edges, toks)]
     return out
+
+
+def random_prompts(vocab: int, lengths, seed: int = 0) -> list:
+    """One ``(1, n)`` prompt of random ids (from 3: clear of the special tokens) per length."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (1, n), generator=g) for n in lengths]

@@ -51,14 +51,6 @@ def _set(owner: nn.Module, attr: str, t: torch.Tensor) -> None:
         owner._buffers[attr] = t
 
 
-def drop_to_meta(module: nn.Module) -> None:
-    """Replace every parameter/buffer a module owns with a new meta tensor of the same
-    shape (new objects: a tied twin elsewhere keeps its real tensor)."""
-    for owner, attr, _ in _owners(module):
-        cur = owner._parameters.get(attr) if attr in owner._parameters else owner._buffers.get(attr)
-        _set(owner, attr, torch.empty(cur.shape, dtype=cur.dtype, device="meta"))
-
-
 def _same(hf: nn.Module, a: str, b: str) -> bool:
     try:
         return hf.get_parameter(a) is hf.get_parameter(b)
@@ -94,9 +86,6 @@ class Checkpoint:
         if path not in self._handles:
             self._handles[path] = safe_open(str(path), "pt")
         return self._handles[path].get_tensor(name)
-
-    def close(self) -> None:
-        self._handles.clear()
 
 
 class SegmentLoader:

@@ -277,6 +277,18 @@ def encode_mode3(sym: np.ndarray, lo: int, span: int, b: int, codes: np.ndarray,
     return b"".join((head, stream, pad, pack_bits(raw, span.bit_length())))  # one copy of the words
 
 
+def _rans_header(cur: Cursor, alphabet_size: int, widths, what: str) -> tuple[int, int, int]:
+    """The symbol range and table width that open an rANS stream (modes 2 and 3), validated."""
+    lo = cur.varint("lowest symbol", alphabet_size - 1)
+    span = cur.varint("symbol span", alphabet_size - 1 - lo)
+    if span < 1:
+        raise CodecError("entropy stream: rANS mode with a single-symbol alphabet")
+    b = cur.u8("table width")
+    if b not in widths:
+        raise CodecError(f"entropy stream: {what} {b} invalid: allowed {widths}")
+    return lo, span, b
+
+
 def decode_mode3(buf: bytes | memoryview, n: int, alphabet_size: int, lut=None) -> np.ndarray:
     """A mode 3 stream's n symbols (int64), or with ``lut(lo, span)`` (the values of the
     symbols lo..lo+span, an array built once the header is validated) their values,
@@ -286,13 +298,7 @@ def decode_mode3(buf: bytes | memoryview, n: int, alphabet_size: int, lut=None) 
     cur = Cursor(view, context="entropy stream")
     if cur.u8("mode") != 3:
         raise CodecError("entropy stream: not a mode 3 stream")
-    lo = cur.varint("lowest symbol", alphabet_size - 1)
-    span = cur.varint("symbol span", alphabet_size - 1 - lo)
-    if span < 1:
-        raise CodecError("entropy stream: rANS mode with a single-symbol alphabet")
-    b = cur.u8("table width")
-    if b not in TABLE3_BITS:
-        raise CodecError(f"entropy stream: mode 3 table width {b} invalid: allowed {TABLE3_BITS}")
+    lo, span, b = _rans_header(cur, alphabet_size, TABLE3_BITS, "mode 3 table width")
     c_lo = cur.varint("core start", span)
     core = cur.varint("core span", span - c_lo) + 1
     codes = unpack_bits(cur.take(packed_nbytes(core + 1, b), "model table"), core + 1, b)  # last: escape
@@ -366,13 +372,7 @@ def decode_symbols(buf: bytes | memoryview, n: int, alphabet_size: int, modes=V1
         return out
     if mode != 2:
         raise CodecError(f"entropy stream mode {mode} unknown: allowed {', '.join(map(str, modes))}")
-    lo = cur.varint("lowest symbol", alphabet_size - 1)
-    span = cur.varint("symbol span", alphabet_size - 1 - lo)
-    if span < 1:
-        raise CodecError("entropy stream: rANS mode with a single-symbol alphabet")
-    b = cur.u8("table width")
-    if b not in TABLE_BITS:
-        raise CodecError(f"entropy stream: table width {b} invalid: allowed {TABLE_BITS}")
+    lo, span, b = _rans_header(cur, alphabet_size, TABLE_BITS, "table width")
     codes = unpack_bits(cur.take(packed_nbytes(span + 1, b), "model table"), span + 1, b)
     w = _weights(codes, b)
     if not w.any():

@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="llama1024,tiny", help="llama1024 and/or tiny (default both)")
     p.add_argument("--devices", default="1,4,8,16", help="device counts of the throughput rows (default 1,4,8,16)")
     p.add_argument("--max-devices-llama", type=int, default=16,
-                   help="cap on llama1024's device counts (each edge process holds its front; default 8)")
+                   help="cap on llama1024's device counts (each edge process holds its front; default 16)")
     p.add_argument("--tokens", type=int, default=32, help="new tokens per request (default 32)")
     p.add_argument("--long-tokens", type=int, default=384, help="slicer-tiny's long run (default 384; 0 skips)")
     p.add_argument("--split", type=int, default=2, help="split of the throughput and memory rows (default 2)")

@@ -38,7 +38,7 @@ def run(args) -> int:
     if args.json:
         doc = {"runs": {name: {"totals": tots[name], "samples": len(rows), "rows": rows}
                         for name, rows in timelines.items()}}
-        if ratio is not None or len(tots) == 2:
+        if len(tots) == 2:
             doc["server_compute_ratio"] = ratio
         print(R.dumps(doc))
         return 0

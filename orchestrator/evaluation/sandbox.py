@@ -275,7 +275,7 @@ def _result(res: dict) -> SandboxResult:
     if not error:  # the verifier died without a verdict: say what it printed
         tail = str(res.get("verifier_output", "")).strip().splitlines()[-1:] or ["no output"]
         error = f"failed: no verdict (verifier: {tail[0][:300]})"
-    crashed = exit_code is not None and exit_code < 0 and exit_code != -signal.SIGKILL
+    crashed = exit_code is not None and exit_code < 0  # SIGKILL (the sandbox's own) is None by now
     if crashed and ("ended" in error or error.startswith("failed: no verdict")):
         sig = -exit_code
         if sig == signal.SIGXCPU:
@@ -284,13 +284,6 @@ def _result(res: dict) -> SandboxResult:
     elif error.startswith("failed: MemoryError"):
         error = "memory"
     return SandboxResult(False, error, **common)
-
-
-def check_completion(prompt: str, completion: str, test: str, entry_point: str,
-                     limits: SandboxLimits | None = None) -> SandboxResult:
-    """One HumanEval-shaped completion, in a sandbox of its own (``Sandbox`` for many)."""
-    with Sandbox(limits) as sb:
-        return sb.check(prompt, completion, test, entry_point)
 
 
 def run_program(program: str, limits: SandboxLimits | None = None) -> SandboxResult:

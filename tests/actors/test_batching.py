@@ -85,6 +85,28 @@ def test_window_bounds_the_wait_for_a_live_session(tiny_model):
     assert 0.12 <= res[0]["queue_s"] and dt < 1.0
 
 
+
+def _run_four_devices(server, model, *, start_s, gap_s) -> None:
+    """Four devices of 8 steps each: device ``i`` starts after ``start_s(i)`` and takes
+    ``gap_s(i)`` between its token and its next step (its edge's round trip)."""
+
+    async def device(i):
+        sid = server.open_session(f"dev-{i}", "r", SPLIT, 20)
+        x = model.run(0, SPLIT, torch.tensor([[3 + i, 4]]))
+        pos = 0
+        await asyncio.sleep(start_s(i))
+        for _ in range(8):
+            res = await server.step(sid, encode(x, LOSSLESS), pos)
+            pos += x.shape[1]
+            await asyncio.sleep(gap_s(i))
+            x = model.run(0, SPLIT, torch.tensor([[res["token"]]]), position=pos)
+        server.close_session(sid)
+
+    async def main():
+        await asyncio.gather(*(device(i) for i in range(4)))
+
+    asyncio.run(main())
+
 def test_cohorts_merge_when_a_batch_takes_longer_than_a_round_trip(tiny_model):
     """Devices whose next step comes a few ms after their token (an edge's round trip)
     are waited for up to one batch's compute, so N devices form batches of N instead of
@@ -97,23 +119,8 @@ def test_cohorts_merge_when_a_batch_takes_longer_than_a_round_trip(tiny_model):
         return compute(steps)
 
     server._compute = slow_compute
-
-    async def device(i):
-        sid = server.open_session(f"dev-{i}", "r", SPLIT, 20)
-        x = tiny_model.run(0, SPLIT, torch.tensor([[3 + i, 4]]))
-        pos = 0
-        await asyncio.sleep(0.004 * i)  # staggered starts
-        for _ in range(8):
-            res = await server.step(sid, encode(x, LOSSLESS), pos)
-            pos += x.shape[1]
-            await asyncio.sleep(0.005)  # the edge's round trip
-            x = tiny_model.run(0, SPLIT, torch.tensor([[res["token"]]]), position=pos)
-        server.close_session(sid)
-
-    async def main():
-        await asyncio.gather(*(device(i) for i in range(4)))
-
-    asyncio.run(main())
+    # staggered starts, then each edge's round trip of 5 ms
+    _run_four_devices(server, tiny_model, start_s=lambda i: 0.004 * i, gap_s=lambda i: 0.005)
     assert sum(server.batch_sizes) == 32
     assert server.batch_sizes.count(4) >= 5 and len(server.batch_sizes) <= 12, server.batch_sizes
 
@@ -123,21 +130,6 @@ def test_live_sessions_are_waited_for_up_to_their_usual_turnaround(tiny_model):
     batch waits for the live sessions up to their usual turnaround, so 4 devices whose
     next steps arrive 5-20 ms apart still batch as 4."""
     server = Server(tiny_model, ServerConfig(batch_window_ms=0.0, max_batch=16))
-
-    async def device(i):
-        sid = server.open_session(f"dev-{i}", "r", SPLIT, 20)
-        x = tiny_model.run(0, SPLIT, torch.tensor([[3 + i, 4]]))
-        pos = 0
-        for _ in range(8):
-            res = await server.step(sid, encode(x, LOSSLESS), pos)
-            pos += x.shape[1]
-            await asyncio.sleep(0.005 * (i + 1))  # edges of different speeds
-            x = tiny_model.run(0, SPLIT, torch.tensor([[res["token"]]]), position=pos)
-        server.close_session(sid)
-
-    async def main():
-        await asyncio.gather(*(device(i) for i in range(4)))
-
-    asyncio.run(main())
+    _run_four_devices(server, tiny_model, start_s=lambda i: 0.0, gap_s=lambda i: 0.005 * (i + 1))  # different speeds
     assert sum(server.batch_sizes) == 32
     assert server.batch_sizes.count(4) >= 5 and len(server.batch_sizes) <= 12, server.batch_sizes

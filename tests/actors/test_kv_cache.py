@@ -10,7 +10,7 @@ import torch
 from slicer.actors.models import load_model
 from slicer.actors.models.cache import CacheFullError
 from slicer.actors.models.generate import EdgeSession, encode_ids, reference_generate
-from slicer.actors.models.testing import TINY_LM
+from slicer.actors.models.testing import TINY_LM, random_prompts
 from slicer.actors.server import Server, ServerConfig
 from slicer.codec import CodecConfig, encode
 
@@ -24,17 +24,12 @@ def lm(request):
     return load_model(TINY_LM[request.param], seed=1)
 
 
-def _prompts(vocab, lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, vocab, (1, n), generator=g) for n in lengths]
-
-
 def test_cache_is_written_in_place(lm):
     """Every step writes into the same buffers (same storage before and after), and the
     history a step attends to is a view of them, not a copy."""
     n = lm.num_units
     cache = lm.new_cache(1, n, capacity=20)
-    ids = _prompts(lm.config.vocab_size, (5,))[0]
+    ids = random_prompts(lm.config.vocab_size, (5,))[0]
     h = lm.run(0, 1, ids)
     lm.run(1, n, h, cache)
     ptrs = {lid: (k.data_ptr(), cache._v[lid].data_ptr()) for lid, k in cache._k.items()}
@@ -53,7 +48,7 @@ def test_cache_is_written_in_place(lm):
 def test_capacity_is_enforced(lm):
     n = lm.num_units
     cache = lm.new_cache(1, n, capacity=4)
-    h = lm.run(0, 1, _prompts(lm.config.vocab_size, (5,))[0])
+    h = lm.run(0, 1, random_prompts(lm.config.vocab_size, (5,))[0])
     with pytest.raises((CacheFullError, ValueError), match="capacity=4"):
         lm.run(1, n, h, cache)
     with pytest.raises(ValueError, match="capacity"):
@@ -67,7 +62,7 @@ def test_capacity_is_enforced(lm):
 
 def test_growing_cache_without_capacity_matches_reference(lm):
     """A cache without a declared capacity grows by doubling and keeps its history."""
-    p = _prompts(lm.config.vocab_size, (3,))[0]
+    p = random_prompts(lm.config.vocab_size, (3,))[0]
     toks, _ = reference_generate(lm, p, 40)  # 43 tokens through 16 -> 32 -> 64 buffers
     cache = lm.new_cache(0, lm.num_units, capacity=43)
     x, out = p, []
@@ -84,7 +79,7 @@ def _step_allocations(lm, ell, lens):
 
     n = lm.num_units
     caches = [lm.new_cache(ell, n, capacity=120) for _ in lens]
-    for c, p in zip(caches, _prompts(lm.config.vocab_size, lens)):
+    for c, p in zip(caches, random_prompts(lm.config.vocab_size, lens)):
         lm.run(ell, n, lm.run(0, ell, p), c)
     history = sum(c.nbytes * c.length // c.capacity for c in caches)
     xs = [lm.run(0, ell, torch.tensor([[5]]), position=L) for L in lens]
@@ -109,7 +104,7 @@ def test_server_mixed_lengths_and_splits_give_unsplit_tokens(lm):
     splits (cloud-only included); every session gets exactly the unsplit greedy tokens."""
     n = lm.num_units
     splits = [0, 1, 2, n - 1, 1, 2]
-    prompts = _prompts(lm.config.vocab_size, (2, 9, 4, 1, 12, 6), seed=7)
+    prompts = random_prompts(lm.config.vocab_size, (2, 9, 4, 1, 12, 6), seed=7)
     n_new = 7
     refs = [reference_generate(lm, p, n_new)[0] for p in prompts]
     server = Server(lm, ServerConfig(max_batch=16, batch_window_ms=50.0))

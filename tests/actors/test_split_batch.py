@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from slicer.actors.models import load_model
 from slicer.actors.models.generate import EdgeSession, ServerSession, reference_generate
-from slicer.actors.models.testing import TINY_LM, generate_batched
+from slicer.actors.models.testing import TINY_LM, generate_batched, random_prompts
 from slicer.codec import CodecConfig
 
 LOSSLESS = CodecConfig(method="raw")
@@ -20,15 +19,10 @@ def lm(request):
     return load_model(TINY_LM[request.param], seed=0)
 
 
-def _prompts(vocab, lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, vocab, (1, n), generator=g) for n in lengths]
-
-
 def test_run_batch_equals_one_by_one(lm):
     n = lm.num_units
     ell = 2
-    prompts = _prompts(lm.config.vocab_size, (3, 9, 1, 6))
+    prompts = random_prompts(lm.config.vocab_size, (3, 9, 1, 6))
     edge, one, bat = [], [], []
     for p in prompts:
         ce = lm.new_cache(0, ell)
@@ -65,7 +59,7 @@ def test_run_batch_equals_one_by_one(lm):
 def test_server_step_batch_gives_each_session_its_greedy_tokens(lm, split):
     """Sessions with different prompt lengths, stepped together by the server (cloud-only
     when split == 0), produce exactly the unsplit model's greedy tokens."""
-    prompts = _prompts(lm.config.vocab_size, (2, 7, 4), seed=split)
+    prompts = random_prompts(lm.config.vocab_size, (2, 7, 4), seed=split)
     n_new = 6
     refs = [reference_generate(lm, p, n_new)[0] for p in prompts]
     mode = "cloud-only" if split == 0 else "per-token"

@@ -100,6 +100,18 @@ def _corruptions(rng: random.Random, good: bytes, hidden: int) -> list[tuple[str
     return out
 
 
+
+def _assert_good_devices_exact(results: dict, model) -> None:
+    """Every request of the seven good devices completed with the unsplit model's tokens."""
+    ref: dict = {}
+    for i in range(7):
+        for r in results[f"good-{i}"]:
+            assert r["ok"], r["error"]
+            p = tuple(PROMPTS[(i + r["index"]) % len(PROMPTS)])
+            if p not in ref:
+                ref[p] = _reference(model, list(p), NEW_TOKENS)
+            assert r["tokens"] == ref[p], r["request_id"]
+
 def test_corrupt_payloads_from_one_device_while_seven_generate(tiny_model_dir):
     torch.set_num_threads(1)
     model = load_model(str(tiny_model_dir))
@@ -165,14 +177,7 @@ def test_corrupt_payloads_from_one_device_while_seven_generate(tiny_model_dir):
         srv.stop()
     assert not crashed, crashed
 
-    ref = {}
-    for i in range(7):
-        for r in results[f"good-{i}"]:
-            assert r["ok"], r["error"]
-            p = tuple(PROMPTS[(i + r["index"]) % len(PROMPTS)])
-            if p not in ref:
-                ref[p] = _reference(model, list(p), NEW_TOKENS)
-            assert r["tokens"] == ref[p], r["request_id"]
+    _assert_good_devices_exact(results, model)
     accepted = [k for k, msg in errors if msg == "ACCEPTED"]
     assert not accepted, accepted
     assert len(errors) >= 100
@@ -309,13 +314,7 @@ def test_identity_attacks_while_seven_generate(tiny_model_dir):
     finally:
         srv.stop()
     assert not crashed, crashed
-    ref = {}
-    for i in range(7):
-        for r in results[f"good-{i}"]:
-            assert r["ok"], r["error"]
-            p = tuple(PROMPTS[(i + r["index"]) % len(PROMPTS)])
-            ref.setdefault(p, _reference(model, list(p), NEW_TOKENS))
-            assert r["tokens"] == ref[p], r["request_id"]
+    _assert_good_devices_exact(results, model)
     accepted = {k: v for k, v in outcomes.items() if k.endswith(":accepted") and not k.startswith("flood")}
     assert not accepted, accepted
     assert outcomes.get("step", 0) >= 20 and outcomes.get("impersonate", 0) >= 20 and outcomes.get("rotate", 0) >= 20

@@ -33,6 +33,7 @@ def make_char_llama(tmp_path_factory, seed: int, name: str) -> Path:
 def model_dir(tmp_path_factory) -> Path:
     """The tiny random Llama of the actor tests (vocab 97, 4 layers), saved as a model folder."""
     from slicer.actors.models import load_model
+
     from tests.actors.conftest import TINY_LLAMA
 
     torch.set_num_threads(1)
@@ -45,6 +46,7 @@ def write_tiny_job(folder: Path, name: str, classes: tuple[str, str], max_new_to
     """A job folder for the cluster tests: the actor tests' tiny random Llama saved as
     ``tiny/`` and ``wl.yaml``, a lossless fixed split at 2 with one device of each class."""
     from slicer.actors.models import load_model
+
     from tests.actors.conftest import TINY_LLAMA
 
     load_model(dict(TINY_LLAMA), seed=5).hf.save_pretrained(folder / "tiny")
@@ -55,3 +57,18 @@ def write_tiny_job(folder: Path, name: str, classes: tuple[str, str], max_new_to
         f"policy: {{name: fixed, split: 2, offload_step: 1}}\ncodec: lossless\nprecision: float32\n"
         f"requests: 1\nmax_new_tokens: {max_new_tokens}\n")
     return folder / "wl.yaml"
+
+
+def processes_named(marker: str) -> list[int]:
+    """Processes whose name (``/proc/PID/comm``) is ``marker`` (the sandbox attacks name
+    themselves before forking, so survivors can be found)."""
+    import os
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == marker:
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from pathlib import Path
 
 import pytest
-
 from slicer.orchestrator.cli import main
 from slicer.orchestrator.evaluation.passk import aggregate, score_samples
 from slicer.orchestrator.evaluation.sandbox import (
@@ -17,6 +15,8 @@ from slicer.orchestrator.evaluation.sandbox import (
     run_program,
 )
 from slicer.orchestrator.evaluation.tasks import load_task
+
+from tests.orchestrator.conftest import processes_named
 
 try:
     run_program("pass")
@@ -52,17 +52,6 @@ def test_a_wrong_variant_scores_zero(humaneval):
     assert all(r.error.startswith("failed") for r in results), [r for r in results if not r.error.startswith("failed")][:3]
 
 
-def _named(marker: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == marker:
-                found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 def test_slicer_eval_leaves_no_process_behind(tmp_path, capsys):
     """The issue's escapes as completions: forks through int 0x80 and libc, setsid; ten
     sleepers each if they got out. After `slicer eval` returns, none exists."""
@@ -86,7 +75,7 @@ def test_slicer_eval_leaves_no_process_behind(tmp_path, capsys):
     samples.write_text("".join(json.dumps({"task_id": "t/0", "completion": name + a}) + "\n" for a in attacks))
     assert main(["eval", "--task", str(task), "--samples", str(samples), "--k", "1"]) == 0
     out = capsys.readouterr().out
-    assert _named(marker) == [], out
+    assert processes_named(marker) == [], out
     # int 0x80 is killed (SIGSYS); libc fork and clone fail, so those completions still add.
     assert "crash: SIGSYS" in out or "crash: SIGSEGV" in out or os.uname().machine != "x86_64", out
 

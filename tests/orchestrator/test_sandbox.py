@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from slicer.orchestrator.evaluation import _sandbox_child as child
 from slicer.orchestrator.evaluation.sandbox import (
     LAYERS,
@@ -25,6 +24,8 @@ from slicer.orchestrator.evaluation.sandbox import (
     SandboxUnavailable,
     run_program,
 )
+
+from tests.orchestrator.conftest import processes_named
 
 # 3 s: slack for a loaded 2-core machine; 32 MiB of disk so the disk test is quick.
 LIMITS = SandboxLimits(timeout_s=3.0, memory_bytes=256 << 20, disk_bytes=32 << 20)
@@ -54,19 +55,6 @@ def sb():
 
 def _marker() -> str:
     return "slc" + uuid.uuid4().hex[:10]  # a process name (comm holds 15 bytes)
-
-
-def _named(marker: str) -> list[int]:
-    """Processes whose name is ``marker`` (the attacks name themselves before forking)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == marker:
-                    found.append(int(pid))
-            except OSError:
-                pass
-    return found
 
 
 def _name_self(marker: str) -> str:
@@ -169,7 +157,7 @@ def test_32bit_syscalls_kill_the_program_and_leave_no_process(sb):
     assert not r.passed and r.error in ("crash: SIGSYS", "crash: SIGSEGV"), r
     r = sb.run(LIBC + "libc.syscall(0x40000000 | 57)\n")  # x32 fork
     assert not r.passed and r.error == "crash: SIGSYS", r
-    assert _named(marker) == []
+    assert processes_named(marker) == []
 
 
 @needs_kernel
@@ -191,7 +179,7 @@ def test_no_new_process_in_any_form(sb, how):
     r = sb.run(_name_self(marker) + how)
     assert not r.passed, r
     assert any(s in r.error for s in ("Errno 1]", "AssertionError: 1", "AssertionError: 38", "AssertionError")), r
-    assert _named(marker) == []
+    assert processes_named(marker) == []
 
 
 @needs_kernel
@@ -203,7 +191,7 @@ def test_forks_die_with_the_pid_namespace_even_without_seccomp():
         "import os, time\nfor _ in range(10):\n    if os.fork() == 0:\n        time.sleep(30)\n        os._exit(0)\n")
     r = run_program(program, SandboxLimits(timeout_s=3.0, skip_layers=("seccomp",), accept_weaker=True))
     assert r.passed, r
-    assert _named(marker) == []
+    assert processes_named(marker) == []
 
 
 @needs_kernel
