@@ -32,7 +32,14 @@ import torch
 from slicer.actors import telemetry as tel
 from slicer.actors.models.devices import DTYPES as _DTYPES
 from slicer.actors.models.generate import EdgeSession
-from slicer.actors.protocol import SESSION_MODES, hop_record, now_s, plan_mode
+from slicer.actors.protocol import Mode, now_s
+
+plan_mode = Mode.of
+SESSION_MODES = {m: m for m in Mode}
+
+
+def hop_record(**kw: Any) -> dict[str, Any]:
+    return {k: (round(v, 9) if isinstance(v, float) else v) for k, v in kw.items()}
 from slicer.codec import CodecConfig
 
 

@@ -1,22 +1,51 @@
-"""What crosses between edge, server and policy: plain records and the token format.
+"""The protocol: the typed values that cross between driver, edge, server and policy,
+and their one serialisation.
 
-Everything here is plain data (no torch modules, no Ray), so the same calls work
-in-process (unit tests) and through Ray actor calls (``slicer.actors.ray_actors``).
+Every value here is a frozen (or, for a record being filled in, plain) dataclass passed
+through Ray as it is: Ray pickles it, and it is a trusted cluster-internal value. What a
+*device* sends the server is never one of these: features travel as the codec's wire
+format (``slicer.codec.encode``: versioned, checksummed, never pickle) and cloud-only
+token ids as ``slicer.actors.models.generate.encode_ids`` (magic, version, count, int32
+ids); the server checks every byte of those.
 
-Payloads from devices are the codec's wire format (``slicer.codec.encode``: versioned,
-checksummed, never pickle) for features, and ``slicer.actors.models.generate.encode_ids``
-(magic, version, count, int32 ids) for cloud-only token ids; the server checks every
-id is inside the vocabulary before using it.
+The path of a request::
+
+    Workload (YAML) ─ parse ─► DeviceGroup{LinkSpec, BudgetSpec, EmulationSpec}, Request
+    edge ── DeviceInfo ─► policy ── Plan (SplitPlan: split, offload step, CodecConfig,
+                                          front precision, Mode) ─► edge
+    edge ── payload bytes ─► server ── StepResult ─► edge  (one per step: StepRecord)
+    edge ── Report{Measured} ─► policy ── Plan ─► edge
+    edge ── RequestRecord ─► driver ── to_json ─► requests.jsonl
+
+``to_json`` / ``from_json`` are the only place these become dicts with string keys
+(the run folder's JSON, read back by ``slicer show``/``compare``).
+
+This module imports no torch (the workload parser uses its specs).
 """
 from __future__ import annotations
 
+import dataclasses
+import enum
+import math
+import sys
 import time
+import types
+import typing
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
+from slicer.policies.link import DEFAULT_BANDWIDTH_HZ, DEFAULT_EPSILON, DEFAULT_SNR, LinkState, db_to_linear, linear_to_db
+from slicer.policies.schema import Budgets, Mode, SplitPlan
 
-from slicer.actors.models.generate import decode_ids, encode_ids  # noqa: F401  (re-exported)
-from slicer.codec import CodecError
+#: The policy's answer for one device (``slicer.policies.schema.SplitPlan``: split,
+#: offload step, ``codec`` (a ``CodecConfig``), front precision, ``mode``...).
+Plan = SplitPlan
+
+__all__ = [
+    "AdmissionError", "BudgetSpec", "Budgets", "DeviceInfo", "EmulationSpec", "LinkChange", "LinkSpec", "LinkState",
+    "Measured", "Mode", "Plan", "Replan", "Report", "Request", "RequestRecord", "StepRecord", "StepResult",
+    "decode_tokens", "from_json", "now_s", "to_json",
+]
 
 
 class AdmissionError(RuntimeError):
@@ -30,9 +59,12 @@ def now_s() -> float:
     return time.time()
 
 
-def decode_tokens(payload: bytes, vocab_size: int) -> torch.Tensor:
+def decode_tokens(payload: bytes, vocab_size: int):
     """Token ids ``(1, T)`` from an ``encode_ids`` payload; ``CodecError`` for a
     malformed payload, no ids, or an id outside ``[0, vocab_size)``."""
+    from slicer.actors.models.generate import decode_ids
+    from slicer.codec import CodecError
+
     try:
         x = decode_ids(bytes(payload))  # (1, T)
     except ValueError as e:
@@ -44,26 +76,377 @@ def decode_tokens(payload: bytes, vocab_size: int) -> torch.Tensor:
     return x
 
 
-def plan_mode(split: int, offload_step: int | None, num_units: int) -> str:
-    """The execution mode of a plan: ``cloud-only`` (split 0), ``edge-only`` (no
-    offload), ``split`` (per-token split from the first step) or ``local-then-offload``."""
-    if split <= 0:
-        return "cloud-only"
-    if offload_step is None or split >= num_units:
-        return "edge-only"
-    return "split" if offload_step <= 1 else "local-then-offload"
+def __getattr__(name: str) -> Any:  # PEP 562: the id codec without importing torch up front
+    if name in ("encode_ids", "decode_ids"):
+        from slicer.actors.models import generate
+
+        return getattr(generate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-#: Our mode names -> ``slicer.actors.models.generate.EdgeSession`` mode names.
-SESSION_MODES = {"split": "per-token", "local-then-offload": "offload", "edge-only": "edge-only",
-                 "cloud-only": "cloud-only"}
+# ----------------------------------------------------------------------------- a device's setting
 
 
-def hop_record(**kw: Any) -> dict[str, Any]:
-    """One step's per-hop timings (seconds; ``*_t`` are wall-clock timestamps). Keys:
-    ``step, kind, tokens, edge_compute_s, encode_s, payload_bytes, elements,
-    bits_per_element, send_t, server_recv_t, queue_s, decode_s, server_compute_s,
-    batch_size, server_done_t, recv_t, transfer_emulated_s``. The tracing view turns
-    them into spans (edge compute, encode, transfer, server queue, decode, server
-    compute, return)."""
-    return {k: (round(v, 9) if isinstance(v, float) else v) for k, v in kw.items()}
+@dataclass(frozen=True)
+class LinkSpec:
+    """A device's link to the server (SLICER Eq. 1 parameters, in the workload's units).
+    The defaults are the paper's, the same ones ``slicer plan`` and ``slicer sweep`` use
+    (``slicer.policies.link``)."""
+
+    rate_mbps: float = 20.0
+    """Transmission rate R in megabits per second (20: below the default channel's
+    capacity W·log2(1+γ) = 34.6 Mbit/s, so a device with no link given is feasible; > 0)."""
+    snr_db: float = linear_to_db(DEFAULT_SNR)
+    """Average signal-to-noise ratio γ in dB (10 dB; -50..100)."""
+    epsilon: float = DEFAULT_EPSILON
+    """Outage probability target ε in (0, 1) of the ε-outage latency (0.001)."""
+    bandwidth_hz: float = DEFAULT_BANDWIDTH_HZ
+    """Channel bandwidth W in hertz (10 MHz; > 0)."""
+
+    def state(self) -> LinkState:
+        """The planner's view (bit/s, linear SNR)."""
+        return LinkState(rate_bps=self.rate_mbps * 1e6, bandwidth_hz=self.bandwidth_hz,
+                         snr=db_to_linear(self.snr_db), epsilon=self.epsilon)
+
+    def changed(self, other: LinkSpec) -> str:
+        """``"rate_mbps 20 -> 2, ..."``: what differs from ``other`` (empty: nothing)."""
+        return ", ".join(f"{f.name} {getattr(other, f.name)} -> {getattr(self, f.name)}"
+                         for f in dataclasses.fields(self) if getattr(other, f.name) != getattr(self, f.name))
+
+
+@dataclass(frozen=True)
+class LinkChange:
+    """A scripted change of a device's link, applied before one of its requests."""
+
+    at_request: int
+    """Index (0-based, >= 0) of the device's request before which the link changes."""
+    rate_mbps: float | None = None
+    """New rate (> 0); None keeps the current one."""
+    snr_db: float | None = None
+    """New SNR (-50..100 dB); None keeps the current one."""
+    epsilon: float | None = None
+    """New outage target (in (0, 1)); None keeps the current one."""
+    bandwidth_hz: float | None = None
+    """New bandwidth (> 0); None keeps the current one."""
+
+    def apply(self, link: LinkSpec) -> LinkSpec:
+        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name != "at_request" and getattr(self, f.name) is not None}
+        return dataclasses.replace(link, **changes)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """What a device may spend per request."""
+
+    latency_ms: float | None = None
+    """Latency budget D per output token in milliseconds (the planner's per-step budget,
+    Eq. 2; the hand-off step gets w times it, Eq. 5; > 0); None: the policy's default (1 s)."""
+    memory_mib: float | None = None
+    """Memory budget M of the device for weights + KV cache in MiB (> 0); None: unconstrained."""
+    handoff_ms: float | None = None
+    """Budget of the hand-off step L_AR(ℓ, w, R) (Eq. 5) in milliseconds; None: w times
+    ``latency_ms`` (the average per-token latency up to the hand-off meets D). > 0."""
+    ar_buffer_kb: float | None = None
+    """M_ar: cap on the hand-off payload B(x_ℓ^w) in kB (Eq. 6; > 0); None: no cap."""
+    min_accuracy: float | None = None
+    """Accuracy floor in [0, 1]: settings the accuracy table (or the prior) scores below it
+    are never chosen; None: no floor."""
+
+
+@dataclass(frozen=True)
+class EmulationSpec:
+    """Emulation of a device class and its link on one machine. Figures that depend on
+    it are labelled ``emulated`` in every record."""
+
+    slowdown: float = 1.0
+    """The device computes this many times slower than this machine: after each measured
+    compute interval it sleeps ``(slowdown - 1) ×`` that interval. 1 = no emulation (1..1000)."""
+    memory_mib: float | None = None
+    """Emulated memory cap in MiB: a plan whose front segment and KV cache exceed it is
+    refused by the device (and the policy is told; > 0). None: no cap."""
+    link: bool = False
+    """Delay each payload by Eq. 1's ε-outage latency of its real size over ``link``
+    (the wire is loopback otherwise)."""
+
+    @property
+    def active(self) -> bool:
+        return self.slowdown != 1.0 or self.memory_mib is not None or self.link
+
+
+# ----------------------------------------------------------------------------- edge <-> policy
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What a device tells the policy when it registers."""
+
+    device_class: str
+    link: LinkSpec = field(default_factory=LinkSpec)
+    budgets: BudgetSpec = field(default_factory=BudgetSpec)
+    memory_cap_mib: float | None = None
+    """The emulated memory cap (``EmulationSpec.memory_mib``), if any."""
+    node: str = ""
+    emulated: bool = False
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a device measured: after a step that sent (``step`` set: goodput, transfer,
+    compute of that step) or after a request (totals)."""
+
+    request_id: str = ""
+    step: int | None = None
+    context: int | None = None
+    """Tokens on the server after this step."""
+    goodput_bps: float | None = None
+    """Payload bits over the measured transfer seconds."""
+    payload_bytes: int | None = None
+    transfer_s: float | None = None
+    compute_s: float | None = None
+    """The edge's compute of one decode step (emulated slowdown included)."""
+    edge_compute_s: float | None = None
+    """Totals of a request: edge compute, wire, bytes, latency."""
+    bytes_sent: int | None = None
+    latency_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """A device's report to the policy: a new link, a new memory cap and/or figures."""
+
+    link: LinkSpec | None = None
+    memory_cap_mib: float | None = None
+    sets_memory_cap: bool = False
+    """True: ``memory_cap_mib`` is the device's new cap (None: no cap any more)."""
+    measured: Measured | None = None
+    reason: str = ""
+
+
+# ----------------------------------------------------------------------------- requests and steps
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of one device."""
+
+    request_id: str
+    """``<device id>/r<index>``."""
+    index: int
+    """The device's 0-based request number (link changes key on it)."""
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+    prompt_index: int = 0
+    """Which of the workload's prompts it is."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The server's answer to one step: the next token and what the step cost there."""
+
+    token: int
+    position: int
+    """Server-side position of the payload's first token."""
+    server_recv_t: float
+    """Wall clock when the step reached the server."""
+    decode_s: float
+    server_compute_s: float
+    """This step's share of its batch's compute (by new-token count)."""
+    server_start_t: float
+    server_done_t: float
+    batch_size: int
+    queue_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step of a request as the edge saw it (seconds; ``*_t`` wall-clock). A
+    ``local`` step (the edge made the token itself) has no payload fields."""
+
+    step: int
+    kind: str
+    """``local``, ``prefill``, ``decode`` or ``handoff``."""
+    tokens: int
+    """Tokens the step computed (the prompt's in a prefill, all so far in a hand-off)."""
+    token: int
+    edge_compute_s: float = 0.0
+    edge_compute_emulated_s: float = 0.0
+    encode_s: float = 0.0
+    payload_bytes: int | None = None
+    elements: int | None = None
+    bits_per_element: float | None = None
+    transfer_emulated_s: float = 0.0
+    send_t: float | None = None
+    server_recv_t: float | None = None
+    queue_s: float = 0.0
+    decode_s: float | None = None
+    server_compute_s: float | None = None
+    server_start_t: float | None = None
+    batch_size: int | None = None
+    server_done_t: float | None = None
+    recv_t: float | None = None
+
+    @property
+    def sent(self) -> bool:
+        return self.payload_bytes is not None
+
+
+@dataclass(frozen=True)
+class Replan:
+    """A re-plan during a request (the policy answered a measurement with a new plan)."""
+
+    step: int
+    goodput_mbps: float
+    before: tuple
+    """``Plan.key`` before: (split, offload step, front precision, codec spec)."""
+    after: tuple
+    applies: str
+    """``next step`` (a codec change) or ``next request`` (a split change)."""
+
+
+@dataclass
+class RequestRecord:
+    """What one request did: its plan, its tokens, its bytes and every step's hops."""
+
+    request_id: str
+    device: str
+    index: int
+    ok: bool = False
+    error: str | None = None
+    device_class: str | None = None
+    node: str = ""
+    prompt_tokens: int = 0
+    mode: Mode | None = None
+    split: int | None = None
+    offload_step: int | None = None
+    codec: str = ""
+    """The codec spec the features used (``tokens``: cloud-only, ``none``: edge-only)."""
+    front_precision: str = ""
+    plan_tier: int | None = None
+    plan_reason: str = ""
+    plan_feasible: bool | None = None
+    plan_binding: str | None = None
+    link: LinkSpec | None = None
+    link_changed: bool = False
+    emulated: bool = False
+    emulation: EmulationSpec | None = None
+    predicted_memory_bytes: float = 0.0
+    max_new_tokens_requested: int = 0
+    capped: str | None = None
+    """Why fewer tokens than asked were generated (the plan's context), or None."""
+    replans: list[Replan] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    new_tokens: int = 0
+    steps: list[StepRecord] = field(default_factory=list)
+    t_start: float = 0.0
+    t_end: float = 0.0
+    latency_s: float = 0.0
+    bytes_sent: int = 0
+    payloads: int = 0
+    bits_per_element: float | None = None
+    edge_compute_s: float = 0.0
+    edge_compute_emulated_s: float = 0.0
+    encode_s: float = 0.0
+    transfer_s: float = 0.0
+    transfer_emulated_s: float = 0.0
+    server_queue_s: float = 0.0
+    server_compute_s: float = 0.0
+    edge_rss_bytes: int | None = None
+    """The edge process's resident memory after the request (measured)."""
+    edge_weight_bytes: int | None = None
+    """Bytes of the weights the edge loaded (segment-only: the units its plans ran)."""
+    server_recoveries: list[dict] = field(default_factory=list)
+    """Sessions the edge rebuilt by replay after a server restart (``actors.recovery``)."""
+    attempts: int = 1
+    """1 + how often the driver resubmitted the request after its actor died."""
+    recovered_from: list[str] = field(default_factory=list)
+    text: str | None = None
+    """The generated tokens decoded, when the model has a tokenizer."""
+
+    def add_totals(self) -> None:
+        """Totals over ``steps`` (bytes, elements, compute, wire, server)."""
+        sent = [s for s in self.steps if s.sent]
+        self.bytes_sent = sum(s.payload_bytes for s in sent)
+        elements = sum(s.elements or 0 for s in sent)
+        wire = 0.0
+        for s in sent:
+            srv = (s.server_done_t or 0) - (s.server_recv_t or 0)
+            wire += max(0.0, ((s.recv_t or 0) - (s.send_t or 0)) - srv)
+        self.payloads = len(sent)
+        self.bits_per_element = round(self.bytes_sent * 8 / elements, 4) if elements else None
+        self.edge_compute_s = round(sum(s.edge_compute_s for s in self.steps), 6)
+        self.edge_compute_emulated_s = round(sum(s.edge_compute_emulated_s for s in self.steps), 6)
+        self.encode_s = round(sum(s.encode_s for s in sent), 6)
+        self.transfer_s = round(wire, 6)
+        self.transfer_emulated_s = round(sum(s.transfer_emulated_s for s in sent), 6)
+        self.server_queue_s = round(sum(s.queue_s for s in sent), 6)
+        self.server_compute_s = round(sum(s.server_compute_s or 0.0 for s in sent), 6)
+
+    @classmethod
+    def failed(cls, request: Request, device: str, device_class: str | None, error: str, node: str = "") -> RequestRecord:
+        """The record of a request that produced nothing (its actor died for good, or the
+        run stalled): ``ok`` False and the cause."""
+        return cls(request_id=request.request_id, device=device, index=request.index, device_class=device_class,
+                   error=error, node=node)
+
+
+# ----------------------------------------------------------------------------- serialisation
+
+
+def to_json(obj: Any) -> Any:
+    """A protocol value as JSON-ready data: dataclasses become dicts (field names as
+    keys), enums their value, tuples lists, non-finite floats None. The one place
+    these values become dicts."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        if isinstance(obj, SplitPlan):
+            return obj.to_dict()
+        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return [to_json(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def from_json(cls: type, data: Any) -> Any:
+    """The inverse of ``to_json`` for a protocol dataclass ``cls``: fields by name
+    (unknown keys ignored: older or newer run folders read), nested dataclasses, enums
+    and tuples rebuilt from the type hints."""
+    return _from(cls, data)
+
+
+def _from(tp: Any, v: Any) -> Any:
+    if v is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        for a in args:
+            try:
+                return _from(a, v)
+            except (TypeError, ValueError):
+                continue
+        return v
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        items = [_from(inner, x) for x in v] if isinstance(v, (list, tuple)) else v
+        return tuple(items) if origin is tuple else list(items)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if not isinstance(v, dict):
+            raise TypeError(f"{tp.__name__} from {type(v).__name__}")
+        hints = typing.get_type_hints(tp, vars(sys.modules[tp.__module__]))
+        kw = {f.name: _from(hints.get(f.name, Any), v[f.name]) for f in dataclasses.fields(tp)
+              if f.init and f.name in v}
+        return tp(**kw)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(v)
+    if tp in (int, float, str, bool) and not isinstance(v, tp):
+        if tp is float and isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        raise TypeError(f"{tp.__name__} from {type(v).__name__}")
+    return v

@@ -380,7 +380,7 @@ def measure_humaneval(names: list[str], args) -> list[dict]:
             ell = max(1, min(n - 1, round(rel * n)))
             cfg = CodecConfig.parse(spec)
             scorer = SplitScorer(model, ell, cfg, eos_id=tok.eos_id,
-                                 edge_model=edge_copy(model, ell, "per-token", EVAL_PRECISIONS[prec]))
+                                 edge_model=edge_copy(model, ell, "split", EVAL_PRECISIONS[prec]))
             cnt = _Counting(scorer)
             r = evaluate_task(task, cnt, tok, **common)
             toks = sum(len(g) for g in cnt.generated)

@@ -39,14 +39,14 @@ from slicer.orchestrator.yamlload import YamlFileError, decode_utf8, load_yaml_f
 
 if TYPE_CHECKING:  # imported when a codec field is parsed: slicer.codec imports torch
     from slicer.codec import CodecConfig
-from slicer.policies.link import DEFAULT_BANDWIDTH_HZ, DEFAULT_EPSILON, DEFAULT_SNR, linear_to_db
+from slicer.actors.protocol import BudgetSpec, EmulationSpec, LinkChange, LinkSpec, Mode  # noqa: F401  (the workload's types)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORKLOAD = REPO_ROOT / "examples" / "quickstart.yaml"
 
 POLICIES = ("slicer", "cloud-only", "edge-only", "fixed", "neurosurgeon", "opsc")
 PRECISIONS = ("auto", "float32", "float16", "bfloat16", "int8", "int4")
-MODES = ("auto", "split", "local-then-offload", "edge-only", "cloud-only")
+MODES = ("auto", *(m.value for m in Mode))
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -129,84 +129,6 @@ def joined(errors: list[str], prefix: str = "") -> str:
             return out + f"\n  ... and {len(errors) - i} more"
         out += line
     return out
-
-
-@dataclass(frozen=True)
-class LinkSpec:
-    """A device's link to the server (SLICER Eq. 1 parameters). The defaults are the
-    paper's, the same ones ``slicer plan`` and ``slicer sweep`` use (``policies.link``)."""
-
-    rate_mbps: float = 20.0
-    """Transmission rate R in megabits per second (20: below the default channel's
-    capacity W·log2(1+γ) = 34.6 Mbit/s, so a device with no link given is feasible; > 0)."""
-    snr_db: float = linear_to_db(DEFAULT_SNR)
-    """Average signal-to-noise ratio γ in dB (10 dB; -50..100)."""
-    epsilon: float = DEFAULT_EPSILON
-    """Outage probability target ε in (0, 1) of the ε-outage latency (0.001)."""
-    bandwidth_hz: float = DEFAULT_BANDWIDTH_HZ
-    """Channel bandwidth W in hertz (10 MHz; > 0)."""
-
-    def as_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class LinkChange:
-    """A scripted change of a device's link, applied before one of its requests."""
-
-    at_request: int
-    """Index (0-based, >= 0) of the device's request before which the link changes."""
-    rate_mbps: float | None = None
-    """New rate (> 0); None keeps the current one."""
-    snr_db: float | None = None
-    """New SNR (-50..100 dB); None keeps the current one."""
-    epsilon: float | None = None
-    """New outage target (in (0, 1)); None keeps the current one."""
-    bandwidth_hz: float | None = None
-    """New bandwidth (> 0); None keeps the current one."""
-
-    def apply(self, link: LinkSpec) -> LinkSpec:
-        changes = {k: v for k, v in dataclasses.asdict(self).items() if k != "at_request" and v is not None}
-        return dataclasses.replace(link, **changes)
-
-
-@dataclass(frozen=True)
-class BudgetSpec:
-    """What a device may spend per request."""
-
-    latency_ms: float | None = None
-    """Latency budget D per output token in milliseconds (the planner's per-step budget,
-    Eq. 2; the hand-off step gets w times it, Eq. 5; > 0); None: the policy's default (1 s)."""
-    memory_mib: float | None = None
-    """Memory budget M of the device for weights + KV cache in MiB (> 0); None: unconstrained."""
-    handoff_ms: float | None = None
-    """Budget of the hand-off step L_AR(ℓ, w, R) (Eq. 5) in milliseconds; None: w times
-    ``latency_ms`` (the average per-token latency up to the hand-off meets D). > 0."""
-    ar_buffer_kb: float | None = None
-    """M_ar: cap on the hand-off payload B(x_ℓ^w) in kB (Eq. 6; > 0); None: no cap."""
-    min_accuracy: float | None = None
-    """Accuracy floor in [0, 1]: settings the accuracy table (or the prior) scores below it
-    are never chosen; None: no floor."""
-
-
-@dataclass(frozen=True)
-class EmulationSpec:
-    """Emulation of a device class and its link on one machine. Figures that depend on
-    it are labelled ``emulated`` in every record."""
-
-    slowdown: float = 1.0
-    """The device computes this many times slower than this machine: after each measured
-    compute interval it sleeps ``(slowdown - 1) ×`` that interval. 1 = no emulation (1..1000)."""
-    memory_mib: float | None = None
-    """Emulated memory cap in MiB: a plan whose front segment and KV cache exceed it is
-    refused by the device (and the policy is told; > 0). None: no cap."""
-    link: bool = False
-    """Delay each payload by Eq. 1's ε-outage latency of its real size over ``link``
-    (the wire is loopback otherwise)."""
-
-    @property
-    def active(self) -> bool:
-        return self.slowdown != 1.0 or self.memory_mib is not None or self.link
 
 
 @dataclass(frozen=True)

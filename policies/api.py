@@ -84,7 +84,7 @@ def reassess(p: SplitPlan, model: ModelProfile, device: DeviceProfile, link: Lin
                    payload_bytes=options.get("payload_bytes"))
     cfg = None
     if p.offload_step is not None and p.split > 0:
-        cfg = CodecConfig.parse(p.codec_spec)
+        cfg = p.codec if p.codec is not None else CodecConfig.parse(p.codec_spec)
     w = p.offload_step
     if cm.ar and w is not None:
         w = min(w, budgets.new_tokens)

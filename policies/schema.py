@@ -9,8 +9,45 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # slicer.codec imports torch; planning does not need it
+    from slicer.codec import CodecConfig
+
+
+class Mode(str, enum.Enum):
+    """How one request runs, for a plan with split ℓ and offload step w (the one set of
+    mode names: workloads, plans, records, ``EdgeSession`` and ``slicer eval``)."""
+
+    SPLIT = "split"
+    """w = 1: every step runs units ``[0, ℓ)`` on the edge and ``[ℓ, n)`` on the server."""
+    LOCAL_THEN_OFFLOAD = "local-then-offload"
+    """w > 1 (SLICER Eq. 5-6): the edge runs the whole model for w - 1 tokens, then hands
+    the features of every token so far to the server and goes on as a split."""
+    EDGE_ONLY = "edge-only"
+    """The edge runs every unit; the server is never called."""
+    CLOUD_ONLY = "cloud-only"
+    """ℓ = 0: the edge sends token ids, the server runs every unit."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def of(cls, split: int, offload_step: int | None, num_units: int) -> Mode:
+        """The mode of a plan: cloud-only for split 0, edge-only without an offload step
+        (or with every unit on the edge), split from step 1, else local-then-offload."""
+        if split <= 0:
+            return cls.CLOUD_ONLY
+        if offload_step is None or split >= num_units:
+            return cls.EDGE_ONLY
+        return cls.SPLIT if offload_step <= 1 else cls.LOCAL_THEN_OFFLOAD
+
+    @property
+    def sends_features(self) -> bool:
+        """Features (not token ids, not nothing) cross the wire."""
+        return self in (Mode.SPLIT, Mode.LOCAL_THEN_OFFLOAD)
 
 #: Precisions a front segment may run at, and bytes per parameter at each. Quantized
 #: formats carry one fp16 scale per group of 32 (int8: 2/32 = 0.0625 byte/param) or of
@@ -150,6 +187,20 @@ class SplitPlan:
     device: str = ""
     link: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    codec: CodecConfig | None = field(default=None, compare=False)
+    """The chosen codec setting itself (``codec_spec`` is its ``spec()``); None for
+    ``tokens``/``none`` plans. Travels with the plan: nobody parses the spec back."""
+    replanned_goodput_mbps: float | None = None
+    """Set on a plan the policy made from a measured goodput (its smoothed estimate)."""
+
+    @property
+    def mode(self) -> Mode:
+        return Mode.of(self.split, self.offload_step, self.num_layers)
+
+    @property
+    def key(self) -> tuple:
+        """What a re-plan may change: split, offload step, front precision, codec."""
+        return (self.split, self.offload_step, self.front_precision, self.codec_spec)
 
     @property
     def offloads(self) -> bool:
@@ -164,7 +215,9 @@ class SplitPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``slicer plan --json`` (milliseconds and megabytes for humans)."""
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "codec"}
+        d["extra"] = dict(self.extra)
+        d["mode"] = self.mode.value
         d["blocks"] = list(self.blocks)
         d["bits"] = list(self.bits) if isinstance(self.bits, tuple) else self.bits
         d["predicted_latency_ms"] = _ms(self.predicted_latency_s)

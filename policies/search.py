@@ -353,6 +353,7 @@ def plan_from_estimate(policy: str, cm: CostModel, est: Estimate, cfg, *, tier: 
         cloud_server_time_s=cm.cloud_server_time_s(), accuracy=accuracy, accuracy_source=accuracy_source,
         tier=tier, binding=binding, reason=reason, device=cm.device.name, link=cm.link.describe(),
         extra=dict(extra or {}),
+        codec=cfg if spec not in ("tokens", "none") else None,
     )
 
 

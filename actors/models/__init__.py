@@ -46,7 +46,7 @@ Split units
 AR modes (``slicer.actors.models.generate``): ``EdgeSession`` / ``ServerSession`` exchange
 payload bytes (the codec in the loop); ``generate(model, prompt_ids, max_new_tokens,
 mode, split, offload_step, codec_cfg)`` runs both halves in one process. Modes:
-``"per-token"``, ``"offload"`` (SLICER's local-then-offload ``(w, ell)``),
+``"split"``, ``"local-then-offload"`` (SLICER's local-then-offload ``(w, ell)``),
 ``"edge-only"``, ``"cloud-only"``.
 
 Single-shot (vision): ``slicer.actors.models.generate.single_shot(model, pixel_values, split,

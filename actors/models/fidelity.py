@@ -100,7 +100,7 @@ def _kl_nll(ref_logits, logits, targets):
 
 
 @torch.no_grad()
-def measure(model, sequences: torch.Tensor, *, split: int, codec_spec: str = "lossless", mode: str = "per-token",
+def measure(model, sequences: torch.Tensor, *, split: int, codec_spec: str = "lossless", mode: str = "split",
             offload_step: int | None = None, prompt_len: int = 16, greedy_tokens: int = 32, front_bits: int | None = None,
             edge_model=None, data: str = "") -> FidelityResult:
     """Fidelity of one configuration over ``sequences (N, T)`` of token ids."""
@@ -108,7 +108,7 @@ def measure(model, sequences: torch.Tensor, *, split: int, codec_spec: str = "lo
     if front_bits is not None and edge_model is None:
         from slicer.actors.models.quant import quantize_front
 
-        edge_model = quantize_front(model, model.num_units if mode in ("offload", "edge-only") else split, front_bits)
+        edge_model = quantize_front(model, model.num_units if mode in ("local-then-offload", "edge-only") else split, front_bits)
     N, T = sequences.shape
     if not 1 <= prompt_len < T:
         raise ValueError(f"prompt_len={prompt_len} is invalid: need 1 <= prompt_len < sequence length {T}")

@@ -6,13 +6,13 @@ them in different processes or Ray actors. ``generate`` drives both in one proce
 
 Modes (seed 001 §2.1, ``../shared/DESIGN.md`` "The path of one request"):
 
-- ``per-token``: the edge runs units ``[0, ell)`` on the prompt, then on each new token,
+- ``split``: the edge runs units ``[0, ell)`` on the prompt, then on each new token,
   and encodes ``x_ell`` every step; the server runs ``[ell, n)`` with its own cache.
-- ``offload`` (SLICER's local-then-offload ``(w, ell)``, Eq. 5-6): the edge decodes the
+- ``local-then-offload`` (SLICER's local-then-offload ``(w, ell)``, Eq. 5-6): the edge decodes the
   first ``w - 1`` tokens alone with its whole model, keeping its layer-``ell`` features;
   at step ``w`` it runs ``[0, ell)`` on the newest token and sends the encoded features
   of *all* tokens so far in one payload; the server builds its ``[ell, n)`` cache from
-  them and the request goes on as ``per-token``. ``w = 1`` is ``per-token``.
+  them and the request goes on as ``split``. ``w = 1`` is ``split``.
 - ``edge-only``: the edge runs everything; the server does nothing.
 - ``cloud-only``: the edge sends the raw token ids (int32); the server runs ``[0, n)``.
 
@@ -27,8 +27,9 @@ import torch
 
 from slicer import codec
 from slicer.codec import CodecConfig
+from slicer.policies.schema import Mode
 
-MODES = ("per-token", "offload", "edge-only", "cloud-only")
+MODES = tuple(m.value for m in Mode)
 
 _IDS_MAGIC = b"SLTK"
 _IDS_VERSION = 1
@@ -80,26 +81,28 @@ class EdgeSession:
     ``slicer.actors.models.quant``); the edge only ever runs its units ``[0, ell)`` (and
     ``[ell, n)`` in edge-only mode and in offload's local steps)."""
 
-    def __init__(self, model, split: int, codec_cfg: CodecConfig | None = None, *, mode: str = "per-token", offload_step: int | None = None):
+    def __init__(self, model, split: int, codec_cfg: CodecConfig | None = None, *, mode: Mode | str = Mode.SPLIT,
+                 offload_step: int | None = None):
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is invalid: allowed {', '.join(MODES)}")
+        mode = Mode(mode)
         n = model.num_units
-        if mode in ("per-token", "offload") and not (1 <= split <= n - 1):
+        if mode in ("split", "local-then-offload") and not (1 <= split <= n - 1):
             raise ValueError(f"split={split} is invalid for mode {mode!r}: need 1 <= split <= {n - 1}")
-        if mode == "offload" and (offload_step is None or offload_step < 1):
-            raise ValueError(f"offload_step={offload_step!r} is invalid: mode 'offload' needs an int >= 1")
+        if mode == "local-then-offload" and (offload_step is None or offload_step < 1):
+            raise ValueError(f"offload_step={offload_step!r} is invalid: mode 'local-then-offload' needs an int >= 1")
         self.model = model
         self.mode = mode
         self.split = {"edge-only": n, "cloud-only": 0}.get(mode, split)
-        self.offload_step = offload_step if mode == "offload" else None
+        self.offload_step = offload_step if mode == "local-then-offload" else None
         self.codec_cfg = codec_cfg or CodecConfig(method="raw")
         self.front = model.new_cache(0, self.split) if self.split > 0 else None
         # offload: the back half runs locally until the handoff
-        local = mode == "edge-only" or (mode == "offload" and offload_step > 1)
+        local = mode == "edge-only" or (mode == "local-then-offload" and offload_step > 1)
         self.back = model.new_cache(self.split, n) if (local and self.split < n) else None
         self.history: list[torch.Tensor] = []  # offload: x_ell of every token so far
         self.steps = 0
-        self.offloaded = mode == "per-token"
+        self.offloaded = mode == "split"
 
     def _encode(self, h: torch.Tensor) -> bytes:
         return codec.encode(h, self.codec_cfg)
@@ -108,7 +111,7 @@ class EdgeSession:
         n = self.model.num_units
         h = self.model.run(0, self.split, ids, self.front)  # (1, T, H) or logits when split == n
         if self.split < n:
-            if self.mode == "offload":
+            if self.mode == "local-then-offload":
                 self.history.append(h)
             h = self.model.run(self.split, n, h, self.back)  # (1, T, V)
         return EdgeStep(payload=None, token=int(h[0, -1].argmax()), logits=h[0, -1])
@@ -119,7 +122,7 @@ class EdgeSession:
             return EdgeStep(encode_ids(ids), tokens_in_payload=ids.shape[1])
         if self.mode == "edge-only":
             return self._local(ids)
-        if self.mode == "offload" and not self.offloaded:
+        if self.mode == "local-then-offload" and not self.offloaded:
             if self.steps < self.offload_step:
                 return self._local(ids)
             # step w: partial pass, then hand over the features of all tokens so far
@@ -220,7 +223,7 @@ def generate(
     model,
     prompt_ids: torch.Tensor,
     max_new_tokens: int,
-    mode: str = "per-token",
+    mode: Mode | str = Mode.SPLIT,
     split: int | None = None,
     offload_step: int | None = None,
     codec_cfg: CodecConfig | None = None,

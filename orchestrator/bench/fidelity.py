@@ -3,7 +3,9 @@ from __future__ import annotations
 
 HELP = "fidelity of split inference (next-token agreement, KL, perplexity ratio, greedy agreement, bits/element)"
 
-MODES = ("per-token", "offload", "edge-only", "cloud-only")
+from slicer.policies.schema import Mode
+
+MODES = tuple(m.value for m in Mode)
 
 
 def _ints(values) -> list[int]:
@@ -22,7 +24,7 @@ def add_arguments(p) -> None:
                    help="split unit ℓ (edge runs [0, ℓ)); repeat or comma-separate for a table")
     p.add_argument("--codec", action="append", metavar="SPEC",
                    help="codec spec: lossless, int8, slicer:sparsity=0.75,bits=8, ... (repeatable; default lossless)")
-    p.add_argument("--mode", action="append", choices=MODES, help="AR mode (repeatable; default per-token)")
+    p.add_argument("--mode", action="append", choices=MODES, help="AR mode (repeatable; default split)")
     p.add_argument("--offload-step", type=int, default=4, metavar="W", help="w of the offload mode (default 4)")
     p.add_argument("--front-bits", type=int, choices=(8, 4), help="edge weights int8/int4 (weight-only)")
     p.add_argument("--tokens", type=int, default=32, metavar="N", help="greedy tokens per prompt (default 32)")
@@ -81,7 +83,7 @@ def format_table(rows) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.split:>5} {r.mode:<10} {r.offload_step if r.mode == 'offload' else '':>2} {r.front_bits or '':>5} "
+            f"{r.split:>5} {r.mode:<10} {r.offload_step if r.mode == 'local-then-offload' else '':>2} {r.front_bits or '':>5} "
             f"{r.codec:<36} {r.next_token_agreement:>6.3f} {r.kl:>8.4f} {r.ppl_ratio:>7.3f} "
             f"{r.greedy_agreement:>6.3f} {r.bits_per_element:>7.2f}"
         )
@@ -128,11 +130,11 @@ def run(args) -> int:
             return 2
     seqs, data = _load_sequences(model, args)
     rows = []
-    for mode in args.mode or ["per-token"]:
+    for mode in args.mode or ["split"]:
         for s in splits:
             for spec in specs:
                 r = measure(model, seqs, split=s, codec_spec=spec, mode=mode,
-                            offload_step=args.offload_step if mode == "offload" else None,
+                            offload_step=args.offload_step if mode == "local-then-offload" else None,
                             prompt_len=args.prompt_len, greedy_tokens=args.tokens, front_bits=args.front_bits,
                             data=data)
                 rows.append(r)

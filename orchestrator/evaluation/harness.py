@@ -196,12 +196,12 @@ def plan_from_policy(args, model) -> tuple[dict, object]:
         # Cloud-only (token ids on the wire) and edge-only (no wire): the whole model's
         # outputs; only a quantized edge-only model would differ, which is run as a
         # split at n - 1 losslessly below.
-        settings = dict(split=n - 1, codec="lossless", mode="per-token", offload_step=None,
+        settings = dict(split=n - 1, codec="lossless", mode="split", offload_step=None,
                         front_bits=front_bits if p.split == n else None,
                         note=f"{'edge-only' if p.split == n else 'cloud-only'} plan: run as a lossless split at "
                              f"{n - 1} (the whole model's outputs); the payload figures do not apply to it")
     else:
-        settings = dict(split=p.split, codec=p.codec_spec, mode="per-token" if p.offload_step == 1 else "offload",
+        settings = dict(split=p.split, codec=p.codec_spec, mode="split" if p.offload_step == 1 else "local-then-offload",
                         offload_step=p.offload_step, front_bits=front_bits)
     return settings, p
 
@@ -227,7 +227,7 @@ def run_model_eval(args, task: Task, limits: SandboxLimits, ks: Sequence[int] = 
         settings, policy_plan = plan_from_policy(args, model)
     else:
         settings = dict(split=args.split if args.split is not None else model.num_units // 2, codec=args.codec,
-                        mode=args.mode, offload_step=args.offload_step if args.mode == "offload" else None,
+                        mode=args.mode, offload_step=args.offload_step if args.mode == "local-then-offload" else None,
                         front_bits=getattr(args, "front_bits", None))
     split, mode, w = settings["split"], settings["mode"], settings["offload_step"]
     cfg = CodecConfig.parse(settings["codec"])

@@ -162,8 +162,8 @@ class SplitScorer:
     """ℓ: the edge runs units [0, ℓ)."""
     codec_cfg: object = None
     """``codec.CodecConfig`` (None: lossless)."""
-    mode: str = "per-token"
-    """``per-token`` or ``offload`` (SLICER's local-then-offload)."""
+    mode: str = "split"
+    """``split`` or ``local-then-offload`` (SLICER's local-then-offload)."""
     offload_step: int | None = None
     """w of the offload mode."""
     eos_id: int | None = None
@@ -180,7 +180,7 @@ class SplitScorer:
         from slicer.codec import CodecConfig
 
         self.codec_cfg = self.codec_cfg or CodecConfig(method="raw")
-        if self.mode == "offload" and self.offload_step is None:
+        if self.mode == "local-then-offload" and self.offload_step is None:
             self.offload_step = 1
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
 
@@ -188,7 +188,7 @@ class SplitScorer:
         from slicer.actors.models.generate import EdgeSession, ServerSession
 
         edge = EdgeSession(self.edge_model or self.model, self.split, self.codec_cfg, mode=self.mode,
-                           offload_step=self.offload_step if self.mode == "offload" else None)
+                           offload_step=self.offload_step if self.mode == "local-then-offload" else None)
         return edge, ServerSession(self.model, edge.split)
 
     def _server(self, server, step) -> torch.Tensor:
@@ -264,13 +264,13 @@ class SplitScorer:
 
 def edge_copy(model, split: int, mode: str, front_bits: int | None):
     """The edge's model: None (same weights as the server) or a copy with weight-only
-    int8/int4 units; [0, ℓ) in per-token mode, every unit in offload mode (its local
+    int8/int4 units; [0, ℓ) in split mode, every unit in local-then-offload mode (its local
     steps run the whole model on the edge, as the policies' cost model assumes)."""
     if front_bits is None:
         return None
     from slicer.actors.models.quant import quantize_front
 
-    return quantize_front(model, model.num_units if mode == "offload" else split, front_bits)
+    return quantize_front(model, model.num_units if mode == "local-then-offload" else split, front_bits)
 
 
 # ---------------------------------------------------------------- tokenizers

@@ -45,10 +45,10 @@ class SweepGrid:
     bits: tuple[str, ...] = ()
     """q_bit values or fixed lists ``8/2`` (a list sets one block per width and turns ABQ
     off: ``blocks=2,delta=none``)."""
-    modes: tuple[str, ...] = ("per-token",)
-    """``per-token`` and/or ``offload``."""
+    modes: tuple[str, ...] = ("split",)
+    """``split`` and/or ``local-then-offload``."""
     offload_steps: tuple[int, ...] = (4,)
-    """w values of the ``offload`` mode."""
+    """w values of the ``local-then-offload`` mode."""
     front_bits: tuple[int | None, ...] = (None,)
     """Edge weight precision: None (the model's dtype), 8 or 4 (weight-only int8/int4)."""
 
@@ -66,7 +66,7 @@ class SweepGrid:
         """(split, codec spec, mode, offload step, front bits) for every point of the grid."""
         out = []
         for ell, spec, mode, fb in itertools.product(self.splits, self.codec_specs(), self.modes, self.front_bits):
-            if mode == "offload":
+            if mode == "local-then-offload":
                 out += [(ell, spec, mode, w, fb) for w in self.offload_steps]
             else:
                 out.append((ell, spec, mode, None, fb))
@@ -233,7 +233,7 @@ def run_sweep(model, grid: SweepGrid, settings: SweepSettings, *, text_ids: Sequ
     edges: dict = {}
     for i, (ell, spec, mode, w, fb) in enumerate(configs, 1):
         cfg = CodecConfig.parse(spec)
-        key = (fb, model.num_units if mode == "offload" else ell)
+        key = (fb, model.num_units if mode == "local-then-offload" else ell)
         if fb is not None and key not in edges:
             edges[key] = edge_copy(model, ell, mode, fb)
         precision = {None: dtype, 8: "int8", 4: "int4"}[fb]
@@ -286,11 +286,11 @@ def mark_front(rows: list[SweepRow], objectives: dict[str, str]) -> None:
 
 def accuracy_rows(rows: Sequence[SweepRow], num_units: int) -> list[dict]:
     """Measured next-token agreement as ``policies.AccuracyTable`` rows (one per split,
-    codec and front precision; per-token mode only, where every scored position crossed
+    codec and front precision; split mode only, where every scored position crossed
     the codec). ``num_units`` lets another model's sweep match by relative depth."""
     out, seen = [], set()
     for r in rows:
-        if r.metric != "next_token_agreement" or r.mode != "per-token" or r.fidelity_source != "measured":
+        if r.metric != "next_token_agreement" or r.mode != "split" or r.fidelity_source != "measured":
             continue
         key = (r.split, r.codec, r.front_precision)
         if key in seen:

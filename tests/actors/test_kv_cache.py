@@ -110,7 +110,7 @@ def test_server_mixed_lengths_and_splits_give_unsplit_tokens(lm):
     server = Server(lm, ServerConfig(max_batch=16, batch_window_ms=50.0))
 
     async def one(i, p, split):
-        mode = "cloud-only" if split == 0 else "per-token"
+        mode = "cloud-only" if split == 0 else "split"
         edge = EdgeSession(lm, split, LOSSLESS, mode=mode)
         sid = server.open_session(f"dev-{i}", "r", split, p.shape[1] + n_new)
         st, pos, out = edge.begin(p), 0, []

@@ -34,7 +34,7 @@ def test_sampled_sequences_are_seeded_and_start_with_bos(stories):
     assert not torch.equal(a, sample_sequences(stories, 2, 12, seed=4))
 
 
-@pytest.mark.parametrize("mode,w", [("per-token", None), ("offload", 3), ("cloud-only", None), ("edge-only", None)])
+@pytest.mark.parametrize("mode,w", [("split", None), ("local-then-offload", 3), ("cloud-only", None), ("edge-only", None)])
 def test_lossless_is_perfect(stories, seqs, mode, w):
     r = measure(stories, seqs, split=3, codec_spec="lossless", mode=mode, offload_step=w, prompt_len=8, greedy_tokens=6)
     assert r.next_token_agreement == 1.0 and r.greedy_agreement == 1.0 and r.greedy_prefix == 1.0
@@ -44,7 +44,7 @@ def test_lossless_is_perfect(stories, seqs, mode, w):
 
 def test_teacher_forced_logits_match_the_unsplit_forward(stories, seqs):
     seq = seqs[:1]
-    got, nbytes, nelem = teacher_forced_logits(stories, seq, 8, 2, "per-token", None, CodecConfig(method="raw"))
+    got, nbytes, nelem = teacher_forced_logits(stories, seq, 8, 2, "split", None, CodecConfig(method="raw"))
     ref = stories.run(0, stories.num_units, seq)[0, 7:39]
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
     # one prefill payload (8 tokens), then one payload per token; raw = 4 bytes/element + a header

@@ -102,7 +102,7 @@ def test_quantized_edge_runs_every_mode(stories260k_path):
     m = load_model(stories260k_path)
     prompt = torch.tensor([[1, 403, 407]])
     q = quantize_front(m, m.num_units, 8)
-    for mode, ell, w in (("per-token", 3, None), ("offload", 3, 4), ("edge-only", m.num_units, None)):
+    for mode, ell, w in (("split", 3, None), ("local-then-offload", 3, 4), ("edge-only", m.num_units, None)):
         r = generate(m, prompt, 6, mode, ell, w, CodecConfig(method="raw"), edge_model=q)
         assert len(r.tokens) == 6 and all(0 <= t < 512 for t in r.tokens)
 

@@ -47,17 +47,17 @@ def _check_all_modes(m, prompt, n_new):
     n = m.num_units
     runs = [("edge-only", n, None), ("cloud-only", 0, None)]
     for ell in range(1, n):
-        runs.append(("per-token", ell, None))
+        runs.append(("split", ell, None))
         for w in (1, 2, n_new // 2 + 1):
-            runs.append(("offload", ell, w))
+            runs.append(("local-then-offload", ell, w))
     for mode, ell, w in runs:
         r = generate(m, prompt, n_new, mode, ell, w, LOSSLESS, return_logits=True)
         assert r.tokens == ref, (mode, ell, w)
         for a, b in zip(r.logits, ref_logits):
             torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
-        if mode == "per-token":
+        if mode == "split":
             assert r.server_steps == n_new and len(r.payload_bytes) == n_new
-        if mode == "offload":
+        if mode == "local-then-offload":
             assert r.server_steps == n_new - (w - 1)
         if mode == "edge-only":
             assert r.server_steps == 0 and r.payload_bytes == []
@@ -90,7 +90,7 @@ def test_per_token_split_is_bitwise_equal_to_unsplit(stories):
     prompt = torch.tensor([[1, 403, 407]])
     _, ref_logits = reference_generate(stories, prompt, 6)
     for ell in (1, 3, stories.num_units - 1):
-        r = generate(stories, prompt, 6, "per-token", ell, None, LOSSLESS, return_logits=True)
+        r = generate(stories, prompt, 6, "split", ell, None, LOSSLESS, return_logits=True)
         for a, b in zip(r.logits, ref_logits):
             assert torch.equal(a, b)
 
@@ -167,5 +167,5 @@ def test_bfloat16_split_is_exact(stories260k_path):
     m = load_model(stories260k_path, dtype=torch.bfloat16)
     prompt = torch.tensor([[1, 403, 407, 261]])
     ref, _ = reference_generate(m, prompt, 8)
-    for mode, ell, w in (("per-token", 3, None), ("offload", 2, 4), ("cloud-only", 0, None)):
+    for mode, ell, w in (("split", 3, None), ("local-then-offload", 2, 4), ("cloud-only", 0, None)):
         assert generate(m, prompt, 8, mode, ell, w, LOSSLESS).tokens == ref

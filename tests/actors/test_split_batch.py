@@ -62,7 +62,7 @@ def test_server_step_batch_gives_each_session_its_greedy_tokens(lm, split):
     prompts = random_prompts(lm.config.vocab_size, (2, 7, 4), seed=split)
     n_new = 6
     refs = [reference_generate(lm, p, n_new)[0] for p in prompts]
-    mode = "cloud-only" if split == 0 else "per-token"
+    mode = "cloud-only" if split == 0 else "split"
     edges = [EdgeSession(lm, split, LOSSLESS, mode=mode) for _ in prompts]
     servers = [ServerSession(lm, split) for _ in prompts]
     assert generate_batched(edges, servers, prompts, n_new) == refs

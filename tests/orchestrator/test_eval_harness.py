@@ -44,7 +44,7 @@ def test_split_lossless_matches_unsplit(tiny):
     ref = HFScorer(model.hf, eos_id=tok.eos_id)
     ctx, cont = _ids(tok, "def add(a, b):"), tok.encode("\n    return a + b")
     r = ref.score(ctx, cont)
-    for kw in (dict(mode="per-token"), dict(mode="offload", offload_step=4)):
+    for kw in (dict(mode="split"), dict(mode="local-then-offload", offload_step=4)):
         sp = SplitScorer(model, 2, None, eos_id=tok.eos_id, **kw)
         s = sp.score(ctx, cont)
         assert s.greedy == r.greedy
@@ -166,7 +166,7 @@ def test_cli_runs_the_model_split_and_unsplit(tiny_dir, tmp_path):
 
     out = tmp_path / "ppl.json"
     assert main(["eval", "--model", str(tiny_dir), "--task", str(TASKS / "stories_mini.txt"), "--split", "1",
-                 "--codec", "slicer:sparsity=0.5,bits=4,delta=none", "--mode", "offload", "--offload-step", "3",
+                 "--codec", "slicer:sparsity=0.5,bits=4,delta=none", "--mode", "local-then-offload", "--offload-step", "3",
                  "--json", str(out)]) == 0
     rep = json.loads(out.read_text())
     unsplit, split = rep["runs"]
@@ -227,7 +227,7 @@ def test_sampling_is_seeded_and_shared_by_split_and_unsplit(tiny):
     b = [sp.generate(ctx, 8, temperature=1.0, seed=s) for s in range(3)]
     assert a == b  # lossless split, same seeds: the same samples
     assert len({tuple(x) for x in a}) > 1  # and the seeds give different samples
-    off = SplitScorer(model, 2, None, mode="offload", offload_step=4)
+    off = SplitScorer(model, 2, None, mode="local-then-offload", offload_step=4)
     assert [off.generate(ctx, 8, temperature=1.0, seed=s) for s in range(3)] == a  # local steps sample too
 
 

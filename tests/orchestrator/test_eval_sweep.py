@@ -28,10 +28,10 @@ def _read(path: Path) -> list[dict]:
 
 def test_grid_expands_bits_lists_and_modes():
     g = SweepGrid(splits=(1, 2), codecs=("lossless",), sparsities=(0.5,), bits=("8", "8/2"),
-                  modes=("per-token", "offload"), offload_steps=(2, 4))
+                  modes=("split", "local-then-offload"), offload_steps=(2, 4))
     assert g.codec_specs() == ["lossless", "slicer:sparsity=0.5,bits=8", "slicer:sparsity=0.5,bits=8/2,blocks=2,delta=none"]
     assert len(g.configs()) == 2 * 3 * (1 + 2)
-    assert (2, "lossless", "offload", 4, None) in g.configs()
+    assert (2, "lossless", "local-then-offload", 4, None) in g.configs()
     g4 = SweepGrid(splits=(1,), codecs=("lossless",), front_bits=(None, 8, 4))
     assert [c[4] for c in g4.configs()] == [None, 8, 4]
     assert windows_from_ids(list(range(10)), 3, 2, 5) == [([0, 1, 2], [3, 4]), ([5, 6, 7], [8, 9])]
@@ -42,7 +42,7 @@ def test_grid_expands_bits_lists_and_modes():
 def test_sweep_writes_csv_front_and_plot(tiny_dir, tmp_path):
     out = tmp_path / "sweep"
     rc = main(["sweep", "--model", str(tiny_dir), "--text", str(TASKS / "stories_mini.txt"), "--splits", "1,3",
-               "--codecs", "lossless,int8", "--sparsities", "0.9", "--bits", "4", "--modes", "per-token,offload",
+               "--codecs", "lossless,int8", "--sparsities", "0.9", "--bits", "4", "--modes", "split,local-then-offload",
                "--offload-steps", "3", "--devices", "raspberry-pi-5,jetson-orin-agx", "--prompt-tokens", "8",
                "--score-tokens", "12", "--windows", "2", "--out", str(out)])
     assert rc == 0
@@ -56,7 +56,7 @@ def test_sweep_writes_csv_front_and_plot(tiny_dir, tmp_path):
             assert abs(float(r["kl_nats"])) < 1e-4 and float(r["perplexity"]) == pytest.approx(float(r["unsplit_perplexity"]), rel=1e-4)
         else:
             assert float(r["kl_nats"]) > 0
-    bits = {r["codec"]: float(r["bits_per_element"]) for r in rows if r["split"] == "1" and r["mode"] == "per-token"}
+    bits = {r["codec"]: float(r["bits_per_element"]) for r in rows if r["split"] == "1" and r["mode"] == "split"}
     # (At hidden size 32 with one payload per token, SLICER's metadata outweighs its
     # savings over int8: 13.3 against 11.4 bits per element in the run that wrote this.)
     assert bits["slicer:sparsity=0.9,bits=4"] < bits["lossless"] and bits["int8"] < bits["lossless"]
@@ -76,7 +76,7 @@ def test_sweep_writes_csv_front_and_plot(tiny_dir, tmp_path):
 def test_sweep_on_task_accuracy(tiny_dir, tmp_path):
     out = tmp_path / "task"
     rc = main(["sweep", "--model", str(tiny_dir), "--task", str(TASKS / "piqa_mini.jsonl"), "--splits", "2",
-               "--codecs", "lossless", "--sparsities", "", "--bits", "", "--modes", "per-token,offload",
+               "--codecs", "lossless", "--sparsities", "", "--bits", "", "--modes", "split,local-then-offload",
                "--offload-steps", "64", "--devices", "laptop-cpu", "--out", str(out)])
     assert rc == 0
     per_token, offload = _read(out / "sweep.csv")
@@ -90,7 +90,7 @@ def test_sweep_on_task_accuracy(tiny_dir, tmp_path):
 def test_sweep_without_tokenizer_samples_text(stories260k_path, tmp_path):
     out = tmp_path / "s"
     rc = main(["sweep", "--model", str(stories260k_path), "--splits", "3", "--codecs", "lossless,fp16",
-               "--sparsities", "", "--bits", "", "--modes", "per-token", "--devices", "jetson-orin-nano",
+               "--sparsities", "", "--bits", "", "--modes", "split", "--devices", "jetson-orin-nano",
                "--prompt-tokens", "8", "--score-tokens", "8", "--windows", "1", "--out", str(out)])
     assert rc == 0
     rows = {r["codec"]: r for r in _read(out / "sweep.csv")}
@@ -108,7 +108,7 @@ def test_sweep_refuses_bad_codec_before_running(tiny_dir, tmp_path, capsys):
 def test_sweep_quantized_front_is_measured_and_predicted(tiny_dir, tmp_path):
     out = tmp_path / "front"
     rc = main(["sweep", "--model", str(tiny_dir), "--text", str(TASKS / "stories_mini.txt"), "--splits", "3",
-               "--codecs", "lossless", "--sparsities", "", "--bits", "", "--modes", "per-token", "--front-bits", "none,4",
+               "--codecs", "lossless", "--sparsities", "", "--bits", "", "--modes", "split", "--front-bits", "none,4",
                "--devices", "raspberry-pi-5", "--prompt-tokens", "8", "--score-tokens", "12", "--windows", "1",
                "--out", str(out)])
     assert rc == 0
@@ -125,7 +125,7 @@ def test_measured_agreement_feeds_a_predict_only_sweep_of_a_big_model(tiny_dir, 
 
     measured = tmp_path / "measured"
     assert main(["sweep", "--model", str(tiny_dir), "--text", str(TASKS / "stories_mini.txt"), "--splits", "1,3",
-                 "--codecs", "lossless,int8", "--sparsities", "", "--bits", "", "--modes", "per-token",
+                 "--codecs", "lossless,int8", "--sparsities", "", "--bits", "", "--modes", "split",
                  "--devices", "jetson-orin-agx", "--prompt-tokens", "8", "--score-tokens", "12", "--windows", "1",
                  "--out", str(measured)]) == 0
     acc_file = measured / "accuracy.jsonl"
@@ -138,7 +138,7 @@ def test_measured_agreement_feeds_a_predict_only_sweep_of_a_big_model(tiny_dir, 
     planned = tmp_path / "planned"
     assert main(["sweep", "--predict-only", "--model", "llama-3-70b", "--accuracy", str(acc_file),
                  "--splits", "16,60", "--codecs", "lossless,int8,fp16", "--sparsities", "", "--bits", "",
-                 "--modes", "per-token", "--front-bits", "none,4", "--devices", "jetson-orin-agx,phone-soc", "--link-mbps", "20,50",
+                 "--modes", "split", "--front-bits", "none,4", "--devices", "jetson-orin-agx,phone-soc", "--link-mbps", "20,50",
                  "--bandwidth-mhz", "20", "--out", str(planned)]) == 0
     rows = _read(planned / "sweep.csv")
     assert len(rows) == 2 * 3 * 2 * 2 * 2
