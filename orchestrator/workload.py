@@ -623,12 +623,22 @@ def _parse(raw: Any, base_dir: str | Path) -> Workload:
         server=_field(_server, "server", d.get("server"), default=ServerSpec()),
         base_dir=str(base_dir),
     )
+    if wl.codec is not None and wl.codec.method != "raw" and not _names_seed(d.get("codec")):
+        # the workload's seed is the codec's seed (rotation, tie-breaks) unless the spec names one
+        wl = dataclasses.replace(wl, codec=dataclasses.replace(wl.codec, seed=wl.seed))
     if not wl.inputs.prompts and wl.inputs.task_file is None and "inputs" not in _bad_fields():
         _soft(WorkloadError("workload field inputs is empty: give inputs.prompts (a list) or inputs.task_file"))
     if wl.inputs.task_file is not None and wl.resolve_path(wl.inputs.task_file) is None:
         _soft(_bad("inputs.task_file", wl.inputs.task_file, f"an existing file (looked in {str(wl.base_dir)[:200]}, "
                    "the cwd and the repo)"))
     return wl
+
+
+def _names_seed(raw: Any) -> bool:
+    """Does a codec spec (string ``method:k=v,...`` or mapping) name its own seed?"""
+    if isinstance(raw, dict):
+        return "seed" in raw
+    return isinstance(raw, str) and "seed" in {kv.split("=")[0].strip() for kv in raw.partition(":")[2].split(",")}
 
 
 def _bad_fields() -> str:
