@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from slicer.actors.protocol import RequestRecord
+
 #: Ray restarts of one edge actor over a run (a crash loop ends after these).
 EDGE_MAX_RESTARTS = 3
 #: Ray restarts of the server actor over a run.
@@ -134,11 +136,10 @@ class Resubmitter:
             return str(pe)
         return None
 
-    def annotate(self, rec: dict) -> dict:
-        """Add ``attempts`` and ``recovered_from`` to a request's record."""
-        rid = rec.get("request_id")
-        rec["attempts"] = 1 + self.attempts.get(rid, 0)
-        rec["recovered_from"] = list(self.causes.get(rid, []))
+    def annotate(self, rec: RequestRecord) -> RequestRecord:
+        """Set ``attempts`` and ``recovered_from`` of a request's record."""
+        rec.attempts = 1 + self.attempts.get(rec.request_id, 0)
+        rec.recovered_from = list(self.causes.get(rec.request_id, []))
         return rec
 
 

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, TextIO
 
+from slicer.actors.protocol import RequestRecord, from_json, to_json
+
 
 def new_run_dir(name: str, out: str | Path | None = None, root: str | Path | None = None) -> Path:
     """``out`` if given, else ``<root or cwd>/runs/<YYYYmmdd-HHMMSS>-<name>`` (a suffix
@@ -97,27 +99,27 @@ def _ms(x: float | None) -> float | None:
     return None if x is None else round(x * 1e3, 3)
 
 
-def build_summary(workload: dict, records: list[dict], server_stats: dict, decisions: list[dict],
+def build_summary(workload: dict, records: list[RequestRecord], server_stats: dict, decisions: list[dict],
                   devices: dict[str, dict], wall_s: float, cluster: dict | None = None) -> dict:
     """The run's ``summary.json``: per device (class, node, plan, requests, tokens, bytes
     sent, bits per element, latency p50/p95), the server (compute seconds per device,
     requests, batch sizes) and totals."""
     per: dict[str, Any] = {}
     for dev_id, info in devices.items():
-        recs = [r for r in records if r.get("device") == dev_id]
-        ok = [r for r in recs if r.get("ok")]
-        lat = [r["latency_s"] for r in ok]
-        bytes_sent = sum(r.get("bytes_sent", 0) for r in recs)
-        elements = sum(s.get("elements", 0) for r in recs for s in r.get("steps", []) if "elements" in s)
+        recs = [r for r in records if r.device == dev_id]
+        ok = [r for r in recs if r.ok]
+        lat = [r.latency_s for r in ok]
+        bytes_sent = sum(r.bytes_sent for r in recs)
+        elements = sum(s.elements for r in recs for s in r.steps if s.elements is not None)
         plans = []
         for r in recs:
-            p = {"split": r.get("split"), "offload_step": r.get("offload_step"), "codec": r.get("codec"),
-                 "mode": r.get("mode"), "front_precision": r.get("front_precision")}
-            if r.get("plan_feasible") is False:  # no setting met the budgets: say which constraint binds
-                p.update(feasible=False, binding=r.get("plan_binding"), reason=r.get("plan_reason"))
+            p = {"split": r.split, "offload_step": r.offload_step, "codec": r.codec,
+                 "mode": to_json(r.mode), "front_precision": r.front_precision}
+            if r.plan_feasible is False:  # no setting met the budgets: say which constraint binds
+                p.update(feasible=False, binding=r.plan_binding, reason=r.plan_reason)
             if not plans or plans[-1] != p:
                 plans.append(p)
-        tokens = sum(r.get("new_tokens", 0) for r in ok)
+        tokens = sum(r.new_tokens for r in ok)
         per[dev_id] = {
             "class": info.get("device_class"),
             "node": info.get("node"),
@@ -131,14 +133,14 @@ def build_summary(workload: dict, records: list[dict], server_stats: dict, decis
             "bits_per_element": round(bytes_sent * 8 / elements, 4) if elements else None,
             "latency_p50_ms": _ms(percentile(lat, 50)),
             "latency_p95_ms": _ms(percentile(lat, 95)),
-            "edge_compute_s": round(sum(r.get("edge_compute_s", 0.0) for r in recs), 6),
+            "edge_compute_s": round(sum(r.edge_compute_s for r in recs), 6),
             "server_compute_s": round(server_stats.get("compute_s_by_device", {}).get(dev_id, 0.0), 6),
             "emulated": bool(info.get("emulated")),
-            "errors": [r["error"] for r in recs if r.get("error")][:5],
+            "errors": [r.error for r in recs if r.error][:5],
         }
-    ok_all = [r for r in records if r.get("ok")]
-    lat_all = [r["latency_s"] for r in ok_all]
-    tokens_all = sum(r.get("new_tokens", 0) for r in ok_all)
+    ok_all = [r for r in records if r.ok]
+    lat_all = [r.latency_s for r in ok_all]
+    tokens_all = sum(r.new_tokens for r in ok_all)
     return {
         "name": workload.get("name"),
         "workload": workload,
@@ -177,23 +179,41 @@ def build_summary(workload: dict, records: list[dict], server_stats: dict, decis
             "requests": len(records), "completed": len(ok_all), "failed": len(records) - len(ok_all),
             "tokens": tokens_all, "tokens_per_s": round(tokens_all / wall_s, 3) if wall_s > 0 else None,
             "latency_p50_ms": _ms(percentile(lat_all, 50)), "latency_p95_ms": _ms(percentile(lat_all, 95)),
-            "bytes_sent": sum(r.get("bytes_sent", 0) for r in records),
-            "emulated": any(r.get("emulated") for r in records),
+            "bytes_sent": sum(r.bytes_sent for r in records),
+            "emulated": any(r.emulated for r in records),
             # Faults survived (orchestrator.faults, actors.recovery): requests resubmitted
             # after their edge actor died, server sessions rebuilt by replay.
-            "resubmitted": sum(1 for r in records if (r.get("attempts") or 1) > 1),
-            "server_sessions_rebuilt": sum(len(r.get("server_recoveries") or []) for r in records),
+            "resubmitted": sum(1 for r in records if r.attempts > 1),
+            "server_sessions_rebuilt": sum(len(r.server_recoveries) for r in records),
         },
     }
 
 
-def write_run(run_dir: Path, workload: dict, records: list[dict], decisions: list[dict],
+def write_run(run_dir: Path, workload: dict, records: list[RequestRecord], decisions: list[dict],
               load_rows: list[dict], summary: dict) -> None:
     write_json(run_dir / "workload.json", workload)
-    write_jsonl(run_dir / "requests.jsonl", sorted(records, key=lambda r: (r.get("device", ""), r.get("index") or 0)))
+    write_jsonl(run_dir / "requests.jsonl", (to_json(r) for r in sorted(records, key=lambda r: (r.device, r.index))))
     write_jsonl(run_dir / "policy.jsonl", decisions)
     write_jsonl(run_dir / "load.jsonl", load_rows)
     write_json(run_dir / "summary.json", summary)
+
+
+def load_records(run_dir: str | Path) -> list[RequestRecord]:
+    """The records of a run folder's ``requests.jsonl`` (or that file given directly), as
+    ``RequestRecord`` objects (``from_json``: fields a newer or older run wrote and this
+    version does not know are ignored)."""
+    p = Path(run_dir)
+    if p.is_dir():
+        p = p / "requests.jsonl"
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(from_json(RequestRecord, json.loads(line)))
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{p}:{n}: not a request record ({e})") from e
+    return out
 
 
 def format_table(summary: dict) -> str:
@@ -234,15 +254,15 @@ def format_table(summary: dict) -> str:
     return "\n".join(out)
 
 
-def progress_line(rec: dict, done: int, total: int, stream: TextIO = sys.stderr) -> None:
-    status = "ok" if rec.get("ok") else f"FAILED: {rec.get('error')}"
-    if rec.get("plan_feasible") is False:
-        status += f" (plan infeasible, binding {rec.get('plan_binding') or '?'})"
-    if (rec.get("attempts") or 1) > 1:
-        status += f" (after {rec['attempts'] - 1} resubmission(s))"
-    stream.write(f"[{done}/{total}] {rec.get('device')} {rec.get('request_id')} {rec.get('mode')} "
-                 f"l={rec.get('split')} {rec.get('new_tokens')} tok {rec.get('bytes_sent')} B "
-                 f"{rec.get('latency_s', 0) * 1e3:.0f} ms {status}\n")
+def progress_line(rec: RequestRecord, done: int, total: int, stream: TextIO = sys.stderr) -> None:
+    status = "ok" if rec.ok else f"FAILED: {rec.error}"
+    if rec.plan_feasible is False:
+        status += f" (plan infeasible, binding {rec.plan_binding or '?'})"
+    if rec.attempts > 1:
+        status += f" (after {rec.attempts - 1} resubmission(s))"
+    stream.write(f"[{done}/{total}] {rec.device} {rec.request_id} {to_json(rec.mode)} "
+                 f"l={rec.split} {rec.new_tokens} tok {rec.bytes_sent} B "
+                 f"{rec.latency_s * 1e3:.0f} ms {status}\n")
     stream.flush()
 
 

@@ -12,6 +12,10 @@ HELP = "load: 16 devices, hundreds of short requests, nothing lost; latency p50/
 import argparse
 import json
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from slicer.actors.protocol import RequestRecord
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,13 +38,13 @@ def percentile(xs: list[float], q: float) -> float | None:
     return s[k]
 
 
-def load_report(expected: list[str], records: list[dict], wall_s: float, server: dict) -> dict:
+def load_report(expected: list[str], records: list[RequestRecord], wall_s: float, server: dict) -> dict:
     """The bench's figures from a run's records: ``lost`` counts requests with no record
     at all (a dropped request), ``failed`` those whose record says why they failed."""
-    got = {r["request_id"] for r in records}
-    ok = [r for r in records if r.get("ok")]
-    lat_ms = [1000.0 * float(r["latency_s"]) for r in ok]
-    tokens = sum(int(r.get("new_tokens") or 0) for r in ok)
+    got = {r.request_id for r in records}
+    ok = [r for r in records if r.ok]
+    lat_ms = [1000.0 * r.latency_s for r in ok]
+    tokens = sum(r.new_tokens for r in ok)
     steps = sum((server.get("steps_by_device") or {}).values())
     return {
         "requests": len(expected), "completed": len(ok), "failed": len(records) - len(ok),
@@ -53,7 +57,7 @@ def load_report(expected: list[str], records: list[dict], wall_s: float, server:
         "server_steps_per_s": round(steps / wall_s, 2) if wall_s > 0 else None,
         "server_compute_s": server.get("compute_s_total"),
         "batch_size_mean": server.get("batch_size_mean"), "batch_size_max": server.get("batch_size_max"),
-        "errors": sorted({str(r.get("error"))[:200] for r in records if not r.get("ok")})[:10],
+        "errors": sorted({str(r.error)[:200] for r in records if not r.ok})[:10],
     }
 
 
@@ -95,11 +99,11 @@ def run(args: argparse.Namespace) -> int:
                                               name=f"{g.name or g.device_class}-{c}r",
                                               emulation=dataclasses.replace(g.emulation, link=False, slowdown=1.0)))
     wl = variant(wl, devices=tuple(groups), server=dataclasses.replace(wl.server, max_sessions=max(64, 2 * args.devices)))
-    expected = [r["request_id"] for rs in make_requests(wl, wl.model_ref()).values() for r in rs]
+    expected = [r.request_id for rs in make_requests(wl, wl.model_ref()).values() for r in rs]
     out = run_workload(wl, address=args.address, progress=None, write=False, trace=False)
     rep = {"devices": args.devices, **load_report(expected, out.records, out.summary["wall_s"], out.summary["server"]),
            "max_new_tokens": wl.max_new_tokens, "model": wl.model,
-           "policy": wl.policy.name, "modes": sorted({str(r.get("mode")) for r in out.records})}
+           "policy": wl.policy.name, "modes": sorted({str(r.mode) for r in out.records})}
     print(f"{rep['devices']} devices, {rep['requests']} requests x {wl.max_new_tokens} tokens, model {wl.model}, "
           f"policy {rep['policy']} (modes {', '.join(rep['modes'])})")
     print(f"completed {rep['completed']}, failed {rep['failed']}, lost {rep['lost']}; latency p50 {rep['p50_ms']} ms, "

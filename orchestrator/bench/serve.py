@@ -207,27 +207,27 @@ def _workload(model_dir: str, n_devices: int, split: int | None, tokens: int, wi
 
 
 def _run_row(out) -> dict:
-    recs = [r for r in out.records if r.get("ok")]
-    warm = [r for r in recs if (r.get("index") or 0) >= 1] or recs  # each device's second request: warm
+    recs = [r for r in out.records if r.ok]
+    warm = [r for r in recs if r.index >= 1] or recs  # each device's second request: warm
     s = out.summary
-    t0 = min((r["t_start"] for r in recs), default=0.0)
-    t1 = max((r["t_end"] for r in recs), default=0.0)
-    tokens = sum(r.get("new_tokens", 0) for r in recs)
+    t0 = min((r.t_start for r in recs), default=0.0)
+    t1 = max((r.t_end for r in recs), default=0.0)
+    tokens = sum(r.new_tokens for r in recs)
     window = max(t1 - t0, 1e-9)
-    per_dev = max((r.get("new_tokens", 0) for r in recs), default=0)
+    per_dev = max((r.new_tokens for r in recs), default=0)
     return {
         "completed": len(recs), "requests": len(out.records), "tokens": tokens, "window_s": round(window, 4),
         "tokens_s": tokens / window, "per_token_s": window / per_dev if per_dev else None,
-        "latency_per_token_s": (sum(r["latency_s"] / max(r["new_tokens"], 1) for r in warm) / len(warm)) if warm else None,
+        "latency_per_token_s": (sum(r.latency_s / max(r.new_tokens, 1) for r in warm) / len(warm)) if warm else None,
         "batch_mean": s["server"].get("batch_size_mean", 0.0), "server_compute_s": s["server"].get("compute_s_total", 0.0),
         # CPU seconds of the server's compute thread: wall time is inflated when the edge
         # processes compute on the same cores (a split near the end), CPU time is not
         "server_compute_cpu_s": s["server"].get("compute_cpu_s_total", 0.0),
         "server_rss_bytes": s["server"].get("rss_bytes"), "server_weight_bytes": s["server"].get("weight_bytes"),
-        "edge_rss_bytes": [r.get("edge_rss_bytes") for r in recs],
-        "edge_weight_bytes": [r.get("edge_weight_bytes") for r in recs],
-        "predicted_memory_bytes": [r.get("predicted_memory_bytes") for r in recs],
-        "errors": [r.get("error") for r in out.records if not r.get("ok")][:3],
+        "edge_rss_bytes": [r.edge_rss_bytes for r in recs],
+        "edge_weight_bytes": [r.edge_weight_bytes for r in recs],
+        "predicted_memory_bytes": [r.predicted_memory_bytes for r in recs],
+        "errors": [r.error for r in out.records if not r.ok][:3],
     }
 
 
