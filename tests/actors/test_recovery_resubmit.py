@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from slicer.actors.protocol import RequestRecord
 from slicer.orchestrator import faults
 
 
@@ -11,8 +12,8 @@ def test_non_actor_errors_are_final_with_their_cause():
     r = faults.Resubmitter({"d": "phone"})
     err = r.on_error("d", {"request_id": "d/r0"}, TimeoutError("server.step did not answer within 60 s"), None)
     assert err == "TimeoutError: server.step did not answer within 60 s"
-    rec = r.annotate({"request_id": "d/r0"})
-    assert rec["attempts"] == 1 and rec["recovered_from"] == [err]
+    rec = r.annotate(RequestRecord(request_id="d/r0", device="d", index=0))
+    assert rec.attempts == 1 and rec.recovered_from == [err]
 
 
 def test_actor_deaths_are_bounded(monkeypatch):
@@ -26,7 +27,7 @@ def test_actor_deaths_are_bounded(monkeypatch):
     assert r.on_error("d", {"request_id": "d/r0"}, died, object()) is None
     err = r.on_error("d", {"request_id": "d/r0"}, died, object())
     assert err.startswith("EdgeLostError: device d (class phone): its actor died 3 times") and "gave up after 2" in err
-    assert r.annotate({"request_id": "d/r0"})["attempts"] == 4
+    assert r.annotate(RequestRecord(request_id="d/r0", device="d", index=0)).attempts == 4
 
 
 def test_no_node_of_the_class_names_it(monkeypatch):

@@ -34,11 +34,11 @@ def _wl(model_dir):
 
 def _check_complete(wl, out, ref):
     """Nothing lost: one record per request; ok ones carry exactly the reference tokens."""
-    ids = sorted(r["request_id"] for r in out.records)
+    ids = sorted(r.request_id for r in out.records)
     assert ids == sorted(f"{d}/r{i}" for d, _ in wl.all_devices() for i in range(3))
     for r in out.records:
-        if r["ok"]:
-            assert r["tokens"] == ref(PROMPTS[r["index"] % len(PROMPTS)], NEW_TOKENS), r["request_id"]
+        if r.ok:
+            assert r.tokens == ref(PROMPTS[r.index % len(PROMPTS)], NEW_TOKENS), r.request_id
 
 
 def _run_with_fault(wl, fault, steps: int = 4, device: str | None = None):
@@ -70,11 +70,11 @@ def test_edge_actor_killed_mid_generation_is_restarted_and_its_request_replayed(
     victim = "raspberry-pi-5-1"
     out, _ = _run_with_fault(wl, lambda a: faults.kill_actor(a["edges"][victim], restart=True), device=victim)
     _check_complete(wl, out, tiny_reference)
-    assert all(r["ok"] for r in out.records), [r["error"] for r in out.records if not r["ok"]]
-    retried = [r for r in out.records if r["attempts"] > 1]
-    assert [r["device"] for r in retried] == [victim]  # the one in flight, resubmitted once
+    assert all(r.ok for r in out.records), [r.error for r in out.records if not r.ok]
+    retried = [r for r in out.records if r.attempts > 1]
+    assert [r.device for r in retried] == [victim]  # the one in flight, resubmitted once
     assert retried[0]["attempts"] == 2 and "Actor" in retried[0]["recovered_from"][0]
-    assert all(r["attempts"] == 1 for r in out.records if r["device"] != victim)
+    assert all(r.attempts == 1 for r in out.records if r.device != victim)
     assert out.summary["totals"]["resubmitted"] == 1
 
 
@@ -82,11 +82,11 @@ def test_server_killed_mid_generation_sessions_rebuilt_by_replay(local_cluster, 
     wl = _wl(tiny_model_dir)
     out, _ = _run_with_fault(wl, lambda a: faults.kill_actor(a["server"], restart=True), steps=12)
     _check_complete(wl, out, tiny_reference)
-    assert all(r["ok"] for r in out.records), [r["error"] for r in out.records if not r["ok"]]
-    rebuilt = [ev for r in out.records for ev in r.get("server_recoveries") or []]
+    assert all(r.ok for r in out.records), [r.error for r in out.records if not r.ok]
+    rebuilt = [ev for r in out.records for ev in r.server_recoveries]
     assert rebuilt, "the server kill hit no session"
     assert any(ev["replayed_steps"] > 0 for ev in rebuilt)  # mid-request: the sent log was replayed
-    assert all(r["attempts"] == 1 for r in out.records)  # the edges never failed
+    assert all(r.attempts == 1 for r in out.records)  # the edges never failed
     assert out.summary["totals"]["server_sessions_rebuilt"] == len(rebuilt)
 
 
@@ -104,14 +104,14 @@ def test_edge_node_removed_devices_move_to_another_node_of_their_class(local_clu
 
     out, _ = _run_with_fault(wl, fault, device="raspberry-pi-5-0")
     _check_complete(wl, out, tiny_reference)
-    assert all(r["ok"] for r in out.records), [r["error"] for r in out.records if not r["ok"]]
+    assert all(r.ok for r in out.records), [r.error for r in out.records if not r.ok]
     rpi_nodes = set(local_cluster.node_ids_by_class()["raspberry-pi-5"])
     assert box["old"] not in rpi_nodes and len(rpi_nodes) == 1 and (spare in rpi_nodes or box["old"] == spare)
     moved = [d for d, node in box["where"].items() if node == box["old"]]
-    last = {r["device"]: r for r in sorted(out.records, key=lambda r: r["index"])}
+    last = {r.device: r for r in sorted(out.records, key=lambda r: r.index)}
     for d in moved:  # every device of the lost node finished on the remaining node of its class
-        assert last[d]["node"] in rpi_nodes, (d, last[d]["node"])
-    assert any(r["attempts"] > 1 for r in out.records if r["device"] in moved)  # in-flight ones were resubmitted
+        assert last[d].node in rpi_nodes, (d, last[d].node)
+    assert any(r.attempts > 1 for r in out.records if r.device in moved)  # in-flight ones were resubmitted
 
 
 def test_last_node_of_a_class_removed_fails_its_requests_with_the_cause(local_cluster, tiny_model_dir, tiny_reference):
@@ -127,9 +127,9 @@ def test_last_node_of_a_class_removed_fails_its_requests_with_the_cause(local_cl
     finally:
         local_cluster.add_edge_node("jetson-orin-nano")  # later tests in this module get their class back
     _check_complete(wl, out, tiny_reference)
-    failed = [r for r in out.records if not r["ok"]]
-    assert failed and {r["device"] for r in failed} == {"jetson-orin-nano-0"}
+    failed = [r for r in out.records if not r.ok]
+    assert failed and {r.device for r in failed} == {"jetson-orin-nano-0"}
     for r in failed:
-        assert "EdgeLostError" in r["error"] and "jetson-orin-nano" in r["error"] and "no alive node" in r["error"]
+        assert "EdgeLostError" in r.error and "jetson-orin-nano" in r.error and "no alive node" in r.error
     # the other class went on unaffected
-    assert all(r["ok"] for r in out.records if r["device"] != "jetson-orin-nano-0")
+    assert all(r.ok for r in out.records if r.device != "jetson-orin-nano-0")

@@ -49,10 +49,10 @@ def traced_run(metrics_cluster, tiny_model_dir, tmp_path_factory):
 def test_every_request_is_one_trace_across_processes(traced_run):
     out, run = traced_run
     traces = {t.request_id: t for t in tv.request_traces(tv.load_spans(run))}
-    assert sorted(traces) == sorted(r["request_id"] for r in out.records)  # one trace per request
+    assert sorted(traces) == sorted(r.request_id for r in out.records)  # one trace per request
     for rec in out.records:
-        t = traces[rec["request_id"]]
-        assert rec["ok"], rec["error"]
+        t = traces[rec.request_id]
+        assert rec.ok, rec.error
         # edge, server and policy actors: three processes at least
         assert len({(s["service"], s["pid"]) for s in t.spans}) >= 3, {s["service"] for s in t.spans}
         by_id = {s["span_id"]: s for s in t.spans}
@@ -64,9 +64,9 @@ def test_every_request_is_one_trace_across_processes(traced_run):
         assert all(s["service"] != t.root["service"] for s in server)  # recorded by the server itself
         assert t.hop_coverage() >= 0.95, tv.format_waterfall(t)
         sent = sum(s["attributes"]["slicer.bytes"] for s in t.spans if s["name"] == "transfer")
-        assert sent == rec["bytes_sent"] > 0
+        assert sent == rec.bytes_sent > 0
         assert t.root["attributes"]["slicer.split"] == 2
-        assert t.root["attributes"]["slicer.bits_per_element"] == pytest.approx(rec["bits_per_element"])
+        assert t.root["attributes"]["slicer.bits_per_element"] == pytest.approx(rec.bits_per_element)
 
 
 def test_traces_cli_and_perfetto(traced_run, tmp_path, capsys):
@@ -117,8 +117,8 @@ def test_server_metrics_on_the_prometheus_endpoint(traced_run):
         runs = [r for r in v if r.startswith("traced-")]
         want = {}
         for rec in out.records:
-            if rec["mode"] != "edge-only":
-                want[rec["device_class"]] = want.get(rec["device_class"], 0) + rec["new_tokens"]
+            if rec.mode != "edge-only":
+                want[rec.device_class] = want.get(rec.device_class, 0) + rec.new_tokens
         if runs and v[runs[-1]]["tokens"] == want:
             break
         time.sleep(0.5)
@@ -140,7 +140,7 @@ def test_load_timeline_table_and_plot_agree_with_the_run(traced_run, tmp_path, c
     server = out.summary["server"]
     for dev, s in tot["compute_s_by_device"].items():
         assert s == pytest.approx(server["compute_s_by_device"][dev], rel=0.02, abs=1e-3)
-    assert tot["tokens"] == sum(r["new_tokens"] for r in out.records if r["mode"] != "edge-only")
+    assert tot["tokens"] == sum(r.new_tokens for r in out.records if r.mode != "edge-only")
     png = tmp_path / "load.png"
     assert main(["load", str(run), "--plot", str(png)]) == 0
     assert "server compute" in capsys.readouterr().out

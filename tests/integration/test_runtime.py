@@ -35,12 +35,12 @@ def test_eight_devices_lossless_split_on_labelled_nodes(local_cluster, tiny_mode
         assert nodes[w["node_id"]]["role"] == "edge" and nodes[w["node_id"]]["device-class"] == cls
         assert w["labels"]["device-class"] == cls  # as the actor itself saw its node
     assert nodes[out.summary["cluster"]["server_node"]["node_id"]]["role"] == "server"
-    ids = sorted(r["request_id"] for r in out.records)
+    ids = sorted(r.request_id for r in out.records)
     assert ids == sorted(f"{d}/r{i}" for d, _ in wl.all_devices() for i in range(2))  # nothing lost
     for r in out.records:
-        assert r["ok"], r["error"]
-        assert r["mode"] == "split" and r["split"] == 3
-        assert r["tokens"] == tiny_reference(PROMPTS[r["index"] % len(PROMPTS)], 6)
+        assert r.ok, r.error
+        assert r.mode == "split" and r.split == 3
+        assert r.tokens == tiny_reference(PROMPTS[r.index % len(PROMPTS)], 6)
     s = out.summary
     assert s["totals"]["completed"] == 16 and s["server"]["requests"] == 16
     assert s["server"]["batch_size_max"] >= 2  # steps of several devices were batched
@@ -58,18 +58,18 @@ def test_link_change_replans_and_shows_in_records(local_cluster, tiny_model_dir)
         "budgets": {"latency_ms": 2, "memory_mib": 0.13},
         "link_schedule": [{"at_request": 1, "rate_mbps": 0.5}]}], requests=2, max_new_tokens=4)
     out = run_workload(wl, progress=None, write=False)
-    recs = sorted(out.records, key=lambda r: r["index"])
-    assert all(r["ok"] for r in recs), [r["error"] for r in recs]
+    recs = sorted(out.records, key=lambda r: r.index)
+    assert all(r.ok for r in recs), [r.error for r in recs]
     link_dec = [d for d in out.decisions if d["trigger"] == "link"]
     assert len(link_dec) == 1 and link_dec[0]["changed"], out.decisions
     before, after = link_dec[0]["previous"], link_dec[0]
     shallower = after["split"] < before["split"]
     sparser = (after["sparsity"] or 0) > (before["sparsity"] or 0)
     assert shallower or sparser, (before, after)
-    assert recs[0]["link"]["rate_mbps"] == 20 and recs[1]["link"]["rate_mbps"] == 0.5 and recs[1]["link_changed"]
-    assert (recs[1]["split"], recs[1]["codec"]) == (after["split"], after["codec"])
-    assert (recs[0]["split"], recs[0]["codec"]) != (recs[1]["split"], recs[1]["codec"])
-    assert recs[1]["bytes_sent"] < recs[0]["bytes_sent"]
+    assert recs[0].link.rate_mbps == 20 and recs[1].link.rate_mbps == 0.5 and recs[1].link_changed
+    assert (recs[1].split, recs[1].codec) == (after["split"], after["codec"])
+    assert (recs[0].split, recs[0].codec) != (recs[1].split, recs[1].codec)
+    assert recs[1].bytes_sent < recs[0].bytes_sent
 
 
 def test_run_with_address_uses_the_existing_cluster(local_cluster, tiny_model_dir, tiny_reference, tmp_path):

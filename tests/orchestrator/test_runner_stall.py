@@ -12,6 +12,7 @@ import ray
 from ray.exceptions import GetTimeoutError
 
 from slicer.actors import ray_actors as RA
+from slicer.actors.protocol import RequestRecord
 from slicer.orchestrator import runner
 from slicer.orchestrator.workload import parse_workload
 
@@ -40,9 +41,9 @@ class FakeEdge:
         dev = cfg["device_id"]
         self.where = Method(lambda: {"node_id": f"node-{dev}", "labels": {}})
         self.drain_traces = Method(lambda _: [])
-        self.generate = Method(lambda req, _: PENDING if req["index"] in hang_at else {
-            "request_id": req["request_id"], "device": dev, "index": req["index"], "ok": True,
-            "latency_s": 0.001, "new_tokens": 1, "tokens": [7], "bytes_sent": 10})
+        self.generate = Method(lambda req, _: PENDING if req["index"] in hang_at else RequestRecord(
+            request_id=req["request_id"], device=dev, index=req["index"], ok=True,
+            latency_s=0.001, new_tokens=1, tokens=[7], bytes_sent=10))
 
 
 class FakeServer:
@@ -103,14 +104,14 @@ def _drive(tmp_path, write=True):
 
 def test_stall_keeps_every_finished_record_and_names_the_stall(fake_ray, tmp_path):
     out, log = _drive(tmp_path)
-    done = sorted(r["request_id"] for r in out.records if r["ok"])
+    done = sorted(r.request_id for r in out.records if r.ok)
     # Device 0 finishes all 3 requests; device 1 finishes r0, then r1 hangs and r2 never starts.
     assert done == ["raspberry-pi-5-0/r0", "raspberry-pi-5-0/r1", "raspberry-pi-5-0/r2", "raspberry-pi-5-1/r0"]
-    failed = [r for r in out.records if not r["ok"]]
-    assert [r["request_id"] for r in failed] == ["raspberry-pi-5-1/r1"]
+    failed = [r for r in out.records if not r.ok]
+    assert [r.request_id for r in failed] == ["raspberry-pi-5-1/r1"]
     assert out.error is not None and out.error.startswith("StallError: no request finished")
     assert "['raspberry-pi-5-1']" in out.error and "1 request(s) never started" in out.error
-    assert failed[0]["error"] == out.error and out.summary["error"] == out.error
+    assert failed[0].error == out.error and out.summary["error"] == out.error
     assert out.summary["totals"]["completed"] == 4 and out.summary["totals"]["failed"] == 1
     assert out.decisions == [{"trigger": "register"}]  # the policy still answered
     assert "FAILED: StallError" in log
