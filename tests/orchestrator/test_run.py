@@ -28,8 +28,8 @@ def _wl(model_dir, **kw):
 def test_requests_are_the_same_across_variants(model_dir):
     wl = _wl(model_dir)
     reqs = make_requests(wl, vocab_size=97)
-    assert [r["prompt_ids"] for r in reqs["raspberry-pi-5-1"]] == [PROMPTS[0], PROMPTS[1]]
-    assert reqs["jetson-orin-nano-0"][1]["request_id"] == "jetson-orin-nano-0/r1"
+    assert [list(r.prompt_ids) for r in reqs["raspberry-pi-5-1"]] == [PROMPTS[0], PROMPTS[1]]
+    assert reqs["jetson-orin-nano-0"][1].request_id == "jetson-orin-nano-0/r1"
     with pytest.raises(WorkloadError, match="token id 500"):
         make_requests(_wl(model_dir, inputs={"prompts": [[1, 500]]}), vocab_size=97)
     with pytest.raises(WorkloadError, match="has no tokenizer"):
