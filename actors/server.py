@@ -40,10 +40,9 @@ from typing import Any
 import torch
 
 from slicer.actors import telemetry as tel
-from slicer.actors.models.generate import ServerSession
+from slicer.actors.models.generate import PayloadError, ServerSession
 from slicer.actors.models.weights import process_rss_bytes
-from slicer.actors.protocol import AdmissionError, decode_tokens, now_s
-from slicer.codec import CodecError, decode, wire
+from slicer.actors.protocol import AdmissionError, now_s
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,9 @@ class Session:
     split: int
     max_tokens: int
     reserved_kv_bytes: int
-    cache: Any
+    half: ServerSession
+    """The server half of the request (``slicer.actors.models.generate``): its KV cache,
+    payload checks and compute, the code ``generate``, eval and fidelity run too."""
     steps: int = 0
     tokens: int = 0
     compute_s: float = 0.0
@@ -136,6 +137,10 @@ class Session:
     """The token's secret part (the token is ``f"{session_id}.{secret}"``)."""
     active_t: float = 0.0
     """Server clock at the last open, step start or step end (idle time counts from it)."""
+
+    @property
+    def cache(self) -> Any:
+        return self.half.cache
 
 
 @dataclass
@@ -295,9 +300,9 @@ class Server:
             # [split, n) this server does not hold yet (slicer.actors.models.weights).
             if getattr(self.model, "_loader", None) is not None:
                 self.model.ensure_units(split, self.num_units)
-            half = ServerSession(self.model, split, capacity=max_tokens)
+            half = ServerSession(self.model, split, capacity=max_tokens, max_payload_bytes=self.cfg.max_payload_bytes)
             secret = secrets.token_urlsafe(24)  # 192 bits
-            self._sessions[sid] = Session(sid, device_id, request_id, split, max_tokens, kv, half.cache,
+            self._sessions[sid] = Session(sid, device_id, request_id, split, max_tokens, kv, half,
                                           secret=secret, active_t=now)
             self.reserved_kv_bytes += kv
             self.requests_by_device[device_id] += 1
@@ -421,43 +426,15 @@ class Server:
 
     # ------------------------------------------------------------------ one step
     def _prepare(self, st: _Step) -> None:
-        """Check and decode one step's payload; on any defect set ``st.error``."""
+        """Check and decode one step's payload (``ServerSession.decode_payload``: declared
+        shape before any allocation, ids in the vocabulary, finite features, room left
+        in the session); on any defect set ``st.error``, failing this step only."""
         s = st.session
         st.decode_t0 = now_s()
         t0 = time.perf_counter()
         try:
-            if not isinstance(st.payload, (bytes, bytearray, memoryview)):
-                raise AdmissionError(f"payload is {type(st.payload).__name__}, expected bytes")
-            if len(st.payload) > self.cfg.max_payload_bytes:
-                raise AdmissionError(f"payload of {len(st.payload)} bytes exceeds max_payload_bytes={self.cfg.max_payload_bytes}")
-            if st.position != s.cache.length:
-                raise AdmissionError(f"step at position {st.position} but the session holds {s.cache.length} tokens")
-            if s.split == 0:
-                x = decode_tokens(bytes(st.payload), self.vocab_size)  # (1, T) ids
-            else:
-                # Check the declared shape before decoding: an entropy-coded payload of a
-                # few dozen bytes can declare 2**28 elements (ecsq: a 16.7M-element zero
-                # tensor in 31 bytes), which must never reach an allocation here.
-                hdr = wire.unpack(bytes(st.payload))
-                h = self.profile.hidden_size or (hdr.shape[-1] if hdr.shape else 0)
-                room = s.max_tokens - s.cache.length
-                shape = hdr.shape[1:] if len(hdr.shape) == 3 and hdr.shape[0] == 1 else hdr.shape
-                if len(shape) != 2 or shape[1] != h or not 1 <= shape[0] <= room:
-                    raise AdmissionError(f"payload declares shape {hdr.shape}: expected (1, T, {h}) "
-                                         f"with 1 <= T <= {room}, the tokens left of the {s.max_tokens} it was admitted for")
-                x = decode(bytes(st.payload), device=self.model.device, shape=hdr.shape)  # checked shape; Triton decoder on CUDA
-                h = self.profile.hidden_size or x.shape[-1]
-                if x.dim() == 2:
-                    x = x[None]  # (T, H) -> (1, T, H)
-                if x.dim() != 3 or x.shape[0] != 1 or x.shape[2] != h or x.shape[1] < 1:
-                    raise AdmissionError(f"feature of shape {tuple(x.shape)}: expected (1, T, {h})")
-                if not bool(torch.isfinite(x).all()):
-                    raise AdmissionError("feature holds NaN or Inf")
-            if s.cache.length + x.shape[1] > s.max_tokens:
-                raise AdmissionError(f"step brings the session to {s.cache.length + x.shape[1]} tokens, "
-                                     f"more than the {s.max_tokens} it was admitted for")
-            st.x = x
-        except (CodecError, AdmissionError) as e:
+            st.x = s.half.decode_payload(st.payload, st.position)
+        except PayloadError as e:
             st.error = f"device {s.device_id}: bad payload at step {s.steps} (session {s.session_id}): {e}"
             with self._lock:
                 self.bad_payloads_by_device[s.device_id] += 1
@@ -477,19 +454,13 @@ class Server:
                 groups[st.session.split].append(st)
             out: dict[int, tuple[int, float, float, float]] = {}  # id(step) -> (token, compute_s, start_t, group_s)
             cpu_share: dict[int, float] = {}  # id(step) -> its share of the group's CPU seconds
-            for split, grp in groups.items():
+            for grp in groups.values():
                 t0 = time.perf_counter()
                 c0 = time.thread_time()
                 start_t = now_s()
                 try:
-                    if len(grp) == 1:
-                        st = grp[0]
-                        logits = [self.model.run(split, self.num_units, st.x, st.session.cache, position=st.position,
-                                                 last_only=True)]
-                    else:
-                        logits = self.model.run_batch(split, self.num_units, [st.x for st in grp],
-                                                      [st.session.cache for st in grp],
-                                                      [st.position for st in grp], last_only=True)
+                    logits = ServerSession.forward([st.session.half for st in grp], [st.x for st in grp],
+                                                   last_only=True)
                 except Exception as e:  # a defect in one group never takes the server down
                     for st in grp:
                         st.error = f"device {st.session.device_id}: server compute failed: {type(e).__name__}: {e}"

@@ -150,50 +150,123 @@ class EdgeSession:
         return sum(c.nbytes for c in (self.front, self.back) if c is not None)
 
 
+class PayloadError(ValueError):
+    """A payload a server half refuses (``ServerSession.decode_payload``): not bytes, too
+    large, at the wrong position, malformed, a shape other than ``(1, T, hidden)``, ids
+    outside the vocabulary, NaN/Inf, or more tokens than the session has room for. Only
+    the step that brought it fails."""
+
+
 class ServerSession:
     """The server half of one request: units ``[split, n)`` with this session's cache.
-    ``split == 0`` is cloud-only (payloads are token ids)."""
+    ``split == 0`` is cloud-only (payloads are token ids).
 
-    def __init__(self, model, split: int, capacity: int | None = None):
+    The one server code path: ``slicer.actors.server.Server`` (what ``slicer run``
+    serves), ``generate`` (``slicer eval``) and ``slicer.actors.models.fidelity``
+    (``slicer bench fidelity``) all check and decode a payload with ``decode_payload``
+    and compute with ``forward`` (one session: ``SplitModel.run``; several of one split:
+    ``SplitModel.run_batch``)."""
+
+    def __init__(self, model, split: int, capacity: int | None = None, *, max_payload_bytes: int | None = None):
         """``capacity``: the session's admitted context in tokens (its cache buffers are
-        sized for it once; None: grown by doubling)."""
+        sized for it once, and no payload may bring more; None: the model's position
+        table bounds it, buffers grown by doubling). ``max_payload_bytes``: largest
+        payload accepted (None: any)."""
         n = model.num_units
         if not 0 <= split <= n - 1:
             raise ValueError(f"split={split} is invalid for a server session: need 0 <= split <= {n - 1}")
         self.model = model
         self.split = split
         self.cache = model.new_cache(split, n, capacity)
+        self.max_payload_bytes = max_payload_bytes
+        a = getattr(model, "adapter", None)
+        self.hidden_size = int(getattr(a, "hidden_size", 0) or 0) or int(model.profile.hidden_size or 0)
+        self.vocab_size = int(getattr(model.config, "vocab_size", 0) or 0)
+        mp = getattr(a, "max_positions", None)
+        self._limit = capacity if capacity is not None else (mp if isinstance(mp, int) else None)
 
-    def decode_payload(self, payload: bytes) -> torch.Tensor:
+    @property
+    def room(self) -> int | None:
+        """Tokens this session may still add (its capacity, else the model's position
+        table, less what its cache holds); None: unbounded."""
+        return None if self._limit is None else self._limit - self.cache.length
+
+    def decode_payload(self, payload: bytes, position: int | None = None) -> torch.Tensor:
+        """Check and decode one step's payload: ids ``(1, T)`` (split 0) or hidden states
+        ``(1, T, H)`` on the model's device. Raises ``PayloadError`` for any defect, and
+        checks the declared shape before decoding, so a payload of a few bytes that
+        declares 2**28 elements never reaches an allocation. ``position``: where the
+        edge says the payload starts (must be the cache's length; None: not checked)."""
+        try:
+            return self._decode(payload, position)
+        except codec.CodecError as e:
+            raise PayloadError(str(e)) from e
+
+    def _decode(self, payload, position) -> torch.Tensor:
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise PayloadError(f"payload is {type(payload).__name__}, expected bytes")
+        payload = bytes(payload)
+        if self.max_payload_bytes is not None and len(payload) > self.max_payload_bytes:
+            raise PayloadError(f"payload of {len(payload)} bytes exceeds max_payload_bytes={self.max_payload_bytes}")
+        if position is not None and position != self.cache.length:
+            raise PayloadError(f"step at position {position} but the session holds {self.cache.length} tokens")
+        room = self.room
         if self.split == 0:
-            return decode_ids(payload)  # (1, T)
-        # (1, T, H); on a GPU, decoded there. At most the model's context of hidden states:
-        # the codec's default cap (2^24 elements) would refuse a long prefill of a wide model.
-        a = getattr(self.model, "adapter", None)
-        t_max, h = getattr(a, "max_positions", None), getattr(a, "hidden_size", None)
-        cap = min(int(t_max) * int(h), codec.wire.MAX_ELEMENTS) if isinstance(t_max, int) and isinstance(h, int) else None
-        return codec.decode(payload, device=self.model.device, max_elements=cap)
+            from slicer.actors.protocol import decode_tokens
 
-    def step_logits(self, payload: bytes) -> torch.Tensor:
-        """Run one step; return the logits of every position of the payload ``(1, T, V)``."""
-        x = self.decode_payload(payload)
-        return self.model.run(self.split, self.model.num_units, x, self.cache)
-
-    def step(self, payload: bytes) -> int:
-        """Run one step; return the greedy next token."""
-        return int(self.step_logits(payload)[0, -1].argmax())
+            x = decode_tokens(payload, self.vocab_size)  # (1, T) ids; CodecError for an id outside the vocabulary
+        else:
+            hdr = codec.wire.unpack(payload)
+            h = self.hidden_size or (hdr.shape[-1] if hdr.shape else 0)
+            shape = hdr.shape[1:] if len(hdr.shape) == 3 and hdr.shape[0] == 1 else hdr.shape
+            if len(shape) != 2 or shape[1] != h or shape[0] < 1 or (room is not None and shape[0] > room):
+                raise PayloadError(f"payload declares shape {hdr.shape}: expected (1, T, {h}) with 1 <= T <= {room}, "
+                                   f"the tokens left of the {self._limit} it was admitted for")
+            # the checked shape; on CUDA the Triton decoder writes straight onto the device
+            x = codec.decode(payload, device=self.model.device, shape=hdr.shape)
+            if x.dim() == 2:
+                x = x[None]  # (T, H) -> (1, T, H)
+            if x.dim() != 3 or x.shape[0] != 1 or x.shape[2] != h or x.shape[1] < 1:
+                raise PayloadError(f"feature of shape {tuple(x.shape)}: expected (1, T, {h})")
+            if not bool(torch.isfinite(x).all()):
+                raise PayloadError("feature holds NaN or Inf")
+        if room is not None and x.shape[1] > room:
+            raise PayloadError(f"step brings the session to {self.cache.length + x.shape[1]} tokens, "
+                               f"more than the {self._limit} it was admitted for")
+        return x
 
     @staticmethod
-    def step_batch(sessions: list[ServerSession], payloads: list[bytes]) -> list[int]:
-        """One batched step over many sessions (same model and split): the server's
-        batched decode. Same tokens as calling ``step`` on each."""
+    def forward(sessions: list[ServerSession], xs: list[torch.Tensor], *, last_only: bool = False) -> list[torch.Tensor]:
+        """Compute one step of several sessions of one model and split on decoded inputs
+        (``decode_payload``), extending their caches: one session runs ``SplitModel.run``,
+        several ``SplitModel.run_batch``. Returns each session's logits ``(1, T_i, V)``
+        (``last_only``: ``(1, 1, V)``, the head on the last position only)."""
         if not sessions:
             return []
         m, a = sessions[0].model, sessions[0].split
         if any(s.model is not m or s.split != a for s in sessions):
-            raise ValueError("step_batch needs sessions of one model and one split")
+            raise ValueError("a batched server step needs sessions of one model and one split")
+        if len(xs) != len(sessions):
+            raise ValueError(f"{len(sessions)} sessions but {len(xs)} inputs")
+        if len(sessions) == 1:
+            return [m.run(a, m.num_units, xs[0], sessions[0].cache, last_only=last_only)]
+        return m.run_batch(a, m.num_units, list(xs), [s.cache for s in sessions], last_only=last_only)
+
+    def step_logits(self, payload: bytes, *, last_only: bool = False) -> torch.Tensor:
+        """Run one step; return the logits ``(1, T, V)`` of every position of the payload
+        (``last_only``: ``(1, 1, V)``, as the server computes them)."""
+        return ServerSession.forward([self], [self.decode_payload(payload)], last_only=last_only)[0]
+
+    def step(self, payload: bytes) -> int:
+        """Run one step; return the greedy next token."""
+        return int(self.step_logits(payload, last_only=True)[0, -1].argmax())
+
+    @staticmethod
+    def step_batch(sessions: list[ServerSession], payloads: list[bytes]) -> list[int]:
+        """One batched step over many sessions (same model and split), as the server
+        computes it. Same tokens as calling ``step`` on each."""
         xs = [s.decode_payload(p) for s, p in zip(sessions, payloads)]
-        outs = m.run_batch(a, m.num_units, xs, [s.cache for s in sessions])
+        outs = ServerSession.forward(sessions, xs, last_only=True)
         return [int(o[0, -1].argmax()) for o in outs]
 
 

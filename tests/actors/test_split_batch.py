@@ -77,3 +77,59 @@ def test_run_batch_rejects_bad_input(lm):
         lm.run_batch(1, n, [torch.zeros(1, 1, 32)], [])
     with pytest.raises(ValueError, match="segment"):
         lm.run_batch(1, n, [torch.zeros(1, 1, 32)], [lm.new_cache(2, n)])
+
+
+def test_server_session_checks_hostile_payloads_before_compute():
+    """The checks the server relies on live in ``ServerSession.decode_payload`` (the one
+    server path): declared shape before decoding, room, vocabulary, finiteness, position."""
+    from slicer.actors.models.generate import PayloadError, encode_ids
+    from slicer.codec import encode
+
+    m = load_model(TINY_LM["llama"], seed=0)
+    h = m.config.hidden_size
+    two = len(encode(torch.ones(1, 2, h), LOSSLESS))
+    s = ServerSession(m, 2, capacity=8, max_payload_bytes=two)
+    bomb = encode(torch.zeros(1, 9, h), CodecConfig(method="ecsq"))  # 9 tokens > capacity 8
+    with pytest.raises(PayloadError, match=rf"declares shape \(1, 9, {h}\)"):
+        s.decode_payload(bomb, 0)
+    with pytest.raises(PayloadError, match="NaN or Inf"):
+        s.decode_payload(encode(torch.full((1, 2, h), float("nan")), LOSSLESS), 0)
+    with pytest.raises(PayloadError, match=f"max_payload_bytes={two}"):
+        s.decode_payload(encode(torch.zeros(1, 8, h), LOSSLESS), 0)
+    with pytest.raises(PayloadError, match="position 3"):
+        s.decode_payload(encode(torch.zeros(1, 2, h), LOSSLESS), 3)
+    with pytest.raises(PayloadError, match="magic"):
+        s.decode_payload(b"\0" * 40, 0)
+    assert s.decode_payload(encode(torch.ones(1, 2, h), LOSSLESS), 0).shape == (1, 2, h)
+    assert s.cache.length == 0  # checking computes nothing
+    ids = ServerSession(m, 0, capacity=8)
+    with pytest.raises(PayloadError, match="outside"):
+        ids.decode_payload(encode_ids(torch.tensor([[1, m.config.vocab_size]])), 0)
+    assert ids.decode_payload(encode_ids(torch.tensor([[1, 2]])), 0).tolist() == [[1, 2]]
+
+
+def test_server_computes_through_server_session(monkeypatch):
+    """``Server`` has no compute of its own: every step goes through
+    ``ServerSession.forward``, the code ``generate``/eval/fidelity use."""
+    from slicer.actors.server import Server
+    from slicer.codec import encode
+
+    m = load_model(TINY_LM["llama"], seed=0)
+    calls = []
+    real = ServerSession.forward
+
+    def spy(sessions, xs, *, last_only=False):
+        calls.append(len(sessions))
+        return real(sessions, xs, last_only=last_only)
+
+    monkeypatch.setattr(ServerSession, "forward", staticmethod(spy))
+    server = Server(m)
+    sid = server.open_session("d", "r", 2, 16)
+    edge = EdgeSession(m, 2, LOSSLESS)
+    st = edge.begin(torch.tensor([[5, 6, 7]]))
+    ref = ServerSession(m, 2)
+    want = ref.step(st.payload)
+    calls.clear()
+    res = server.step_now(sid, st.payload, 0)
+    tok = res.token if hasattr(res, "token") else res["token"]
+    assert calls == [1] and tok == want
