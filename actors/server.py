@@ -34,7 +34,7 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -42,7 +42,7 @@ import torch
 from slicer.actors import telemetry as tel
 from slicer.actors.models.generate import PayloadError, ServerSession
 from slicer.actors.models.weights import process_rss_bytes
-from slicer.actors.protocol import AdmissionError, now_s
+from slicer.actors.protocol import AdmissionError, StepResult, now_s
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,14 @@ class Session:
     @property
     def cache(self) -> Any:
         return self.half.cache
+
+
+@dataclass(frozen=True)
+class _StepError:
+    """A step that failed (bad payload, compute error): the message its caller's
+    ``AdmissionError`` carries. Internal; callers get a ``StepResult`` or the error."""
+
+    error: str
 
 
 @dataclass
@@ -440,9 +448,9 @@ class Server:
                 self.bad_payloads_by_device[s.device_id] += 1
         st.decode_s = time.perf_counter() - t0
 
-    def _compute(self, steps: list[_Step]) -> list[dict[str, Any]]:
-        """Decode and run a batch of steps; one result dict per step (``error`` set for
-        failed ones). Steps of the same split run in one ``run_batch``."""
+    def _compute(self, steps: list[_Step]) -> list[StepResult | _StepError]:
+        """Decode and run a batch of steps; one ``StepResult`` per step (a ``_StepError``
+        for a failed one). Steps of the same split run in one batched forward."""
         with self._compute_lock:
             self.meter.busy_start()
             t_batch0 = time.perf_counter()
@@ -492,8 +500,7 @@ class Server:
                 spans.append(("server.decode", st.decode_t0, dec_end, st.trace_ctx,
                               {**span_attrs, **({"slicer.error": st.error} if st.error else {})}))
                 if st.error is not None or id(st) not in out:
-                    results.append({"error": st.error or "not computed", "decode_s": st.decode_s,
-                                    "server_recv_t": st.recv_t})
+                    results.append(_StepError(st.error or "not computed"))
                     continue
                 tok, cs, start_t, group_s = out[id(st)]
                 done_t = now_s()
@@ -512,11 +519,9 @@ class Server:
                     self.compute_s_by_device[s.device_id] += cs
                     self.compute_cpu_s_by_device[s.device_id] += cpu_share.get(id(st), 0.0)
                     self.steps_by_device[s.device_id] += 1
-                results.append({
-                    "token": tok, "error": None, "server_recv_t": st.recv_t, "decode_s": st.decode_s,
-                    "server_compute_s": cs, "server_start_t": start_t, "batch_size": len(ok),
-                    "server_done_t": done_t, "position": st.position,
-                })
+                results.append(StepResult(
+                    token=tok, position=st.position, server_recv_t=st.recv_t, decode_s=st.decode_s,
+                    server_compute_s=cs, server_start_t=start_t, server_done_t=done_t, batch_size=len(ok)))
             for name, a, b, carrier, attrs in spans:
                 tel.record_span(name, a, b, carrier, **attrs)
             self.batch_sizes.append(len(ok))
@@ -556,22 +561,21 @@ class Server:
             st.session.busy = False
             st.session.active_t = self._clock()  # idle time counts from the end of its last step
 
-    def step_now(self, session_id: str, payload: bytes, position: int, trace_ctx: dict | None = None) -> dict[str, Any]:
+    def step_now(self, session_id: str, payload: bytes, position: int, trace_ctx: dict | None = None) -> StepResult:
         """One step computed at once (no queue, no batching): the in-process path.
-        Returns ``{"token": id, "error": None, ...timings}``; raises ``AdmissionError``
-        for a bad payload or an unknown session."""
+        Returns the ``StepResult`` (next token and timings, ``queue_s`` 0); raises
+        ``AdmissionError`` for a bad payload or an unknown session."""
         st = self._make_step(session_id, payload, position, trace_ctx)
         try:
             res = self._compute([st])[0]
         finally:
             self._release(st)
-        res["queue_s"] = 0.0
-        if res["error"] is not None:
-            raise AdmissionError(res["error"])
+        if isinstance(res, _StepError):
+            raise AdmissionError(res.error)
         return res
 
     # ------------------------------------------------------------------ batching (async)
-    async def step(self, session_id: str, payload: bytes, position: int, trace_ctx: dict | None = None) -> dict[str, Any]:
+    async def step(self, session_id: str, payload: bytes, position: int, trace_ctx: dict | None = None) -> StepResult:
         """Queue one step and wait for its batch. Same result and errors as ``step_now``."""
         st = self._make_step(session_id, payload, position, trace_ctx)
         queued = False
@@ -585,8 +589,8 @@ class Server:
         finally:
             if not queued:
                 self._release(st)
-        if res["error"] is not None:
-            raise AdmissionError(res["error"])
+        if isinstance(res, _StepError):
+            raise AdmissionError(res.error)
         return res
 
     def _ensure_loop(self) -> None:
@@ -674,10 +678,11 @@ class Server:
                 results = self._compute([st for st, _ in batch])
                 self._last_batch_s = time.perf_counter() - t_c
             except Exception as e:  # never let the loop die: fail this batch only
-                results = [{"error": f"server batch failed: {type(e).__name__}: {e}"} for _ in batch]
+                results = [_StepError(f"server batch failed: {type(e).__name__}: {e}") for _ in batch]
             for (st, fut), res in zip(batch, results):
                 self._release(st)
-                res.setdefault("queue_s", max(0.0, t_start - st.recv_t))
+                if isinstance(res, StepResult):
+                    res = replace(res, queue_s=max(0.0, t_start - st.recv_t))
                 if not fut.done():
                     fut.set_result(res)
             await asyncio.sleep(0)  # let the steps that arrived during the batch queue up

@@ -27,7 +27,7 @@ def _device(server, model, i, n_steps, results):
         for _ in range(n_steps):
             res = await server.step(sid, encode(x, LOSSLESS), pos)
             pos += x.shape[1]
-            x = model.run(0, SPLIT, torch.tensor([[res["token"]]]), position=pos)
+            x = model.run(0, SPLIT, torch.tensor([[res.token]]), position=pos)
             results.append(res)
         server.close_session(sid)
 
@@ -42,7 +42,7 @@ def test_one_device_never_waits_the_window(tiny_model):
     t0 = time.perf_counter()
     asyncio.run(_device(server, tiny_model, 0, 6, res))
     assert time.perf_counter() - t0 < 0.4 * 2  # the old loop waited 6 x 0.4 s
-    assert all(r["queue_s"] < 0.2 for r in res)
+    assert all(r.queue_s < 0.2 for r in res)
 
 
 def test_n_devices_batch_together_and_leave_no_one_waiting(tiny_model):
@@ -82,7 +82,7 @@ def test_window_bounds_the_wait_for_a_live_session(tiny_model):
     t0 = time.perf_counter()
     asyncio.run(_device(server, tiny_model, 1, 1, res))
     dt = time.perf_counter() - t0
-    assert 0.12 <= res[0]["queue_s"] and dt < 1.0
+    assert 0.12 <= res[0].queue_s and dt < 1.0
 
 
 
@@ -99,7 +99,7 @@ def _run_four_devices(server, model, *, start_s, gap_s) -> None:
             res = await server.step(sid, encode(x, LOSSLESS), pos)
             pos += x.shape[1]
             await asyncio.sleep(gap_s(i))
-            x = model.run(0, SPLIT, torch.tensor([[res["token"]]]), position=pos)
+            x = model.run(0, SPLIT, torch.tensor([[res.token]]), position=pos)
         server.close_session(sid)
 
     async def main():

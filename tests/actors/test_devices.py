@@ -124,7 +124,7 @@ def test_triton_codec_on_the_serving_path(monkeypatch):
     st, pos, toks, sizes = edge.begin(prompt), 0, [], []
     for i in range(3):
         sizes.append(len(st.payload))
-        toks.append(server.step_now(sid, st.payload, pos)["token"])
+        toks.append(server.step_now(sid, st.payload, pos).token)
         pos += st.tokens_in_payload
         if i < 2:
             st = edge.next(toks[-1])

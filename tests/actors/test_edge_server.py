@@ -90,8 +90,8 @@ def test_batched_server_matches_one_by_one(tiny_model):
             h = tiny_model.run(0, split, x, front)  # (1, T, H)
             res = await server.step(sid, encode(h, CodecConfig(method="raw")), pos)
             pos += h.shape[1]
-            out.append(res["token"])
-            x = torch.tensor([[res["token"]]])
+            out.append(res.token)
+            x = torch.tensor([[res.token]])
         server.close_session(sid)
         return out
 
@@ -132,7 +132,7 @@ def test_corrupt_payload_rejected_other_session_goes_on(tiny_model):
     tracemalloc.stop()
     assert peak < 1 << 20  # decoding would have allocated 8 MiB
     # the bad device's session is still usable, and another device is unaffected
-    assert isinstance(server.step_now(sid, encode(h, CodecConfig(method="raw")), 0)["token"], int)
+    assert isinstance(server.step_now(sid, encode(h, CodecConfig(method="raw")), 0).token, int)
     rec = good.generate({"request_id": "g", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 4})
     assert rec["ok"] and rec["tokens"] == greedy_reference(tiny_model, PROMPTS[0], 4)
 
@@ -146,7 +146,7 @@ def test_cloud_only_token_payload_checked(tiny_model):
         server.step_now(sid, encode_ids(torch.tensor([[1, 5]]))[:-2], 0)
     with pytest.raises(AdmissionError, match="magic"):
         server.step_now(sid, encode(torch.tensor([[1.0]]), CodecConfig(method="raw")), 0)
-    assert isinstance(server.step_now(sid, encode_ids(torch.tensor([[1, 5]])), 0)["token"], int)
+    assert isinstance(server.step_now(sid, encode_ids(torch.tensor([[1, 5]])), 0).token, int)
 
 
 def test_admission_limits(tiny_model):
@@ -243,7 +243,7 @@ def test_two_steps_of_one_session_at_once(tiny_model):
         return await asyncio.gather(server.step(a, pay, 0), server.step(a, pay, 0), server.step(b, pay, 0), return_exceptions=True)
     r = asyncio.run(main())
     assert isinstance(r[1], AdmissionError) and "in flight" in str(r[1])
-    assert r[0]["token"] == r[2]["token"] == greedy_reference(tiny_model, p, 1)[0]
+    assert r[0].token == r[2].token == greedy_reference(tiny_model, p, 1)[0]
 
 
 # ---------------------------------------------------------------------- hostile devices
@@ -271,8 +271,8 @@ def _victim_generation(model, server, prompt, n, between):
         h = model.run(0, split, x, front)  # (1, T, H)
         res = server.step_now(tok, encode(h, CodecConfig(method="raw")), pos)
         pos += h.shape[1]
-        out.append(res["token"])
-        x = torch.tensor([[res["token"]]])
+        out.append(res.token)
+        x = torch.tensor([[res.token]])
         between(tok)
     assert server.close_session(tok)["steps"] == n
     return out

@@ -131,5 +131,4 @@ def test_server_computes_through_server_session(monkeypatch):
     want = ref.step(st.payload)
     calls.clear()
     res = server.step_now(sid, st.payload, 0)
-    tok = res.token if hasattr(res, "token") else res["token"]
-    assert calls == [1] and tok == want
+    assert calls == [1] and res.token == want and res.batch_size == 1 and res.position == 0
