@@ -14,35 +14,43 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from slicer.actors import telemetry as tel
+from slicer.actors.fields import spec_field
 from slicer.actors.protocol import now_s
+
+
+#: The policies a workload may name (``slicer.policies.plan``'s, ``fixed`` for ``fixed-split``).
+POLICIES = ("slicer", "cloud-only", "edge-only", "fixed", "neurosurgeon", "opsc")
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """What the policy plans with (from the workload)."""
+    """What the policy plans with: the workload's ``policy:`` section (its YAML fields,
+    declared once with their bounds, ``slicer.actors.fields``) and the run's figures the
+    runner fills in (``yaml=False``; ``slicer.orchestrator.runner.policy_config``)."""
 
-    name: str = "slicer"
-    """Policy name passed to ``slicer.policies.plan``."""
-    split: int | None = None
-    """``fixed``: the split ℓ."""
-    offload_step: int | None = None
-    """``fixed``: the offload step w."""
-    replan: bool = True
-    """Re-plan on link/memory changes."""
-    adapt: bool = False
-    """Re-plan from what the edges measure (goodput, compute per token), smoothed, with
-    hysteresis (``policies.PolicyState.observe``), also between two steps of a request."""
-    codec: str | None = None
+    name: str = spec_field("slicer", choices=POLICIES)
+    """One of ``slicer``, ``cloud-only``, ``edge-only``, ``fixed``, ``neurosurgeon``, ``opsc``."""
+    split: int | None = spec_field(None, lo=0, hi=10000, integer=True)
+    """``fixed`` only: the split layer ℓ (0..10000, then checked against the model: 1..n-1)."""
+    offload_step: int | None = spec_field(None, lo=1, hi=100000, integer=True)
+    """``fixed`` only: the offload step w (1 = per-token split from the first step; 1..100000)."""
+    replan: bool = spec_field(True)
+    """Re-plan a device when its reported link or memory changes."""
+    adapt: bool = spec_field(False)
+    """Re-plan from what the devices measure (goodput, compute per token), smoothed with
+    hysteresis (``policies.PolicyState.observe``), also between two steps of a request
+    (codec) or two requests (split)."""
+    codec: str | None = spec_field(None, yaml=False)
     """A codec spec forced by the workload (the plan is then made for it); None: chosen."""
-    new_tokens: int = 8
+    new_tokens: int = spec_field(8, yaml=False)
     """Tokens each request generates (sizes KV caches and Eq. 5)."""
-    prompt_tokens: int = 16
+    prompt_tokens: int = spec_field(16, yaml=False)
     """Largest prompt length of the workload."""
-    front_precision: str | None = None
+    front_precision: str | None = spec_field(None, yaml=False)
     """A front precision forced by the workload; None: the policy's."""
-    default_latency_ms: float = 1000.0
+    default_latency_ms: float = spec_field(1000.0, yaml=False)
     """Per-token latency budget of a device whose workload gives none."""
-    extra: dict = field(default_factory=dict)
+    extra: dict = spec_field(default_factory=dict, yaml=False)
     """Further keyword arguments for ``slicer.policies.plan``."""
 
 
@@ -76,11 +84,11 @@ def _budgets_of(cfg: PolicyConfig, device: Any, dev: "_Device"):
     if dev.memory_cap_mib is not None:
         mem_bytes = min(mem_bytes, float(dev.memory_cap_mib) * 2**20)
     lat_ms = dev.budgets.get("latency_ms") or cfg.default_latency_ms
-    handoff_ms, ar_kb = dev.budgets.get("handoff_ms"), dev.budgets.get("ar_buffer_kb")
+    handoff_ms, ar_bytes = dev.budgets.get("handoff_ms"), dev.budgets.get("ar_buffer_bytes")
     return Budgets(latency_s=float(lat_ms) / 1e3, memory_bytes=mem_bytes,
                    new_tokens=int(cfg.new_tokens), prompt_tokens=int(cfg.prompt_tokens),
                    handoff_latency_s=None if handoff_ms is None else float(handoff_ms) / 1e3,
-                   ar_buffer_bytes=None if ar_kb is None else float(ar_kb) * 1e3,
+                   ar_buffer_bytes=None if ar_bytes is None else float(ar_bytes),
                    min_accuracy=dev.budgets.get("min_accuracy"))
 
 

@@ -34,6 +34,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from slicer.actors.fields import spec_field
 from slicer.policies.link import DEFAULT_BANDWIDTH_HZ, DEFAULT_EPSILON, DEFAULT_SNR, LinkState, db_to_linear, linear_to_db
 from slicer.policies.schema import Budgets, Mode, SplitPlan
 
@@ -87,20 +88,29 @@ def __getattr__(name: str) -> Any:  # PEP 562: the id codec without importing to
 # ----------------------------------------------------------------------------- a device's setting
 
 
+#: Bounds of the link's figures, shared by ``LinkSpec`` and ``LinkChange``.
+_RATE: dict[str, Any] = {"lo": 0, "lo_open": True}
+_SNR: dict[str, Any] = {"lo": -50, "hi": 100}
+_EPSILON: dict[str, Any] = {"lo": 0, "hi": 1, "lo_open": True, "hi_open": True}
+_BANDWIDTH: dict[str, Any] = {"lo": 0, "lo_open": True}
+#: A positive figure (no tighter bound than ``slicer.actors.fields.MAX_NUMBER``).
+_POSITIVE: dict[str, Any] = {"lo": 0, "lo_open": True}
+
+
 @dataclass(frozen=True)
 class LinkSpec:
     """A device's link to the server (SLICER Eq. 1 parameters, in the workload's units).
     The defaults are the paper's, the same ones ``slicer plan`` and ``slicer sweep`` use
     (``slicer.policies.link``)."""
 
-    rate_mbps: float = 20.0
+    rate_mbps: float = spec_field(20.0, **_RATE)
     """Transmission rate R in megabits per second (20: below the default channel's
     capacity W·log2(1+γ) = 34.6 Mbit/s, so a device with no link given is feasible; > 0)."""
-    snr_db: float = linear_to_db(DEFAULT_SNR)
+    snr_db: float = spec_field(linear_to_db(DEFAULT_SNR), **_SNR)
     """Average signal-to-noise ratio γ in dB (10 dB; -50..100)."""
-    epsilon: float = DEFAULT_EPSILON
+    epsilon: float = spec_field(DEFAULT_EPSILON, **_EPSILON)
     """Outage probability target ε in (0, 1) of the ε-outage latency (0.001)."""
-    bandwidth_hz: float = DEFAULT_BANDWIDTH_HZ
+    bandwidth_hz: float = spec_field(DEFAULT_BANDWIDTH_HZ, **_BANDWIDTH)
     """Channel bandwidth W in hertz (10 MHz; > 0)."""
 
     def state(self) -> LinkState:
@@ -118,15 +128,15 @@ class LinkSpec:
 class LinkChange:
     """A scripted change of a device's link, applied before one of its requests."""
 
-    at_request: int
+    at_request: int = spec_field(lo=0, integer=True)
     """Index (0-based, >= 0) of the device's request before which the link changes."""
-    rate_mbps: float | None = None
+    rate_mbps: float | None = spec_field(None, **_RATE)
     """New rate (> 0); None keeps the current one."""
-    snr_db: float | None = None
+    snr_db: float | None = spec_field(None, **_SNR)
     """New SNR (-50..100 dB); None keeps the current one."""
-    epsilon: float | None = None
+    epsilon: float | None = spec_field(None, **_EPSILON)
     """New outage target (in (0, 1)); None keeps the current one."""
-    bandwidth_hz: float | None = None
+    bandwidth_hz: float | None = spec_field(None, **_BANDWIDTH)
     """New bandwidth (> 0); None keeps the current one."""
 
     def apply(self, link: LinkSpec) -> LinkSpec:
@@ -139,17 +149,17 @@ class LinkChange:
 class BudgetSpec:
     """What a device may spend per request."""
 
-    latency_ms: float | None = None
+    latency_ms: float | None = spec_field(None, **_POSITIVE)
     """Latency budget D per output token in milliseconds (the planner's per-step budget,
     Eq. 2; the hand-off step gets w times it, Eq. 5; > 0); None: the policy's default (1 s)."""
-    memory_mib: float | None = None
+    memory_mib: float | None = spec_field(None, **_POSITIVE)
     """Memory budget M of the device for weights + KV cache in MiB (> 0); None: unconstrained."""
-    handoff_ms: float | None = None
+    handoff_ms: float | None = spec_field(None, **_POSITIVE)
     """Budget of the hand-off step L_AR(ℓ, w, R) (Eq. 5) in milliseconds; None: w times
     ``latency_ms`` (the average per-token latency up to the hand-off meets D). > 0."""
-    ar_buffer_kb: float | None = None
-    """M_ar: cap on the hand-off payload B(x_ℓ^w) in kB (Eq. 6; > 0); None: no cap."""
-    min_accuracy: float | None = None
+    ar_buffer_bytes: float | None = spec_field(None, **_POSITIVE)
+    """M_ar: cap on the hand-off payload B(x_ℓ^w) in bytes (Eq. 6; > 0); None: no cap."""
+    min_accuracy: float | None = spec_field(None, lo=0, hi=1)
     """Accuracy floor in [0, 1]: settings the accuracy table (or the prior) scores below it
     are never chosen; None: no floor."""
 
@@ -159,13 +169,13 @@ class EmulationSpec:
     """Emulation of a device class and its link on one machine. Figures that depend on
     it are labelled ``emulated`` in every record."""
 
-    slowdown: float = 1.0
+    slowdown: float = spec_field(1.0, lo=1, hi=1000)
     """The device computes this many times slower than this machine: after each measured
     compute interval it sleeps ``(slowdown - 1) ×`` that interval. 1 = no emulation (1..1000)."""
-    memory_mib: float | None = None
+    memory_mib: float | None = spec_field(None, **_POSITIVE)
     """Emulated memory cap in MiB: a plan whose front segment and KV cache exceed it is
     refused by the device (and the policy is told; > 0). None: no cap."""
-    link: bool = False
+    link: bool = spec_field(False)
     """Delay each payload by Eq. 1's ε-outage latency of its real size over ``link``
     (the wire is loopback otherwise)."""
 

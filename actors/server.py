@@ -45,43 +45,8 @@ from slicer.actors.models.weights import process_rss_bytes
 from slicer.actors.protocol import AdmissionError, StepResult, now_s
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """Limits and batching of one server (mirrors ``slicer.orchestrator.workload.ServerSpec``)."""
-
-    max_batch: int = 16
-    """Most steps computed together."""
-    batch_window_ms: float = 2.0
-    """Most a queued step waits for open sessions that have not sent yet (none once every
-    live session has sent; up to the last batch's compute, at most 50 ms, when longer)."""
-    batching: bool = True
-    """False: every step is computed alone (the batching benchmark's baseline)."""
-    max_sessions: int = 64
-    """Most open sessions."""
-    max_kv_bytes: int = 512 << 20
-    """Most KV-cache bytes reserved over all sessions."""
-    max_payload_bytes: int = 8 << 20
-    """Largest payload of one step."""
-    max_tokens_per_session: int = 4096
-    """Largest context a session may declare."""
-    max_sessions_per_device: int = 4
-    """Most open sessions of ONE device (a device runs one request at a time; more is a
-    leak or abuse), so one device cannot take the whole ``max_sessions``."""
-    max_kv_bytes_per_device: int = 128 << 20
-    """Most KV-cache bytes reserved by ONE device, so one device cannot take the whole
-    ``max_kv_bytes``."""
-    session_ttl_s: float = 300.0
-    """A session idle (no step started or finished) for longer expires and frees its KV
-    reservation; a session with a step in flight never expires."""
-    open_rate_per_s: float = 100.0
-    """Sustained session opens per second of ONE identity (token bucket): a device opens
-    one session per request, so more is a loop or abuse."""
-    open_burst: int = 200
-    """Opens one identity may make at once before ``open_rate_per_s`` applies."""
-    kv_kept_per_idle_device: int = 0
-    """With identities: KV bytes kept free for each registered device that holds no
-    session (the runner sets one request's worst case), so devices holding sessions
-    cannot take the KV a device with none needs for its next request."""
+# The one server config, declared torch-free (the workload parser reads it): re-exported here.
+from slicer.actors.server_config import ServerConfig  # noqa: E402,F401
 
 
 def _is_int(v: Any) -> bool:

@@ -171,32 +171,21 @@ def longest_prompt(requests: dict[str, list[dict]]) -> int:
     return max((len(r["prompt_ids"]) for rs in requests.values() for r in rs), default=1)
 
 
-def policy_config(wl: Workload, requests: dict[str, list[dict]]):
-    from slicer.actors.policy_actor import PolicyConfig
-
-    longest = longest_prompt(requests)
-    return PolicyConfig(name=wl.policy.name, split=wl.policy.split, offload_step=wl.policy.offload_step,
-                        replan=wl.policy.replan, codec=wl.codec.spec() if wl.codec is not None else None,
-                        new_tokens=wl.max_new_tokens, prompt_tokens=longest,
-                        front_precision=None if wl.precision == "auto" else wl.precision, adapt=wl.policy.adapt)
+def policy_config(wl: Workload, requests: dict[str, list[Request]]):
+    """The workload's ``policy:`` (a ``PolicyConfig``) with the run's figures filled in."""
+    return dataclasses.replace(wl.policy, codec=wl.codec.spec() if wl.codec is not None else None,
+                               new_tokens=wl.max_new_tokens, prompt_tokens=longest_prompt(requests),
+                               front_precision=None if wl.precision == "auto" else wl.precision)
 
 
-def server_config(wl: Workload, profile: Any = None, requests: dict[str, list[dict]] | None = None):
-    """The server's limits. With the model's ``profile`` and the run's ``requests``, one
-    request's worst-case KV is kept free for every device holding no session."""
-    from slicer.actors.server import ServerConfig
+def server_config(wl: Workload, profile: Any = None, requests: dict[str, list[Request]] | None = None):
+    """The workload's ``server:`` (a ``ServerConfig``). With the model's ``profile`` and the
+    run's ``requests``, one request's worst-case KV is kept free for every device holding
+    no session."""
     from slicer.orchestrator.validation import request_kv_bytes
 
-    s = wl.server
-    kept = 0
-    if profile is not None and requests:
-        kept = request_kv_bytes(wl, profile, longest_prompt(requests))
-    return ServerConfig(max_batch=s.max_batch, batch_window_ms=s.batch_window_ms, batching=s.batching,
-                        max_sessions=s.max_sessions, max_kv_bytes=int(s.max_kv_mib * 2**20),
-                        max_payload_bytes=s.max_payload_bytes, max_sessions_per_device=s.max_sessions_per_device,
-                        max_kv_bytes_per_device=int(s.max_kv_mib_per_device * 2**20),
-                        session_ttl_s=s.session_ttl_s, open_rate_per_s=s.open_rate_per_s, open_burst=s.open_burst,
-                        kv_kept_per_idle_device=kept)
+    kept = request_kv_bytes(wl, profile, longest_prompt(requests)) if profile is not None and requests else 0
+    return dataclasses.replace(wl.server, kv_kept_per_idle_device=kept)
 
 
 def failed_record(request: dict, dev_id: str, index: int, device_class: str | None, error: str,

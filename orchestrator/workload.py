@@ -7,8 +7,13 @@ parses and validates it; every error names the field (as a dotted path), the bad
 (quoted short) and what is allowed, unknown fields are rejected (a typo never silently
 becomes a default), and all errors of a file come in one ``WorkloadError``. Every number
 is finite and never a boolean; each number field's range is in its docstring (a range
-given as "> 0" is also at most ``MAX_NUMBER`` = 1e15). The file itself is read by
-``slicer.orchestrator.yamlload`` (size cap, UTF-8, no aliases, no duplicate keys).
+given as "> 0" is also at most ``MAX_NUMBER`` = 1e15). Each field is declared once, with
+its default and bounds (``slicer.actors.fields.spec_field``), in the dataclass the run
+uses: ``server:`` parses straight into ``ServerConfig``, ``policy:`` into
+``PolicyConfig``, a device's ``link``/``budgets``/``emulation`` into the protocol's
+``LinkSpec``/``BudgetSpec``/``EmulationSpec``; the checks here come from those
+declarations. The file itself is read by ``slicer.orchestrator.yamlload`` (size cap,
+UTF-8, no aliases, no duplicate keys).
 
 Example (``examples/quickstart.yaml``)::
 
@@ -28,35 +33,32 @@ import contextlib
 import contextvars
 import dataclasses
 import json
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slicer.actors.fields import MAX_NUMBER, FieldError, check, has_spec, spec_field, yaml_fields  # noqa: F401  (MAX_NUMBER: the default bound)
+from slicer.actors.policy_actor import POLICIES, PolicyConfig  # noqa: F401  (POLICIES: the policy names)
+from slicer.actors.protocol import BudgetSpec, EmulationSpec, LinkChange, LinkSpec, Mode
+from slicer.actors.server_config import DEVICES, DTYPES, ServerConfig
 from slicer.orchestrator.yamlload import YamlFileError, decode_utf8, load_yaml_file, read_capped, short
 
 if TYPE_CHECKING:  # imported when a codec field is parsed: slicer.codec imports torch
     from slicer.codec import CodecConfig
-from slicer.actors.protocol import BudgetSpec, EmulationSpec, LinkChange, LinkSpec, Mode  # noqa: F401  (the workload's types)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORKLOAD = REPO_ROOT / "examples" / "quickstart.yaml"
 
-POLICIES = ("slicer", "cloud-only", "edge-only", "fixed", "neurosurgeon", "opsc")
 PRECISIONS = ("auto", "float32", "float16", "bfloat16", "int8", "int4")
 MODES = ("auto", *(m.value for m in Mode))
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 #: Largest task file read (``inputs.task_file``).
 MAX_TASK_FILE_BYTES = 16 << 20
 #: Longest prompt (characters or token ids) in a workload or task file.
 MAX_PROMPT_LEN = 100_000
-#: A number field with no tighter bound must lie within ±this (and be finite).
-MAX_NUMBER = 1e15
 #: Most devices of one workload (over all groups).
 MAX_DEVICES = 4096
 #: Longest message a workload error carries (its errors beyond it are counted, not shown).
@@ -138,7 +140,7 @@ class DeviceGroup:
     device_class: str
     """Device class (YAML key ``class``): a name from ``slicer.policies.devices``' catalog, and
     the ``device-class`` label of the nodes its actors go to."""
-    count: int = 1
+    count: int = spec_field(1, lo=1, hi=256, integer=True)
     """Number of devices in the group (1..256; at most 4096 devices in a workload)."""
     name: str = ""
     """Prefix of the devices' ids (default: the class): ids are ``NAME-0``, ``NAME-1``..."""
@@ -154,13 +156,13 @@ class DeviceGroup:
     """Emulated rate over time (needs ``emulation.link: true``): rows ``[{t_s: 0,
     rate_mbps: 20}, {t_s: 5, rate_mbps: 1}]`` or a CSV/YAML file of them (relative to the
     workload's folder). Seconds count from the device's first request."""
-    requests: int | None = None
+    requests: int | None = spec_field(None, lo=1, hi=100000, integer=True)
     """Requests per device of this group (1..100000); None: the workload's ``requests``."""
-    device: str = "auto"
+    device: str = spec_field("auto", choices=DEVICES)
     """Where the group's edge actors compute: ``auto`` (CUDA where their node has a GPU,
     else CPU), ``cpu`` or ``cuda`` (placed with ``num_gpus: 1``; a cluster without a GPU
     node is a validation error)."""
-    dtype: str | None = None
+    dtype: str | None = spec_field(None, choices=DTYPES)
     """Weights/activations dtype of the group's float fronts: ``float32``, ``bfloat16``,
     ``float16``; None: the workload's ``precision`` (float32 on CPU, the checkpoint's
     dtype on CUDA)."""
@@ -168,50 +170,6 @@ class DeviceGroup:
     def device_ids(self) -> list[str]:
         prefix = self.name or self.device_class
         return [f"{prefix}-{i}" for i in range(self.count)]
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    """The shared server's batching and admission limits."""
-
-    max_batch: int = 16
-    """Most decode steps run together in one batch (1..1024)."""
-    batch_window_ms: float = 2.0
-    """Most a queued step waits for open sessions that have not sent yet (0..1000 ms); it
-    never waits once every live session has sent, and waits up to one batch's compute
-    (at most 50 ms) when that is longer (``slicer.actors.server.Server._batch_loop``)."""
-    batching: bool = True
-    """False runs every step alone (the batching benchmark's baseline)."""
-    max_sessions: int = 64
-    """Most sessions (requests in flight) held at once; more are refused (1..100000)."""
-    max_kv_mib: float = 512.0
-    """Most KV-cache MiB held over all sessions; a session that would exceed it is refused
-    (> 0, at most 1048576 = 1 TiB)."""
-    max_payload_bytes: int = 8 << 20
-    """Largest payload accepted in one step (64..2**31)."""
-    step_timeout_s: float = 60.0
-    """An edge waits at most this long for one server step (> 0, at most 3600 s)."""
-    max_sessions_per_device: int = 4
-    """Most sessions ONE device may hold at once (a device has one request in flight;
-    1..100000)."""
-    max_kv_mib_per_device: float = 128.0
-    """Most KV-cache MiB ONE device may hold, so no device can take the whole ``max_kv_mib``
-    (> 0, at most 1048576)."""
-    session_ttl_s: float = 300.0
-    """A session idle this long (no step) expires and frees its KV cache; its device's
-    next step reopens it by replay (> 0, at most 86400 s)."""
-    open_rate_per_s: float = 100.0
-    """Sustained session opens per second of one device identity (> 0, at most 100000)."""
-    open_burst: int = 200
-    """Session opens one device may make at once before ``open_rate_per_s`` applies
-    (1..100000)."""
-    device: str = "auto"
-    """Where the server computes: ``auto`` (CUDA where its node has a GPU, else CPU),
-    ``cpu`` or ``cuda`` (placed with ``num_gpus: 1``; a cluster without a GPU node is a
-    validation error, before any actor starts)."""
-    dtype: str | None = None
-    """The server's weights/activations dtype: ``float32``, ``bfloat16``, ``float16``;
-    None: float32 on CPU, the checkpoint's dtype on CUDA."""
 
 
 @dataclass(frozen=True)
@@ -225,21 +183,8 @@ class InputsSpec:
     or a text file with one prompt per line. Relative to the workload's folder."""
 
 
-@dataclass(frozen=True)
-class PolicySpec:
-    """Which policy plans the splits, and its arguments."""
-
-    name: str = "slicer"
-    """One of ``slicer``, ``cloud-only``, ``edge-only``, ``fixed``, ``neurosurgeon``, ``opsc``."""
-    split: int | None = None
-    """``fixed`` only: the split layer ℓ (0..10000, then checked against the model: 1..n-1)."""
-    offload_step: int | None = None
-    """``fixed`` only: the offload step w (1 = per-token split from the first step; 1..100000)."""
-    replan: bool = True
-    """Re-plan a device when its reported link or memory changes."""
-    adapt: bool = False
-    """Re-plan from what the devices measure (goodput, compute per token), smoothed with
-    hysteresis, also between two steps of a request (codec) or two requests (split)."""
+#: The workload's ``policy:`` section is a ``PolicyConfig`` (the old name, kept for callers).
+PolicySpec = PolicyConfig
 
 
 @dataclass(frozen=True)
@@ -255,28 +200,28 @@ class Workload:
     """Device groups."""
     inputs: InputsSpec = field(default_factory=InputsSpec)
     """Prompts."""
-    policy: PolicySpec = field(default_factory=PolicySpec)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     """The planning policy."""
     codec: CodecConfig | None = None
     """Codec of every feature: a ``CodecConfig`` spec string (``lossless``,
     ``slicer:sparsity=0.75``) or mapping; None (``auto``): the policy chooses."""
-    precision: str = "auto"
+    precision: str = spec_field("auto", choices=PRECISIONS)
     """Precision of the edge's front segment: ``auto`` (the plan's), ``float32``,
     ``float16``, ``bfloat16``, ``int8``, ``int4``. ``float32`` with a lossless codec
     reproduces the unsplit model's tokens exactly."""
-    mode: str = "auto"
+    mode: str = spec_field("auto", choices=MODES)
     """``auto`` (the plan's mode), ``split`` (per-token split from the first step),
     ``local-then-offload``, ``edge-only`` or ``cloud-only`` (forces that mode)."""
-    requests: int = 2
+    requests: int = spec_field(2, lo=1, hi=100000, integer=True)
     """Requests per device (1..100000)."""
-    max_new_tokens: int = 8
+    max_new_tokens: int = spec_field(8, lo=1, hi=4096, integer=True)
     """Tokens generated per request (greedy; 1..4096)."""
-    seed: int = 0
+    seed: int = spec_field(0, lo=0, hi=2**32 - 1, integer=True)
     """Seed of everything random: the codec's seed (its rotation and tie-breaks) unless the
     codec spec names one (0..2**32-1)."""
-    server: ServerSpec = field(default_factory=ServerSpec)
+    server: ServerConfig = field(default_factory=ServerConfig)
     """Server limits."""
-    base_dir: str = "."
+    base_dir: str = spec_field(".", yaml=False)
     """Folder of the workload file (relative paths resolve against it). Not a YAML field."""
 
     def all_devices(self) -> list[tuple[str, DeviceGroup]]:
@@ -304,45 +249,51 @@ class Workload:
         return str(path) if path is not None else self.model
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        """The workload as parsed (``workload.json``): its YAML fields and ``base_dir``;
+        the runtime fields of ``server``/``policy`` (``yaml=False``) are left out."""
+        d = _yaml_dict(self)
+        d["base_dir"] = self.base_dir
         d["codec"] = self.codec.spec() if self.codec is not None else "auto"
         return json.loads(json.dumps(d, default=str))
+
+
+def _yaml_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _yaml_dict(getattr(obj, f.name)) for f in yaml_fields(type(obj))}
+    if isinstance(obj, (list, tuple)):
+        return [_yaml_dict(x) for x in obj]
+    return obj
 
 
 # --------------------------------------------------------------------------- parsing
 
 
-def _num(path: str, v: Any, lo: float | None = None, hi: float | None = None, *,
-         lo_open: bool = False, integer: bool = False, allowed: str | None = None) -> Any:
-    """A number in range: never a bool (``true`` is not 1), never NaN or ±Inf, and within
-    ±``MAX_NUMBER`` where the field names no tighter bound. Integers must be whole
-    (``2.0`` is 2; ``2.5`` is refused)."""
-    hi = MAX_NUMBER if hi is None else hi
-    lo = -MAX_NUMBER if lo is None else lo
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if ok and isinstance(v, float):
-        ok = math.isfinite(v) and (not integer or v.is_integer())
-    if ok:
-        ok = (v > lo if lo_open else v >= lo) and v <= hi
-    if not ok:
-        if allowed is None:
-            allowed = ("an integer" if integer else "a finite number") + \
-                f" {'>' if lo_open else '>='} {_fmt(lo)} and <= {_fmt(hi)}"
-        lo_ok = lo + (1 if lo_open else 0) if integer else (lo + abs(lo) * 1e-9 + 1e-9 if lo_open else lo)
-        return _soft(_bad(path, v, allowed), math.ceil(lo_ok) if integer else float(lo_ok))
-    return int(v) if integer else float(v)
+def _spec_values(path: str, d: dict[str, Any], cls: type) -> dict[str, Any]:
+    """The values ``d`` gives for the declared fields of ``cls`` (``spec_field``), each
+    checked against its declaration (``slicer.actors.fields.check``: never a bool for a
+    number, finite, whole for an integer, in range, one of the choices). A bad value is
+    recorded and left out, its default standing in, so parsing goes on."""
+    out: dict[str, Any] = {}
+    for f in yaml_fields(cls):
+        if f.name in d and has_spec(f):
+            try:
+                out[f.name] = check(cls, f.name, d[f.name], f"{path}.{f.name}" if path else f.name)
+            except FieldError as e:
+                _soft(_bad(e.path, e.value, e.allowed))
+    return out
 
 
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e12 else f"{x:g}"
+def _section(path: str, raw: Any, cls: type) -> Any:
+    """A YAML mapping parsed straight into the config dataclass ``cls``."""
+    return cls(**_spec_values(path, _mapping(path, raw, cls), cls))
 
 
-def _opt(path: str, v: Any, fn) -> Any:
-    return None if v is None else fn(path, v)
+def _errors_so_far() -> int:
+    return len(_ERRORS.get() or [])
 
 
 def _mapping(path: str, raw: Any, cls: type) -> dict[str, Any]:
-    """Check ``raw`` is a mapping whose keys are fields of ``cls``."""
+    """Check ``raw`` is a mapping whose keys are YAML fields of ``cls``."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -356,64 +307,19 @@ def _mapping(path: str, raw: Any, cls: type) -> dict[str, Any]:
 
 
 def _field_names(cls: type) -> list[str]:
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "base_dir"]
-    return ["class" if n == "device_class" else n for n in names]
+    return ["class" if f.name == "device_class" else f.name for f in yaml_fields(cls)]
 
 
-def _link(path: str, raw: Any) -> LinkSpec:
-    d = _mapping(path, raw, LinkSpec)
-    dflt = LinkSpec()
-    return LinkSpec(
-        rate_mbps=_num(f"{path}.rate_mbps", d.get("rate_mbps", dflt.rate_mbps), 0, lo_open=True),
-        snr_db=_num(f"{path}.snr_db", d.get("snr_db", dflt.snr_db), -50, 100),
-        epsilon=_open01(f"{path}.epsilon", d.get("epsilon", dflt.epsilon)),
-        bandwidth_hz=_num(f"{path}.bandwidth_hz", d.get("bandwidth_hz", dflt.bandwidth_hz), 0, lo_open=True),
-    )
-
-
-def _open01(path: str, v: Any) -> float:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 < v < 1.0:  # NaN fails the range too
-        return _soft(_bad(path, v, "a number in (0, 1)"), 0.5)
-    return float(v)
+_LINK_FIGURES = ("rate_mbps", "snr_db", "epsilon", "bandwidth_hz")
 
 
 def _link_change(path: str, raw: Any) -> LinkChange:
     d = _mapping(path, raw, LinkChange)
     if "at_request" not in d:
         raise WorkloadError(f"workload field {path}.at_request is missing: every link change needs one (an integer >= 0)")
-    change = LinkChange(
-        at_request=_num(f"{path}.at_request", d["at_request"], 0, integer=True),
-        rate_mbps=_opt(f"{path}.rate_mbps", d.get("rate_mbps"), lambda p, v: _num(p, v, 0, lo_open=True)),
-        snr_db=_opt(f"{path}.snr_db", d.get("snr_db"), lambda p, v: _num(p, v, -50, 100)),
-        epsilon=_opt(f"{path}.epsilon", d.get("epsilon"), _open01),
-        bandwidth_hz=_opt(f"{path}.bandwidth_hz", d.get("bandwidth_hz"), lambda p, v: _num(p, v, 0, lo_open=True)),
-    )
-    if all(getattr(change, k) is None for k in ("rate_mbps", "snr_db", "epsilon", "bandwidth_hz")):
-        raise WorkloadError(f"workload field {path} changes nothing: give at least one of rate_mbps, snr_db, epsilon, bandwidth_hz")
-    return change
-
-
-def _budgets(path: str, raw: Any) -> BudgetSpec:
-    d = _mapping(path, raw, BudgetSpec)
-    return BudgetSpec(
-        latency_ms=_opt(f"{path}.latency_ms", d.get("latency_ms"), lambda p, v: _num(p, v, 0, lo_open=True)),
-        memory_mib=_opt(f"{path}.memory_mib", d.get("memory_mib"), lambda p, v: _num(p, v, 0, lo_open=True)),
-        handoff_ms=_opt(f"{path}.handoff_ms", d.get("handoff_ms"), lambda p, v: _num(p, v, 0, lo_open=True)),
-        ar_buffer_kb=_opt(f"{path}.ar_buffer_kb", d.get("ar_buffer_kb"), lambda p, v: _num(p, v, 0, lo_open=True)),
-        min_accuracy=_opt(f"{path}.min_accuracy", d.get("min_accuracy"), lambda p, v: _num(p, v, 0, 1)),
-    )
-
-
-def _emulation(path: str, raw: Any) -> EmulationSpec:
-    d = _mapping(path, raw, EmulationSpec)
-    link = d.get("link", False)
-    if not isinstance(link, bool):
-        raise _bad(f"{path}.link", link, "true or false")
-    return EmulationSpec(
-        slowdown=_num(f"{path}.slowdown", d.get("slowdown", 1.0), 1.0, 1000.0),
-        memory_mib=_opt(f"{path}.memory_mib", d.get("memory_mib"), lambda p, v: _num(p, v, 0, lo_open=True)),
-        link=link,
-    )
+    if all(d.get(k) is None for k in _LINK_FIGURES):
+        raise WorkloadError(f"workload field {path} changes nothing: give at least one of {', '.join(_LINK_FIGURES)}")
+    return LinkChange(**{"at_request": 0, **_spec_values(path, d, LinkChange)})
 
 
 def _device_group(path: str, raw: Any) -> DeviceGroup:
@@ -430,16 +336,13 @@ def _device_group(path: str, raw: Any) -> DeviceGroup:
     sched = tuple(_link_change(f"{path}.link_schedule[{i}]", c) for i, c in enumerate(sched_raw))
     return DeviceGroup(
         device_class=cls,
-        count=_num(f"{path}.count", d.get("count", 1), 1, 256, integer=True),
         name=name,
-        link=_link(f"{path}.link", d.get("link")),
-        budgets=_budgets(f"{path}.budgets", d.get("budgets")),
-        emulation=_emulation(f"{path}.emulation", d.get("emulation")),
+        link=_section(f"{path}.link", d.get("link"), LinkSpec),
+        budgets=_section(f"{path}.budgets", d.get("budgets"), BudgetSpec),
+        emulation=_section(f"{path}.emulation", d.get("emulation"), EmulationSpec),
         link_schedule=tuple(sorted(sched, key=lambda c: c.at_request)),
         link_trace=_link_trace(f"{path}.link_trace", d.get("link_trace"), d.get("emulation")),
-        requests=_opt(f"{path}.requests", d.get("requests"), lambda p, v: _num(p, v, 1, 100000, integer=True)),
-        device=_field(_choice, f"{path}.device", d.get("device", "auto"), DEVICES, default="auto"),
-        dtype=_opt(f"{path}.dtype", d.get("dtype"), lambda p, v: _choice(p, v, DTYPES)),
+        **_spec_values(path, d, DeviceGroup),  # count, requests, device, dtype
     )
 
 
@@ -459,32 +362,6 @@ def _link_trace(path: str, raw: Any, emulation: Any) -> tuple[tuple[float, float
     except ValueError as e:
         raise WorkloadError(f"workload field {path} is invalid: {e}") from None
     return tuple(zip(t.times_s, t.rates_mbps))
-
-
-def _server(path: str, raw: Any) -> ServerSpec:
-    d = _mapping(path, raw, ServerSpec)
-    dflt = ServerSpec()
-    batching = d.get("batching", dflt.batching)
-    if not isinstance(batching, bool):
-        batching = _soft(_bad(f"{path}.batching", batching, "true or false"), True)
-    return ServerSpec(
-        max_batch=_num(f"{path}.max_batch", d.get("max_batch", dflt.max_batch), 1, 1024, integer=True),
-        batch_window_ms=_num(f"{path}.batch_window_ms", d.get("batch_window_ms", dflt.batch_window_ms), 0, 1000),
-        batching=batching,
-        max_sessions=_num(f"{path}.max_sessions", d.get("max_sessions", dflt.max_sessions), 1, 100000, integer=True),
-        max_kv_mib=_num(f"{path}.max_kv_mib", d.get("max_kv_mib", dflt.max_kv_mib), 0, 1 << 20, lo_open=True),
-        max_payload_bytes=_num(f"{path}.max_payload_bytes", d.get("max_payload_bytes", dflt.max_payload_bytes), 64, 1 << 31, integer=True),
-        step_timeout_s=_num(f"{path}.step_timeout_s", d.get("step_timeout_s", dflt.step_timeout_s), 0, 3600, lo_open=True),
-        max_sessions_per_device=_num(f"{path}.max_sessions_per_device", d.get("max_sessions_per_device", dflt.max_sessions_per_device), 1, 100000,
-                                     integer=True),
-        max_kv_mib_per_device=_num(f"{path}.max_kv_mib_per_device", d.get("max_kv_mib_per_device", dflt.max_kv_mib_per_device), 0, 1 << 20,
-                                  lo_open=True),
-        session_ttl_s=_num(f"{path}.session_ttl_s", d.get("session_ttl_s", dflt.session_ttl_s), 0, 86400, lo_open=True),
-        open_rate_per_s=_num(f"{path}.open_rate_per_s", d.get("open_rate_per_s", dflt.open_rate_per_s), 0, 100000, lo_open=True),
-        open_burst=_num(f"{path}.open_burst", d.get("open_burst", dflt.open_burst), 1, 100000, integer=True),
-        device=_field(_choice, f"{path}.device", d.get("device", "auto"), DEVICES, default="auto"),
-        dtype=_opt(f"{path}.dtype", d.get("dtype"), lambda p, v: _choice(p, v, DTYPES)),
-    )
 
 
 def _inputs(path: str, raw: Any) -> InputsSpec:
@@ -522,26 +399,21 @@ def _path_ok(p: Any) -> bool:
     return isinstance(p, str) and 0 < len(p) <= 4096 and "\0" not in p
 
 
-def _policy(path: str, raw: Any) -> PolicySpec:
-    if isinstance(raw, str):
-        raw = {"name": raw}
-    d = _mapping(path, raw, PolicySpec)
-    name = d.get("name", "slicer")
-    if name not in POLICIES:
-        raise _bad(f"{path}.name" if isinstance(raw, dict) and "name" in raw else path, name, "one of " + ", ".join(POLICIES))
-    split = _opt(f"{path}.split", d.get("split"), lambda p, v: _num(p, v, 0, 10000, integer=True))
-    step = _opt(f"{path}.offload_step", d.get("offload_step"), lambda p, v: _num(p, v, 1, 100000, integer=True))
-    if name == "fixed" and split is None:
+def _policy(path: str, raw: Any) -> PolicyConfig:
+    if isinstance(raw, str):  # `policy: slicer`
+        try:
+            return PolicyConfig(name=check(PolicyConfig, "name", raw, path))
+        except FieldError as e:
+            raise _bad(e.path, e.value, e.allowed) from None
+    before = _errors_so_far()
+    cfg = _section(path, raw, PolicyConfig)
+    if _errors_so_far() > before:  # a bad field: its default would make the rules below misfire
+        return cfg
+    if cfg.name == "fixed" and cfg.split is None:
         raise WorkloadError(f"workload field {path}.split is missing: policy 'fixed' needs a split layer (an integer >= 0)")
-    if name != "fixed" and (split is not None or step is not None):
-        raise WorkloadError(f"workload fields {path}.split/offload_step are only allowed with policy 'fixed', not {name!r}")
-    replan = d.get("replan", True)
-    if not isinstance(replan, bool):
-        raise _bad(f"{path}.replan", replan, "true or false")
-    adapt = d.get("adapt", False)
-    if not isinstance(adapt, bool):
-        raise _bad(f"{path}.adapt", adapt, "true or false")
-    return PolicySpec(name=name, split=split, offload_step=step, replan=replan, adapt=adapt)
+    if cfg.name != "fixed" and (cfg.split is not None or cfg.offload_step is not None):
+        raise WorkloadError(f"workload fields {path}.split/offload_step are only allowed with policy 'fixed', not {cfg.name!r}")
+    return cfg
 
 
 def _codec(path: str, raw: Any) -> CodecConfig | None:
@@ -595,12 +467,6 @@ def _devices(v: Any) -> tuple[DeviceGroup, ...]:
     return groups
 
 
-def _choice(path: str, v: Any, allowed: tuple[str, ...]) -> str:
-    if not isinstance(v, str) or v not in allowed:
-        raise _bad(path, v, "one of " + ", ".join(allowed))
-    return v
-
-
 def _parse(raw: Any, base_dir: str | Path) -> Workload:
     if not isinstance(raw, dict):
         raise WorkloadError(f"a workload is a mapping of fields {_field_names(Workload)}, got {type(raw).__name__}")
@@ -610,18 +476,14 @@ def _parse(raw: Any, base_dir: str | Path) -> Workload:
             _soft(WorkloadError(f"workload field {req} is missing (required)"))
     wl = Workload(
         name=_field(_name, d.get("name", Path(str(base_dir)).name or "run"), default="run"),
-        precision=_field(_choice, "precision", d.get("precision", "auto"), PRECISIONS, default="auto"),
         model=_field(_model, d.get("model", "?"), default="?"),
         devices=_field(_devices, d.get("devices", [{"class": "x"}]), default=()),
         inputs=_field(_inputs, "inputs", d.get("inputs"), default=InputsSpec()),
-        policy=_field(_policy, "policy", d.get("policy", "slicer"), default=PolicySpec()),
+        policy=_field(_policy, "policy", d.get("policy", "slicer"), default=PolicyConfig()),
         codec=_field(_codec, "codec", d.get("codec"), default=None),
-        mode=_field(_choice, "mode", d.get("mode", "auto"), MODES, default="auto"),
-        requests=_num("requests", d.get("requests", 2), 1, 100000, integer=True),
-        max_new_tokens=_num("max_new_tokens", d.get("max_new_tokens", 8), 1, 4096, integer=True),
-        seed=_num("seed", d.get("seed", 0), 0, 2**32 - 1, integer=True),
-        server=_field(_server, "server", d.get("server"), default=ServerSpec()),
+        server=_field(_section, "server", d.get("server"), ServerConfig, default=ServerConfig()),
         base_dir=str(base_dir),
+        **_spec_values("", d, Workload),  # precision, mode, requests, max_new_tokens, seed
     )
     if wl.codec is not None and wl.codec.method != "raw" and not _names_seed(d.get("codec")):
         # the workload's seed is the codec's seed (rotation, tie-breaks) unless the spec names one

@@ -1,5 +1,10 @@
 """`slicer run [WORKLOAD]`: run a workload on an embedded local Ray cluster (or an
-existing one with ``--address``), print a summary and write the run folder."""
+existing one with ``--address``), print a summary and write the run folder.
+
+The server's limits can be set on the command line: one flag per field of
+``ServerConfig`` (``--max-batch``, ``--batch-window-ms``, ``--max-kv-mib``...),
+derived from its declaration (``slicer.actors.fields``: type, bounds, doc), each
+overriding the workload's ``server:`` value."""
 from __future__ import annotations
 
 HELP = "run a workload (default: examples/quickstart.yaml) on an embedded local Ray cluster or --address"
@@ -21,6 +26,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="write into an existing, non-empty --out folder")
     p.add_argument("--json", action="store_true",
                    help="print the run's summary as JSON on stdout (progress and messages go to stderr)")
+    from slicer.actors.fields import add_flags
+    from slicer.actors.server_config import ServerConfig
+
+    add_flags(p.add_argument_group("server limits (override the workload's server: section)"), ServerConfig,
+              section="server")
+
+
+def with_overrides(wl, args: argparse.Namespace):
+    """``wl`` with the server flags given on the command line (each already checked
+    against its field's bounds as it was parsed)."""
+    import dataclasses
+
+    from slicer.actors.fields import given_flags
+    from slicer.actors.server_config import ServerConfig
+
+    given = given_flags(args, ServerConfig)
+    return dataclasses.replace(wl, server=dataclasses.replace(wl.server, **given)) if given else wl
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"slicer run: {refused}", file=sys.stderr)
         return 2
     try:
-        wl = load_workload(path)
+        wl = with_overrides(load_workload(path), args)
     except WorkloadError as e:
         print(f"slicer run: {e}", file=sys.stderr)
         return 2
@@ -70,10 +92,9 @@ def run(args: argparse.Namespace) -> int:
         print(R.dumps({**out.summary, "run_dir": str(out.run_dir)}))
         return rc
     print(R.format_table(out.summary))
-    sample = next((r for r in out.records if r.get("ok") and r.get("text") is not None), None)
+    sample = next((r for r in out.records if r.ok and r.text is not None), None)
     if sample is not None:
-        print(f"\nsample ({sample['request_id']}, {sample['mode']} l={sample['split']}, {sample['codec']}): "
-              f"{sample['text']!r}")
+        print(f"\nsample ({sample.request_id}, {sample.mode} l={sample.split}, {sample.codec}): {sample.text!r}")
     print(f"\nrun folder: {out.run_dir}")
     return rc
 

@@ -151,7 +151,7 @@ def test_cloud_only_token_payload_checked(tiny_model):
 
 def test_admission_limits(tiny_model):
     kv_per_tok = tiny_model.profile.kv_bytes_per_token(1, tiny_model.num_units)
-    server = Server(tiny_model, ServerConfig(max_sessions=2, max_kv_bytes=kv_per_tok * 20))
+    server = Server(tiny_model, ServerConfig(max_sessions=2, max_kv_mib=kv_per_tok * 20 / 2**20))
     a = server.open_session("d1", "r", 1, 10)
     with pytest.raises(AdmissionError, match="max_kv_bytes"):
         server.open_session("d2", "r", 1, 11)
@@ -417,7 +417,7 @@ def test_booleans_and_floats_are_not_integers(tiny_model, split, max_tokens, nee
 
 def test_kv_is_kept_for_registered_devices_that_hold_none(tiny_model):
     kv = int(tiny_model.profile.kv_bytes_per_token(2, tiny_model.num_units)) * 16  # one session
-    server = Server(tiny_model, ServerConfig(max_kv_bytes=6 * kv, max_kv_bytes_per_device=6 * kv,
+    server = Server(tiny_model, ServerConfig(max_kv_mib=6 * kv / 2**20, max_kv_mib_per_device=6 * kv / 2**20,
                                              max_sessions_per_device=10, kv_kept_per_idle_device=kv), identities=IDS)
     held = [server.open_session("mallory", "m/r0", 2, 16, credential=IDS["mallory"])]
     with pytest.raises(AdmissionError, match=rf"and {2 * kv} kept for 2 registered devices that hold none"):

@@ -118,7 +118,7 @@ def test_non_loss_errors_pass_through_without_replay(tiny_model):
 
 def test_per_device_limits_refuse_one_device_and_not_the_others(tiny_model):
     kv_one = int(tiny_model.profile.kv_bytes_per_token(2, tiny_model.num_units)) * 16
-    server = Server(tiny_model, ServerConfig(max_sessions_per_device=2, max_kv_bytes_per_device=3 * kv_one))
+    server = Server(tiny_model, ServerConfig(max_sessions_per_device=2, max_kv_mib_per_device=3 * kv_one / 2**20))
     server.open_session("greedy", "r0", 2, 16)
     server.open_session("greedy", "r1", 2, 16)
     with pytest.raises(AdmissionError, match="device greedy.*max_sessions_per_device=2"):

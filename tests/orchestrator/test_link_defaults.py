@@ -8,6 +8,7 @@ import math
 import pytest
 
 from slicer.actors.policy_actor import Policy, _budgets_of, _Device
+from slicer.actors.protocol import BudgetSpec, DeviceInfo, Request
 from slicer.orchestrator.commands import plan as plan_cmd
 from slicer.orchestrator.runner import policy_config
 from slicer.orchestrator.workload import parse_workload
@@ -29,7 +30,7 @@ def _cli_link(rate_mbps: float) -> LinkState:
 @pytest.mark.parametrize("rate", [0.5, 20.0, 200.0])
 def test_workload_link_is_the_plan_commands_link(rate):
     wl = parse_workload({**WL, "devices": [{**WL["devices"][0], "link": {"rate_mbps": rate}}]})
-    ls = LinkState.from_spec(wl.devices[0].link.as_dict())
+    ls = wl.devices[0].link.state()
     assert ls == _cli_link(rate)
     assert (ls.epsilon, ls.bandwidth_hz) == (1e-3, 10e6) and math.isclose(ls.snr, 10.0)
     assert math.isclose(ls.capacity_bps, 10e6 * math.log2(11.0))  # ≈ 34.6 Mbit/s, not 133
@@ -39,12 +40,12 @@ def test_workload_plans_exactly_as_slicer_plan():
     profile = plan_cmd.load_model_profile("llama-3.2-3b")
     wl = parse_workload(WL)
     dev_id, g = wl.all_devices()[0]
-    cfg = policy_config(wl, {dev_id: [{"prompt_ids": [1, 2, 3, 4]}]})
+    cfg = policy_config(wl, {dev_id: [Request(f"{dev_id}/r0", 0, (1, 2, 3, 4), 8)]})
+    assert (cfg.name, cfg.new_tokens, cfg.prompt_tokens) == ("slicer", 8, 4)
     pol = Policy(cfg, profile)
-    got = pol.register(dev_id, {"device_class": g.device_class, "link": g.link.as_dict(),
-                                "budgets": {"latency_ms": 60}, "memory_cap_mib": None, "node": None})
+    got = pol.register(dev_id, DeviceInfo(g.device_class, link=g.link, budgets=g.budgets)).to_dict()
     device = get_device("jetson-orin-agx")
-    budgets = _budgets_of(cfg, device, _Device(dev_id, g.device_class, g.link.as_dict(), {"latency_ms": 60}, None, None))
+    budgets = _budgets_of(cfg, device, _Device(dev_id, g.device_class, g.link, BudgetSpec(latency_ms=60), None))
     want = plan("slicer", profile, device, _cli_link(20.0), budgets).to_dict()
     assert got.pop("device") == dev_id and want.pop("device") == "jetson-orin-agx"  # the policy names the device id
     assert got == want

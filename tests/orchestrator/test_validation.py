@@ -64,7 +64,7 @@ def test_infeasible_budget_names_the_binding_constraint_everywhere(model_dir):
     wl = _wl(model_dir, devices=[{"class": "raspberry-pi-5", "budgets": {"memory_mib": 0.0001, "latency_ms": 1000}}])
     out = run_inprocess(wl)
     rec = out.records[0]
-    assert rec["plan_feasible"] is False and rec["plan_binding"] == "memory"
+    assert rec.plan_feasible is False and rec.plan_binding == "memory"
     plan = out.summary["devices"]["raspberry-pi-5-0"]["plans"][0]
     assert plan["feasible"] is False and plan["binding"] == "memory" and plan["reason"]
     table = R.format_table(out.summary)
@@ -74,7 +74,7 @@ def test_infeasible_budget_names_the_binding_constraint_everywhere(model_dir):
     assert "plan infeasible, binding memory" in buf.getvalue()
     # a feasible device shows none of it
     ok = run_inprocess(_wl(model_dir, devices=[{"class": "raspberry-pi-5", "budgets": {"memory_mib": 100}}]))
-    assert ok.records[0]["plan_feasible"] is not False
+    assert ok.records[0].plan_feasible is not False
     assert "no plan meets" not in R.format_table(ok.summary)
 
 

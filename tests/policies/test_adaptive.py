@@ -159,13 +159,13 @@ def test_rate_traces_parse_and_refuse(tmp_path):
 def test_workload_knobs_and_trace_parse():
     base = {"name": "w", "model": "slicer-tiny", "policy": {"name": "slicer", "adapt": True}, "inputs": {"prompts": [[1, 2, 3]]},
             "devices": [{"class": "raspberry-pi-5", "emulation": {"link": True},
-                         "budgets": {"latency_ms": 50, "handoff_ms": 400, "ar_buffer_kb": 64, "min_accuracy": 0.9},
+                         "budgets": {"latency_ms": 50, "handoff_ms": 400, "ar_buffer_bytes": 64000, "min_accuracy": 0.9},
                          "link_trace": [{"t_s": 0, "rate_mbps": 20}, {"t_s": 3, "rate_mbps": 0.5}]}]}
     wl = parse_workload(base)
     g = wl.devices[0]
-    assert (g.budgets.handoff_ms, g.budgets.ar_buffer_kb, g.budgets.min_accuracy) == (400, 64, 0.9)
+    assert (g.budgets.handoff_ms, g.budgets.ar_buffer_bytes, g.budgets.min_accuracy) == (400, 64000, 0.9)
     assert g.link_trace == ((0, 20), (3, 0.5)) and wl.policy.adapt is True
-    for path, val, msg in ((("budgets", "min_accuracy"), 1.5, "min_accuracy"), (("budgets", "ar_buffer_kb"), -1, "ar_buffer_kb"),
+    for path, val, msg in ((("budgets", "min_accuracy"), 1.5, "min_accuracy"), (("budgets", "ar_buffer_bytes"), -1, "ar_buffer_bytes"),
                            (("budgets", "handoff_ms"), "fast", "handoff_ms"),
                            (("link_trace",), [{"t_s": 0, "rate_mbps": 0}], "link_trace")):
         bad = {**base, "devices": [dict(base["devices"][0])]}
@@ -184,11 +184,11 @@ def test_workload_knobs_and_trace_parse():
 
 
 def test_workload_budgets_reach_the_planner(tiny):
-    """handoff_ms, ar_buffer_kb and min_accuracy of a device become Budgets of its plans."""
+    """handoff_ms, ar_buffer_bytes and min_accuracy of a device become Budgets of its plans."""
     from slicer.actors.policy_actor import _budgets_of, _Device
     from slicer.policies.devices import get_device
 
-    dev = _Device("d", "raspberry-pi-5", {"rate_mbps": 20}, {"latency_ms": 50, "handoff_ms": 400, "ar_buffer_kb": 64,
+    dev = _Device("d", "raspberry-pi-5", {"rate_mbps": 20}, {"latency_ms": 50, "handoff_ms": 400, "ar_buffer_bytes": 64000,
                                                               "min_accuracy": 0.9}, None)
     b = _budgets_of(PolicyConfig(), get_device("raspberry-pi-5"), dev)
     assert (b.handoff_latency_s, b.ar_buffer_bytes, b.min_accuracy) == (0.4, 64e3, 0.9)
