@@ -15,6 +15,7 @@ matches nothing pends forever in Ray.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, Iterable
 
 import ray
@@ -22,7 +23,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from slicer.actors.edge import EdgeConfig, EdgeDevice
 from slicer.actors.policy_actor import Policy, PolicyConfig
-from slicer.actors.protocol import AdmissionError
+from slicer.actors.protocol import AdmissionError, Request, RequestRecord
 from slicer.actors.server import Server, ServerConfig
 
 
@@ -105,7 +106,7 @@ class RayPolicyClient:
 class EdgeShell:
     """One edge device as an actor."""
 
-    def __init__(self, cfg: dict, model_ref: str, server, policy, timeout_s: float = 60.0, trace: bool = False,
+    def __init__(self, cfg: EdgeConfig, model_ref: str, server, policy, timeout_s: float = 60.0, trace: bool = False,
                  credential: str | None = None):
         """``credential``: the device's identity credential (the driver's, at placement;
         Ray restarts the actor with the same one)."""
@@ -113,22 +114,22 @@ class EdgeShell:
 
         _quiet()
         self.info = where()
-        _init_tracing(f"slicer-edge-{cfg['device_id']}", trace,
-                      {"slicer.device": cfg["device_id"], "slicer.device_class": cfg["device_class"]})
+        _init_tracing(f"slicer-edge-{cfg.device_id}", trace,
+                      {"slicer.device": cfg.device_id, "slicer.device_class": cfg.device_class})
         from slicer.actors.recovery import RecoveringServerClient
 
         # A restarted server has no sessions: the client rebuilds them by replay (actors.recovery).
         self.server_client = RecoveringServerClient(RayServerClient(server, timeout_s, credential),
                                                     recovery_timeout_s=max(180.0, 3 * timeout_s))
-        self.edge = EdgeDevice(EdgeConfig(**{**cfg, "node": self.info["node_id"]}), model_ref,
+        self.edge = EdgeDevice(replace(cfg, node=self.info["node_id"]), model_ref,
                                self.server_client, RayPolicyClient(policy, timeout_s))
 
     def where(self, trace_ctx: dict | None = None) -> dict:
-        return {**self.info, "device_id": self.edge.cfg.device_id, "plan": self.edge.plan}
+        return {**self.info, "device_id": self.edge.cfg.device_id}
 
-    def generate(self, request: dict, trace_ctx: dict | None = None) -> dict:
+    def generate(self, request: Request, trace_ctx: dict | None = None) -> RequestRecord:
         rec = self.edge.generate(request, trace_ctx or {})
-        rec["server_recoveries"] = self.server_client.drain_events()  # sessions rebuilt by replay
+        rec.server_recoveries = self.server_client.drain_events()  # sessions rebuilt by replay
         return rec
 
     def drain_traces(self, trace_ctx: dict | None = None) -> list[dict]:
@@ -254,10 +255,10 @@ def make_policy(cfg: PolicyConfig, profile, *, label_selector: dict, resources: 
         num_cpus=0, label_selector=label_selector, resources=resources or {}, name=name).remote(cfg, profile, trace)
 
 
-def make_edge(cfg: dict, model_ref: str, server, policy, *, label_selector: dict, resources: dict,
+def make_edge(cfg: EdgeConfig, model_ref: str, server, policy, *, label_selector: dict, resources: dict,
               timeout_s: float = 60.0, trace: bool = False, max_restarts: int = 0, credential: str | None = None):
-    return ray.remote(EdgeShell).options(  # a CUDA edge (cfg["device"]) gets a GPU
-        num_cpus=0, num_gpus=1 if cfg.get("device") == "cuda" else 0,
+    return ray.remote(EdgeShell).options(  # a CUDA edge gets a GPU
+        num_cpus=0, num_gpus=1 if cfg.device == "cuda" else 0,
         label_selector=label_selector, resources=resources, max_restarts=max_restarts,
         name=None).remote(cfg, model_ref, server, policy, timeout_s, trace, credential)
 

@@ -30,10 +30,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Protocol, TextIO
 
+from slicer.actors.protocol import Mode, Request, RequestRecord
 from slicer.orchestrator import results as R
 from slicer.orchestrator.workload import Workload, WorkloadError, load_prompts
+from slicer.policies.link import RateTrace
 from slicer.orchestrator.yamlload import short
 
 
@@ -63,11 +65,11 @@ def tokenizer_for(model_ref: str):
     return AutoTokenizer.from_pretrained(str(p))
 
 
-def make_requests(wl: Workload, model_ref: str | None = None, vocab_size: int | None = None) -> dict[str, list[dict]]:
-    """Per device id, its requests: ``{"request_id", "index", "prompt_ids", "max_new_tokens"}``."""
+def make_requests(wl: Workload, model_ref: str | None = None, vocab_size: int | None = None) -> dict[str, list[Request]]:
+    """Per device id, its requests (device d's i-th request always gets prompt i mod P)."""
     prompts = load_prompts(wl)
     tok = None
-    ids_list: list[list[int]] = []
+    ids_list: list[tuple[int, ...]] = []
     for i, rec in enumerate(prompts):
         p = rec["prompt"]
         if isinstance(p, str):
@@ -83,16 +85,16 @@ def make_requests(wl: Workload, model_ref: str | None = None, vocab_size: int | 
             raise WorkloadError(f"inputs.prompts[{i}]={short(p)} tokenizes to nothing")
         if vocab_size and max(ids) >= vocab_size:
             raise WorkloadError(f"inputs.prompts[{i}] holds token id {max(ids)}: allowed ids < vocab size {vocab_size}")
-        ids_list.append(ids)
-    out: dict[str, list[dict]] = {}
+        ids_list.append(tuple(ids))
+    out: dict[str, list[Request]] = {}
     for dev_id, g in wl.all_devices():
         n = g.requests or wl.requests
-        out[dev_id] = [{"request_id": f"{dev_id}/r{i}", "index": i, "prompt_ids": ids_list[i % len(ids_list)],
-                        "max_new_tokens": wl.max_new_tokens, "prompt_index": i % len(ids_list)} for i in range(n)]
+        out[dev_id] = [Request(request_id=f"{dev_id}/r{i}", index=i, prompt_ids=ids_list[i % len(ids_list)],
+                               max_new_tokens=wl.max_new_tokens, prompt_index=i % len(ids_list)) for i in range(n)]
     return out
 
 
-def add_text(records: list[dict], model_ref: str) -> None:
+def add_text(records: list[RequestRecord], model_ref: str) -> None:
     """Decode each record's generated tokens (``text``) when the model has a tokenizer."""
     try:
         tok = tokenizer_for(model_ref)
@@ -101,8 +103,8 @@ def add_text(records: list[dict], model_ref: str) -> None:
     if tok is None:
         return
     for r in records:
-        if r.get("tokens"):
-            r["text"] = tok.decode(r["tokens"])
+        if r.tokens:
+            r.text = tok.decode(r.tokens)
 
 
 def resolve_devices(wl: Workload, has_gpu: Callable[[str | None], bool]) -> dict:
@@ -134,41 +136,38 @@ def _cluster_gpus():
     return has_gpu
 
 
-def edge_config(wl: Workload, dev_id: str, g, device: str = "cpu", link_trace: dict | None = None) -> dict:
-    """``slicer.actors.edge.EdgeConfig`` fields (plain data) of one device; ``device``:
-    the group's resolved device (``resolve_devices``); ``link_trace``: the group's
-    ``_link_trace``, read once per group by the caller (read here when not given)."""
-    return {
-        "device_id": dev_id, "device_class": g.device_class, "link": g.link.as_dict(),
-        "budgets": dataclasses.asdict(g.budgets), "emulation": dataclasses.asdict(g.emulation),
-        "link_schedule": [dataclasses.asdict(c) for c in g.link_schedule],
-        "codec": wl.codec.spec() if wl.codec is not None else None, "mode": wl.mode,
-        "precision": g.dtype or (None if wl.precision == "auto" else wl.precision), "seed": wl.seed,
-        "device": device,
-        "link_trace": link_trace if link_trace is not None else _link_trace(wl, g.link_trace),
-        "adapt": wl.policy.adapt,
-    }
+def edge_config(wl: Workload, dev_id: str, g, device: str = "cpu", link_trace: RateTrace | None = None,
+                node: str = "") -> EdgeConfig:
+    """One device's ``EdgeConfig``; ``device``: the group's resolved device
+    (``resolve_devices``); ``link_trace``: the group's ``_link_trace``, read once per group
+    by the caller (read here when not given)."""
+    from slicer.actors.edge import EdgeConfig
+
+    return EdgeConfig(
+        device_id=dev_id, device_class=g.device_class, link=g.link, budgets=g.budgets, emulation=g.emulation,
+        link_schedule=tuple(g.link_schedule), codec=wl.codec, mode=None if wl.mode == "auto" else Mode(wl.mode),
+        precision=g.dtype or (None if wl.precision == "auto" else wl.precision), seed=wl.seed, device=device,
+        link_trace=link_trace if link_trace is not None else _link_trace(wl, g.link_trace), adapt=wl.policy.adapt,
+        node=node)
 
 
-def _link_trace(wl: Workload, trace) -> dict | None:
-    """A group's rate trace as ``EdgeConfig.link_trace`` (a file is read here, once)."""
+def _link_trace(wl: Workload, trace) -> RateTrace | None:
+    """A group's rate trace (a file is read here, once)."""
     if trace is None:
         return None
-    from slicer.policies.link import RateTrace, load_rate_trace
+    from slicer.policies.link import load_rate_trace
 
     if isinstance(trace, str):
         path = wl.resolve_path(trace)
         if path is None or not path.is_file():
             raise FileNotFoundError(f"link_trace file {trace!r} not found (relative to {wl.base_dir})")
-        t = load_rate_trace(path)
-    else:
-        t = RateTrace.from_rows(list(trace))
-    return {"times_s": list(t.times_s), "rates_mbps": list(t.rates_mbps)}
+        return load_rate_trace(path)
+    return RateTrace.from_rows(list(trace))
 
 
-def longest_prompt(requests: dict[str, list[dict]]) -> int:
+def longest_prompt(requests: dict[str, list[Request]]) -> int:
     """Tokens of the run's longest prompt (1 with none): what plans and KV room are sized for."""
-    return max((len(r["prompt_ids"]) for rs in requests.values() for r in rs), default=1)
+    return max((len(r.prompt_ids) for rs in requests.values() for r in rs), default=1)
 
 
 def policy_config(wl: Workload, requests: dict[str, list[Request]]):
@@ -186,17 +185,6 @@ def server_config(wl: Workload, profile: Any = None, requests: dict[str, list[Re
 
     kept = request_kv_bytes(wl, profile, longest_prompt(requests)) if profile is not None and requests else 0
     return dataclasses.replace(wl.server, kv_kept_per_idle_device=kept)
-
-
-def failed_record(request: dict, dev_id: str, index: int, device_class: str | None, error: str,
-                  node: str | None = None) -> dict:
-    """The record of a request that produced nothing (its actor died for good, or the run
-    stalled): the same fields a finished record's summary reads, ``ok`` False, the cause."""
-    rec = {"request_id": request["request_id"], "device": dev_id, "index": index, "ok": False,
-           "device_class": device_class, "error": error, "latency_s": 0.0, "new_tokens": 0, "tokens": []}
-    if node is not None:
-        rec["node"] = node
-    return rec
 
 
 def make_identities(wl: Workload) -> dict[str, str]:
@@ -228,62 +216,360 @@ def _check_model_fit(wl: Workload, profile, model_ref: str, requests: dict[str, 
                         max_tokens_per_session=ServerConfig().max_tokens_per_session)
 
 
+# ----------------------------------------------------------------------------- one driver
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a run needs from its model before any actor starts, every model-dependent
+    field checked."""
+
+    model_ref: str
+    profile: Any
+    requests: dict[str, list[Request]]
+
+
+def prepare(wl: Workload, profile: Any = None) -> Prepared:
+    """The model's profile (from its config unless given), the requests, the fit checks."""
+    from slicer.actors.models import profile_from_config
+
+    model_ref = wl.model_ref()
+    if profile is None:
+        try:
+            profile = profile_from_config(model_ref)
+        except (OSError, ValueError) as e:  # transformers' "Repo id must be..." / "not a folder" texts
+            raise WorkloadError(f"workload field model={wl.model[:120]!r}: cannot read its config "
+                                f"({type(e).__name__}: {str(e)[:300]})") from None
+    requests = make_requests(wl, model_ref, int(profile.vocab_size or 0))
+    _check_model_fit(wl, profile, model_ref, requests)
+    return Prepared(model_ref, profile, requests)
+
+
+@dataclass
+class Collected:
+    """What a backend hands back at the end of a run besides the records."""
+
+    stats: dict
+    decisions: list[dict]
+    load: list[dict]
+    devices: dict[str, dict]
+    cluster_info: dict
+    spans: list[dict] | None = None
+    load_replaces: bool = True
+    """``load`` is the whole timeline (the server's per-batch rows); False: it is a last
+    sample to append to the driver's polled rows."""
+
+
+class Backend(Protocol):
+    """Where a workload's actors run (as vLLM's executors: one driver, several backends)."""
+
+    def start(self, wl: Workload, prep: Prepared, *, progress: TextIO | None, trace: bool, t_setup: float) -> None:
+        """Create the policy, the server and one edge per device; return when all are up."""
+    def submit(self, dev_id: str, request: Request) -> None:
+        """Start one request of a device (the driver keeps one in flight per device)."""
+    def poll(self, timeout_s: float) -> list[tuple[str, RequestRecord]]:
+        """Requests finished since the last poll (a lost one comes back as a failed record)."""
+    def failed(self, dev_id: str, request: Request, error: str) -> RequestRecord:
+        """The record of a request that never finished."""
+    def sample_load(self) -> dict | None:
+        """One server load row (None while it is down)."""
+    def collect(self, stalled: bool, trace: bool) -> Collected:
+        """Stats, decisions, load timeline, device placement and spans."""
+    def close(self) -> None:
+        """Stop what ``start`` created."""
+
+
+def drive(wl: Workload, backend: Backend, *, prepared: Prepared | None = None, out: str | Path | None = None,
+          trace: bool = False, progress: TextIO | None = None, load_interval_s: float = 0.5, write: bool = False,
+          t_setup: float | None = None) -> RunOutput:
+    """Run a workload's requests on ``backend``: one request in flight per device, a
+    progress line per finished request, the server's load sampled every
+    ``load_interval_s``; records, summary and failures built here, once, for every backend."""
+    t_setup = time.perf_counter() if t_setup is None else t_setup
+    prep = prepared or prepare(wl)
+    requests = prep.requests
+    try:
+        backend.start(wl, prep, progress=progress, trace=trace, t_setup=t_setup)
+        total = sum(len(v) for v in requests.values())
+        next_i = {d: 0 for d in requests}
+        inflight: set[str] = set()
+        records: list[RequestRecord] = []
+        load_rows: list[dict] = []
+
+        def submit(dev_id: str) -> None:
+            i = next_i[dev_id]
+            if i < len(requests[dev_id]):
+                next_i[dev_id] += 1
+                inflight.add(dev_id)
+                backend.submit(dev_id, requests[dev_id][i])
+
+        def done(rec: RequestRecord) -> None:
+            records.append(rec)
+            if progress is not None:
+                R.progress_line(rec, len(records), total, progress)
+
+        t0 = time.perf_counter()
+        for d in requests:
+            submit(d)
+        # Per request: prompt + tokens, each step bounded by the step timeout.
+        request_timeout_s = wl.server.step_timeout_s * (wl.max_new_tokens + 2)
+        last_progress = next_sample = time.perf_counter()
+        stall: str | None = None
+        while inflight:
+            finished = backend.poll(min(load_interval_s, 1.0))
+            now = time.perf_counter()
+            if now >= next_sample:
+                row = backend.sample_load()
+                if row is not None:
+                    load_rows.append(row)
+                next_sample = now + load_interval_s
+            if not finished:
+                if now - last_progress > request_timeout_s:
+                    # Keep what finished (raising here would lose every record of the run).
+                    never = sum(len(requests[d]) - next_i[d] for d in requests)
+                    stall = (f"StallError: no request finished for {request_timeout_s:.0f} s (step timeout "
+                             f"{wl.server.step_timeout_s:g} s x {wl.max_new_tokens + 2} steps); in flight: "
+                             f"{sorted(inflight)}; {never} request(s) never started")
+                    break
+                continue
+            last_progress = now
+            for dev_id, rec in finished:
+                inflight.discard(dev_id)
+                done(rec)
+                submit(dev_id)
+        if stall is not None:
+            for dev_id in sorted(inflight):
+                done(backend.failed(dev_id, requests[dev_id][next_i[dev_id] - 1], stall))
+        wall = time.perf_counter() - t0
+        add_text(records, prep.model_ref)
+        got = backend.collect(stall is not None, trace)
+        load_rows = got.load if got.load_replaces else load_rows + got.load
+        summary = R.build_summary(wl.to_dict(), records, got.stats, got.decisions, got.devices, wall, got.cluster_info)
+        summary["error"] = stall
+        run_dir = None
+        if write:
+            run_dir = R.new_run_dir(wl.name, out)
+            R.write_run(run_dir, wl.to_dict(), records, got.decisions, load_rows, summary)
+            if got.spans:
+                R.write_jsonl(run_dir / "traces.jsonl", got.spans)
+        return RunOutput(run_dir, summary, records, got.decisions, load_rows, error=stall)
+    finally:
+        backend.close()
+
+
 # ----------------------------------------------------------------------------- in-process
+
+
+class InProcessBackend:
+    """The plain classes in this process, no Ray: requests run one at a time, in the
+    order they were submitted (round-robin over devices, as concurrent devices interleave).
+    ``model``: a loaded ``SplitModel`` to use; ``planner``: a replacement for
+    ``slicer.policies.plan`` (tests)."""
+
+    def __init__(self, model: Any = None, planner: Callable | None = None):
+        self.model, self.planner = model, planner
+        self.queue: list[tuple[str, Request]] = []
+
+    def start(self, wl: Workload, prep: Prepared, *, progress: TextIO | None, trace: bool, t_setup: float) -> None:
+        import torch
+
+        from slicer.actors.edge import EdgeDevice, InProcessPolicy, InProcessServer
+        from slicer.actors.models import load_model
+        from slicer.actors.models.devices import resolve_dtype
+        from slicer.actors.policy_actor import Policy
+        from slicer.actors.server import Server
+
+        if self.planner is None:
+            check_device_classes(wl)
+        devices = resolve_devices(wl, lambda _cls: torch.cuda.is_available())
+        if self.model is None:
+            self.model = load_model(prep.model_ref, device=devices["server"],
+                                    dtype=resolve_dtype(wl.server.dtype, devices["server"]))
+        identities = make_identities(wl)
+        self.server = Server(self.model, server_config(wl, prep.profile, prep.requests), identities=identities)
+        self.policy = Policy(policy_config(wl, prep.requests), prep.profile, planner=self.planner)
+        group_dev = {id(g): d for g, d in zip(wl.devices, devices["groups"])}
+        group_trace = {id(g): _link_trace(wl, g.link_trace) for g in wl.devices}  # each trace file read once
+        self.edges = {
+            dev_id: EdgeDevice(edge_config(wl, dev_id, g, group_dev[id(g)], group_trace[id(g)], node="local"),
+                               prep.model_ref, InProcessServer(self.server, identities[dev_id]),
+                               InProcessPolicy(self.policy), model=self.model)
+            for dev_id, g in wl.all_devices()}
+        self.devices = {d: {"device_class": g.device_class, "node": "local", "emulated": g.emulation.active}
+                        for d, g in wl.all_devices()}
+
+    def submit(self, dev_id: str, request: Request) -> None:
+        self.queue.append((dev_id, request))
+
+    def poll(self, timeout_s: float) -> list[tuple[str, RequestRecord]]:
+        if not self.queue:
+            return []
+        dev_id, request = self.queue.pop(0)
+        return [(dev_id, self.edges[dev_id].generate(request, {}))]
+
+    def failed(self, dev_id: str, request: Request, error: str) -> RequestRecord:
+        return RequestRecord.failed(request, dev_id, self.devices[dev_id]["device_class"], error, node="local")
+
+    def sample_load(self) -> dict | None:
+        return None  # one sample at the end: nothing runs beside the requests
+
+    def collect(self, stalled: bool, trace: bool) -> Collected:
+        return Collected(self.server.stats(), self.policy.decisions(), [self.server.load_sample()], self.devices,
+                         {"backend": "in-process"})
+
+    def close(self) -> None:
+        pass
 
 
 def run_inprocess(wl: Workload, *, model: Any = None, planner: Callable | None = None,
                   progress: TextIO | None = None) -> RunOutput:
-    """Run a workload with the plain classes in this process (no Ray, one request at a
-    time). ``model``: a loaded ``SplitModel`` to use; ``planner``: a replacement for
-    ``slicer.policies.plan`` (tests)."""
-    from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProcessServer
-    from slicer.actors.models import load_model
-    from slicer.actors.policy_actor import Policy
-    from slicer.actors.server import Server
-
-    if planner is None:
-        check_device_classes(wl)
-    t0 = time.perf_counter()
-    from slicer.actors.models.devices import resolve_dtype
-
-    model_ref = wl.model_ref()
-    import torch
-
-    devices = resolve_devices(wl, lambda _cls: torch.cuda.is_available())
-    if model is None:
-        model = load_model(model_ref, device=devices["server"], dtype=resolve_dtype(wl.server.dtype, devices["server"]))
-    requests = make_requests(wl, model_ref, int(getattr(model.config, "vocab_size", 0) or 0))
-    _check_model_fit(wl, model.profile, model_ref, requests)
-    identities = make_identities(wl)
-    server = Server(model, server_config(wl, model.profile, requests), identities=identities)
-    policy = Policy(policy_config(wl, requests), model.profile, planner=planner)
-    edges = {}
-    group_dev = {id(g): d for g, d in zip(wl.devices, devices["groups"])}
-    group_trace = {id(g): _link_trace(wl, g.link_trace) for g in wl.devices}  # each trace file read once
-    for dev_id, g in wl.all_devices():
-        cfg = edge_config(wl, dev_id, g, group_dev[id(g)], group_trace[id(g)])
-        edges[dev_id] = EdgeDevice(EdgeConfig(**cfg, node="local"), model_ref,
-                                   InProcessServer(server, identities[dev_id]), InProcessPolicy(policy), model=model)
-    records: list[dict] = []
-    total = sum(len(v) for v in requests.values())
-    longest = max(len(v) for v in requests.values())
-    for i in range(longest):  # round-robin over devices, like concurrent devices would interleave
-        for dev_id, reqs in requests.items():
-            if i < len(reqs):
-                rec = edges[dev_id].generate(reqs[i], {})
-                records.append(rec)
-                if progress is not None:
-                    R.progress_line(rec, len(records), total, progress)
-    wall = time.perf_counter() - t0
-    add_text(records, model_ref)
-    devices = {d: {"device_class": g.device_class, "node": "local", "emulated": g.emulation.active}
-               for d, g in wl.all_devices()}
-    decisions = policy.decisions()
-    summary = R.build_summary(wl.to_dict(), records, server.stats(), decisions, devices, wall, {"backend": "in-process"})
-    return RunOutput(None, summary, records, decisions, [server.load_sample()])
+    """Run a workload with the plain classes in this process (``InProcessBackend``)."""
+    prep = prepare(wl, profile=model.profile if model is not None else None)
+    return drive(wl, InProcessBackend(model, planner), prepared=prep, progress=progress)
 
 
 # ----------------------------------------------------------------------------- on Ray
+
+
+class RayBackend:
+    """One actor per device, a server actor and a policy actor on the connected Ray
+    cluster. ``where_to``: placement options (``place``; computed at start when None).
+    Lost actors: the server's sessions are rebuilt by the edges' replay
+    (``actors.recovery``); an edge's request is resubmitted to its restart
+    (``orchestrator.faults.Resubmitter``)."""
+
+    def __init__(self, where_to: dict | None = None, cluster_info: dict | None = None):
+        self.where_to = where_to
+        self.cluster_info = dict(cluster_info or {})
+        self.handles: list = []
+        self.inflight: dict[Any, tuple[str, Request]] = {}
+
+    def start(self, wl: Workload, prep: Prepared, *, progress: TextIO | None, trace: bool, t_setup: float) -> None:
+        from slicer.actors import ray_actors as RA
+        from slicer.orchestrator import faults
+
+        self.RA = RA
+        where_to = self.where_to or place(wl)
+        self.timeout_s = timeout_s = wl.server.step_timeout_s
+        devices = resolve_devices(wl, _cluster_gpus())  # before any actor starts: `cuda` without a GPU fails here
+        group_trace = {id(g): _link_trace(wl, g.link_trace) for g in wl.devices}  # each trace file read once
+        self.policy = RA.make_policy(policy_config(wl, prep.requests), prep.profile, trace=trace, **where_to["policy"])
+        identities = make_identities(wl)
+        self.server = RA.make_server(
+            prep.model_ref, server_config(wl, prep.profile, prep.requests), trace=trace,
+            max_restarts=faults.SERVER_MAX_RESTARTS, identities=identities, device=devices["server"],
+            dtype=wl.server.dtype, metrics_tags={"run": f"{wl.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                                 "device_classes": {d: g.device_class for d, g in wl.all_devices()}},
+            **where_to["server"])
+        self.handles += [self.policy, self.server]
+        self.edges = {}
+        group_dev = {id(g): d for g, d in zip(wl.devices, devices["groups"])}
+        for dev_id, g in wl.all_devices():
+            self.edges[dev_id] = RA.make_edge(edge_config(wl, dev_id, g, group_dev[id(g)], group_trace[id(g)]),
+                                              prep.model_ref, self.server, self.policy, timeout_s=timeout_s, trace=trace,
+                                              max_restarts=faults.EDGE_MAX_RESTARTS, credential=identities[dev_id],
+                                              **where_to["edges"][g.device_class])
+            self.handles.append(self.edges[dev_id])
+        # Wait for every actor to be up (model loaded, plan received) before timing requests.
+        # Each actor is a process importing torch + transformers and loading the model:
+        # ~4.6 CPU-s each (measured: `load_model` in a fresh python, 2-core machine), so
+        # 10 actors need ~25 s on 2 idle cores and minutes on a loaded one: the bound is
+        # generous, but there is one.
+        refs = [self.server.where.remote()] + [e.where.remote() for e in self.edges.values()]
+        startup_s = max(300.0, 30.0 * len(self.edges))
+        if progress is not None:
+            R.wait_progress(refs, progress, "actors ready (each loads the model)", timeout_s=startup_s)
+        where = RA.get(refs, timeout_s=startup_s, what="actors starting (model load, first plan)")
+        self.server_where, self.edge_where = where[0], dict(zip(self.edges, where[1:]))
+        self.device_class = {d: g.device_class for d, g in wl.all_devices()}
+        self.emulated = {d: g.emulation.active for d, g in wl.all_devices()}
+        self.resub = faults.Resubmitter(self.device_class, restart_timeout_s=max(180.0, 3 * timeout_s))
+        faults.notify_placed({"server": self.server, "policy": self.policy, "edges": dict(self.edges),
+                              "where": dict(self.edge_where)})
+        if progress is not None:
+            progress.write(f"slicer: {len(self.edges)} devices on "
+                           f"{len(set(w['node_id'] for w in self.edge_where.values()))} edge node(s), server on "
+                           f"{self.server_where['node_id'][:8]} (setup {time.perf_counter() - t_setup:.1f} s)\n")
+        # starts the timeline at t=0 (the per-batch rows are measured from it: loadmeter.rebase)
+        self.t0_server = RA.get(self.server.load_sample.remote(), timeout_s=30, what="server load sample")["t_s"]
+
+    def submit(self, dev_id: str, request: Request) -> None:
+        self.inflight[self.edges[dev_id].generate.remote(request, {})] = (dev_id, request)
+
+    def poll(self, timeout_s: float) -> list[tuple[str, RequestRecord]]:
+        import ray
+
+        ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout_s)
+        out = []
+        for ref in ready:
+            dev_id, request = self.inflight.pop(ref)
+            try:
+                rec = self.RA.get(ref, timeout_s=30, what=f"request of {dev_id}")
+            except Exception as e:  # the actor died: resubmit to its restart, or record the cause
+                err = self.resub.on_error(dev_id, request, e, self.edges[dev_id])
+                if err is None:
+                    self.edge_where[dev_id] = self.resub.where.get(dev_id, self.edge_where[dev_id])
+                    self.submit(dev_id, request)
+                    continue
+                rec = RequestRecord.failed(request, dev_id, self.device_class.get(dev_id), err)
+            self.resub.annotate(rec)
+            rec.node = rec.node or self.edge_where[dev_id]["node_id"]
+            out.append((dev_id, rec))
+        return out
+
+    def failed(self, dev_id: str, request: Request, error: str) -> RequestRecord:
+        rec = RequestRecord.failed(request, dev_id, self.device_class.get(dev_id), error,
+                                   node=self.edge_where[dev_id]["node_id"])
+        return self.resub.annotate(rec)
+
+    def sample_load(self) -> dict | None:
+        from slicer.orchestrator import faults
+
+        return faults.sample_or_none(self.server)  # None while the server restarts
+
+    def collect(self, stalled: bool, trace: bool) -> Collected:
+        from slicer.actors.loadmeter import rebase
+
+        RA = self.RA
+
+        def ask(ref, what: str, default):
+            # After a stall the hung actor may be the one asked: its answer is optional then
+            # (5 s each), so the finished records still come back.
+            try:
+                return RA.get(ref, timeout_s=5 if stalled else 30, what=what)
+            except Exception:  # noqa: BLE001
+                if not stalled:
+                    raise
+                return default
+
+        sample = ask(self.server.load_sample.remote(), "server load sample", None)
+        # One row per server batch (the driver's polled rows are the fallback: a restarted
+        # server has lost its batches; a short run polls only a couple of times).
+        per_batch = ask(self.server.load_timeline.remote(), "server load timeline", None)
+        same_server = ask(self.server.where.remote(), "server where", {}).get("pid") == self.server_where.get("pid")
+        replaces = bool(per_batch and same_server)
+        load = rebase(per_batch, self.t0_server) if replaces else ([sample] if sample is not None else [])
+        stats = ask(self.server.stats.remote(), "server stats", {})
+        stats["node"] = self.server_where["node_id"]
+        decisions = ask(self.policy.decisions.remote(), "policy decisions", [])
+        devices = {d: {"device_class": self.device_class[d], "node": self.edge_where[d]["node_id"],
+                       "node_labels": self.edge_where[d].get("labels", {}), "emulated": self.emulated[d]}
+                   for d in self.edges}
+        info = {**self.cluster_info, "server_node": self.server_where, "edge_nodes": self.edge_where}
+        spans = None
+        if trace:
+            try:
+                spans = RA.drain_traces([self.policy, self.server, *self.edges.values()], timeout_s=5 if stalled else 30)
+            except Exception:  # noqa: BLE001 (after a stall a hung actor has no spans to give)
+                if not stalled:
+                    raise
+        return Collected(stats, decisions, load, devices, info, spans, load_replaces=replaces)
+
+    def close(self) -> None:
+        from slicer.actors import ray_actors as RA
+
+        for h in self.handles:  # on a shared cluster nothing of this run stays behind
+            RA.kill(h)
 
 
 def _start_cluster(wl: Workload):
@@ -325,7 +611,7 @@ def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | 
     # Everything the workload needs from its model (config, tokenizer, prompts, fit) is
     # checked before any Ray work: a bad model path fails here in about a second, not
     # after a cluster start and an actor's model load.
-    prepared = _prepare(wl)
+    prepared = prepare(wl)
     if address is None and not ray.is_initialized():
         # an embedded cluster runs on this machine (its server node gets the GPUs):
         # `cuda` without one fails here, in seconds, before a cluster starts
@@ -350,204 +636,13 @@ def run_workload(wl: Workload, *, address: str | None = None, out: str | Path | 
                 progress.write(f"slicer: connecting to the Ray cluster at {address}...\n")
                 progress.flush()
             conn = connect(address)
-        return _drive(wl, prepared, out=out, trace=trace, progress=progress, load_interval_s=load_interval_s,
-                      write=write, t_setup=t_setup, cluster_info={"address": address or "embedded"})
+        return drive(wl, RayBackend(cluster_info={"address": address or "embedded"}), prepared=prepared, out=out,
+                     trace=trace, progress=progress, load_interval_s=load_interval_s, write=write, t_setup=t_setup)
     finally:
         if cluster is not None:
             cluster.__exit__(None, None, None)
         if conn is not None:
             conn.close()
-
-
-def _prepare(wl: Workload) -> tuple[str, Any, dict[str, list[dict]]]:
-    """``(model_ref, profile, requests)``, every model-dependent field checked; no Ray."""
-    from slicer.actors.models import profile_from_config
-
-    model_ref = wl.model_ref()
-    try:
-        profile = profile_from_config(model_ref)
-    except (OSError, ValueError) as e:  # transformers' "Repo id must be..." / "not a folder" texts
-        raise WorkloadError(f"workload field model={wl.model[:120]!r}: cannot read its config ({type(e).__name__}: "
-                            f"{str(e)[:300]})") from None
-    requests = make_requests(wl, model_ref, int(profile.vocab_size or 0))
-    _check_model_fit(wl, profile, model_ref, requests)
-    return model_ref, profile, requests
-
-
-def _drive(wl: Workload, prepared, *, out, trace, progress, load_interval_s, write, t_setup,
-           cluster_info) -> RunOutput:
-    from slicer.actors import ray_actors as RA
-
-    model_ref, profile, requests = prepared
-    where_to = place(wl)
-    handles: list = []
-    try:
-        return _drive_placed(wl, where_to, handles, model_ref, profile, requests, out=out, trace=trace, progress=progress,
-                             load_interval_s=load_interval_s, write=write, t_setup=t_setup, cluster_info=cluster_info)
-    finally:
-        for h in handles:  # on a shared cluster nothing of this run stays behind
-            RA.kill(h)
-
-
-def _drive_placed(wl, where_to, handles, model_ref, profile, requests, *, out, trace, progress, load_interval_s, write,
-                  t_setup, cluster_info) -> RunOutput:
-    import ray
-
-    from slicer.actors import ray_actors as RA
-
-    timeout_s = wl.server.step_timeout_s
-    devices = resolve_devices(wl, _cluster_gpus())  # before any actor starts: `cuda` without a GPU fails here
-    group_trace = {id(g): _link_trace(wl, g.link_trace) for g in wl.devices}  # each trace file read once, here too
-    policy = RA.make_policy(policy_config(wl, requests), profile, trace=trace, **where_to["policy"])
-    from slicer.orchestrator import faults
-
-    # Restarts: the server's sessions are rebuilt by the edges' replay (actors.recovery),
-    # an edge's request is resubmitted by the driver (orchestrator.faults.Resubmitter).
-    identities = make_identities(wl)
-    server = RA.make_server(model_ref, server_config(wl, profile, requests), trace=trace, max_restarts=faults.SERVER_MAX_RESTARTS,
-                            identities=identities, device=devices["server"], dtype=wl.server.dtype,
-                            metrics_tags={"run": f"{wl.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                          "device_classes": {d: g.device_class for d, g in wl.all_devices()}},
-                            **where_to["server"])
-    handles += [policy, server]
-    edges = {}
-    group_dev = {id(g): d for g, d in zip(wl.devices, devices["groups"])}
-    for dev_id, g in wl.all_devices():
-        edges[dev_id] = RA.make_edge(edge_config(wl, dev_id, g, group_dev[id(g)], group_trace[id(g)]), model_ref,
-                                     server, policy,
-                                     timeout_s=timeout_s, trace=trace, max_restarts=faults.EDGE_MAX_RESTARTS,
-                                     credential=identities[dev_id], **where_to["edges"][g.device_class])
-        handles.append(edges[dev_id])
-    # Wait for every actor to be up (model loaded, plan received) before timing requests.
-    # Each actor is a process importing torch + transformers and loading the model:
-    # ~4.6 CPU-s each (measured: `load_model` in a fresh python, 2-core machine), so
-    # 10 actors need ~25 s on 2 idle cores and minutes on a loaded one: the bound is
-    # generous, but there is one.
-    refs = [server.where.remote()] + [e.where.remote() for e in edges.values()]
-    startup_s = max(300.0, 30.0 * len(edges))
-    if progress is not None:
-        R.wait_progress(refs, progress, "actors ready (each loads the model)", timeout_s=startup_s)
-    where = RA.get(refs, timeout_s=startup_s, what="actors starting (model load, first plan)")
-    server_where, edge_where = where[0], dict(zip(edges, where[1:]))
-    resub = faults.Resubmitter({d: g.device_class for d, g in wl.all_devices()},
-                               restart_timeout_s=max(180.0, 3 * timeout_s))
-    faults.notify_placed({"server": server, "policy": policy, "edges": dict(edges), "where": dict(edge_where)})
-    if progress is not None:
-        progress.write(f"slicer: {len(edges)} devices on {len(set(w['node_id'] for w in edge_where.values()))} edge "
-                       f"node(s), server on {server_where['node_id'][:8]} (setup {time.perf_counter() - t_setup:.1f} s)\n")
-    # starts the timeline at t=0 (the per-batch rows are measured from it: loadmeter.rebase)
-    t0_server = RA.get(server.load_sample.remote(), timeout_s=30, what="server load sample")["t_s"]
-    total = sum(len(v) for v in requests.values())
-    next_i = {d: 0 for d in requests}
-    inflight: dict[Any, str] = {}
-    records: list[dict] = []
-    load_rows: list[dict] = []
-
-    def submit(dev_id: str) -> None:
-        i = next_i[dev_id]
-        if i < len(requests[dev_id]):
-            next_i[dev_id] += 1
-            inflight[edges[dev_id].generate.remote(requests[dev_id][i], {})] = dev_id
-
-    t0 = time.perf_counter()
-    for d in requests:
-        submit(d)
-    # Per request: prompt + tokens, each step bounded by the step timeout.
-    request_timeout_s = timeout_s * (wl.max_new_tokens + 2)
-    last_progress = time.perf_counter()
-    next_sample = time.perf_counter() + load_interval_s
-    stall: str | None = None
-    while inflight:
-        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=min(load_interval_s, 1.0))
-        now = time.perf_counter()
-        if now >= next_sample:
-            row = faults.sample_or_none(server)  # None while the server restarts
-            if row is not None:
-                load_rows.append(row)
-            next_sample = now + load_interval_s
-        if not ready:
-            if now - last_progress > request_timeout_s:
-                # Keep what finished (raising here lost every record of the run).
-                never = sum(len(requests[d]) - next_i[d] for d in requests)
-                stall = (f"StallError: no request finished for {request_timeout_s:.0f} s (step timeout "
-                         f"{timeout_s:g} s x {wl.max_new_tokens + 2} steps); in flight: "
-                         f"{sorted(set(inflight.values()))}; {never} request(s) never started")
-                break
-            continue
-        last_progress = now
-        for ref in ready:
-            dev_id = inflight.pop(ref)
-            try:
-                rec = RA.get(ref, timeout_s=30, what=f"request of {dev_id}")
-            except Exception as e:  # the actor died: resubmit to its restart, or record the cause
-                i = next_i[dev_id] - 1
-                err = resub.on_error(dev_id, requests[dev_id][i], e, edges[dev_id])
-                if err is None:
-                    edge_where[dev_id] = resub.where.get(dev_id, edge_where[dev_id])
-                    inflight[edges[dev_id].generate.remote(requests[dev_id][i], {})] = dev_id
-                    continue
-                rec = failed_record(requests[dev_id][i], dev_id, i, resub.device_class.get(dev_id), err)
-            resub.annotate(rec)
-            rec["node"] = rec.get("node") or edge_where[dev_id]["node_id"]
-            records.append(rec)
-            if progress is not None:
-                R.progress_line(rec, len(records), total, progress)
-            submit(dev_id)
-    if stall is not None:
-        for dev_id in inflight.values():
-            i = next_i[dev_id] - 1
-            rec = failed_record(requests[dev_id][i], dev_id, i, resub.device_class.get(dev_id), stall,
-                                node=edge_where[dev_id]["node_id"])
-            records.append(resub.annotate(rec))
-            if progress is not None:
-                R.progress_line(rec, len(records), total, progress)
-    wall = time.perf_counter() - t0
-    add_text(records, model_ref)
-
-    def ask(ref, what: str, default):
-        # After a stall the hung actor may be the one asked: its answer is optional then
-        # (5 s each), so the finished records still come back.
-        try:
-            return RA.get(ref, timeout_s=5 if stall else 30, what=what)
-        except Exception:  # noqa: BLE001
-            if stall is None:
-                raise
-            return default
-
-    sample = ask(server.load_sample.remote(), "server load sample", None)
-    if sample is not None:
-        load_rows.append(sample)
-    # One row per server batch (the polled rows above are the fallback: a restarted server
-    # has lost its batches; a short run polls only a couple of times).
-    from slicer.actors.loadmeter import rebase
-
-    per_batch = ask(server.load_timeline.remote(), "server load timeline", None)
-    same_server = ask(server.where.remote(), "server where", {}).get("pid") == server_where.get("pid")
-    if per_batch and same_server:
-        load_rows = rebase(per_batch, t0_server)
-    stats = ask(server.stats.remote(), "server stats", {})
-    stats["node"] = server_where["node_id"]
-    decisions = ask(policy.decisions.remote(), "policy decisions", [])
-    devices = {d: {"device_class": g.device_class, "node": edge_where[d]["node_id"],
-                   "node_labels": edge_where[d].get("labels", {}), "emulated": g.emulation.active}
-               for d, g in wl.all_devices()}
-    cluster_info = {**cluster_info, "server_node": server_where, "edge_nodes": edge_where}
-    summary = R.build_summary(wl.to_dict(), records, stats, decisions, devices, wall, cluster_info)
-    summary["error"] = stall
-    run_dir = None
-    if write:
-        run_dir = R.new_run_dir(wl.name, out)
-        R.write_run(run_dir, wl.to_dict(), records, decisions, load_rows, summary)
-        if trace:
-            spans = None
-            try:
-                spans = RA.drain_traces([policy, server, *edges.values()], timeout_s=5 if stall else 30)
-            except Exception:  # noqa: BLE001 (after a stall a hung actor has no spans to give)
-                if stall is None:
-                    raise
-            if spans:
-                R.write_jsonl(run_dir / "traces.jsonl", spans)
-    return RunOutput(run_dir, summary, records, decisions, load_rows, error=stall)
 
 
 def run_many(workloads: list[Workload], *, address: str | None = None, trace: bool = False,

@@ -197,6 +197,18 @@ class SplitPlan:
     def mode(self) -> Mode:
         return Mode.of(self.split, self.offload_step, self.num_layers)
 
+    @classmethod
+    def fixed(cls, split: int, offload_step: int | None, num_layers: int, codec: Any = "lossless",
+              front_precision: str = "float32", **kw: Any) -> SplitPlan:
+        """A plan chosen by hand (tests, a forced setting): ``codec`` a ``CodecConfig`` or a spec."""
+        from slicer.codec import CodecConfig
+
+        cfg = codec if isinstance(codec, CodecConfig) else CodecConfig.parse(codec)
+        kw.setdefault("reason", f"fixed plan l={split} w={offload_step}")
+        return cls(policy=kw.pop("policy", "fixed"), feasible=kw.pop("feasible", True), split=split,
+                   offload_step=offload_step, num_layers=num_layers, method=cfg.method, codec_spec=cfg.spec(),
+                   codec=cfg, front_precision=front_precision, **kw)
+
     @property
     def key(self) -> tuple:
         """What a re-plan may change: split, offload step, front precision, codec."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from slicer.actors.protocol import Plan
+
 TINY_LLAMA = {
     "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
     "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97, "max_position_embeddings": 128,
@@ -45,8 +47,7 @@ def fixed_planner(split: int, offload_step: int | None, codec: str = "lossless",
     """A planner returning one fixed plan (stands in for ``slicer.policies.plan``)."""
 
     def planner(cfg, profile, dev):
-        return {"split": split, "offload_step": offload_step, "codec_spec": codec, "front_precision": precision,
-                "tier": 0, "reason": f"fixed test plan l={split} w={offload_step}", "predicted_memory_bytes": 1e6,
-                "feasible": True}
+        return Plan.fixed(split, offload_step, profile.num_layers, codec, precision, predicted_memory_bytes=1e6,
+                          reason=f"fixed test plan l={split} w={offload_step}", device=dev.device_id)
 
     return planner

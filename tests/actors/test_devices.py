@@ -87,12 +87,12 @@ def test_cpu_bfloat16_server_runs_in_process():
                          "devices": [{"class": "raspberry-pi-5", "count": 2, "dtype": "bfloat16"}]},
                         base_dir=os.getcwd())
     out = run_inprocess(wl)
-    assert all(r["ok"] for r in out.records), [r["error"] for r in out.records]
-    assert all(r["front_precision"] == "bfloat16" for r in out.records)
+    assert all(r.ok for r in out.records), [r.error for r in out.records]
+    assert all(r.front_precision == "bfloat16" for r in out.records)
     # both halves in bfloat16 with a lossless codec: the unsplit bfloat16 model's tokens
     m = load_model("examples/models/slicer-tiny", dtype=torch.bfloat16)
     ref, _ = reference_generate(m, torch.tensor([[1, 5, 9, 2]]), 4)
-    assert [r["tokens"] for r in out.records] == [ref, ref]
+    assert [r.tokens for r in out.records] == [ref, ref]
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

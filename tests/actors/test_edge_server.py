@@ -9,7 +9,7 @@ import torch
 
 from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProcessServer
 from slicer.actors.policy_actor import Policy, PolicyConfig
-from slicer.actors.protocol import AdmissionError, encode_ids
+from slicer.actors.protocol import AdmissionError, EmulationSpec, LinkChange, LinkSpec, Request, encode_ids
 from slicer.actors.server import Server, ServerConfig, SessionExpiredError
 from slicer.codec import CodecConfig, encode
 from tests.actors.conftest import fixed_planner, greedy_reference
@@ -31,11 +31,11 @@ def test_lossless_every_mode_gives_unsplit_greedy_tokens(tiny_model, split, w, m
     server = Server(tiny_model, ServerConfig())
     edge, _ = _edge(tiny_model, server, fixed_planner(split, w))
     for i, prompt in enumerate(PROMPTS):
-        rec = edge.generate({"request_id": f"r{i}", "index": i, "prompt_ids": prompt, "max_new_tokens": 6})
-        assert rec["ok"], rec["error"]
-        assert rec["mode"] == mode
-        assert rec["tokens"] == greedy_reference(tiny_model, prompt, 6)
-        assert len(rec["steps"]) == 6
+        rec = edge.generate(Request(f"r{i}", i, tuple(prompt), 6))
+        assert rec.ok, rec.error
+        assert rec.mode == mode
+        assert rec.tokens == greedy_reference(tiny_model, prompt, 6)
+        assert len(rec.steps) == 6
     st = server.stats()
     if mode == "edge-only":
         assert st["requests"] == 0 and st["compute_s_total"] == 0
@@ -47,33 +47,33 @@ def test_lossless_every_mode_gives_unsplit_greedy_tokens(tiny_model, split, w, m
 def test_split_records_bytes_and_hops(tiny_model):
     server = Server(tiny_model, ServerConfig())
     edge, _ = _edge(tiny_model, server, fixed_planner(2, 1))
-    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 4})
-    sent = [s for s in rec["steps"] if "payload_bytes" in s]
-    assert [s["kind"] for s in sent] == ["prefill", "decode", "decode", "decode"]
-    assert sent[0]["tokens"] == len(PROMPTS[0]) and sent[0]["elements"] == len(PROMPTS[0]) * 32
+    rec = edge.generate(Request("r", 0, tuple(PROMPTS[0]), 4))
+    sent = [s for s in rec.steps if s.sent]
+    assert [s.kind for s in sent] == ["prefill", "decode", "decode", "decode"]
+    assert sent[0].tokens == len(PROMPTS[0]) and sent[0].elements == len(PROMPTS[0]) * 32
     # raw float32 features: 32 bits per element plus the header
-    assert all(32 < s["bits_per_element"] < 32 * 2 for s in sent)
-    assert rec["bytes_sent"] == sum(s["payload_bytes"] for s in sent)
+    assert all(32 < s.bits_per_element < 32 * 2 for s in sent)
+    assert rec.bytes_sent == sum(s.payload_bytes for s in sent)
     for s in sent:
-        assert s["send_t"] <= s["server_recv_t"] <= s["server_done_t"] <= s["recv_t"]
+        assert s.send_t <= s.server_recv_t <= s.server_done_t <= s.recv_t
 
 
 def test_local_then_offload_hands_off_once_with_all_tokens(tiny_model):
     server = Server(tiny_model, ServerConfig())
     edge, _ = _edge(tiny_model, server, fixed_planner(3, 4))
-    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[1], "max_new_tokens": 6})
-    kinds = [s["kind"] for s in rec["steps"]]
+    rec = edge.generate(Request("r", 0, tuple(PROMPTS[1]), 6))
+    kinds = [s.kind for s in rec.steps]
     assert kinds == ["local", "local", "local", "handoff", "decode", "decode"]
-    handoff = rec["steps"][3]
-    assert handoff["tokens"] == len(PROMPTS[1]) + 3  # prompt + the 3 local tokens cross at once
+    handoff = rec.steps[3]
+    assert handoff.tokens == len(PROMPTS[1]) + 3  # prompt + the 3 local tokens cross at once
 
 
 def test_lossy_codec_still_generates(tiny_model):
     server = Server(tiny_model, ServerConfig())
     edge, _ = _edge(tiny_model, server, fixed_planner(2, 1, codec="fp16"))
-    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[2], "max_new_tokens": 4})
-    assert rec["ok"] and rec["codec"] == "fp16"
-    assert all(15 < s["bits_per_element"] < 24 for s in rec["steps"] if "bits_per_element" in s)
+    rec = edge.generate(Request("r", 0, tuple(PROMPTS[2]), 4))
+    assert rec.ok and rec.codec == "fp16"
+    assert all(15 < s.bits_per_element < 24 for s in rec.steps if s.sent)
 
 
 def test_batched_server_matches_one_by_one(tiny_model):
@@ -133,8 +133,8 @@ def test_corrupt_payload_rejected_other_session_goes_on(tiny_model):
     assert peak < 1 << 20  # decoding would have allocated 8 MiB
     # the bad device's session is still usable, and another device is unaffected
     assert isinstance(server.step_now(sid, encode(h, CodecConfig(method="raw")), 0).token, int)
-    rec = good.generate({"request_id": "g", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 4})
-    assert rec["ok"] and rec["tokens"] == greedy_reference(tiny_model, PROMPTS[0], 4)
+    rec = good.generate(Request("g", 0, tuple(PROMPTS[0]), 4))
+    assert rec.ok and rec.tokens == greedy_reference(tiny_model, PROMPTS[0], 4)
 
 
 def test_cloud_only_token_payload_checked(tiny_model):
@@ -170,37 +170,37 @@ def test_admission_limits(tiny_model):
 def test_emulated_slowdown_and_link_are_labelled(tiny_model):
     server = Server(tiny_model, ServerConfig())
     edge, _ = _edge(tiny_model, server, fixed_planner(2, 1),
-                    emulation={"slowdown": 3.0, "link": True, "memory_mib": None},
-                    link={"rate_mbps": 1.0, "snr_db": 20.0, "epsilon": 0.01, "bandwidth_hz": 20e6})
-    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 3})
-    assert rec["ok"] and rec["emulated"]
-    assert rec["edge_compute_emulated_s"] == pytest.approx(2.0 * rec["edge_compute_s"], rel=1e-3)
+                    emulation=EmulationSpec(slowdown=3.0, link=True),
+                    link=LinkSpec(rate_mbps=1.0, snr_db=20.0, epsilon=0.01, bandwidth_hz=20e6))
+    rec = edge.generate(Request("r", 0, tuple(PROMPTS[0]), 3))
+    assert rec.ok and rec.emulated
+    assert rec.edge_compute_emulated_s == pytest.approx(2.0 * rec.edge_compute_s, rel=1e-3)
     # Eq. 1 at 1 Mbit/s: a (1, 5, 32) float32 payload of ~660 bytes takes >= 5 ms
-    assert rec["steps"][0]["transfer_emulated_s"] >= rec["steps"][0]["payload_bytes"] * 8 / 1e6
-    assert rec["latency_s"] >= rec["transfer_emulated_s"]
+    assert rec.steps[0].transfer_emulated_s >= rec.steps[0].payload_bytes * 8 / 1e6
+    assert rec.latency_s >= rec.transfer_emulated_s
 
 
 def test_memory_cap_refuses_plan(tiny_model):
     server = Server(tiny_model, ServerConfig())
-    edge, _ = _edge(tiny_model, server, fixed_planner(2, 1), emulation={"slowdown": 1.0, "link": False, "memory_mib": 0.5})
-    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 3})
-    assert not rec["ok"] and "memory cap" in rec["error"]
+    edge, _ = _edge(tiny_model, server, fixed_planner(2, 1), emulation=EmulationSpec(memory_mib=0.5))
+    rec = edge.generate(Request("r", 0, tuple(PROMPTS[0]), 3))
+    assert not rec.ok and "memory cap" in rec.error
 
 
 def test_link_schedule_reports_and_replans(tiny_model):
     calls = []
 
     def planner(cfg, profile, dev):
-        calls.append(dict(dev.link))
-        split = 4 if dev.link["rate_mbps"] >= 10 else 2  # a worse link: a shallower split
+        calls.append(dev.link)
+        split = 4 if dev.link.rate_mbps >= 10 else 2  # a worse link: a shallower split
         return fixed_planner(split, 1)(cfg, profile, dev)
 
     server = Server(tiny_model, ServerConfig())
-    edge, policy = _edge(tiny_model, server, planner, link={"rate_mbps": 50.0},
-                         link_schedule=[{"at_request": 1, "rate_mbps": 2.0}])
-    recs = [edge.generate({"request_id": f"r{i}", "index": i, "prompt_ids": PROMPTS[0], "max_new_tokens": 2}) for i in range(3)]
-    assert [r["split"] for r in recs] == [4, 2, 2]
-    assert [r["link_changed"] for r in recs] == [False, True, False]
+    edge, policy = _edge(tiny_model, server, planner, link=LinkSpec(rate_mbps=50.0),
+                         link_schedule=(LinkChange(at_request=1, rate_mbps=2.0),))
+    recs = [edge.generate(Request(f"r{i}", i, tuple(PROMPTS[0]), 2)) for i in range(3)]
+    assert [r.split for r in recs] == [4, 2, 2]
+    assert [r.link_changed for r in recs] == [False, True, False]
     log = policy.decisions()
     assert [d["trigger"] for d in log] == ["register", "link"]
     assert log[1]["changed"] and log[1]["previous"]["split"] == 4 and log[1]["split"] == 2
@@ -213,9 +213,9 @@ def test_lower_precision_front_still_generates(tiny_model, precision):
     edge, _ = _edge(tiny_model, server, fixed_planner(3, 1, precision=precision))
     edge.model_ref = None  # model_for must build from the shared float32 copy for int8
     edge._load = lambda ref, dtype, **kw: tiny_model if dtype == torch.float32 else _cast(tiny_model, dtype)
-    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 4})
-    assert rec["ok"], rec["error"]
-    assert rec["front_precision"] == precision
+    rec = edge.generate(Request("r", 0, tuple(PROMPTS[0]), 4))
+    assert rec.ok, rec.error
+    assert rec.front_precision == precision
     front = edge.model_for(precision, 3)
     assert front is not tiny_model  # a separate copy at the front's precision
     if precision == "int8":

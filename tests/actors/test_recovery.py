@@ -7,7 +7,7 @@ import pytest
 
 from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy
 from slicer.actors.policy_actor import Policy, PolicyConfig
-from slicer.actors.protocol import AdmissionError
+from slicer.actors.protocol import AdmissionError, Request
 from slicer.actors.recovery import (
     RecoveringServerClient,
     ServerLostError,
@@ -71,9 +71,9 @@ def test_server_restart_mid_generation_is_replayed_exactly(tiny_model, split, w)
     client = RecoveringServerClient(flaky, backoff_s=0.0)
     edge = _edge(tiny_model, client, split, w)
     for i, prompt in enumerate(PROMPTS):
-        rec = edge.generate({"request_id": f"r{i}", "index": i, "prompt_ids": prompt, "max_new_tokens": 6})
-        assert rec["ok"], rec["error"]
-        assert rec["tokens"] == greedy_reference(tiny_model, prompt, 6)
+        rec = edge.generate(Request(f"r{i}", i, tuple(prompt), 6))
+        assert rec.ok, rec.error
+        assert rec.tokens == greedy_reference(tiny_model, prompt, 6)
     assert flaky.restarts == 2
     ev = client.drain_events()
     assert len(ev) == 2 and all(e["cause"].startswith("ServerRestarted") for e in ev)
@@ -85,11 +85,11 @@ def test_server_that_stays_dead_fails_with_the_cause(tiny_model):
     flaky = FlakyServer(tiny_model, die_at_steps={2}, stay_dead=True)
     client = RecoveringServerClient(flaky, max_recoveries=2, backoff_s=0.0)
     edge = _edge(tiny_model, client, 2, 1)
-    rec = edge.generate({"request_id": "r0", "index": 0, "prompt_ids": PROMPTS[0], "max_new_tokens": 5})
-    assert not rec["ok"]
-    assert "ServerLostError" in rec["error"] and "could not be rebuilt" in rec["error"]
-    assert "not restarted" in rec["error"]  # the last cause is named
-    assert len(rec["tokens"]) == 1  # the token before the loss is kept, nothing invented
+    rec = edge.generate(Request("r0", 0, tuple(PROMPTS[0]), 5))
+    assert not rec.ok
+    assert "ServerLostError" in rec.error and "could not be rebuilt" in rec.error
+    assert "not restarted" in rec.error  # the last cause is named
+    assert len(rec.tokens) == 1  # the token before the loss is kept, nothing invented
 
 
 def test_recovery_gives_up_within_its_time_bound(tiny_model):
@@ -164,9 +164,9 @@ def test_an_expired_session_is_reopened_by_replay_and_tokens_stay_exact(tiny_mod
 
     client = RecoveringServerClient(PausingClient(server, "cred-0"), backoff_s=0.0)
     edge = _edge(tiny_model, client, 2, 1)
-    rec = edge.generate({"request_id": "r0", "index": 0, "prompt_ids": PROMPTS[2], "max_new_tokens": 7})
-    assert rec["ok"], rec["error"]
-    assert rec["tokens"] == greedy_reference(tiny_model, PROMPTS[2], 7)
+    rec = edge.generate(Request("r0", 0, tuple(PROMPTS[2]), 7))
+    assert rec.ok, rec.error
+    assert rec.tokens == greedy_reference(tiny_model, PROMPTS[2], 7)
     ev = client.drain_events()
     assert len(ev) == 1 and ev[0]["cause"].startswith("SessionExpiredError") and ev[0]["replayed_steps"] == 3
     st = server.stats()

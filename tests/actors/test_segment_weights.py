@@ -88,13 +88,13 @@ def test_quantized_front_keeps_no_float32_copy():
     full = load_model(ref)
     policy = Policy(PolicyConfig(name="fixed"), full.profile, planner=fixed_planner(3, 1, precision="int8"))
     edge = EdgeDevice(EdgeConfig(device_id="d", device_class="raspberry-pi-5"), ref, None, InProcessPolicy(policy))
-    assert edge.memory()["edge_weight_bytes"] == 0  # nothing until a plan runs
+    assert edge.memory()[1] == 0  # nothing until a plan runs
     q = edge.model_for("int8", 3)
-    held = edge.memory()["edge_weight_bytes"]
+    held = edge.memory()[1]
     assert held >= q.weight_bytes > 0
     fp32_front = _unit_bytes(full, 0, 3)
     assert held < 0.5 * fp32_front, (held, fp32_front)
-    assert edge.memory()["edge_rss_bytes"] is None or edge.memory()["edge_rss_bytes"] > 0
+    assert edge.memory()[0] is None or edge.memory()[0] > 0
 
 
 def test_untied_head_is_not_taken_from_the_embedding(tmp_path):

@@ -20,7 +20,7 @@ import torch
 from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy
 from slicer.actors.models import load_model
 from slicer.actors.policy_actor import Policy, PolicyConfig
-from slicer.actors.protocol import AdmissionError, encode_ids
+from slicer.actors.protocol import AdmissionError, Plan, encode_ids
 from slicer.actors.server import Server, ServerConfig
 from slicer.codec import CodecConfig, encode
 from tests.integration.conftest import PROMPTS, TINY_LLAMA
@@ -63,8 +63,7 @@ class LoopServer:
 
 def _plan(split):
     def planner(cfg, profile, dev):
-        return {"split": split, "offload_step": 1, "codec_spec": "lossless", "front_precision": "float32", "tier": 0,
-                "reason": "fuzz", "predicted_memory_bytes": 1e6, "feasible": True}
+        return Plan.fixed(split, 1, profile.num_layers, "lossless", reason="fuzz", predicted_memory_bytes=1e6)
     return planner
 
 

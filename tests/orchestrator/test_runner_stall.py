@@ -38,11 +38,11 @@ class FakeEdge:
     """Finishes its requests at once, except those whose index is in ``hang_at``."""
 
     def __init__(self, cfg, hang_at=()):
-        dev = cfg["device_id"]
+        dev = cfg.device_id
         self.where = Method(lambda: {"node_id": f"node-{dev}", "labels": {}})
         self.drain_traces = Method(lambda _: [])
-        self.generate = Method(lambda req, _: PENDING if req["index"] in hang_at else RequestRecord(
-            request_id=req["request_id"], device=dev, index=req["index"], ok=True,
+        self.generate = Method(lambda req, _: PENDING if req.index in hang_at else RequestRecord(
+            request_id=req.request_id, device=dev, index=req.index, ok=True,
             latency_s=0.001, new_tokens=1, tokens=[7], bytes_sent=10))
 
 
@@ -84,7 +84,7 @@ def fake_ray(monkeypatch):
     monkeypatch.setattr(ray, "get", _fake_get)
     monkeypatch.setattr(RA, "make_policy", lambda *a, **k: FakePolicy())
     monkeypatch.setattr(RA, "make_server", lambda *a, **k: FakeServer(state["stats_hang"]))
-    monkeypatch.setattr(RA, "make_edge", lambda cfg, *a, **k: FakeEdge(cfg, hang.get(cfg["device_id"], ())))
+    monkeypatch.setattr(RA, "make_edge", lambda cfg, *a, **k: FakeEdge(cfg, hang.get(cfg.device_id, ())))
     monkeypatch.setattr(runner, "_cluster_gpus", lambda *a, **k: (lambda device_class: False))  # no Ray: no GPU
     return hang, state
 
@@ -93,12 +93,12 @@ def _drive(tmp_path, write=True):
     wl = parse_workload({"name": "stall", "model": str(tmp_path / "no-model"), "inputs": {"prompts": [[1, 2, 3]]},
                          "devices": [{"class": "raspberry-pi-5", "count": 2}], "requests": 3,
                          "max_new_tokens": 1, "server": {"step_timeout_s": 0.01}})
-    requests = runner.make_requests(wl, vocab_size=97)
+    prep = runner.Prepared(wl.model_ref(), None, runner.make_requests(wl, vocab_size=97))
     where_to = {"policy": {}, "server": {}, "edges": {"raspberry-pi-5": {}}}
     progress = io.StringIO()
-    out = runner._drive_placed(wl, where_to, [], wl.model_ref(), None, requests, out=tmp_path / "runs", trace=True,
-                               progress=progress, load_interval_s=0.005, write=write, t_setup=time.perf_counter(),
-                               cluster_info={"address": "fake"})
+    backend = runner.RayBackend(where_to=where_to, cluster_info={"address": "fake"})
+    out = runner.drive(wl, backend, prepared=prep, out=tmp_path / "runs", trace=True, progress=progress,
+                       load_interval_s=0.005, write=write)
     return out, progress.getvalue()
 
 

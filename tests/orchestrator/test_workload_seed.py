@@ -22,8 +22,8 @@ def _wl(model_dir, codec, seed):
 def test_seed_reaches_the_codec(model_dir, spec, seed, want):
     wl = _wl(model_dir, spec, seed)
     dev_id, g = wl.all_devices()[0]
-    assert edge_config(wl, dev_id, g)["seed"] == seed
+    assert edge_config(wl, dev_id, g).seed == seed
     out = run_inprocess(wl)
     (rec,) = out.records
-    assert CodecConfig.parse(rec["codec"]).seed == want
-    assert CodecConfig.parse(rec["codec"]).rotate and len(rec["tokens"]) == 3
+    assert CodecConfig.parse(rec.codec).seed == want
+    assert CodecConfig.parse(rec.codec).rotate and len(rec.tokens) == 3

@@ -12,10 +12,12 @@ from policy_helpers import toy_device, toy_llm
 from slicer.actors import telemetry as tel
 from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProcessServer
 from slicer.actors.policy_actor import Policy, PolicyConfig
+from slicer.actors.protocol import BudgetSpec, EmulationSpec, LinkSpec, Plan, Request
 from slicer.actors.server import Server, ServerConfig
 from slicer.orchestrator.workload import WorkloadError, parse_workload
 from slicer.policies import Budgets, LinkState, SearchSpace, plan
 from slicer.policies.api import PolicyState
+from slicer.codec import CodecConfig
 from slicer.policies.link import RateTrace, comm_latency_s, goodput_bps, load_rate_trace
 
 TINY_LLAMA = {
@@ -188,8 +190,8 @@ def test_workload_budgets_reach_the_planner(tiny):
     from slicer.actors.policy_actor import _budgets_of, _Device
     from slicer.policies.devices import get_device
 
-    dev = _Device("d", "raspberry-pi-5", {"rate_mbps": 20}, {"latency_ms": 50, "handoff_ms": 400, "ar_buffer_bytes": 64000,
-                                                              "min_accuracy": 0.9}, None)
+    dev = _Device("d", "raspberry-pi-5", LinkSpec(rate_mbps=20),
+                  BudgetSpec(latency_ms=50, handoff_ms=400, ar_buffer_bytes=64e3, min_accuracy=0.9), None)
     b = _budgets_of(PolicyConfig(), get_device("raspberry-pi-5"), dev)
     assert (b.handoff_latency_s, b.ar_buffer_bytes, b.min_accuracy) == (0.4, 64e3, 0.9)
 
@@ -224,27 +226,28 @@ def test_degrading_link_replans_from_measured_goodput_tokens_exact(tiny):
         cap = _split_budget_mb(tiny)
         edge, policy, _ = _edge(
             tiny, PolicyConfig(name="slicer", adapt=True, new_tokens=8, prompt_tokens=len(PROMPT)),
-            link={"rate_mbps": 20.0}, budgets={"latency_ms": 20, "memory_mib": cap}, codec="lossless",
-            emulation={"link": True}, adapt=True, link_trace={"times_s": [0, 0.3], "rates_mbps": [20, 0.02]})
+            link=LinkSpec(rate_mbps=20.0), budgets=BudgetSpec(latency_ms=20, memory_mib=cap),
+            codec=CodecConfig(method="raw"), emulation=EmulationSpec(link=True), adapt=True,
+            link_trace=RateTrace((0.0, 0.3), (20.0, 0.02)))
         first = edge.plan
-        assert first["split"] < tiny.num_units and first["feasible"]
-        recs = [edge.generate({"request_id": "r0", "index": 0, "prompt_ids": PROMPT, "max_new_tokens": 8})]
-        time.sleep(max(0.0, 0.35 - (time.time() - recs[0]["t_start"])))
+        assert first.split < tiny.num_units and first.feasible
+        recs = [edge.generate(Request("r0", 0, tuple(PROMPT), 8))]
+        time.sleep(max(0.0, 0.35 - (time.time() - recs[0].t_start)))
         for i in (1, 2):
-            recs.append(edge.generate({"request_id": f"r{i}", "index": i, "prompt_ids": PROMPT, "max_new_tokens": 8}))
+            recs.append(edge.generate(Request(f"r{i}", i, tuple(PROMPT), 8)))
         spans = tel.drain()
     finally:
         tel.init_tracing("test", enabled=False)
     ref = greedy(tiny, PROMPT, 8)
-    assert all(r["ok"] and r["tokens"] == ref for r in recs), [r["error"] for r in recs]
+    assert all(r.ok and r.tokens == ref for r in recs), [r.error for r in recs]
     # (Measured compute may re-plan too: this CPU is no raspberry-pi-5 roofline.)
     measured = [d for d in policy.decisions() if d["trigger"] == "measured" and d["measured"]["goodput_mbps"] < 1.0]
     assert measured, policy.decisions()
     d = measured[0]
     assert d["changed"] and d["measured"]["goodput_mbps"] < 1.0 and "measured goodput" in d["reason"]
-    assert d["link"] == {"rate_mbps": 20.0}  # the announced link never changed: the measurement did it
-    replans = [e for r in recs for e in r["replans"]]
-    assert replans and all(e["applies"] == "next request" for e in replans)  # lossless forced: no codec switch
+    assert d["link"]["rate_mbps"] == 20.0  # the announced link never changed: the measurement did it
+    replans = [e for r in recs for e in r.replans]
+    assert replans and all(e.applies == "next request" for e in replans)  # lossless forced: no codec switch
     assert any(s["name"] == "policy.report" and "slicer.replan" in s["attributes"]
                and s["attributes"].get("slicer.measured_goodput_mbps", 99) < 1.0 for s in spans)
     assert any(s["name"] == "policy.decide" and s["attributes"].get("slicer.replan_measured_goodput_mbps") for s in spans)
@@ -256,18 +259,18 @@ def test_codec_changes_between_steps_of_one_request(tiny):
     cap = _split_budget_mb(tiny)
     edge, _, _ = _edge(
         tiny, PolicyConfig(name="slicer", adapt=True, new_tokens=12, prompt_tokens=len(PROMPT)),
-        link={"rate_mbps": 20.0}, budgets={"latency_ms": 20, "memory_mib": cap},
-        emulation={"link": True}, adapt=True, link_trace={"times_s": [0], "rates_mbps": [0.05]})
-    rec = edge.generate({"request_id": "r0", "index": 0, "prompt_ids": PROMPT, "max_new_tokens": 12})
-    assert rec["ok"], rec["error"]
-    switch = [e for e in rec["replans"] if e["applies"] == "next step"]
-    assert switch, rec["replans"]
-    at = switch[0]["step"]
-    assert switch[0]["from"]["codec_spec"] == "lossless" and switch[0]["to"]["codec_spec"].startswith("slicer")
+        link=LinkSpec(rate_mbps=20.0), budgets=BudgetSpec(latency_ms=20, memory_mib=cap),
+        emulation=EmulationSpec(link=True), adapt=True, link_trace=RateTrace((0.0,), (0.05,)))
+    rec = edge.generate(Request("r0", 0, tuple(PROMPT), 12))
+    assert rec.ok, rec.error
+    switch = [e for e in rec.replans if e.applies == "next step"]
+    assert switch, rec.replans
+    at = switch[0].step
+    assert switch[0].before[3] == "lossless" and switch[0].after[3].startswith("slicer")
     from slicer.codec import CodecConfig, encode
 
     lossless_token = len(encode(torch.randn(1, 1, 32), CodecConfig(method="raw")))  # one token's feature
-    after = [s["payload_bytes"] for s in rec["steps"] if s.get("kind") == "decode" and s["step"] > at]
+    after = [s.payload_bytes for s in rec.steps if s.kind == "decode" and s.step > at]
     assert after and max(after) < 0.6 * lossless_token
 
 
@@ -275,20 +278,19 @@ def test_a_plan_sized_for_fewer_tokens_caps_the_request(tiny):
     """OPSC may shorten the sequence: the edge generates no more than the plan is sized
     for, and the record says so."""
     def planner(cfg, profile, dev):
-        return {"split": 2, "offload_step": 1, "codec_spec": "lossless", "front_precision": "float32", "tier": 1,
-                "reason": "sized for 8 tokens", "predicted_memory_bytes": 1e6, "feasible": True, "tokens": 8,
-                "policy": "opsc"}
+        return Plan.fixed(2, 1, profile.num_layers, "lossless", tier=1, reason="sized for 8 tokens",
+                          predicted_memory_bytes=1e6, tokens=8, policy="opsc")
 
     server = Server(tiny, ServerConfig())
     policy = Policy(PolicyConfig(name="fixed"), tiny.profile, planner=planner)
     edge = EdgeDevice(EdgeConfig(device_id="d", device_class="raspberry-pi-5"), "unused", InProcessServer(server),
                       InProcessPolicy(policy), model=tiny)
-    rec = edge.generate({"request_id": "r", "index": 0, "prompt_ids": PROMPT, "max_new_tokens": 10})
-    assert rec["ok"] and rec["new_tokens"] == 3 and rec["max_new_tokens_requested"] == 10
-    assert "max_new_tokens 10 -> 3" in rec["capped"] and "opsc" in rec["capped"]
-    assert rec["tokens"] == greedy(tiny, PROMPT, 3)
-    rec = edge.generate({"request_id": "r2", "index": 1, "prompt_ids": PROMPT[:2], "max_new_tokens": 4})
-    assert rec["capped"] is None and rec["new_tokens"] == 4
+    rec = edge.generate(Request("r", 0, tuple(PROMPT), 10))
+    assert rec.ok and rec.new_tokens == 3 and rec.max_new_tokens_requested == 10
+    assert "max_new_tokens 10 -> 3" in rec.capped and "opsc" in rec.capped
+    assert rec.tokens == greedy(tiny, PROMPT, 3)
+    rec = edge.generate(Request("r2", 1, tuple(PROMPT[:2]), 4))
+    assert rec.capped is None and rec.new_tokens == 4
 
 
 def test_the_example_workload_reads_its_trace_file():
@@ -300,6 +302,6 @@ def test_the_example_workload_reads_its_trace_file():
     wl = load_workload(Path(__file__).resolve().parents[2] / "examples" / "adaptive_link.yaml")
     g = wl.devices[0]
     assert wl.policy.adapt and g.link_trace == "traces/drive.csv"
-    assert _link_trace(wl, g.link_trace) == {"times_s": [0.0, 1.5, 3.0], "rates_mbps": [20.0, 2.0, 0.05]}
+    assert _link_trace(wl, g.link_trace) == RateTrace((0.0, 1.5, 3.0), (20.0, 2.0, 0.05))
     with pytest.raises(FileNotFoundError, match="link_trace file 'nope.csv' not found"):
         _link_trace(wl, "nope.csv")
