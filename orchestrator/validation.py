@@ -39,10 +39,13 @@ def request_kv_bytes(wl: Workload, profile: Any, longest_prompt_tokens: int) -> 
 
 
 def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, *, max_positions: int | None = None,
-                        max_tokens_per_session: int = 4096) -> None:
+                        max_tokens_per_session: int | None = None) -> None:
     """Raise ``WorkloadError`` naming the field when the workload cannot run on the model
     described by ``profile`` (``slicer.policies.profile.ModelProfile``: its split units are
-    ``profile.layers``) with ``max_positions`` tokens of context (None: unknown)."""
+    ``profile.layers``) with ``max_positions`` tokens of context (None: unknown).
+    ``max_tokens_per_session``: the server's (None: ``wl.server``'s)."""
+    if max_tokens_per_session is None:
+        max_tokens_per_session = wl.server.max_tokens_per_session
     n = int(profile.num_layers)
     if wl.policy.split is not None and not 1 <= wl.policy.split <= n - 1:
         raise WorkloadError(f"workload field policy.split={wl.policy.split} is invalid for model {short(wl.model)}: "
@@ -59,12 +62,10 @@ def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, 
                             f"than the server's per-session limit of {max_tokens_per_session}")
     # Worst case: cloud-only (split 0) holds the KV cache of every layer on the server.
     kv = request_kv_bytes(wl, profile, longest_prompt_tokens)
-    cap = int(wl.server.max_kv_mib * 2**20)
-    if kv > cap:
+    if kv > wl.server.max_kv_bytes:
         raise WorkloadError(f"workload field server.max_kv_mib={wl.server.max_kv_mib:g} cannot hold one request: its KV "
                             f"cache needs up to {kv} bytes ({kv / 2**20:.3f} MiB, {ctx} tokens at split 0)")
-    cap_dev = int(wl.server.max_kv_mib_per_device * 2**20)
-    if kv > cap_dev:
+    if kv > wl.server.max_kv_bytes_per_device:
         raise WorkloadError(f"workload field server.max_kv_mib_per_device={wl.server.max_kv_mib_per_device:g} cannot hold "
                             f"one request: its KV cache needs up to {kv} bytes ({kv / 2**20:.3f} MiB)")
     n_dev = sum(g.count for g in wl.devices)
