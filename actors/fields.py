@@ -234,12 +234,10 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, section: str 
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": help_}
         if typ is bool:
             kw["action"] = argparse.BooleanOptionalAction
+        elif spec_of(f).choices is not None:
+            kw["choices"] = spec_of(f).choices
         else:
-            kw["type"] = _flag_type(cls, f.name, flag)
-            if spec_of(f).choices is not None:
-                kw["choices"] = spec_of(f).choices
-                kw["type"] = str
-            kw["metavar"] = f.name.upper() if spec_of(f).choices is None else None
+            kw.update(type=_flag_type(cls, f.name, flag), metavar=f.name.upper())
         parser.add_argument(flag, **kw)
 
 
