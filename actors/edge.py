@@ -426,7 +426,7 @@ class EdgeDevice:
                     time.sleep(delay)
                 delay_measured = time.perf_counter() - t_link
                 send_t = now_s()
-                res = _step_result(self.server.step(sid, payload, position, trace_ctx))
+                res = self.server.step(sid, payload, position, trace_ctx)
                 recv_t = now_s()
                 position += int(est.tokens_in_payload)
                 tokens.append(int(res.token))
@@ -468,14 +468,3 @@ class EdgeDevice:
 
 def _r(v: float | None) -> float | None:
     return None if v is None else round(float(v), 9)
-
-
-def _step_result(res: Any) -> StepResult:
-    """The server's answer as a ``StepResult`` (a dict from a server not yet typed)."""
-    if isinstance(res, StepResult):
-        return res
-    return StepResult(token=int(res["token"]), position=int(res.get("position", 0)),
-                      server_recv_t=res.get("server_recv_t") or 0.0, decode_s=res.get("decode_s") or 0.0,
-                      server_compute_s=res.get("server_compute_s") or 0.0,
-                      server_start_t=res.get("server_start_t") or 0.0, server_done_t=res.get("server_done_t") or 0.0,
-                      batch_size=res.get("batch_size") or 1, queue_s=res.get("queue_s") or 0.0)

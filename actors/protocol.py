@@ -441,6 +441,8 @@ def _from(tp: Any, v: Any) -> Any:
             except (TypeError, ValueError):
                 continue
         return v
+    if tp in (list, tuple):
+        return tp(v) if isinstance(v, (list, tuple)) else v
     if origin in (list, tuple):
         args = typing.get_args(tp)
         inner = args[0] if args else Any

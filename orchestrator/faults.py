@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from slicer.actors.protocol import RequestRecord
+from slicer.actors.protocol import Request, RequestRecord
 
 #: Ray restarts of one edge actor over a run (a crash loop ends after these).
 EDGE_MAX_RESTARTS = 3
@@ -76,10 +76,10 @@ class Resubmitter:
     where: dict[str, dict] = field(default_factory=dict)
     """Device id -> ``where()`` of its actor after a restart (its new node)."""
 
-    def on_error(self, dev_id: str, request: dict, e: BaseException, handle: Any) -> str | None:
+    def on_error(self, dev_id: str, request: Request, e: BaseException, handle: Any) -> str | None:
         """None: resubmit ``request`` to ``handle`` (the restarted actor is up); else the
         error text for the request's record (the cause named)."""
-        rid = request["request_id"]
+        rid = request.request_id
         cause = f"{type(e).__name__}: {_first_line(e)}"
         self.causes.setdefault(rid, []).append(cause)
         if not actor_died(e):

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from slicer.actors.protocol import Mode
 from slicer.orchestrator.evaluation.sandbox import Sandbox, SandboxLimits
 from slicer.orchestrator.evaluation.tasks import (
     AnswerItem,
@@ -181,6 +182,18 @@ def agreement(reference: TaskRun, other: TaskRun) -> dict[str, float]:
     return out
 
 
+@dataclass(frozen=True)
+class EvalSetting:
+    """What ``slicer eval`` runs: split, codec spec, mode, offload step, front bits."""
+
+    split: int
+    codec: str
+    mode: Mode
+    offload_step: int | None
+    front_bits: int | None = None
+    note: str = ""
+
+
 def plan_from_policy(args, model) -> tuple[dict, object]:
     """``--policy``: the plan a policy picks for this model on ``--device`` over
     ``--link-mbps`` (``slicer.policies.plan``), as (settings for the run, the SplitPlan)."""
@@ -196,13 +209,13 @@ def plan_from_policy(args, model) -> tuple[dict, object]:
         # Cloud-only (token ids on the wire) and edge-only (no wire): the whole model's
         # outputs; only a quantized edge-only model would differ, which is run as a
         # split at n - 1 losslessly below.
-        settings = dict(split=n - 1, codec="lossless", mode="split", offload_step=None,
-                        front_bits=front_bits if p.split == n else None,
-                        note=f"{'edge-only' if p.split == n else 'cloud-only'} plan: run as a lossless split at "
-                             f"{n - 1} (the whole model's outputs); the payload figures do not apply to it")
+        settings = EvalSetting(split=n - 1, codec="lossless", mode=Mode.SPLIT, offload_step=None,
+                               front_bits=front_bits if p.split == n else None,
+                               note=f"{'edge-only' if p.split == n else 'cloud-only'} plan: run as a lossless split "
+                                    f"at {n - 1} (the whole model's outputs); the payload figures do not apply to it")
     else:
-        settings = dict(split=p.split, codec=p.codec_spec, mode="split" if p.offload_step == 1 else "local-then-offload",
-                        offload_step=p.offload_step, front_bits=front_bits)
+        settings = EvalSetting(split=p.split, codec=p.codec_spec, mode=p.mode, offload_step=p.offload_step,
+                               front_bits=front_bits)
     return settings, p
 
 
@@ -226,16 +239,16 @@ def run_model_eval(args, task: Task, limits: SandboxLimits, ks: Sequence[int] = 
     if getattr(args, "policy", None):
         settings, policy_plan = plan_from_policy(args, model)
     else:
-        settings = dict(split=args.split if args.split is not None else model.num_units // 2, codec=args.codec,
-                        mode=args.mode, offload_step=args.offload_step if args.mode == "local-then-offload" else None,
-                        front_bits=getattr(args, "front_bits", None))
-    split, mode, w = settings["split"], settings["mode"], settings["offload_step"]
-    cfg = CodecConfig.parse(settings["codec"])
+        settings = EvalSetting(split=args.split if args.split is not None else model.num_units // 2, codec=args.codec,
+                               mode=Mode(args.mode), front_bits=getattr(args, "front_bits", None),
+                               offload_step=args.offload_step if args.mode == Mode.LOCAL_THEN_OFFLOAD else None)
+    split, mode, w = settings.split, settings.mode, settings.offload_step
+    cfg = CodecConfig.parse(settings.codec)
     common = dict(limit=args.limit, max_new_tokens=args.max_new_tokens, sandbox=limits,
                   window=getattr(args, "window", 128), max_tokens=getattr(args, "max_tokens", 2048),
                   n_samples=getattr(args, "n_samples", 1), temperature=getattr(args, "temperature", 0.0), ks=ks)
     split_scorer = SplitScorer(model, split, cfg, mode=mode, offload_step=w, eos_id=tokenizer.eos_id,
-                               edge_model=edge_copy(model, split, mode, settings["front_bits"]))
+                               edge_model=edge_copy(model, split, mode, settings.front_bits))
     runs = []
     ref = None
     if not args.no_unsplit:
@@ -247,8 +260,8 @@ def run_model_eval(args, task: Task, limits: SandboxLimits, ks: Sequence[int] = 
     split_run.metrics.update(bits_per_element=None if math.isnan(bpe) else bpe, payload_bytes=float(st.payload_bytes),
                              payloads=float(st.payloads), server_s=st.server_s, edge_s=st.edge_s)
     runs.append(split_run)
-    plan = {"split": split, "num_units": model.num_units, "codec": cfg.spec(), "mode": mode, "offload_step": w,
-            "front_bits": settings["front_bits"], "note": settings.get("note", "")}
+    plan = {"split": split, "num_units": model.num_units, "codec": cfg.spec(), "mode": str(mode), "offload_step": w,
+            "front_bits": settings.front_bits, "note": settings.note}
     report = {
         "task": task.name,
         "kind": task.kind,
