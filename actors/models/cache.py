@@ -130,10 +130,11 @@ for the duration of a batched step (registered once, on first use)."""
 class BatchStep:
     """Several sessions' caches in one batched step (``SplitModel.run_batch``).
 
-    The projections and MLPs run on the stacked new tokens ``(n, T_max, H)``; each
-    attention layer writes session i's new keys/values (its first ``T_i`` rows) into
-    session i's own buffer and attends over the view ``[:past_i + T_i]`` with
-    session i's own causal (and sliding-window) mask. No history is padded or copied."""
+    The projections and MLPs run on the packed new tokens ``(1, sum T_i, H)``; each
+    attention layer writes session i's new keys/values (its slice of the row,
+    ``[offset_i, offset_i + T_i)``) into session i's own buffer and attends over the
+    view ``[:past_i + T_i]`` with session i's own causal (and sliding-window) mask.
+    Nothing is padded; no history is copied."""
 
     def __init__(self, caches: list[SegmentCache], layer_ids: tuple[int, ...], new_lens: list[int],
                  base_impl: str, window_of):
@@ -141,17 +142,20 @@ class BatchStep:
         self.layer_ids = layer_ids
         self.past_lens = [c.length for c in caches]
         self.new_lens = new_lens
+        self.offsets = [sum(new_lens[:i]) for i in range(len(new_lens))]
+        """Session i's first row in the packed step."""
         self.base_impl = base_impl
         self.window_of = window_of
         self.views: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._masks: dict[tuple, torch.Tensor | None] = {}
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        """Write each session's new keys/values ``(1, kvh, T_i, hd)`` in place; the
-        attention function reads the per-session views stored here."""
+        """Write each session's new keys/values (its slice ``(1, kvh, T_i, hd)`` of the
+        packed ``(1, kvh, sum T_i, hd)``) in place; the attention function reads the
+        per-session views stored here."""
         self.views[layer_idx] = [
-            c.write(layer_idx, key_states[i:i + 1, :, :t], value_states[i:i + 1, :, :t])
-            for i, (c, t) in enumerate(zip(self.caches, self.new_lens))
+            c.write(layer_idx, key_states[:, :, o:o + t], value_states[:, :, o:o + t])
+            for c, o, t in zip(self.caches, self.offsets, self.new_lens)
         ]
         return key_states, value_states
 
@@ -205,8 +209,8 @@ def base_impl(config) -> str:
 
 def _batch_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention of a batched step: per session, the model's own attention function
-    (SDPA or eager) on that session's cache views. ``query`` ``(n, heads, T_max, hd)``;
-    returns ``(n, T_max, heads, hd)`` like the functions it calls (pad rows zero).
+    (SDPA or eager) on that session's cache views. ``query`` ``(1, heads, sum T_i, hd)``
+    (packed); returns ``(1, sum T_i, heads, hd)`` like the functions it calls.
     Called from a thread that is not running a batched step (the model's config is
     shared), it is the model's own attention."""
     bs: BatchStep | None = getattr(_ACTIVE, "step", None)
@@ -216,13 +220,13 @@ def _batch_attention(module, query, key, value, attention_mask, scaling=None, dr
     fn = _base_function(module, bs.base_impl)
     views = bs.views[module.layer_idx]
     win = bs.window_of(module.layer_idx)
-    n, h, _, hd = query.shape
-    out = query.new_zeros(n, query.shape[2], h, hd)  # (n, T_max, heads, hd)
+    _, h, rows, hd = query.shape
+    out = query.new_empty(1, rows, h, hd)  # (1, sum T_i, heads, hd)
     for i, (k, v) in enumerate(views):
-        t = bs.new_lens[i]
-        o, _ = fn(module, query[i:i + 1, :, :t], k, v, bs.mask(i, win, query.dtype, query.device),
+        off, t = bs.offsets[i], bs.new_lens[i]
+        o, _ = fn(module, query[:, :, off:off + t], k, v, bs.mask(i, win, query.dtype, query.device),
                   scaling=scaling, dropout=dropout, **kwargs)
-        out[i, :t] = o[0]  # o: (1, T_i, heads, hd)
+        out[0, off:off + t] = o[0]  # o: (1, T_i, heads, hd)
     return out, None
 
 

@@ -190,9 +190,11 @@ class SplitModel:
         ``xs[i]`` is session i's input ``(1, T_i, H)`` (or ids ``(1, T_i)`` when
         ``a == 0``), ``caches[i]`` its own cache (extended in place), ``positions[i]``
         its absolute position (default ``caches[i].length``). Sessions may differ in
-        history and in new-token count: the new tokens are right-padded and stacked
-        for the projections and MLPs, while attention runs per session on views of
-        its own preallocated cache (no history is copied). Returns one output per
+        history and in new-token count: the new tokens are packed into one row
+        ``(1, sum T_i, H)`` for the projections and MLPs (nothing is padded: a prefill
+        and seven decodes cost 1 + 7 rows, not 8 x T_max), while attention runs per
+        session on its slice of the row and views of its own preallocated cache (no
+        history is copied). Returns one output per
         session, ``(1, T_i, ...)``, equal (to float tolerance) to running them one by
         one. ``last_only`` (LLMs, ``b == num_units``): the head runs on each session's
         last position only and outputs are ``(1, 1, V)`` (a server needs no more to
@@ -226,30 +228,27 @@ class SplitModel:
             if layer_ids and c.capacity is not None and c.length + t > c.capacity:
                 raise ValueError(f"caches[{i}] holds {c.length} of capacity={c.capacity} tokens; "
                                  f"{t} more do not fit")
-        t_max = max(new_lens)
-        padded = []
-        for x in xs:
-            pad = t_max - x.shape[1]
-            if pad:
-                fill = x[:, -1:].expand(x.shape[0], pad, *x.shape[2:])  # repeat the last row: finite values
-                x = torch.cat([x, fill], 1)
-            padded.append(x)
-        xb = torch.cat(padded, 0)  # (n, T_max[, H]): the new tokens only
+        xb = torch.cat([x.to(self.device) for x in xs], 1)  # (1, sum T_i[, H]): the new tokens only, packed
+        dev = xb.device
+        position_ids = torch.cat([torch.arange(p, p + t, device=dev) for p, t in zip(positions, new_lens)])[None]
+        ends = torch.tensor(new_lens, device=dev).cumsum(0)  # one past each session's last row
+        last_rows = ends - 1 if last_only and b == self.num_units else None
         if not layer_ids:
-            out = self._forward(a, b, xb, None, past_lens=[0] * n, past_max=0, new_lens=new_lens, positions=positions,
-                                last_only=last_only)
+            out = self._forward(a, b, xb, None, past_lens=None, past_max=0, new_lens=None, positions=None,
+                                position_ids=position_ids, last_rows=last_rows)
             for c, p, t in zip(caches, positions, new_lens):
                 c.length = p + t
         else:
             base = base_impl(self.config)
             step = BatchStep(list(caches), layer_ids, new_lens, base, self.adapter.window_of)  # block i holds layer i
             with active_batch(self.config, step):
-                out = self._forward(a, b, xb, step, past_lens=step.past_lens, past_max=None,
-                                    new_lens=new_lens, positions=positions, last_only=last_only)
+                out = self._forward(a, b, xb, step, past_lens=None, past_max=None, new_lens=None, positions=None,
+                                    position_ids=position_ids, last_rows=last_rows)
             step.finish()
-        if last_only and b == self.num_units:
-            return [out[i : i + 1] for i in range(n)]
-        return [out[i : i + 1, : new_lens[i]] for i in range(n)]
+        if last_rows is not None:
+            return [out[:, i : i + 1] for i in range(n)]  # out: (1, n, V)
+        starts = [int(e) - t for e, t in zip(ends.tolist(), new_lens)]
+        return [out[:, o : o + t] for o, t in zip(starts, new_lens)]
 
     def _check_positions(self, position: int, T: int) -> None:
         limit = self.adapter.max_positions
@@ -260,19 +259,24 @@ class SplitModel:
             )
 
     # --- the one code path of both ---------------------------------------------------
-    def _forward(self, a, b, x, cache, *, past_lens, past_max, new_lens, positions, last_only=False):
+    def _forward(self, a, b, x, cache, *, past_lens, past_max, new_lens, positions, last_only=False,
+                 position_ids=None, last_rows=None):
+        """``position_ids``/``last_rows``: a packed batched step (``run_batch``) gives its
+        rows' positions ``(1, sum T_i)`` and, for ``last_only``, the rows of each
+        session's last token; otherwise both follow from ``positions``/``new_lens``."""
         ad: DecoderAdapter = self.adapter
         if x.device != self.device:  # ids or a feature decoded elsewhere: onto the weights' device
             x = x.to(self.device)
         T = x.shape[1]
         dev = x.device
-        t_idx = torch.arange(T, device=dev)
-        new_lens_t = torch.tensor(new_lens, device=dev)
-        # Pad rows (t >= T_i) reuse the session's last real position, so learned
-        # position tables (GPT-2) are never indexed past their end.
-        pos_base = torch.tensor(positions, device=dev)[:, None]  # (B, 1)
-        rel = torch.minimum(t_idx[None, :], (new_lens_t - 1).clamp(min=0)[:, None])  # (B, T)
-        position_ids = pos_base + rel  # (B, T)
+        if position_ids is None:
+            t_idx = torch.arange(T, device=dev)
+            new_lens_t = torch.tensor(new_lens, device=dev)
+            # Pad rows (t >= T_i) reuse the session's last real position, so learned
+            # position tables (GPT-2) are never indexed past their end.
+            pos_base = torch.tensor(positions, device=dev)[:, None]  # (B, 1)
+            rel = torch.minimum(t_idx[None, :], (new_lens_t - 1).clamp(min=0)[:, None])  # (B, T)
+            position_ids = pos_base + rel  # (B, T)
         n_units = self.num_units
         has_blocks = any(u.attn_layer is not None for u in self.units[a:b])
         if a == 0:
@@ -292,7 +296,9 @@ class SplitModel:
                 masks[win] = self._mask(past_lens, past_max, new_lens, positions, T, h.dtype, dev, win)
             h = ad.call_block(blk, h, masks[win], position_ids, pos_emb, cache)
         if b == n_units:
-            if last_only:  # each row's last real position only: (B, 1, H)
+            if last_rows is not None:  # packed: each session's last row, (1, n, H)
+                h = h[:, last_rows]
+            elif last_only:  # each row's last real position only: (B, 1, H)
                 h = h[torch.arange(h.shape[0], device=dev), torch.tensor(new_lens, device=dev) - 1][:, None]
             h = ad.head(h)  # (B, T, V), or (B, 1, V)
         return h
