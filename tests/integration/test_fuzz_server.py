@@ -20,7 +20,7 @@ import torch
 from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy
 from slicer.actors.models import load_model
 from slicer.actors.policy_actor import Policy, PolicyConfig
-from slicer.actors.protocol import AdmissionError, Plan, encode_ids
+from slicer.actors.protocol import AdmissionError, Plan, Request, encode_ids
 from slicer.actors.server import Server, ServerConfig
 from slicer.codec import CodecConfig, encode
 from tests.integration.conftest import PROMPTS, TINY_LLAMA
@@ -105,11 +105,11 @@ def _assert_good_devices_exact(results: dict, model) -> None:
     ref: dict = {}
     for i in range(7):
         for r in results[f"good-{i}"]:
-            assert r["ok"], r["error"]
-            p = tuple(PROMPTS[(i + r["index"]) % len(PROMPTS)])
+            assert r.ok, r.error
+            p = tuple(PROMPTS[(i + r.index) % len(PROMPTS)])
             if p not in ref:
                 ref[p] = _reference(model, list(p), NEW_TOKENS)
-            assert r["tokens"] == ref[p], r["request_id"]
+            assert list(r.tokens) == ref[p], r.request_id
 
 def test_corrupt_payloads_from_one_device_while_seven_generate(tiny_model_dir):
     torch.set_num_threads(1)
@@ -121,7 +121,7 @@ def test_corrupt_payloads_from_one_device_while_seven_generate(tiny_model_dir):
                                                                   max_payload_bytes=MAX_PAYLOAD))
     srv = LoopServer(server)
     rng = random.Random(1234)
-    results: dict[str, list[dict]] = {}
+    results: dict[str, list] = {}
     errors: list[tuple[str, str]] = []
     crashed: list[BaseException] = []
     split = 2
@@ -134,8 +134,8 @@ def test_corrupt_payloads_from_one_device_while_seven_generate(tiny_model_dir):
             dev = EdgeDevice(EdgeConfig(device_id=f"good-{i}", device_class="raspberry-pi-5"), "unused", srv,
                              InProcessPolicy(policy), model=model)
             results[dev.cfg.device_id] = [
-                dev.generate({"request_id": f"good-{i}/r{k}", "index": k, "prompt_ids": PROMPTS[(i + k) % len(PROMPTS)],
-                              "max_new_tokens": NEW_TOKENS}) for k in range(3)]
+                dev.generate(Request(f"good-{i}/r{k}", k, tuple(PROMPTS[(i + k) % len(PROMPTS)]), NEW_TOKENS))
+                for k in range(3)]
         except BaseException as e:  # noqa: BLE001 (reported below)
             crashed.append(e)
 
@@ -262,8 +262,8 @@ def test_identity_attacks_while_seven_generate(tiny_model_dir):
             dev = EdgeDevice(EdgeConfig(device_id=f"good-{i}", device_class="raspberry-pi-5"), "unused",
                              _WithCredential(srv, ids[f"good-{i}"]), InProcessPolicy(policy), model=model)
             results[f"good-{i}"] = [
-                dev.generate({"request_id": f"good-{i}/r{k}", "index": k, "prompt_ids": PROMPTS[(i + k) % len(PROMPTS)],
-                              "max_new_tokens": NEW_TOKENS}) for k in range(3)]
+                dev.generate(Request(f"good-{i}/r{k}", k, tuple(PROMPTS[(i + k) % len(PROMPTS)]), NEW_TOKENS))
+                for k in range(3)]
         except BaseException as e:  # noqa: BLE001
             crashed.append(e)
 
