@@ -93,14 +93,14 @@ def pick_model(arg: str | None):
 
 def run_all(args, folder: Path, prompts) -> tuple[list[dict], dict]:
     from slicer.orchestrator.runner import run_inprocess, run_many, scale_devices, variant
-    from slicer.orchestrator.workload import PolicySpec
+    from slicer.actors.policy_actor import PolicyConfig
 
     base = base_workload(str(folder), prompts, args.requests, args.max_new_tokens, args.group_specs)
     runs = []
     for n in args.counts:
         wl = scale_devices(base, n)
         for pol in ("slicer", "cloud-only"):
-            runs.append((n, pol, variant(wl, name=f"fig2-{pol}-{n}", policy=PolicySpec(name=pol))))
+            runs.append((n, pol, variant(wl, name=f"fig2-{pol}-{n}", policy=PolicyConfig(name=pol))))
     t0 = time.perf_counter()
     if args.backend == "ray":
         outs = run_many([wl for _, _, wl in runs], progress=sys.stderr)
@@ -110,7 +110,7 @@ def run_all(args, folder: Path, prompts) -> tuple[list[dict], dict]:
         model = load_model(str(folder))
         # One discarded run first: the first forward passes of a fresh process pay lazy
         # initialisation, which would be charged to whichever policy ran first.
-        run_inprocess(variant(scale_devices(base, 1), name="warm-up", policy=PolicySpec(name="cloud-only")), model=model)
+        run_inprocess(variant(scale_devices(base, 1), name="warm-up", policy=PolicyConfig(name="cloud-only")), model=model)
         outs = [run_inprocess(wl, model=model) for _, _, wl in runs]
     wall = time.perf_counter() - t0
     rows = []

@@ -206,14 +206,11 @@ def check_device_classes(wl: Workload) -> None:
                                 f"allowed {', '.join(sorted(catalog))}")
 
 
-def _check_model_fit(wl: Workload, profile, model_ref: str, requests: dict[str, list[dict]]) -> None:
+def _check_model_fit(wl: Workload, profile, model_ref: str, requests: dict[str, list[Request]]) -> None:
     """Fields that need the model (split range, context, KV room): ``slicer.orchestrator.validation``."""
-    from slicer.actors.server import ServerConfig
     from slicer.orchestrator.validation import check_against_model, model_max_positions
 
-    longest = longest_prompt(requests)
-    check_against_model(wl, profile, longest, max_positions=model_max_positions(model_ref),
-                        max_tokens_per_session=ServerConfig().max_tokens_per_session)
+    check_against_model(wl, profile, longest_prompt(requests), max_positions=model_max_positions(model_ref))
 
 
 # ----------------------------------------------------------------------------- one driver

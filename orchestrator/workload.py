@@ -183,10 +183,6 @@ class InputsSpec:
     or a text file with one prompt per line. Relative to the workload's folder."""
 
 
-#: The workload's ``policy:`` section is a ``PolicyConfig`` (the old name, kept for callers).
-PolicySpec = PolicyConfig
-
-
 @dataclass(frozen=True)
 class Workload:
     """A whole workload, as parsed from YAML."""

@@ -25,12 +25,13 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from slicer.orchestrator.runner import run_many, scale_devices, variant
-    from slicer.orchestrator.workload import REPO_ROOT, PolicySpec, load_workload
+    from slicer.actors.policy_actor import PolicyConfig
+    from slicer.orchestrator.workload import REPO_ROOT, load_workload
 
     base = load_workload(args.workload or REPO_ROOT / "examples" / "multi_client.yaml")
     changes = workload_overrides(args)
     # No emulated link delay: it would put sleeps, not compute, on the critical path.
-    wl = scale_devices(variant(base, policy=PolicySpec(name=args.policy), **changes), args.devices)
+    wl = scale_devices(variant(base, policy=PolicyConfig(name=args.policy), **changes), args.devices)
     wl = variant(wl, devices=tuple(dataclasses.replace(g, emulation=dataclasses.replace(g.emulation, link=False, slowdown=1.0))
                                    for g in wl.devices))
     runs = []

@@ -69,12 +69,8 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from slicer.orchestrator.runner import make_requests, run_workload, scale_devices, variant
-    from slicer.orchestrator.workload import (
-        REPO_ROOT,
-        PolicySpec,
-        WorkloadError,
-        load_workload,
-    )
+    from slicer.actors.policy_actor import PolicyConfig
+    from slicer.orchestrator.workload import REPO_ROOT, WorkloadError, load_workload
 
     if args.devices < 1 or args.requests < args.devices:
         raise WorkloadError(f"--devices={args.devices} and --requests={args.requests}: need devices >= 1 and "
@@ -84,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         changes["model"] = args.model
     if args.policy:
-        changes["policy"] = PolicySpec(name=args.policy)
+        changes["policy"] = PolicyConfig(name=args.policy)
     wl = scale_devices(variant(base, **changes), args.devices)
     # Requests spread evenly: the first (requests % devices) devices get one more.
     per, extra = divmod(args.requests, args.devices)

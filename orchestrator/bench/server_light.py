@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slicer.orchestrator.runner import run_many, scale_devices, variant
-    from slicer.orchestrator.workload import REPO_ROOT, PolicySpec, load_workload
+    from slicer.actors.policy_actor import PolicyConfig
+    from slicer.orchestrator.workload import REPO_ROOT, load_workload
 
     base = load_workload(args.workload or REPO_ROOT / "examples" / "multi_client.yaml")
     changes = workload_overrides(args)
@@ -41,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     runs = []
     for n in counts:
         wl = scale_devices(base, n)
-        runs.append((n, args.policy, variant(wl, name=f"sl-{args.policy}-{n}", policy=PolicySpec(name=args.policy))))
-        runs.append((n, "cloud-only", variant(wl, name=f"sl-cloud-{n}", policy=PolicySpec(name="cloud-only"))))
+        runs.append((n, args.policy, variant(wl, name=f"sl-{args.policy}-{n}", policy=PolicyConfig(name=args.policy))))
+        runs.append((n, "cloud-only", variant(wl, name=f"sl-cloud-{n}", policy=PolicyConfig(name="cloud-only"))))
     outs = run_many([wl for _, _, wl in runs], address=args.address)
     rows = []
     for (n, pol, _), out in zip(runs, outs):

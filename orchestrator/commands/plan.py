@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-tokens", type=int, default=0, help="prompt length (its features cross at the hand-off)")
     p.add_argument("--handoff-ms", type=float, default=None,
                    help="budget of the hand-off step, Eq. 5 (default: offload_step x --latency-ms)")
-    p.add_argument("--ar-buffer-kb", type=float, default=None, help="M_ar: cap on the hand-off payload in kB (Eq. 6)")
+    p.add_argument("--ar-buffer-bytes", type=float, default=None, help="M_ar: cap on the hand-off payload in bytes (Eq. 6)")
     p.add_argument("--min-accuracy", type=float, default=None, help="lowest acceptable next-token agreement (with --accuracy)")
     p.add_argument("--accuracy", default=None, help="accuracy table JSON (rows: split, codec, next_token_agreement)")
     p.add_argument("--policy", default="slicer", help="slicer (default), opsc, cloud-only, edge-only, fixed-split, neurosurgeon, or all")
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             latency_s=args.latency_ms / 1e3,
             memory_bytes=(args.memory_mib * 2**20) if args.memory_mib is not None else device.memory_bytes,
             new_tokens=args.tokens, prompt_tokens=args.prompt_tokens,
-            ar_buffer_bytes=args.ar_buffer_kb * 1e3 if args.ar_buffer_kb is not None else None,
+            ar_buffer_bytes=args.ar_buffer_bytes,
             handoff_latency_s=args.handoff_ms / 1e3 if args.handoff_ms is not None else None,
             min_accuracy=args.min_accuracy,
         )
