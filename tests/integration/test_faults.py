@@ -73,7 +73,7 @@ def test_edge_actor_killed_mid_generation_is_restarted_and_its_request_replayed(
     assert all(r.ok for r in out.records), [r.error for r in out.records if not r.ok]
     retried = [r for r in out.records if r.attempts > 1]
     assert [r.device for r in retried] == [victim]  # the one in flight, resubmitted once
-    assert retried[0]["attempts"] == 2 and "Actor" in retried[0]["recovered_from"][0]
+    assert retried[0].attempts == 2 and "Actor" in retried[0].recovered_from[0]
     assert all(r.attempts == 1 for r in out.records if r.device != victim)
     assert out.summary["totals"]["resubmitted"] == 1
 
