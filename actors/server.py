@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from slicer.actors import telemetry as tel
-from slicer.actors.models.generate import PayloadError, ServerSession
+from slicer.actors.models.generate import PayloadError, ServerSession, step_peak_bytes
 from slicer.actors.models.weights import process_rss_bytes
 from slicer.actors.protocol import AdmissionError, StepResult, now_s
 
@@ -262,8 +262,13 @@ class Server:
                 self._reject(device_id, "sessions", f"device holds {len(mine)} sessions and the last {idle} free of "
                              f"max_sessions={self.cfg.max_sessions} are kept for registered devices that hold none")
             kept_kv = idle * self.cfg.kv_kept_per_idle_device
-            if self.reserved_kv_bytes + kv > self.cfg.max_kv_bytes - kept_kv:
-                self._reject(device_id, "kv", f"session needs {kv} KV bytes; {self.reserved_kv_bytes} of "
+            # A batched step briefly allocates activations beside the KV caches: the
+            # worst one the sessions could form with this one (and with one like it of
+            # each registered device that holds none, as their KV is kept) is reserved too.
+            peak = self._step_reserve_locked([max_tokens] * (1 + idle))
+            if self.reserved_kv_bytes + kv + peak > self.cfg.max_kv_bytes - kept_kv:
+                self._reject(device_id, "kv", f"session needs {kv} KV bytes (and the worst batched step with it "
+                             f"{peak} bytes beside the caches); {self.reserved_kv_bytes} of "
                              f"max_kv_bytes={self.cfg.max_kv_bytes} already reserved"
                              + (f" and {kept_kv} kept for {idle} registered devices that hold none" if kept_kv else ""))
             sid = f"{device_id}/{request_id}/{next(self._ids)}"
@@ -372,6 +377,16 @@ class Server:
         if len(self.rejected) < _REJECTED_KEPT:
             self.rejected.append({"t": now_s(), "device": device_id, "what": what, "message": msg})
         raise AdmissionError(f"server refused device {device_id}: {msg}")
+
+    def _step_reserve_locked(self, extra: list[int] = ()) -> int:
+        """Bytes the worst batched step of the open sessions (and of sessions of
+        ``extra`` contexts) may allocate beside their KV caches: ``max_batch`` of them,
+        the largest, each bringing its whole admitted context at once (a prefill;
+        ``slicer.actors.models.generate.step_peak_bytes``)."""
+        if self.model.kind != "causal_lm":
+            return 0
+        toks = sorted([s.max_tokens for s in self._sessions.values()] + list(extra), reverse=True)
+        return step_peak_bytes(self.model, toks[: self.cfg.max_batch if self.cfg.batching else 1])
 
     def _kv_bytes_locked(self) -> int:
         return sum(s.cache.nbytes for s in self._sessions.values())
@@ -684,6 +699,7 @@ class Server:
                 "weight_bytes": self.model.weight_bytes,
                 "loaded_units": sorted(self.model.loaded),
                 "reserved_kv_bytes": self.reserved_kv_bytes,
+                "step_reserve_bytes": self._step_reserve_locked(),
                 "rejected": list(self.rejected),
                 "rejected_total": self.rejected_total,
                 "expired_sessions": self.expired_sessions,

@@ -270,6 +270,38 @@ class ServerSession:
         return [int(o[0, -1].argmax()) for o in outs]
 
 
+def step_peak_bytes(model, new_tokens, contexts=None) -> int:
+    """An upper bound on the memory a batched server step allocates for a moment beyond
+    its sessions' KV caches (``ServerSession.forward`` with ``last_only``): the packed
+    rows' activations inside one decoder block (hidden states, q/k/v, rotary tables, the
+    MLP's intermediate tensors), the attention scores and mask of the largest session
+    (sessions attend one after another), and the head's last-position logits.
+
+    ``new_tokens[i]``: tokens session i brings in the step; ``contexts[i]``: its context
+    after the step (default ``new_tokens[i]``, a prefill). Admission
+    (``slicer.actors.server.Server.open_session``) reserves it for the worst batch its
+    sessions can form; ``tests/actors/test_kv_cache.py`` checks it against the peak the
+    torch profiler measures."""
+    rows = sum(int(t) for t in new_tokens)
+    if not rows:
+        return 0
+    contexts = list(new_tokens) if contexts is None else list(contexts)
+    c, a = model.config, model.adapter
+    elem = torch.empty((), dtype=model.dtype).element_size()
+    H, hd, heads, kvh = a.hidden_size, a.head_dim, a.num_heads, a.num_kv_heads
+    inter = int(getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * H)
+    vocab = int(getattr(c, "vocab_size", 0) or 0)
+    # per packed row: ~6 hidden-sized tensors alive at once (input, residual, norm, attention
+    # output and projection, MLP output), q/k/v twice (projection and rotated copy),
+    # the rotary tables, 3 intermediate-sized (gate, up, activation); ids for split 0
+    per_row = elem * (6 * H + 2 * (heads + 2 * kvh) * hd + 2 * hd + 3 * inter) + 16
+    # one session's attention: scores and their softmax (heads x T x S), its mask
+    # (float for eager, bool for SDPA: 4 bytes bounds both), the positions it builds
+    attn = max(int(t) * int(s) * (2 * heads * max(elem, 4) + 4) for t, s in zip(new_tokens, contexts))
+    head = len(new_tokens) * (2 * vocab + H) * max(elem, 4)
+    return rows * per_row + attn + head
+
+
 @dataclass
 class GenerationResult:
     """Tokens of one request and what crossed the wire."""

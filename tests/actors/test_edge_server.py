@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProcessServer
+from slicer.actors.models.generate import step_peak_bytes
 from slicer.actors.policy_actor import Policy, PolicyConfig
 from slicer.actors.protocol import AdmissionError, EmulationSpec, LinkChange, LinkSpec, Request, encode_ids
 from slicer.actors.server import Server, ServerConfig, SessionExpiredError
@@ -151,7 +152,9 @@ def test_cloud_only_token_payload_checked(tiny_model):
 
 def test_admission_limits(tiny_model):
     kv_per_tok = tiny_model.profile.kv_bytes_per_token(1, tiny_model.num_units)
-    server = Server(tiny_model, ServerConfig(max_sessions=2, max_kv_mib=kv_per_tok * 20 / 2**20))
+    # two sessions of 10 tokens: their KV and the worst batched step they can form
+    limit = kv_per_tok * 20 + step_peak_bytes(tiny_model, [10, 10])
+    server = Server(tiny_model, ServerConfig(max_sessions=2, max_kv_mib=limit / 2**20))
     a = server.open_session("d1", "r", 1, 10)
     with pytest.raises(AdmissionError, match="max_kv_bytes"):
         server.open_session("d2", "r", 1, 11)
@@ -417,7 +420,8 @@ def test_booleans_and_floats_are_not_integers(tiny_model, split, max_tokens, nee
 
 def test_kv_is_kept_for_registered_devices_that_hold_none(tiny_model):
     kv = int(tiny_model.profile.kv_bytes_per_token(2, tiny_model.num_units)) * 16  # one session
-    server = Server(tiny_model, ServerConfig(max_kv_mib=6 * kv / 2**20, max_kv_mib_per_device=6 * kv / 2**20,
+    limit = 6 * kv + step_peak_bytes(tiny_model, [16] * 6)  # six sessions' KV and their worst batched step
+    server = Server(tiny_model, ServerConfig(max_kv_mib=limit / 2**20, max_kv_mib_per_device=limit / 2**20,
                                              max_sessions_per_device=10, kv_kept_per_idle_device=kv), identities=IDS)
     held = [server.open_session("mallory", "m/r0", 2, 16, credential=IDS["mallory"])]
     with pytest.raises(AdmissionError, match=rf"and {2 * kv} kept for 2 registered devices that hold none"):

@@ -10,6 +10,7 @@ import torch
 from slicer.actors.models import load_model
 from slicer.actors.models.cache import CacheFullError
 from slicer.actors.models.generate import EdgeSession, encode_ids, reference_generate
+from slicer.actors.protocol import AdmissionError
 from slicer.actors.models.testing import TINY_LM, random_prompts
 from slicer.actors.server import Server, ServerConfig
 from slicer.codec import CodecConfig, encode
@@ -191,3 +192,83 @@ def test_other_threads_run_the_models_own_attention_during_a_batch():
     assert not errors, errors
     torch.testing.assert_close(got[0], want, rtol=0, atol=1e-6)
     assert lm.config._attn_implementation != C.ATTN_NAME
+
+
+# --- the transient memory of a batched step (admission reserves it) --------------------
+def _transient_peak(fn) -> int:
+    """Peak bytes the CPU allocator held during ``fn()`` above what it held before (the
+    torch profiler's allocation events, whose running total is the allocator's)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    allocs = []
+
+    def walk(node):
+        if str(node.tag).endswith("Allocation"):
+            allocs.append((node.start_time_ns, node.extra_fields.alloc_size, node.extra_fields.total_allocated))
+        for ch in node.children:
+            walk(ch)
+
+    for root in prof.profiler.kineto_results.experimental_event_tree():
+        walk(root)
+    assert allocs, "the profiler recorded no allocation"
+    allocs.sort()
+    base = allocs[0][2] - allocs[0][1]
+    return max(total for _, _, total in allocs) - base
+
+
+@pytest.mark.parametrize("pasts,news", [
+    ([0], [96]),  # one long prefill
+    ([40] * 8, [1] * 8),  # eight decodes
+    ([0] + [20] * 7, [60] + [1] * 7),  # a prefill among decodes: packed, never padded
+    ([0] * 6, [30] * 6),  # six prefills at once (every device starts together)
+])
+def test_step_peak_bytes_bounds_what_a_batched_step_allocates(lm, pasts, news):
+    """``step_peak_bytes`` (what admission reserves beside the KV caches) is at least
+    what the torch profiler sees a batched server step allocate beyond its caches."""
+    from slicer.actors.models.generate import ServerSession, step_peak_bytes
+
+    split = 1
+    H = lm.config.hidden_size
+    sess = [ServerSession(lm, split, capacity=128) for _ in pasts]
+    g = torch.Generator().manual_seed(3)
+    for s, p in zip(sess, pasts):
+        if p:
+            ServerSession.forward([s], [torch.randn(1, p, H, generator=g)], last_only=True)
+    xs = [torch.randn(1, t, H, generator=g) for t in news]
+    kv_before = sum(s.cache.nbytes for s in sess)
+    peak = _transient_peak(lambda: ServerSession.forward(sess, xs, last_only=True))
+    transient = peak - (sum(s.cache.nbytes for s in sess) - kv_before)  # buffers allocated at a first step are KV
+    bound = step_peak_bytes(lm, news, [p + t for p, t in zip(pasts, news)])
+    assert 0 < transient <= bound, (transient, bound)
+    if sum(news) >= 30:  # (a few decode rows allocate next to nothing: no ratio to speak of)
+        assert bound < 6 * transient, "the bound is so loose that admission would waste most of max_kv_bytes"
+
+
+def test_admission_reserves_the_worst_batched_step(tiny_model):
+    """A second session whose KV fits is refused when the batched prefill of both would
+    not fit beside the caches; with room for that step it is admitted, and the step it
+    can form really fits in ``max_kv_bytes`` (measured)."""
+    from slicer.actors.models.generate import step_peak_bytes
+
+    m, split, T = tiny_model, 2, 24
+    kv = int(m.profile.kv_bytes_per_token(split, m.num_units)) * T
+    one_step = step_peak_bytes(m, [T])
+    tight = 2 * kv + one_step  # both caches and ONE session's step: the KV-only check admits both
+    server = Server(m, ServerConfig(max_kv_mib=tight / 2**20))
+    server.open_session("a", "r", split, T)
+    with pytest.raises(AdmissionError, match="worst batched step"):
+        server.open_session("b", "r", split, T)
+    assert server.stats()["step_reserve_bytes"] == one_step
+    limit = 2 * kv + step_peak_bytes(m, [T, T])
+    server = Server(m, ServerConfig(max_kv_mib=limit / 2**20))
+    toks = [server.open_session(d, "r", split, T) for d in ("a", "b")]
+    halves = [server._sessions[t.rpartition(".")[0]].half for t in toks]
+    H = m.config.hidden_size
+    xs = [torch.randn(1, T, H), torch.randn(1, T, H)]
+    from slicer.actors.models.generate import ServerSession
+
+    peak = _transient_peak(lambda: ServerSession.forward(halves, xs, last_only=True))
+    assert sum(h.cache.nbytes for h in halves) == 2 * kv
+    assert peak <= limit == server.cfg.max_kv_bytes  # caches allocated in the step + the step's own tensors
