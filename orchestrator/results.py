@@ -3,7 +3,8 @@
 Layout of ``runs/<YYYYmmdd-HHMMSS>-<name>/``::
 
     workload.json    the parsed workload
-    requests.jsonl   one record per request (tokens, plan, bytes, per-step hops)
+    requests.jsonl   one record per request (tokens, plan, bytes, per-step hops): ``to_json`` of
+                     a ``RequestRecord``; ``load_records`` reads them back as such
     policy.jsonl     every policy decision (tier, reason, plan)
     load.jsonl       server load timeline (busy fraction, queue depth, batch, tokens/s)
     traces.jsonl     spans (written by the tracing layer when tracing is on)
