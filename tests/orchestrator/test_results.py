@@ -89,7 +89,7 @@ def test_requests_jsonl_round_trip(tmp_path):
     by_id = {r.request_id: r for r in recs}
     for r in back:
         want = by_id[r.request_id]
-        assert to_json(r) == to_json(want)
+        assert r == want and to_json(r) == to_json(want)  # every field, typed as written
         assert r.mode == want.mode and (r.mode is None or isinstance(r.mode, Mode))
         assert r.steps == want.steps and r.link == want.link
         assert [s.sent for s in r.steps] == [s.sent for s in want.steps]
