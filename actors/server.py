@@ -8,7 +8,8 @@ step, no batching) or drive ``step`` from an asyncio loop.
 A session is one request of one device at one split ℓ: the server runs units
 ``[ℓ, n)`` (``ℓ = 0``: cloud-only, the whole model on token ids). Admission control:
 at most ``max_sessions`` sessions and ``max_kv_bytes`` of KV cache (reserved at open
-for the session's largest context), payloads of at most ``max_payload_bytes``; a bad
+for the session's largest context, together with the memory the worst batched step
+of the open sessions briefly takes beside it), payloads of at most ``max_payload_bytes``; a bad
 payload fails that step with an ``AdmissionError`` naming the device and the defect,
 and the session and every other session go on.
 

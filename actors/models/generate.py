@@ -205,9 +205,9 @@ class ServerSession:
     def _decode(self, payload, position) -> torch.Tensor:
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise PayloadError(f"payload is {type(payload).__name__}, expected bytes")
-        payload = bytes(payload)
-        if self.max_payload_bytes is not None and len(payload) > self.max_payload_bytes:
+        if self.max_payload_bytes is not None and len(payload) > self.max_payload_bytes:  # before any copy
             raise PayloadError(f"payload of {len(payload)} bytes exceeds max_payload_bytes={self.max_payload_bytes}")
+        payload = bytes(payload)
         if position is not None and position != self.cache.length:
             raise PayloadError(f"step at position {position} but the session holds {self.cache.length} tokens")
         room = self.room
