@@ -61,7 +61,7 @@ def _thread_cpu_s() -> float:
 
 
 if not hasattr(resource, "RUSAGE_THREAD"):  # macOS: the portable clock
-    _thread_cpu_s = time.thread_time  # noqa: F811
+    _thread_cpu_s = time.thread_time
 
 
 def _is_int(v: Any) -> bool:

@@ -10,8 +10,8 @@ import torch
 from slicer.actors.models import load_model
 from slicer.actors.models.cache import CacheFullError
 from slicer.actors.models.generate import EdgeSession, encode_ids, reference_generate
-from slicer.actors.protocol import AdmissionError
 from slicer.actors.models.testing import TINY_LM, random_prompts
+from slicer.actors.protocol import AdmissionError
 from slicer.actors.server import Server, ServerConfig
 from slicer.codec import CodecConfig, encode
 

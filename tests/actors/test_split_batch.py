@@ -112,7 +112,6 @@ def test_server_computes_through_server_session(monkeypatch):
     """``Server`` has no compute of its own: every step goes through
     ``ServerSession.forward``, the code ``generate``/eval/fidelity use."""
     from slicer.actors.server import Server
-    from slicer.codec import encode
 
     m = load_model(TINY_LM["llama"], seed=0)
     calls = []
