@@ -28,12 +28,26 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
-
 from slicer.actors import telemetry as tel
 from slicer.actors.models.devices import DTYPES as _DTYPES
 from slicer.actors.models.generate import EdgeSession
-from slicer.actors.protocol import (BudgetSpec, DeviceInfo, EmulationSpec, LinkChange, LinkSpec, Measured, Mode, Plan,
-                                    Replan, Report, Request, RequestRecord, StepRecord, StepResult, now_s)
+from slicer.actors.protocol import (
+    BudgetSpec,
+    DeviceInfo,
+    EmulationSpec,
+    LinkChange,
+    LinkSpec,
+    Measured,
+    Mode,
+    Plan,
+    Replan,
+    Report,
+    Request,
+    RequestRecord,
+    StepRecord,
+    StepResult,
+    now_s,
+)
 from slicer.codec import CodecConfig
 from slicer.policies.link import RateTrace
 

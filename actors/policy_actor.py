@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
-
-from dataclasses import replace
 
 from slicer.actors import telemetry as tel
 from slicer.actors.fields import spec_field
-from slicer.actors.protocol import BudgetSpec, DeviceInfo, LinkSpec, Measured, Plan, Report, now_s, to_json
-
+from slicer.actors.protocol import (
+    BudgetSpec,
+    DeviceInfo,
+    LinkSpec,
+    Measured,
+    Plan,
+    Report,
+    now_s,
+    to_json,
+)
 
 #: The policies a workload may name (``slicer.policies.plan``'s, ``fixed`` for ``fixed-split``).
 POLICIES = ("slicer", "cloud-only", "edge-only", "fixed", "neurosurgeon", "opsc")

@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slicer.actors.fields import spec_field
-from slicer.policies.link import DEFAULT_BANDWIDTH_HZ, DEFAULT_EPSILON, DEFAULT_SNR, LinkState, db_to_linear, linear_to_db
+from slicer.policies.link import (
+    DEFAULT_BANDWIDTH_HZ,
+    DEFAULT_EPSILON,
+    DEFAULT_SNR,
+    LinkState,
+    db_to_linear,
+    linear_to_db,
+)
 from slicer.policies.schema import Budgets, Mode, SplitPlan
 
 #: The policy's answer for one device (``slicer.policies.schema.SplitPlan``: split,

@@ -30,12 +30,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TextIO
 
 from slicer.actors.protocol import Mode, Request, RequestRecord
 from slicer.orchestrator import results as R
 from slicer.orchestrator.workload import Workload, WorkloadError, load_prompts
 from slicer.policies.link import RateTrace
+
+if TYPE_CHECKING:  # the edge's module imports torch
+    from slicer.actors.edge import EdgeConfig
 from slicer.orchestrator.yamlload import short
 
 
@@ -369,7 +372,6 @@ class InProcessBackend:
 
     def start(self, wl: Workload, prep: Prepared, *, progress: TextIO | None, trace: bool, t_setup: float) -> None:
         import torch
-
         from slicer.actors.edge import EdgeDevice, InProcessPolicy, InProcessServer
         from slicer.actors.models import load_model
         from slicer.actors.models.devices import resolve_dtype
@@ -648,7 +650,6 @@ def run_many(workloads: list[Workload], *, address: str | None = None, trace: bo
     variants side by side): the embedded one covering every device class, started once,
     or ``address``. Nothing is written; each returns its ``RunOutput``."""
     import ray
-
     from slicer.orchestrator.cluster import LocalCluster, connect
 
     classes = sorted({c for wl in workloads for c in wl.device_classes()})

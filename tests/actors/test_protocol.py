@@ -8,9 +8,19 @@ import json
 from pathlib import Path
 
 import pytest
-
-from slicer.actors.protocol import (EmulationSpec, LinkSpec, Mode, Plan, Replan, Request, RequestRecord, StepRecord,
-                                    StepResult, from_json, to_json)
+from slicer.actors.protocol import (
+    EmulationSpec,
+    LinkSpec,
+    Mode,
+    Plan,
+    Replan,
+    Request,
+    RequestRecord,
+    StepRecord,
+    StepResult,
+    from_json,
+    to_json,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
