@@ -12,16 +12,14 @@ from typing import Iterable
 
 from slicer.orchestrator.cluster import _ray
 from slicer.orchestrator.cluster.auth import LOOPBACK_ENV, find_token
-from slicer.orchestrator.cluster.local import _free_port
+from slicer.orchestrator.cluster.local import _free_port, _local_gpus
 from slicer.orchestrator.cluster.placement import (
     CLASS_LABEL,
     DEFAULT_EDGE_CLASSES,
     EDGE_ROLE,
-    EDGE_SLOT,
-    ROLE_LABEL,
     SERVER_ROLE,
-    SERVER_SLOT,
     ClusterError,
+    NodeSpec,
     validate_selector,
 )
 from slicer.orchestrator.cluster.processes import _start_time, kill_pids, pid_alive
@@ -156,12 +154,15 @@ def cluster_up(edge_classes: Iterable[str] = DEFAULT_EDGE_CLASSES, *, nodes_per_
              "started_at": time.time()}
     t0 = time.perf_counter()
 
-    def node_args(index: int, labels: dict[str, str], resources: dict[str, int]) -> list[str]:
+    def node_args(index: int, spec: NodeSpec) -> list[str]:
         d = os.path.join(root, f"n{index}")
         os.makedirs(d, exist_ok=True)
-        return [f"--num-cpus={num_cpus_per_node}", "--num-gpus=0", "--node-ip-address=127.0.0.1",
-                f"--labels={','.join(f'{k}={v}' for k, v in labels.items())}",
-                f"--resources={json.dumps(resources)}", f"--temp-dir={d}",
+        # The server node gets this machine's GPUs (a CUDA server is placed with num_gpus=1),
+        # as the embedded cluster's does; edge nodes get none.
+        gpus = _local_gpus() if spec.role == SERVER_ROLE else 0
+        return [f"--num-cpus={num_cpus_per_node}", f"--num-gpus={gpus}", "--node-ip-address=127.0.0.1",
+                f"--labels={','.join(f'{k}={v}' for k, v in spec.labels().items())}",
+                f"--resources={json.dumps({k: int(v) for k, v in spec.resources().items()})}", f"--temp-dir={d}",
                 f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats"]
 
     try:
@@ -170,7 +171,7 @@ def cluster_up(edge_classes: Iterable[str] = DEFAULT_EDGE_CLASSES, *, nodes_per_
             progress.flush()
         _ray_start(["--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                     "--include-dashboard=true",
-                    *node_args(0, {ROLE_LABEL: SERVER_ROLE}, {SERVER_SLOT: server_slots})], env, timeout_s)
+                    *node_args(0, NodeSpec(SERVER_ROLE, slots=server_slots))], env, timeout_s)
         state_path().parent.mkdir(parents=True, exist_ok=True)
         state_path().write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")  # `down` works from here on
         i = 1
@@ -180,7 +181,7 @@ def cluster_up(edge_classes: Iterable[str] = DEFAULT_EDGE_CLASSES, *, nodes_per_
                     progress.write(f"slicer: starting edge node {i}/{state['nodes'] - 1} ({c})...\n")
                     progress.flush()
                 _ray_start([f"--address=127.0.0.1:{port}",
-                            *node_args(i, {ROLE_LABEL: EDGE_ROLE, CLASS_LABEL: c}, {EDGE_SLOT: edge_slots})],
+                            *node_args(i, NodeSpec(EDGE_ROLE, c, slots=edge_slots))],
                            env, timeout_s)
                 i += 1
     except BaseException:

@@ -3,6 +3,7 @@ hand-built node lists, argument validation, pid-exact process cleanup."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -257,3 +258,27 @@ def test_address_auto_prefers_ray_address_then_the_slicer_cluster(tmp_path, monk
         with pytest.raises(C.ClusterError, match="stop here"):
             C.connect("auto", timeout_s=1)
         assert seen[-1] == want
+
+
+def test_cluster_up_gives_the_server_node_the_machines_gpus(tmp_path, monkeypatch):
+    """`slicer cluster up`: the head (server node) starts with this machine's GPUs, edge
+    nodes with none, and labels/slots come from the same NodeSpec as the embedded cluster's
+    (a `server.device: cuda` workload can then be placed). No Ray is started: the starts
+    are recorded."""
+    from slicer.orchestrator.cluster import persistent as P
+
+    monkeypatch.setenv("SLICER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t" * 64)
+    monkeypatch.setattr(P, "_local_gpus", lambda: 2)
+    starts = []
+    monkeypatch.setattr(P, "_ray_start", lambda args, env, timeout_s: starts.append(args))
+    state = P.cluster_up(["phone"], nodes_per_class=1, edge_slots=3, server_slots=5)
+    try:
+        head, edge = starts
+        assert "--head" in head and "--num-gpus=2" in head and '--resources={"server_slot": 5}' in head
+        assert "--labels=role=server" in head
+        assert "--num-gpus=0" in edge and '--resources={"edge_slot": 3}' in edge
+        assert "--labels=role=edge,device-class=phone" in edge
+    finally:
+        P.state_path().unlink(missing_ok=True)
+        shutil.rmtree(state["temp_dir"], ignore_errors=True)
