@@ -9,8 +9,9 @@ actor's constructor or on the server mid-run:
 - the longest prompt plus ``max_new_tokens`` must fit the model's context
   (``max_position_embeddings``) and the server's per-session limit;
 - one session of the longest request must fit ``server.max_kv_mib`` (else every request
-  would be refused), and ``server.max_sessions`` must hold one session per device
-  (each device keeps one request in flight).
+  would be refused), and so must the run's first session as the server admits it (the KV
+  kept for every device plus the worst batched step's memory); ``server.max_sessions`` must
+  hold one session per device (each device keeps one request in flight).
 """
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ def model_max_positions(model_ref: Any) -> int | None:
     try:
         if isinstance(model_ref, dict):
             return int(model_ref.get("max_position_embeddings") or 0) or None
-        from transformers import AutoConfig
+        from transformers import AutoConfig, PretrainedConfig
+
+        if isinstance(model_ref, PretrainedConfig):  # already read (``model_config``)
+            return int(getattr(model_ref, "max_position_embeddings", 0) or 0) or None
 
         return int(getattr(AutoConfig.from_pretrained(str(model_ref)), "max_position_embeddings", 0) or 0) or None
     except Exception:  # noqa: BLE001 (no readable config: the check is skipped, the run decides)
@@ -38,12 +42,41 @@ def request_kv_bytes(wl: Workload, profile: Any, longest_prompt_tokens: int) -> 
     return int(profile.kv_bytes_per_token(0, int(profile.num_layers))) * (int(longest_prompt_tokens) + int(wl.max_new_tokens))
 
 
+def model_config(model_ref: Any) -> Any:
+    """The model's Hugging Face config (no weights), or None when unreadable."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(model_ref))
+    except Exception:  # noqa: BLE001 (no readable config: the checks needing it are skipped)
+        return None
+
+
+def first_session_bytes(wl: Workload, profile: Any, hf_config: Any, longest_prompt_tokens: int) -> tuple[int, int]:
+    """(KV, step) bytes the server must have free for the FIRST session of the run to be
+    admitted (``slicer.actors.server.Server.open_session``): its own KV plus one request's
+    KV kept for every other registered device, and the worst batched step those sessions
+    could form (``max_batch`` of them, each a whole-context prefill, at the server's dtype;
+    4 bytes per element when unset)."""
+    n_dev = sum(g.count for g in wl.devices)
+    kv = request_kv_bytes(wl, profile, longest_prompt_tokens) * n_dev
+    if hf_config is None or profile.kind != "causal_lm":
+        return kv, 0
+    from slicer.actors.models.generate import step_peak_bytes_of_config
+
+    elem = {"float16": 2, "bfloat16": 2}.get(wl.server.dtype or "", 4)
+    batch = min(n_dev, wl.server.max_batch) if wl.server.batching else 1
+    ctx = int(longest_prompt_tokens) + int(wl.max_new_tokens)
+    return kv, step_peak_bytes_of_config(hf_config, elem, [ctx] * batch)
+
+
 def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, *, max_positions: int | None = None,
-                        max_tokens_per_session: int | None = None) -> None:
+                        max_tokens_per_session: int | None = None, hf_config: Any = None) -> None:
     """Raise ``WorkloadError`` naming the field when the workload cannot run on the model
     described by ``profile`` (``slicer.policies.profile.ModelProfile``: its split units are
     ``profile.layers``) with ``max_positions`` tokens of context (None: unknown).
-    ``max_tokens_per_session``: the server's (None: ``wl.server``'s)."""
+    ``max_tokens_per_session``: the server's (None: ``wl.server``'s). ``hf_config``: the
+    model's config, for the batched step's memory (None: not checked)."""
     if max_tokens_per_session is None:
         max_tokens_per_session = wl.server.max_tokens_per_session
     n = int(profile.num_layers)
@@ -68,6 +101,14 @@ def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, 
     if kv > wl.server.max_kv_bytes_per_device:
         raise WorkloadError(f"workload field server.max_kv_mib_per_device={wl.server.max_kv_mib_per_device:g} cannot hold "
                             f"one request: its KV cache needs up to {kv} bytes ({kv / 2**20:.3f} MiB)")
+    kv_all, step = first_session_bytes(wl, profile, hf_config, longest_prompt_tokens)
+    if kv_all + step > wl.server.max_kv_bytes:
+        raise WorkloadError(
+            f"workload field server.max_kv_mib={wl.server.max_kv_mib:g} cannot admit the run's first session: the "
+            f"server keeps one request's KV for each of the {sum(g.count for g in wl.devices)} devices "
+            f"({kv_all / 2**20:.3f} MiB) and reserves {step / 2**20:.3f} MiB for the worst batched step; "
+            f"allowed server.max_kv_mib >= {(kv_all + step) / 2**20:.3f} (or fewer devices, a smaller "
+            "server.max_batch or max_new_tokens)")
     n_dev = sum(g.count for g in wl.devices)
     if wl.server.max_sessions < n_dev:
         raise WorkloadError(f"workload field server.max_sessions={wl.server.max_sessions} is fewer than the {n_dev} "

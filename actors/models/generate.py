@@ -282,13 +282,21 @@ def step_peak_bytes(model, new_tokens, contexts=None) -> int:
     (``slicer.actors.server.Server.open_session``) reserves it for the worst batch its
     sessions can form; ``tests/actors/test_kv_cache.py`` checks it against the peak the
     torch profiler measures."""
+    elem = torch.empty((), dtype=model.dtype).element_size()
+    return step_peak_bytes_of_config(model.config, elem, new_tokens, contexts)
+
+
+def step_peak_bytes_of_config(c, elem: int, new_tokens, contexts=None) -> int:
+    """``step_peak_bytes`` from a Hugging Face config and the server's bytes per element
+    (workload validation, before any model is loaded)."""
     rows = sum(int(t) for t in new_tokens)
     if not rows:
         return 0
     contexts = list(new_tokens) if contexts is None else list(contexts)
-    c, a = model.config, model.adapter
-    elem = torch.empty((), dtype=model.dtype).element_size()
-    H, hd, heads, kvh = a.hidden_size, a.head_dim, a.num_heads, a.num_kv_heads
+    H = int(c.hidden_size)
+    heads = int(c.num_attention_heads)
+    kvh = int(getattr(c, "num_key_value_heads", None) or heads)
+    hd = int(getattr(c, "head_dim", None) or H // heads)
     inter = int(getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * H)
     vocab = int(getattr(c, "vocab_size", 0) or 0)
     # per packed row: ~6 hidden-sized tensors alive at once (input, residual, norm, attention

@@ -90,3 +90,25 @@ def test_one_requests_kv_is_kept_for_each_idle_device(model_dir):
     assert kv == int(prof.kv_bytes_per_token(0, prof.num_layers)) * (3 + 5) > 0
     assert server_config(wl, prof, reqs).kv_kept_per_idle_device == kv
     assert server_config(wl).kv_kept_per_idle_device == 0  # no model known: nothing kept
+
+
+def test_max_kv_too_small_for_the_first_session_and_its_batched_step(model_dir):
+    """The server admits a session only when its KV, the KV kept for every other device
+    and the worst batched step's memory fit ``max_kv_mib``: validation asks the same
+    before any run, naming the figure needed; just above it the run admits every session."""
+    from slicer.actors.models import profile_from_config
+    from slicer.orchestrator.validation import first_session_bytes, model_config
+
+    wl = _wl(model_dir, max_new_tokens=8, devices=[{"class": "raspberry-pi-5", "count": 4}])
+    kv, step = first_session_bytes(wl, profile_from_config(str(model_dir)), model_config(str(model_dir)), 3)
+    assert kv > 0 and step > 0
+    need_mib = (kv + step) / 2**20
+    short = _wl(model_dir, max_new_tokens=8, devices=[{"class": "raspberry-pi-5", "count": 4}],
+                server={"max_kv_mib": round(0.97 * need_mib, 4)})
+    with pytest.raises(WorkloadError, match=r"server\.max_kv_mib=.* cannot admit the run's first session: .* "
+                                            r"worst batched step; allowed server\.max_kv_mib >= "):
+        run_inprocess(short)
+    enough = _wl(model_dir, max_new_tokens=8, devices=[{"class": "raspberry-pi-5", "count": 4}],
+                 server={"max_kv_mib": round(1.01 * need_mib, 4)}, policy="cloud-only")
+    out = run_inprocess(enough)
+    assert all(r.ok for r in out.records), [r.error for r in out.records]
