@@ -211,7 +211,11 @@ def check_device_classes(wl: Workload) -> None:
 
 def _check_model_fit(wl: Workload, profile, model_ref: str, requests: dict[str, list[Request]]) -> None:
     """Fields that need the model (split range, context, KV room): ``slicer.orchestrator.validation``."""
-    from slicer.orchestrator.validation import check_against_model, model_config, model_max_positions
+    from slicer.orchestrator.validation import (
+        check_against_model,
+        model_config,
+        model_max_positions,
+    )
 
     cfg = model_config(model_ref)
     check_against_model(wl, profile, longest_prompt(requests), hf_config=cfg,

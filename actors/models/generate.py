@@ -24,7 +24,6 @@ import struct
 from dataclasses import dataclass, field
 
 import torch
-
 from slicer import codec
 from slicer.codec import CodecConfig
 from slicer.policies.schema import Mode

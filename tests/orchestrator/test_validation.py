@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 
 import pytest
-
 from slicer.orchestrator import results as R
 from slicer.orchestrator.runner import run_inprocess
 from slicer.orchestrator.validation import check_against_model, model_max_positions
