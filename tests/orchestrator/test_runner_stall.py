@@ -82,6 +82,8 @@ def fake_ray(monkeypatch):
     state = {"stats_hang": True}
     monkeypatch.setattr(ray, "wait", _fake_wait)
     monkeypatch.setattr(ray, "get", _fake_get)
+    state["killed"] = []
+    monkeypatch.setattr(RA, "kill", state["killed"].append)  # fake handles: ray.kill would start (or join) a real Ray
     monkeypatch.setattr(RA, "make_policy", lambda *a, **k: FakePolicy())
     monkeypatch.setattr(RA, "make_server", lambda *a, **k: FakeServer(state["stats_hang"]))
     monkeypatch.setattr(RA, "make_edge", lambda cfg, *a, **k: FakeEdge(cfg, hang.get(cfg.device_id, ())))
@@ -119,6 +121,7 @@ def test_stall_keeps_every_finished_record_and_names_the_stall(fake_ray, tmp_pat
     rows = [json.loads(line) for line in (out.run_dir / "requests.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and sum(r["ok"] for r in rows) == 4
     assert json.loads((out.run_dir / "summary.json").read_text())["error"] == out.error
+    assert len(fake_ray[1]["killed"]) == 4  # every actor (policy, server, 2 edges) killed, the hung one too
 
 
 def test_no_stall_no_error_and_a_hung_final_call_still_raises(fake_ray, tmp_path):
