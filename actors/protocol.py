@@ -51,7 +51,8 @@ Plan = SplitPlan
 
 __all__ = [
     "AdmissionError", "BudgetSpec", "Budgets", "DeviceInfo", "EmulationSpec", "LinkChange", "LinkSpec", "LinkState",
-    "Measured", "Mode", "Plan", "Replan", "Report", "Request", "RequestRecord", "StepRecord", "StepResult",
+    "Measured", "Mode", "Plan", "Replan", "Report", "Request", "RequestRecord", "SessionRebuild", "StepRecord",
+    "StepResult",
     "decode_tokens", "from_json", "now_s", "to_json",
 ]
 
@@ -309,6 +310,20 @@ class StepRecord:
 
 
 @dataclass(frozen=True)
+class SessionRebuild:
+    """A server session the edge rebuilt by replay after the server was lost
+    (``slicer.actors.recovery``)."""
+
+    request_id: str
+    replayed_steps: int
+    """Steps re-sent to the new session before the failed one."""
+    at_position: int
+    """Server-side position of the step that found the server gone."""
+    seconds: float
+    cause: str
+
+
+@dataclass(frozen=True)
 class Replan:
     """A re-plan during a request (the policy answered a measurement with a new plan)."""
 
@@ -372,7 +387,7 @@ class RequestRecord:
     """The edge process's resident memory after the request (measured)."""
     edge_weight_bytes: int | None = None
     """Bytes of the weights the edge loaded (segment-only: the units its plans ran)."""
-    server_recoveries: list[dict] = field(default_factory=list)
+    server_recoveries: list[SessionRebuild] = field(default_factory=list)
     """Sessions the edge rebuilt by replay after a server restart (``actors.recovery``)."""
     attempts: int = 1
     """1 + how often the driver resubmitted the request after its actor died."""

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from slicer.actors.protocol import AdmissionError
+from slicer.actors.protocol import AdmissionError, SessionRebuild
 
 
 class ServerLostError(RuntimeError):
@@ -101,8 +101,8 @@ class RecoveringServerClient:
         self.max_backoff_s = float(max_backoff_s)
         self.sleep = sleep
         self._logs: dict[str, _SessionLog] = {}
-        self.events: list[dict] = []
-        """One dict per rebuild: session, replayed steps, seconds, cause."""
+        self.events: list[SessionRebuild] = []
+        """One per rebuild: request, replayed steps, position, seconds, cause."""
 
     # ------------------------------------------------------------------ client API
     def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None, supersedes=None):
@@ -136,7 +136,7 @@ class RecoveringServerClient:
                 return {}  # the session went with the server
             raise
 
-    def drain_events(self) -> list[dict]:
+    def drain_events(self) -> list[SessionRebuild]:
         out, self.events = self.events, []
         return out
 
@@ -186,9 +186,9 @@ class RecoveringServerClient:
                 continue
             log.server_sid = sid
             log.recoveries += 1
-            self.events.append({"request_id": log.open_args[1], "replayed_steps": len(log.sent),
-                                "at_position": int(position), "seconds": round(time.monotonic() - t0, 3),
-                                "cause": f"{type(cause).__name__}: {str(cause)[:200]}"})
+            self.events.append(SessionRebuild(request_id=log.open_args[1], replayed_steps=len(log.sent),
+                                              at_position=int(position), seconds=round(time.monotonic() - t0, 3),
+                                              cause=f"{type(cause).__name__}: {str(cause)[:200]}"))
             return res
         raise ServerLostError(
             f"device {log.open_args[0]} request {log.open_args[1]}: the server was lost at position {position} "

@@ -76,8 +76,8 @@ def test_server_restart_mid_generation_is_replayed_exactly(tiny_model, split, w)
         assert rec.tokens == greedy_reference(tiny_model, prompt, 6)
     assert flaky.restarts == 2
     ev = client.drain_events()
-    assert len(ev) == 2 and all(e["cause"].startswith("ServerRestarted") for e in ev)
-    assert any(e["replayed_steps"] > 0 for e in ev)  # a mid-request loss replayed what was sent
+    assert len(ev) == 2 and all(e.cause.startswith("ServerRestarted") for e in ev)
+    assert any(e.replayed_steps > 0 for e in ev)  # a mid-request loss replayed what was sent
     assert flaky.server.stats()["open_sessions"] == 0  # rebuilt sessions were closed too
 
 
@@ -168,7 +168,7 @@ def test_an_expired_session_is_reopened_by_replay_and_tokens_stay_exact(tiny_mod
     assert rec.ok, rec.error
     assert rec.tokens == greedy_reference(tiny_model, PROMPTS[2], 7)
     ev = client.drain_events()
-    assert len(ev) == 1 and ev[0]["cause"].startswith("SessionExpiredError") and ev[0]["replayed_steps"] == 3
+    assert len(ev) == 1 and ev[0].cause.startswith("SessionExpiredError") and ev[0].replayed_steps == 3
     st = server.stats()
     assert st["expired_sessions"] == 1 and st["open_sessions"] == 0 and st["reserved_kv_bytes"] == 0
     assert server_lost(SessionExpiredError("session 'x' expired after 31.0 s idle"))

@@ -85,7 +85,7 @@ def test_server_killed_mid_generation_sessions_rebuilt_by_replay(local_cluster, 
     assert all(r.ok for r in out.records), [r.error for r in out.records if not r.ok]
     rebuilt = [ev for r in out.records for ev in r.server_recoveries]
     assert rebuilt, "the server kill hit no session"
-    assert any(ev["replayed_steps"] > 0 for ev in rebuilt)  # mid-request: the sent log was replayed
+    assert any(ev.replayed_steps > 0 for ev in rebuilt)  # mid-request: the sent log was replayed
     assert all(r.attempts == 1 for r in out.records)  # the edges never failed
     assert out.summary["totals"]["server_sessions_rebuilt"] == len(rebuilt)
 

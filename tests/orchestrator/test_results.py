@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from slicer.actors.protocol import LinkSpec, Mode, Replan, RequestRecord, StepRecord, to_json
+from slicer.actors.protocol import LinkSpec, Mode, Replan, RequestRecord, SessionRebuild, StepRecord, to_json
 from slicer.orchestrator import results as R
 
 
@@ -31,7 +31,7 @@ def _rec(dev: str, i: int, **kw) -> RequestRecord:
 def _records() -> list[RequestRecord]:
     failed = RequestRecord(request_id="b/r0", device="b", index=0, error="EdgeLostError: gone", attempts=3,
                            recovered_from=["node died"])
-    return [_rec("a", 1), _rec("a", 0, server_recoveries=[{"step": 1}]), failed,
+    return [_rec("a", 1), _rec("a", 0, server_recoveries=[SessionRebuild("a/r0", 1, 1, 0.1, "ServerRestarted")]), failed,
             _rec("b", 1, mode=Mode.CLOUD_ONLY, split=0, codec="tokens", plan_feasible=False, plan_binding="memory",
                  plan_reason="too big", emulated=True)]
 
