@@ -7,6 +7,20 @@ import pytest
 import torch
 
 
+def with_field(base: dict, path: str, value) -> dict:
+    """A deep copy of a workload mapping with the dotted ``path`` (``devices.0.link.rate_mbps``)
+    set to ``value``."""
+    import copy
+
+    d = copy.deepcopy(base)
+    keys = path.split(".")
+    cur = d
+    for k in keys[:-1]:
+        cur = cur[int(k)] if k.isdigit() else cur.setdefault(k, {})
+    cur[keys[-1]] = value
+    return d
+
+
 def make_char_llama(tmp_path_factory, seed: int, name: str) -> Path:
     """A random tiny Llama with a character-level tokenizer, saved as a model folder."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

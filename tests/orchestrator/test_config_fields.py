@@ -3,20 +3,25 @@ sections parse straight into the dataclasses the run uses, their checks and the
 ``slicer run`` flags come from the fields' declarations."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import sys
 
 import pytest
-
 from slicer.actors import fields as F
 from slicer.actors.policy_actor import PolicyConfig
 from slicer.actors.protocol import BudgetSpec, EmulationSpec, LinkChange, LinkSpec
 from slicer.actors.server_config import ServerConfig
 from slicer.orchestrator.cli import build_parser, main
 from slicer.orchestrator.commands.run import with_overrides
-from slicer.orchestrator.workload import DeviceGroup, Workload, WorkloadError, parse_workload
+from slicer.orchestrator.workload import (
+    DeviceGroup,
+    Workload,
+    WorkloadError,
+    parse_workload,
+)
+
+from tests.orchestrator.conftest import with_field
 
 BASE = {"name": "t", "model": "m", "inputs": {"prompts": [[1, 2, 3]]},
         "devices": [{"class": "raspberry-pi-5", "count": 2}]}
@@ -25,13 +30,7 @@ SECTIONS = {"server": ServerConfig, "policy": PolicyConfig, "devices.0.link": Li
 
 
 def _with(path: str, value):
-    d = copy.deepcopy(BASE)
-    keys = path.split(".")
-    cur = d
-    for k in keys[:-1]:
-        cur = cur[int(k)] if k.isdigit() else cur.setdefault(k, {})
-    cur[keys[-1]] = value
-    return d
+    return with_field(BASE, path, value)
 
 
 def _out_of_range(spec: F.Spec) -> list:

@@ -5,9 +5,15 @@ import copy
 from pathlib import Path
 
 import pytest
-
 from slicer.codec import CodecConfig
-from slicer.orchestrator.workload import WorkloadError, load_prompts, load_workload, parse_workload
+from slicer.orchestrator.workload import (
+    WorkloadError,
+    load_prompts,
+    load_workload,
+    parse_workload,
+)
+
+from tests.orchestrator.conftest import with_field
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {
@@ -19,13 +25,7 @@ BASE = {
 
 
 def _with(path: str, value):
-    d = copy.deepcopy(BASE)
-    keys = path.split(".")
-    cur = d
-    for k in keys[:-1]:
-        cur = cur[int(k)] if k.isdigit() else cur.setdefault(k, {})
-    cur[keys[-1]] = value
-    return d
+    return with_field(BASE, path, value)
 
 
 def test_parses_defaults_and_ids():
