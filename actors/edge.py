@@ -2,7 +2,7 @@
 plan's mode, encodes the feature, sends it to the server, measures its compute and its
 link, and reports them to the policy.
 
-Modes (``slicer.actors.protocol.plan_mode``), for a plan with split ℓ and offload step w:
+Modes (``slicer.actors.protocol.Mode.of``), for a plan with split ℓ and offload step w:
 
 - ``split`` (w = 1): every step runs units ``[0, ℓ)`` here and ``[ℓ, n)`` on the
   server; the prompt's features go in the first step (prefill).
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
+
 from slicer.actors import telemetry as tel
 from slicer.actors.models.devices import DTYPES as _DTYPES
 from slicer.actors.models.generate import EdgeSession
@@ -173,7 +174,6 @@ class EdgeDevice:
         self.slowdown = float(self.emu.slowdown)
         self._trace_t0: float | None = None
         self._replans: list[Replan] = []
-        self.requests_done = 0
         # Shapes and profile only: weights load per plan, for the units it runs
         # (segment-only weights, slicer.actors.models.weights).
         base = self._models.get("float32") or self._models.setdefault(
@@ -264,9 +264,7 @@ class EdgeDevice:
         for c in changes:
             self.link = c.apply(self.link)
         # the re-plan belongs to the request it happens before: its span joins that trace
-        self.plan = self.policy.report(self.cfg.device_id, Report(link=self.link,
-                                                                  reason=f"link change before request {request_index}"),
-                                       trace_ctx)
+        self.plan = self.policy.report(self.cfg.device_id, Report(link=self.link), trace_ctx)
         return True
 
     # ------------------------------------------------------------------ one request
@@ -341,7 +339,6 @@ class EdgeDevice:
         rec.latency_s = round(rec.t_end - t_start, 6)
         rec.add_totals()
         rec.edge_rss_bytes, rec.edge_weight_bytes = self.memory()
-        self.requests_done += 1
         if self.policy is not None:
             measured = Measured(request_id=rec.request_id, edge_compute_s=rec.edge_compute_s, transfer_s=rec.transfer_s,
                                 bytes_sent=rec.bytes_sent, latency_s=rec.latency_s)
@@ -360,7 +357,7 @@ class EdgeDevice:
         if measured.goodput_bps:
             attrs["slicer.measured_goodput_mbps"] = measured.goodput_bps / 1e6
         if new.key != self.plan.key:
-            now_codec = new.key[:3] == plan.key[:3] and self.cfg.codec is None \
+            now_codec = new.key.same_model_run(plan.key) and self.cfg.codec is None \
                 and sess.mode != Mode.EDGE_ONLY and new.codec is not None
             ev = Replan(step=step, goodput_mbps=(measured.goodput_bps or 0) / 1e6, before=self.plan.key, after=new.key,
                         applies="next step" if now_codec else "next request")
@@ -431,7 +428,7 @@ class EdgeDevice:
                 self._hop("edge.compute", enc_t0, **{tel.ATTR_STEP: i})
                 self._hop("edge.encode", enc_t0 + sess.encode_s, **{
                     tel.ATTR_STEP: i, tel.ATTR_BYTES: len(payload), tel.ATTR_SPLIT: sess.split,
-                    "slicer.codec": sess.codec_cfg.spec()})
+                    "slicer.codec": "tokens" if sess.mode == Mode.CLOUD_ONLY else sess.codec_cfg.spec()})
                 if extra:
                     self._hop("edge.compute", enc_t0 + sess.encode_s + extra, **{tel.ATTR_STEP: i, "slicer.emulated": True})
                 delay = self._link_delay_s(len(payload))

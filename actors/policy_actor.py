@@ -25,6 +25,7 @@ from slicer.actors.protocol import (
     now_s,
     to_json,
 )
+from slicer.policies.schema import to_ms
 
 #: The policies a workload may name (``slicer.policies.plan``'s, ``fixed`` for ``fixed-split``).
 POLICIES = ("slicer", "cloud-only", "edge-only", "fixed", "neurosurgeon", "opsc")
@@ -136,7 +137,7 @@ class Policy:
         self._lock = threading.Lock()
 
     def _log_decision(self, dev: _Device, old: Plan | None, plan: Plan, t0: float, trigger: str, reason: str,
-                      measured: dict | None = None) -> None:
+                      changed: bool | None = None, measured: dict | None = None) -> None:
         """One ``policy.jsonl`` row: what was decided, why, and what it replaced."""
         row = {
             "t": t0, "decide_s": round(now_s() - t0, 6), "device": dev.device_id, "device_class": dev.device_class,
@@ -144,10 +145,10 @@ class Policy:
             "binding": plan.binding, "plan_reason": plan.reason, "feasible": plan.feasible,
             "split": plan.split, "offload_step": plan.offload_step, "codec": plan.codec_spec,
             "sparsity": plan.sparsity, "front_precision": plan.front_precision,
-            "predicted_latency_ms": _ms(plan.predicted_latency_s),
+            "predicted_latency_ms": to_ms(plan.predicted_latency_s),
             "predicted_memory_mib": plan.predicted_memory_bytes / 2**20,
             "link": to_json(dev.link), "memory_cap_mib": dev.memory_cap_mib,
-            "changed": old is None or old.key != plan.key,
+            "changed": (old is None or old.key != plan.key) if changed is None else changed,
             "previous": None if old is None else {"split": old.split, "offload_step": old.offload_step,
                                                   "codec_spec": old.codec_spec, "sparsity": old.sparsity},
         }
@@ -176,8 +177,8 @@ class Policy:
             return self._decide(dev, "first plan of the device", "register")
 
     def report(self, device_id: str, report: Report, trace_ctx: dict | None = None) -> Plan:
-        """A device reports a new link, a new memory cap and/or measured figures; a
-        changed link or memory re-plans it. Returns its (new) plan."""
+        """A device reports a new link and/or measured figures; a changed link re-plans
+        it (and measured figures, with ``adapt``). Returns its (new) plan."""
         with tel.span("policy.decide", carrier=trace_ctx or None, **{tel.ATTR_DEVICE: device_id, "slicer.call": "report"}) as sp:
             return _traced_plan(sp, self._report(device_id, report))
 
@@ -193,16 +194,10 @@ class Policy:
                     adapted = self._observe(dev, report.measured)
                     if adapted is not None:
                         return adapted
-            triggers = []
             if report.link is not None and report.link != dev.link:
-                old = dev.link
-                dev.link = report.link
-                triggers.append(("link", "link changed: " + dev.link.changed(old)))
-            if report.sets_memory_cap and report.memory_cap_mib != dev.memory_cap_mib:
-                triggers.append(("memory", f"memory cap changed: {dev.memory_cap_mib} -> {report.memory_cap_mib} MiB"))
-                dev.memory_cap_mib = report.memory_cap_mib
-            if triggers and self.cfg.replan:
-                return self._decide(dev, "; ".join(r for _, r in triggers), "+".join(t for t, _ in triggers))
+                old, dev.link = dev.link, report.link
+                if self.cfg.replan:
+                    return self._decide(dev, "link changed: " + dev.link.changed(old), "link")
             return dev.plan
 
     def _observe(self, dev: _Device, m: Measured) -> Plan | None:
@@ -221,18 +216,17 @@ class Policy:
         if event is None:
             return None
         old = dev.plan
-        plan = replace(_for_device(self.cfg, dev, plan), replanned_goodput_mbps=event["goodput_est_mbps"])
-        dev.plan = plan
+        dev.plan = _for_device(self.cfg, dev, plan)
         why = (f"measured goodput {g / 1e6:.3g} Mbit/s (fit {event['goodput_est_mbps']:.3g} Mbit/s + "
                f"{event['overhead_est_ms']:.2f} ms per message)" if g is not None and event["goodput_est_mbps"]
                else "measured compute") + (f", compute x{event['compute_scale']:.2f} of predicted"
                                            if event.get("compute_scale") else "") + f" at step {m.step}: {event['why']}"
-        self._log_decision(dev, old, plan, t0, "measured", why, measured={
+        self._log_decision(dev, old, dev.plan, t0, "measured", why, changed=True, measured={
             "goodput_mbps": event["goodput_mbps"], "goodput_est_mbps": event["goodput_est_mbps"],
             "overhead_est_ms": event["overhead_est_ms"], "payload_bytes": b, "transfer_s": t,
             "compute_scale": event["compute_scale"], "request_id": m.request_id, "step": m.step})
-        self._log[-1]["changed"] = True
-        return plan
+        # the answer (not the stored plan) says a measurement made it: its span shows the figure
+        return replace(dev.plan, replanned_goodput_mbps=event["goodput_est_mbps"])
 
     def plan_for(self, device_id: str, trace_ctx: dict | None = None) -> Plan | None:
         with self._lock:
@@ -243,13 +237,6 @@ class Policy:
         with self._lock:
             return [dict(d) for d in self._log]
 
-    def devices(self) -> dict[str, dict]:
-        """Per device: class, node, link, plan and latest figures, as JSON."""
-        with self._lock:
-            return {k: {"device_class": d.device_class, "node": d.node, "link": to_json(d.link),
-                        "plan": None if d.plan is None else to_json(d.plan),
-                        "measured": to_json(d.measured[-1][1]) if d.measured else None}
-                    for k, d in self._devices.items()}
 
 
 def _traced_plan(sp: Any, plan: Plan) -> Plan:
@@ -261,10 +248,6 @@ def _traced_plan(sp: Any, plan: Plan) -> Plan:
             if val is not None:
                 sp.set_attribute(key, val)
     return plan
-
-
-def _ms(s: float) -> float | None:
-    return s * 1e3 if isinstance(s, (int, float)) and math.isfinite(s) else None
 
 
 def _pos_finite(v: Any) -> bool:

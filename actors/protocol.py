@@ -43,7 +43,7 @@ from slicer.policies.link import (
     db_to_linear,
     linear_to_db,
 )
-from slicer.policies.schema import Budgets, Mode, SplitPlan
+from slicer.policies.schema import Budgets, Mode, PlanKey, SplitPlan
 
 #: The policy's answer for one device (``slicer.policies.schema.SplitPlan``: split,
 #: offload step, ``codec`` (a ``CodecConfig``), front precision, ``mode``...).
@@ -231,14 +231,11 @@ class Measured:
 
 @dataclass(frozen=True)
 class Report:
-    """A device's report to the policy: a new link, a new memory cap and/or figures."""
+    """A device's report to the policy: a new link and/or measured figures."""
 
     link: LinkSpec | None = None
-    memory_cap_mib: float | None = None
-    sets_memory_cap: bool = False
-    """True: ``memory_cap_mib`` is the device's new cap (None: no cap any more)."""
+    """The device's link now (a scripted change): the policy re-plans when it differs."""
     measured: Measured | None = None
-    reason: str = ""
 
 
 # ----------------------------------------------------------------------------- requests and steps
@@ -329,9 +326,9 @@ class Replan:
 
     step: int
     goodput_mbps: float
-    before: tuple
-    """``Plan.key`` before: (split, offload step, front precision, codec spec)."""
-    after: tuple
+    before: PlanKey
+    """``Plan.key`` before: split, offload step, front precision, codec spec."""
+    after: PlanKey
     applies: str
     """``next step`` (a codec change) or ``next request`` (a split change)."""
 
@@ -351,9 +348,9 @@ class RequestRecord:
     mode: Mode | None = None
     split: int | None = None
     offload_step: int | None = None
-    codec: str = ""
+    codec: str | None = None
     """The codec spec the features used (``tokens``: cloud-only, ``none``: edge-only)."""
-    front_precision: str = ""
+    front_precision: str | None = None
     plan_tier: int | None = None
     plan_reason: str = ""
     plan_feasible: bool | None = None

@@ -23,7 +23,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from slicer.actors.edge import EdgeConfig, EdgeDevice
 from slicer.actors.policy_actor import Policy, PolicyConfig
-from slicer.actors.protocol import AdmissionError, Request, RequestRecord
+from slicer.actors.protocol import AdmissionError, Request, RequestRecord, to_json
 from slicer.actors.server import Server, ServerConfig
 
 
@@ -125,7 +125,7 @@ class EdgeShell:
                                self.server_client, RayPolicyClient(policy, timeout_s))
 
     def where(self, trace_ctx: dict | None = None) -> dict:
-        return {**self.info, "device_id": self.edge.cfg.device_id}
+        return {**self.info, "device_id": self.edge.cfg.device_id, "plan": to_json(self.edge.plan)}
 
     def generate(self, request: Request, trace_ctx: dict | None = None) -> RequestRecord:
         rec = self.edge.generate(request, trace_ctx or {})

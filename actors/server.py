@@ -46,7 +46,6 @@ from slicer.actors.models.generate import PayloadError, ServerSession, step_peak
 from slicer.actors.models.weights import process_rss_bytes
 from slicer.actors.protocol import AdmissionError, StepResult, now_s
 
-
 # The one server config, declared torch-free (the workload parser reads it): re-exported here.
 from slicer.actors.server_config import ServerConfig  # noqa: E402,F401
 
@@ -173,8 +172,9 @@ class Server:
         self.cfg = config or ServerConfig()
         self.name = name
         self.num_units = model.num_units
-        self.vocab_size = int(getattr(model.config, "vocab_size", 0) or 0)
         self.profile = model.profile
+        mp = getattr(getattr(model, "adapter", None), "max_positions", None)
+        self._max_positions = mp if isinstance(mp, int) and mp > 0 else None
         if load_meter is None:
             from slicer.actors.loadmeter import LoadMeter
 
@@ -236,9 +236,11 @@ class Server:
         if not _is_int(split) or not 0 <= split < self.num_units:
             raise AdmissionError(f"device {device_id}: split={_short(split)} is invalid: allowed an integer "
                                  f"0..{self.num_units - 1}")
-        if not _is_int(max_tokens) or not 1 <= max_tokens <= self.cfg.max_tokens_per_session:
+        # at most the model's position table too: a longer session could only fail later
+        limit = min(self.cfg.max_tokens_per_session, self._max_positions or self.cfg.max_tokens_per_session)
+        if not _is_int(max_tokens) or not 1 <= max_tokens <= limit:
             raise AdmissionError(f"device {device_id}: max_tokens={_short(max_tokens)} is invalid: allowed an "
-                                 f"integer 1..{self.cfg.max_tokens_per_session}")
+                                 f"integer 1..{limit}")
         if supersedes is not None and not isinstance(supersedes, str):
             raise AdmissionError(f"device {device_id}: supersedes is {type(supersedes).__name__}: allowed a session token")
         kv = int(self.profile.kv_bytes_per_token(split, self.num_units)) * max_tokens
@@ -267,7 +269,8 @@ class Server:
             mine_kv = sum(o.reserved_kv_bytes for o in mine)
             if mine_kv + kv > self.cfg.max_kv_bytes_per_device:
                 self._reject(device_id, "device-kv", f"session needs {kv} KV bytes; device already holds {mine_kv} "
-                             f"of max_kv_bytes_per_device={self.cfg.max_kv_bytes_per_device}")
+                             f"of max_kv_mib_per_device={self.cfg.max_kv_mib_per_device:g} "
+                             f"({self.cfg.max_kv_bytes_per_device} bytes)")
             if len(self._sessions) >= self.cfg.max_sessions:
                 self._reject(device_id, "sessions", f"server holds {len(self._sessions)} sessions, limit max_sessions={self.cfg.max_sessions}")
             # Reservations bind a device that already holds a session: one with none is
@@ -284,7 +287,7 @@ class Server:
             if self.reserved_kv_bytes + kv + peak > self.cfg.max_kv_bytes - kept_kv:
                 self._reject(device_id, "kv", f"session needs {kv} KV bytes (and the worst batched step with it "
                              f"{peak} bytes beside the caches); {self.reserved_kv_bytes} of "
-                             f"max_kv_bytes={self.cfg.max_kv_bytes} already reserved"
+                             f"max_kv_mib={self.cfg.max_kv_mib:g} ({self.cfg.max_kv_bytes} bytes) already reserved"
                              + (f" and {kept_kv} kept for {idle} registered devices that hold none" if kept_kv else ""))
             sid = f"{device_id}/{request_id}/{next(self._ids)}"
             # The server half of the request (``slicer.actors.models.generate``): units
@@ -441,6 +444,8 @@ class Server:
             st.error = f"device {s.device_id}: bad payload at step {s.steps} (session {s.session_id}): {e}"
             with self._lock:
                 self.bad_payloads_by_device[s.device_id] += 1
+        except Exception as e:  # noqa: BLE001 (a decoder fault, an OOM: this step fails, never its batch)
+            st.error = f"device {s.device_id}: payload decode failed at step {s.steps}: {type(e).__name__}: {e}"
         st.decode_s = time.perf_counter() - t0
 
     def _compute(self, steps: list[_Step]) -> list[StepResult | _StepError]:

@@ -348,7 +348,12 @@ def measure_humaneval(names: list[str], args) -> list[dict]:
     from slicer.orchestrator.evaluation.harness import evaluate_task
     from slicer.orchestrator.evaluation.pareto import pareto_mask
     from slicer.orchestrator.evaluation.sandbox import SandboxLimits
-    from slicer.orchestrator.evaluation.scorers import HFScorer, SplitScorer, edge_copy, load_tokenizer
+    from slicer.orchestrator.evaluation.scorers import (
+        HFScorer,
+        SplitScorer,
+        edge_copy,
+        load_tokenizer,
+    )
     from slicer.orchestrator.evaluation.tasks import load_task
 
     task = load_task("humaneval")

@@ -92,8 +92,13 @@ def pick_model(arg: str | None):
 
 
 def run_all(args, folder: Path, prompts) -> tuple[list[dict], dict]:
-    from slicer.orchestrator.runner import run_inprocess, run_many, scale_devices, variant
     from slicer.actors.policy_actor import PolicyConfig
+    from slicer.orchestrator.runner import (
+        run_inprocess,
+        run_many,
+        scale_devices,
+        variant,
+    )
 
     base = base_workload(str(folder), prompts, args.requests, args.max_new_tokens, args.group_specs)
     runs = []

@@ -48,7 +48,7 @@ class RunOutput:
 
     run_dir: Path | None
     summary: dict
-    records: list[dict]
+    records: list[RequestRecord]
     decisions: list[dict]
     load: list[dict] = field(default_factory=list)
     error: str | None = None
@@ -152,6 +152,15 @@ def edge_config(wl: Workload, dev_id: str, g, device: str = "cpu", link_trace: R
         precision=g.dtype or (None if wl.precision == "auto" else wl.precision), seed=wl.seed, device=device,
         link_trace=link_trace if link_trace is not None else _link_trace(wl, g.link_trace), adapt=wl.policy.adapt,
         node=node)
+
+
+def edge_configs(wl: Workload, devices: dict, node: str = "") -> dict[str, EdgeConfig]:
+    """Every device's ``EdgeConfig``, its group's device resolved (``resolve_devices``) and
+    each link-trace file read once per group."""
+    group_dev = {id(g): d for g, d in zip(wl.devices, devices["groups"])}
+    group_trace = {id(g): _link_trace(wl, g.link_trace) for g in wl.devices}
+    return {dev_id: edge_config(wl, dev_id, g, group_dev[id(g)], group_trace[id(g)], node=node)
+            for dev_id, g in wl.all_devices()}
 
 
 def _link_trace(wl: Workload, trace) -> RateTrace | None:
@@ -273,8 +282,10 @@ class Backend(Protocol):
         """Create the policy, the server and one edge per device; return when all are up."""
     def submit(self, dev_id: str, request: Request) -> None:
         """Start one request of a device (the driver keeps one in flight per device)."""
-    def poll(self, timeout_s: float) -> list[tuple[str, RequestRecord]]:
-        """Requests finished since the last poll (a lost one comes back as a failed record)."""
+    def poll(self, timeout_s: float) -> tuple[list[tuple[str, RequestRecord]], bool]:
+        """Requests finished since the last poll (a lost one comes back as a failed record),
+        and whether anything else moved (a request resubmitted to a restarted actor): the
+        driver's stall clock restarts on either."""
     def failed(self, dev_id: str, request: Request, error: str) -> RequestRecord:
         """The record of a request that never finished."""
     def sample_load(self) -> dict | None:
@@ -322,13 +333,15 @@ def drive(wl: Workload, backend: Backend, *, prepared: Prepared | None = None, o
         last_progress = next_sample = time.perf_counter()
         stall: str | None = None
         while inflight:
-            finished = backend.poll(min(load_interval_s, 1.0))
+            finished, moved = backend.poll(min(load_interval_s, 1.0))
             now = time.perf_counter()
             if now >= next_sample:
                 row = backend.sample_load()
                 if row is not None:
                     load_rows.append(row)
                 next_sample = now + load_interval_s
+            if moved:
+                last_progress = now
             if not finished:
                 if now - last_progress > request_timeout_s:
                     # Keep what finished (raising here would lose every record of the run).
@@ -348,7 +361,7 @@ def drive(wl: Workload, backend: Backend, *, prepared: Prepared | None = None, o
                 done(backend.failed(dev_id, requests[dev_id][next_i[dev_id] - 1], stall))
         wall = time.perf_counter() - t0
         add_text(records, prep.model_ref)
-        got = backend.collect(stall is not None, trace)
+        got = backend.collect(stall is not None, trace and write)  # spans only for a run folder
         load_rows = got.load if got.load_replaces else load_rows + got.load
         summary = R.build_summary(wl.to_dict(), records, got.stats, got.decisions, got.devices, wall, got.cluster_info)
         summary["error"] = stall
@@ -378,6 +391,7 @@ class InProcessBackend:
 
     def start(self, wl: Workload, prep: Prepared, *, progress: TextIO | None, trace: bool, t_setup: float) -> None:
         import torch
+
         from slicer.actors.edge import EdgeDevice, InProcessPolicy, InProcessServer
         from slicer.actors.models import load_model
         from slicer.actors.models.devices import resolve_dtype
@@ -393,24 +407,20 @@ class InProcessBackend:
         identities = make_identities(wl)
         self.server = Server(self.model, server_config(wl, prep.profile, prep.requests), identities=identities)
         self.policy = Policy(policy_config(wl, prep.requests), prep.profile, planner=self.planner)
-        group_dev = {id(g): d for g, d in zip(wl.devices, devices["groups"])}
-        group_trace = {id(g): _link_trace(wl, g.link_trace) for g in wl.devices}  # each trace file read once
-        self.edges = {
-            dev_id: EdgeDevice(edge_config(wl, dev_id, g, group_dev[id(g)], group_trace[id(g)], node="local"),
-                               prep.model_ref, InProcessServer(self.server, identities[dev_id]),
-                               InProcessPolicy(self.policy), model=self.model)
-            for dev_id, g in wl.all_devices()}
+        self.edges = {dev_id: EdgeDevice(cfg, prep.model_ref, InProcessServer(self.server, identities[dev_id]),
+                                         InProcessPolicy(self.policy), model=self.model)
+                      for dev_id, cfg in edge_configs(wl, devices, node="local").items()}
         self.devices = {d: {"device_class": g.device_class, "node": "local", "emulated": g.emulation.active}
                         for d, g in wl.all_devices()}
 
     def submit(self, dev_id: str, request: Request) -> None:
         self.queue.append((dev_id, request))
 
-    def poll(self, timeout_s: float) -> list[tuple[str, RequestRecord]]:
+    def poll(self, timeout_s: float) -> tuple[list[tuple[str, RequestRecord]], bool]:
         if not self.queue:
-            return []
+            return [], False
         dev_id, request = self.queue.pop(0)
-        return [(dev_id, self.edges[dev_id].generate(request, {}))]
+        return [(dev_id, self.edges[dev_id].generate(request, {}))], False
 
     def failed(self, dev_id: str, request: Request, error: str) -> RequestRecord:
         return RequestRecord.failed(request, dev_id, self.devices[dev_id]["device_class"], error, node="local")
@@ -457,7 +467,7 @@ class RayBackend:
         where_to = self.where_to or place(wl)
         self.timeout_s = timeout_s = wl.server.step_timeout_s
         devices = resolve_devices(wl, _cluster_gpus())  # before any actor starts: `cuda` without a GPU fails here
-        group_trace = {id(g): _link_trace(wl, g.link_trace) for g in wl.devices}  # each trace file read once
+        configs = edge_configs(wl, devices)  # a missing link-trace file fails here too
         self.policy = RA.make_policy(policy_config(wl, prep.requests), prep.profile, trace=trace, **where_to["policy"])
         identities = make_identities(wl)
         self.server = RA.make_server(
@@ -468,9 +478,8 @@ class RayBackend:
             **where_to["server"])
         self.handles += [self.policy, self.server]
         self.edges = {}
-        group_dev = {id(g): d for g, d in zip(wl.devices, devices["groups"])}
         for dev_id, g in wl.all_devices():
-            self.edges[dev_id] = RA.make_edge(edge_config(wl, dev_id, g, group_dev[id(g)], group_trace[id(g)]),
+            self.edges[dev_id] = RA.make_edge(configs[dev_id],
                                               prep.model_ref, self.server, self.policy, timeout_s=timeout_s, trace=trace,
                                               max_restarts=faults.EDGE_MAX_RESTARTS, credential=identities[dev_id],
                                               **where_to["edges"][g.device_class])
@@ -501,11 +510,11 @@ class RayBackend:
     def submit(self, dev_id: str, request: Request) -> None:
         self.inflight[self.edges[dev_id].generate.remote(request, {})] = (dev_id, request)
 
-    def poll(self, timeout_s: float) -> list[tuple[str, RequestRecord]]:
+    def poll(self, timeout_s: float) -> tuple[list[tuple[str, RequestRecord]], bool]:
         import ray
 
         ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout_s)
-        out = []
+        out, moved = [], False
         for ref in ready:
             dev_id, request = self.inflight.pop(ref)
             try:
@@ -515,12 +524,13 @@ class RayBackend:
                 if err is None:
                     self.edge_where[dev_id] = self.resub.where.get(dev_id, self.edge_where[dev_id])
                     self.submit(dev_id, request)
+                    moved = True  # the resubmitted request gets its whole time again
                     continue
                 rec = RequestRecord.failed(request, dev_id, self.device_class.get(dev_id), err)
             self.resub.annotate(rec)
             rec.node = rec.node or self.edge_where[dev_id]["node_id"]
             out.append((dev_id, rec))
-        return out
+        return out, moved
 
     def failed(self, dev_id: str, request: Request, error: str) -> RequestRecord:
         rec = RequestRecord.failed(request, dev_id, self.device_class.get(dev_id), error,
@@ -656,6 +666,7 @@ def run_many(workloads: list[Workload], *, address: str | None = None, trace: bo
     variants side by side): the embedded one covering every device class, started once,
     or ``address``. Nothing is written; each returns its ``RunOutput``."""
     import ray
+
     from slicer.orchestrator.cluster import LocalCluster, connect
 
     classes = sorted({c for wl in workloads for c in wl.device_classes()})

@@ -9,8 +9,8 @@ actor's constructor or on the server mid-run:
 - the longest prompt plus ``max_new_tokens`` must fit the model's context
   (``max_position_embeddings``) and the server's per-session limit;
 - one session of the longest request must fit ``server.max_kv_mib`` (else every request
-  would be refused), and so must the run's first session as the server admits it (the KV
-  kept for every device plus the worst batched step's memory); ``server.max_sessions`` must
+  would be refused), and so must one session per device at once as the server admits them
+  (their KV plus the worst batched step's memory); ``server.max_sessions`` must
   hold one session per device (each device keeps one request in flight).
 """
 from __future__ import annotations
@@ -52,12 +52,13 @@ def model_config(model_ref: Any) -> Any:
         return None
 
 
-def first_session_bytes(wl: Workload, profile: Any, hf_config: Any, longest_prompt_tokens: int) -> tuple[int, int]:
-    """(KV, step) bytes the server must have free for the FIRST session of the run to be
-    admitted (``slicer.actors.server.Server.open_session``): its own KV plus one request's
-    KV kept for every other registered device, and the worst batched step those sessions
-    could form (``max_batch`` of them, each a whole-context prefill, at the server's dtype;
-    4 bytes per element when unset)."""
+def all_sessions_bytes(wl: Workload, profile: Any, hf_config: Any, longest_prompt_tokens: int) -> tuple[int, int]:
+    """(KV, step) bytes the server needs to hold one session per device at once, as its
+    admission counts them (``slicer.actors.server.Server.open_session``: every device keeps
+    a request in flight, and a refused session fails its request): one request's KV per
+    device and the worst batched step those sessions could form (``max_batch`` of them,
+    each a whole-context prefill, at the server's dtype; 4 bytes per element when unset,
+    an upper bound for a CUDA server in the checkpoint's dtype)."""
     n_dev = sum(g.count for g in wl.devices)
     kv = request_kv_bytes(wl, profile, longest_prompt_tokens) * n_dev
     if hf_config is None or profile.kind != "causal_lm":
@@ -101,12 +102,12 @@ def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, 
     if kv > wl.server.max_kv_bytes_per_device:
         raise WorkloadError(f"workload field server.max_kv_mib_per_device={wl.server.max_kv_mib_per_device:g} cannot hold "
                             f"one request: its KV cache needs up to {kv} bytes ({kv / 2**20:.3f} MiB)")
-    kv_all, step = first_session_bytes(wl, profile, hf_config, longest_prompt_tokens)
+    kv_all, step = all_sessions_bytes(wl, profile, hf_config, longest_prompt_tokens)
     if kv_all + step > wl.server.max_kv_bytes:
         raise WorkloadError(
-            f"workload field server.max_kv_mib={wl.server.max_kv_mib:g} cannot admit the run's first session: the "
-            f"server keeps one request's KV for each of the {sum(g.count for g in wl.devices)} devices "
-            f"({kv_all / 2**20:.3f} MiB) and reserves {step / 2**20:.3f} MiB for the worst batched step; "
+            f"workload field server.max_kv_mib={wl.server.max_kv_mib:g} cannot hold one session per device at once: "
+            f"one request's KV for each of the {sum(g.count for g in wl.devices)} devices "
+            f"({kv_all / 2**20:.3f} MiB) and the worst batched step they could form ({step / 2**20:.3f} MiB); "
             f"allowed server.max_kv_mib >= {(kv_all + step) / 2**20:.3f} (or fewer devices, a smaller "
             "server.max_batch or max_new_tokens)")
     n_dev = sum(g.count for g in wl.devices)

@@ -39,11 +39,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slicer.actors.fields import MAX_NUMBER, FieldError, check, has_spec, spec_field, yaml_fields  # noqa: F401  (MAX_NUMBER: the default bound)
+from slicer.actors.fields import (  # noqa: F401  (MAX_NUMBER: the default bound)
+    MAX_NUMBER,
+    FieldError,
+    check,
+    has_spec,
+    spec_field,
+    yaml_fields,
+)
 from slicer.actors.policy_actor import POLICIES, PolicyConfig  # noqa: F401  (POLICIES: the policy names)
 from slicer.actors.protocol import BudgetSpec, EmulationSpec, LinkChange, LinkSpec, Mode
 from slicer.actors.server_config import DEVICES, DTYPES, ServerConfig
-from slicer.orchestrator.yamlload import YamlFileError, decode_utf8, load_yaml_file, read_capped, short
+from slicer.orchestrator.yamlload import (
+    YamlFileError,
+    decode_utf8,
+    load_yaml_file,
+    read_capped,
+    short,
+)
 
 if TYPE_CHECKING:  # imported when a codec field is parsed: slicer.codec imports torch
     from slicer.codec import CodecConfig
@@ -416,7 +429,10 @@ def _codec(path: str, raw: Any) -> CodecConfig | None:
     if raw is None or raw == "auto":
         return None
     if isinstance(raw, (str, dict)):
-        from slicer.codec import CodecConfig, CodecError  # torch: only for a workload that names a codec
+        from slicer.codec import (  # torch: only for a workload that names a codec
+            CodecConfig,
+            CodecError,
+        )
 
         try:
             if isinstance(raw, str):

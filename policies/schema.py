@@ -7,9 +7,9 @@ can pass them around and log them; ``SplitPlan.to_dict()`` gives the JSON that
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
-import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +120,21 @@ def _pos(v: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class PlanKey:
+    """What tells two plans apart for a device: a re-plan changes one of these."""
+
+    split: int
+    offload_step: int | None
+    front_precision: str
+    codec_spec: str
+
+    def same_model_run(self, other: PlanKey) -> bool:
+        """Same split, hand-off step and front precision (only the codec may differ)."""
+        return (self.split, self.offload_step, self.front_precision) == (
+            other.split, other.offload_step, other.front_precision)
+
+
+@dataclass(frozen=True)
 class SplitPlan:
     """What one device does for one request: the policy's answer.
 
@@ -210,9 +225,9 @@ class SplitPlan:
                    codec=cfg, front_precision=front_precision, **kw)
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> PlanKey:
         """What a re-plan may change: split, offload step, front precision, codec."""
-        return (self.split, self.offload_step, self.front_precision, self.codec_spec)
+        return PlanKey(self.split, self.offload_step, self.front_precision, self.codec_spec)
 
     @property
     def offloads(self) -> bool:
@@ -232,12 +247,12 @@ class SplitPlan:
         d["mode"] = self.mode.value
         d["blocks"] = list(self.blocks)
         d["bits"] = list(self.bits) if isinstance(self.bits, tuple) else self.bits
-        d["predicted_latency_ms"] = _ms(self.predicted_latency_s)
-        d["predicted_handoff_latency_ms"] = _ms(self.predicted_handoff_latency_s)
-        d["predicted_e2e_latency_ms"] = _ms(self.predicted_e2e_latency_s)
+        d["predicted_latency_ms"] = to_ms(self.predicted_latency_s)
+        d["predicted_handoff_latency_ms"] = to_ms(self.predicted_handoff_latency_s)
+        d["predicted_e2e_latency_ms"] = to_ms(self.predicted_e2e_latency_s)
         d["predicted_memory_mib"] = self.predicted_memory_bytes / 2**20
-        d["server_time_ms"] = _ms(self.server_time_s)
-        d["cloud_server_time_ms"] = _ms(self.cloud_server_time_s)
+        d["server_time_ms"] = to_ms(self.server_time_s)
+        d["cloud_server_time_ms"] = to_ms(self.cloud_server_time_s)
         d["server_spared"] = self.server_spared
         return {k: _json_safe(v) for k, v in d.items()}
 
@@ -269,7 +284,7 @@ class SplitPlan:
         return "?" if self.accuracy is None else f"{self.accuracy:.3f} ({self.accuracy_source})"
 
 
-def _ms(s: float) -> float | None:
+def to_ms(s: float) -> float | None:
     return None if not math.isfinite(s) else s * 1e3
 
 

@@ -40,7 +40,12 @@ from slicer.policies.devices import DeviceProfile
 from slicer.policies.link import LinkState
 from slicer.policies.models import CostModel, Estimate
 from slicer.policies.profile import ModelProfile
-from slicer.policies.schema import PRECISION_BYTES, Budgets, SplitPlan, canonical_precision
+from slicer.policies.schema import (
+    PRECISION_BYTES,
+    Budgets,
+    SplitPlan,
+    canonical_precision,
+)
 
 #: Front precisions ordered from the most to the least accurate (the prior of
 #: ``policies.accuracy``: 16-bit 1, int8 0.995, int4 0.97).

@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass, field
 
 import torch
+
 from slicer import codec
 from slicer.codec import CodecConfig
 from slicer.policies.schema import Mode
@@ -182,13 +183,19 @@ class ServerSession:
         self.hidden_size = int(getattr(a, "hidden_size", 0) or 0) or int(model.profile.hidden_size or 0)
         self.vocab_size = int(getattr(model.config, "vocab_size", 0) or 0)
         mp = getattr(a, "max_positions", None)
-        self._limit = capacity if capacity is not None else (mp if isinstance(mp, int) else None)
+        limits = [v for v in (capacity, mp if isinstance(mp, int) else None) if v is not None]
+        # the smaller of its admitted context and the model's position table: a step past
+        # the table would fail its whole batch group in the model, not here
+        self._limit = min(limits) if limits else None
 
     @property
-    def room(self) -> int | None:
-        """Tokens this session may still add (its capacity, else the model's position
-        table, less what its cache holds); None: unbounded."""
-        return None if self._limit is None else self._limit - self.cache.length
+    def room(self) -> int:
+        """Tokens this session may still add (the smaller of its capacity and the model's
+        position table, less what its cache holds). With neither known, as many as the
+        codec's default element cap holds: a few bytes never declare more work."""
+        if self._limit is None:
+            return max(1, codec.wire.DEFAULT_MAX_ELEMENTS // max(1, self.hidden_size))
+        return self._limit - self.cache.length
 
     def decode_payload(self, payload: bytes, position: int | None = None) -> torch.Tensor:
         """Check and decode one step's payload: ids ``(1, T)`` (split 0) or hidden states
@@ -218,9 +225,9 @@ class ServerSession:
             hdr = codec.wire.unpack(payload)
             h = self.hidden_size or (hdr.shape[-1] if hdr.shape else 0)
             shape = hdr.shape[1:] if len(hdr.shape) == 3 and hdr.shape[0] == 1 else hdr.shape
-            if len(shape) != 2 or shape[1] != h or shape[0] < 1 or (room is not None and shape[0] > room):
+            if len(shape) != 2 or shape[1] != h or shape[0] < 1 or shape[0] > room:
                 raise PayloadError(f"payload declares shape {hdr.shape}: expected (1, T, {h}) with 1 <= T <= {room}, "
-                                   f"the tokens left of the {self._limit} it was admitted for")
+                                   f"the tokens left of what it was admitted for (and of the model's position table)")
             # the checked shape; on CUDA the Triton decoder writes straight onto the device
             x = codec.decode(payload, device=self.model.device, shape=hdr.shape)
             if x.dim() == 2:
@@ -229,9 +236,9 @@ class ServerSession:
                 raise PayloadError(f"feature of shape {tuple(x.shape)}: expected (1, T, {h})")
             if not bool(torch.isfinite(x).all()):
                 raise PayloadError("feature holds NaN or Inf")
-        if room is not None and x.shape[1] > room:
+        if x.shape[1] > room:
             raise PayloadError(f"step brings the session to {self.cache.length + x.shape[1]} tokens, "
-                               f"more than the {self._limit} it was admitted for")
+                               f"more than the {self.cache.length + room} it was admitted for (or the model's position table)")
         return x
 
     @staticmethod

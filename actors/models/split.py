@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
+
 from slicer.actors.models.cache import BatchStep, SegmentCache, active_batch, base_impl
 from slicer.actors.models.families import DecoderAdapter, Unit, adapter_for
-from torch import nn
 
 
 class SplitModel:

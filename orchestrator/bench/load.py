@@ -68,8 +68,13 @@ def _r(x: float | None) -> float | None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from slicer.orchestrator.runner import make_requests, run_workload, scale_devices, variant
     from slicer.actors.policy_actor import PolicyConfig
+    from slicer.orchestrator.runner import (
+        make_requests,
+        run_workload,
+        scale_devices,
+        variant,
+    )
     from slicer.orchestrator.workload import REPO_ROOT, WorkloadError, load_workload
 
     if args.devices < 1 or args.requests < args.devices:

@@ -235,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     import torch
+
     from slicer.actors.models import load_model
     from slicer.orchestrator.runner import run_inprocess, run_many
 

@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slicer.orchestrator.runner import run_many, scale_devices, variant
     from slicer.actors.policy_actor import PolicyConfig
+    from slicer.orchestrator.runner import run_many, scale_devices, variant
     from slicer.orchestrator.workload import REPO_ROOT, load_workload
 
     base = load_workload(args.workload or REPO_ROOT / "examples" / "multi_client.yaml")

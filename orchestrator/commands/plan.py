@@ -24,7 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", default=None, help="your own device catalog YAML (same fields as policies/devices.yaml)")
     p.add_argument("--server", default="h100", help="server device class for server time (default h100)")
     p.add_argument("--rate-mbps", type=float, required=True, help="link rate R in Mbit/s")
-    from slicer.policies.link import DEFAULT_BANDWIDTH_HZ, DEFAULT_EPSILON, DEFAULT_SNR, linear_to_db
+    from slicer.policies.link import (
+        DEFAULT_BANDWIDTH_HZ,
+        DEFAULT_EPSILON,
+        DEFAULT_SNR,
+        linear_to_db,
+    )
 
     # the paper's defaults, from the one place the workload's link defaults come from too
     p.add_argument("--snr-db", type=float, default=linear_to_db(DEFAULT_SNR),

@@ -50,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from slicer.orchestrator import results as R
-    from slicer.orchestrator.workload import DEFAULT_WORKLOAD, WorkloadError, load_workload
+    from slicer.orchestrator.workload import (
+        DEFAULT_WORKLOAD,
+        WorkloadError,
+        load_workload,
+    )
 
     path = args.workload or str(DEFAULT_WORKLOAD)
     refused = R.refuse_existing(args.out, args.force)
@@ -64,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     progress = None if args.quiet else sys.stderr
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and not args.no_trace:
-        from slicer.actors.telemetry import otlp_exporter_available, warn_missing_exporter
+        from slicer.actors.telemetry import (
+            otlp_exporter_available,
+            warn_missing_exporter,
+        )
 
         if not otlp_exporter_available():
             warn_missing_exporter("this machine")

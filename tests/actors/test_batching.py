@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+
 from slicer.actors.server import Server, ServerConfig
 from slicer.codec import CodecConfig, encode
 

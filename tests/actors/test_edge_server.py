@@ -10,7 +10,14 @@ import torch
 from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProcessServer
 from slicer.actors.models.generate import step_peak_bytes
 from slicer.actors.policy_actor import Policy, PolicyConfig
-from slicer.actors.protocol import AdmissionError, EmulationSpec, LinkChange, LinkSpec, Request, encode_ids
+from slicer.actors.protocol import (
+    AdmissionError,
+    EmulationSpec,
+    LinkChange,
+    LinkSpec,
+    Request,
+    encode_ids,
+)
 from slicer.actors.server import Server, ServerConfig, SessionExpiredError
 from slicer.codec import CodecConfig, encode
 from tests.actors.conftest import fixed_planner, greedy_reference
@@ -156,7 +163,7 @@ def test_admission_limits(tiny_model):
     limit = kv_per_tok * 20 + step_peak_bytes(tiny_model, [10, 10])
     server = Server(tiny_model, ServerConfig(max_sessions=2, max_kv_mib=limit / 2**20))
     a = server.open_session("d1", "r", 1, 10)
-    with pytest.raises(AdmissionError, match="max_kv_bytes"):
+    with pytest.raises(AdmissionError, match=r"max_kv_mib=.* bytes\) already reserved"):
         server.open_session("d2", "r", 1, 11)
     b = server.open_session("d2", "r", 1, 10)
     with pytest.raises(AdmissionError, match="max_sessions=2"):

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 import torch
+
 from slicer.actors.models import load_model
 from slicer.actors.models.cache import CacheFullError
 from slicer.actors.models.generate import EdgeSession, encode_ids, reference_generate

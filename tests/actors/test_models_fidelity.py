@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from slicer.actors.models import load_model
-from slicer.actors.models.fidelity import measure, sample_sequences, teacher_forced_logits
+from slicer.actors.models.fidelity import (
+    measure,
+    sample_sequences,
+    teacher_forced_logits,
+)
 from slicer.actors.models.testing import TINY_LM
 from slicer.codec import CodecConfig
 from slicer.orchestrator.cli import main
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
+
 from slicer.actors.protocol import (
     EmulationSpec,
     LinkSpec,
     Mode,
     Plan,
+    PlanKey,
     Replan,
     Request,
     RequestRecord,
@@ -86,8 +88,8 @@ def _record() -> RequestRecord:
     rec = RequestRecord(request_id="d-0/r1", device="d-0", index=1, ok=True, mode=Mode.LOCAL_THEN_OFFLOAD, split=2,
                         offload_step=3, codec="slicer:sparsity=0.5", link=LinkSpec(rate_mbps=2.5),
                         emulation=EmulationSpec(slowdown=2.0, link=True), tokens=[5, 6, 7],
-                        replans=[Replan(step=1, goodput_mbps=0.5, before=(2, 3, "float32", "lossless"),
-                                        after=(2, 3, "float32", "fp16"), applies="next step")])
+                        replans=[Replan(step=1, goodput_mbps=0.5, before=PlanKey(2, 3, "float32", "lossless"),
+                                        after=PlanKey(2, 3, "float32", "fp16"), applies="next step")])
     rec.steps = [StepRecord(step=0, kind="local", tokens=4, token=5, edge_compute_s=0.01),
                  StepRecord(step=2, kind="handoff", tokens=6, token=7, payload_bytes=100, elements=192,
                             send_t=1.0, server_recv_t=1.001, server_done_t=1.002, recv_t=1.003)]
@@ -102,7 +104,8 @@ def test_records_round_trip_through_json():
     assert row["steps"][0]["payload_bytes"] is None and row["replans"][0]["applies"] == "next step"
     back = from_json(RequestRecord, row)
     assert back == rec and isinstance(back.mode, Mode) and isinstance(back.steps[1], StepRecord)
-    assert back.replans[0].before == (2, 3, "float32", "lossless")  # tuples come back as tuples
+    assert back.replans[0].before == PlanKey(2, 3, "float32", "lossless")  # nested values come back typed
+    assert row["replans"][0]["after"]["codec_spec"] == "fp16"  # named in the JSON
     # A row from an older or newer run folder: unknown keys are ignored, missing ones default.
     old = from_json(RequestRecord, {"request_id": "x", "device": "d", "index": 0, "from_the_future": 1})
     assert old.ok is False and old.steps == []

@@ -18,7 +18,6 @@ from slicer.actors.models.quant import (
 from slicer.actors.models.testing import TINY_LM
 from slicer.codec import CodecConfig
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -123,7 +123,7 @@ def test_per_device_limits_refuse_one_device_and_not_the_others(tiny_model):
     server.open_session("greedy", "r1", 2, 16)
     with pytest.raises(AdmissionError, match="device greedy.*max_sessions_per_device=2"):
         server.open_session("greedy", "r2", 2, 16)
-    with pytest.raises(AdmissionError, match="device other.*max_kv_bytes_per_device"):
+    with pytest.raises(AdmissionError, match="device other.*max_kv_mib_per_device"):
         server.open_session("other", "r0", 2, 64)  # 4 x kv_one > 3 x kv_one
     server.open_session("other", "r1", 2, 16)  # other devices still get in
     st = server.stats()

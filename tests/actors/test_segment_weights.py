@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from slicer.actors.models import load_model
 from slicer.actors.models.generate import EdgeSession, ServerSession, reference_generate
 from slicer.actors.models.testing import TINY_LM
@@ -81,7 +82,6 @@ def test_quantized_front_keeps_no_float32_copy():
     int8 front alone, far below the float32 front (and the back is not held at all)."""
     from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy
     from slicer.actors.policy_actor import Policy, PolicyConfig
-
     from tests.actors.conftest import fixed_planner
 
     ref = dict(TINY_LM["llama"], hidden_size=64, intermediate_size=128)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from slicer.actors.models import load_model
 from slicer.actors.models.generate import EdgeSession, ServerSession, reference_generate
 from slicer.actors.models.testing import TINY_LM, generate_batched, random_prompts
@@ -131,3 +132,29 @@ def test_server_computes_through_server_session(monkeypatch):
     calls.clear()
     res = server.step_now(sid, st.payload, 0)
     assert calls == [1] and res.token == want and res.batch_size == 1 and res.position == 0
+
+
+def test_a_session_never_outgrows_the_position_table_and_a_few_bytes_never_declare_huge_work():
+    """Admission caps a session at the model's position table (a step past it would fail
+    its whole batch group inside the model), and a session with no capacity and no table
+    (generate, eval, fidelity) still refuses a tiny payload that declares a huge T."""
+    from slicer.actors.models import load_model
+    from slicer.actors.models.generate import PayloadError, ServerSession
+    from slicer.actors.models.testing import TINY_LM
+    from slicer.actors.protocol import AdmissionError
+    from slicer.actors.server import Server, ServerConfig
+    from slicer.codec import CodecConfig, encode
+
+    gpt2 = load_model(dict(TINY_LM["gpt2"], n_positions=32))
+    server = Server(gpt2, ServerConfig())
+    with pytest.raises(AdmissionError, match=r"max_tokens=64 is invalid: allowed an integer 1\.\.32"):
+        server.open_session("d", "d/r0", 1, 64)
+    assert server.open_session("d", "d/r1", 1, 32)
+
+    llama = load_model(TINY_LM["llama"])
+    sess = ServerSession(llama, 2)  # no capacity; llama declares no position table here
+    h = llama.adapter.hidden_size
+    big = encode(torch.zeros(1, 2**20, h), CodecConfig.parse("ecsq:rate=4"))  # a few dozen bytes
+    assert len(big) < 200
+    with pytest.raises(PayloadError, match="declares shape"):
+        sess.decode_payload(big)

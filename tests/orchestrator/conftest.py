@@ -47,7 +47,6 @@ def make_char_llama(tmp_path_factory, seed: int, name: str) -> Path:
 def model_dir(tmp_path_factory) -> Path:
     """The tiny random Llama of the actor tests (vocab 97, 4 layers), saved as a model folder."""
     from slicer.actors.models import load_model
-
     from tests.actors.conftest import TINY_LLAMA
 
     torch.set_num_threads(1)
@@ -60,7 +59,6 @@ def write_tiny_job(folder: Path, name: str, classes: tuple[str, str], max_new_to
     """A job folder for the cluster tests: the actor tests' tiny random Llama saved as
     ``tiny/`` and ``wl.yaml``, a lossless fixed split at 2 with one device of each class."""
     from slicer.actors.models import load_model
-
     from tests.actors.conftest import TINY_LLAMA
 
     load_model(dict(TINY_LLAMA), seed=5).hf.save_pretrained(folder / "tiny")

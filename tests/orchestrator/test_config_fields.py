@@ -8,6 +8,7 @@ import json
 import sys
 
 import pytest
+
 from slicer.actors import fields as F
 from slicer.actors.policy_actor import PolicyConfig
 from slicer.actors.protocol import BudgetSpec, EmulationSpec, LinkChange, LinkSpec
@@ -20,7 +21,6 @@ from slicer.orchestrator.workload import (
     WorkloadError,
     parse_workload,
 )
-
 from tests.orchestrator.conftest import with_field
 
 BASE = {"name": "t", "model": "m", "inputs": {"prompts": [[1, 2, 3]]},

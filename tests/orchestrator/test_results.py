@@ -7,7 +7,16 @@ import json
 
 import pytest
 
-from slicer.actors.protocol import LinkSpec, Mode, Replan, RequestRecord, SessionRebuild, StepRecord, to_json
+from slicer.actors.protocol import (
+    LinkSpec,
+    Mode,
+    PlanKey,
+    Replan,
+    RequestRecord,
+    SessionRebuild,
+    StepRecord,
+    to_json,
+)
 from slicer.orchestrator import results as R
 
 
@@ -75,8 +84,8 @@ def test_progress_line_reads_attributes():
 
 def test_requests_jsonl_round_trip(tmp_path):
     recs = _records()
-    recs[0].replans = [Replan(step=1, goodput_mbps=2.5, before=(2, 1, "float32", "lossless"),
-                              after=(2, 1, "float32", "ecsq:rate=8"), applies="next step")]
+    recs[0].replans = [Replan(step=1, goodput_mbps=2.5, before=PlanKey(2, 1, "float32", "lossless"),
+                              after=PlanKey(2, 1, "float32", "ecsq:rate=8"), applies="next step")]
     recs[0].text = "hi"
     R.write_run(tmp_path, {"name": "w"}, recs, [], [], {"name": "w"})
     rows = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
@@ -93,7 +102,7 @@ def test_requests_jsonl_round_trip(tmp_path):
         assert r.mode == want.mode and (r.mode is None or isinstance(r.mode, Mode))
         assert r.steps == want.steps and r.link == want.link
         assert [s.sent for s in r.steps] == [s.sent for s in want.steps]
-    assert back[1].replans[0].after[3] == "ecsq:rate=8"
+    assert back[1].replans[0].after.codec_spec == "ecsq:rate=8"
     assert R.load_records(tmp_path / "requests.jsonl")[0].request_id == "a/r0"  # the file itself
 
 

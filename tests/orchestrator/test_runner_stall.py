@@ -135,3 +135,48 @@ def test_no_stall_no_error_and_a_hung_final_call_still_raises(fake_ray, tmp_path
     state["stats_hang"] = True
     with pytest.raises(TimeoutError, match="server stats did not answer"):
         _drive(tmp_path, write=False)
+
+
+class _RestartingBackend:
+    """A backend whose one request is resubmitted to a restarted actor (each restart
+    slower than the stall limit) before it finishes."""
+
+    def __init__(self, restarts: int):
+        self.restarts, self.polls = restarts, 0
+
+    def start(self, wl, prep, *, progress, trace, t_setup):
+        pass
+
+    def submit(self, dev_id, request):
+        self.pending = (dev_id, request)
+
+    def poll(self, timeout_s):
+        self.polls += 1
+        time.sleep(0.05)
+        if self.polls <= self.restarts:
+            return [], True  # resubmitted: progress, nothing finished
+        dev_id, req = self.pending
+        return [(dev_id, RequestRecord(request_id=req.request_id, device=dev_id, index=req.index, ok=True))], False
+
+    def failed(self, dev_id, request, error):
+        return RequestRecord.failed(request, dev_id, "raspberry-pi-5", error)
+
+    def sample_load(self):
+        return None
+
+    def collect(self, stalled, trace):
+        return runner.Collected({}, [], [], {}, {})
+
+    def close(self):
+        pass
+
+
+def test_a_resubmission_restarts_the_stall_clock(tmp_path):
+    """Restarting an actor takes longer than the stall limit (0.01 s x 3 steps here); a
+    resubmitted request gets its whole time again instead of being declared stalled."""
+    wl = parse_workload({"name": "resub", "model": str(tmp_path / "no-model"), "inputs": {"prompts": [[1, 2, 3]]},
+                         "devices": [{"class": "raspberry-pi-5", "count": 1}], "requests": 1,
+                         "max_new_tokens": 1, "server": {"step_timeout_s": 0.01}})
+    prep = runner.Prepared(wl.model_ref(), None, runner.make_requests(wl, vocab_size=97))
+    out = runner.drive(wl, _RestartingBackend(restarts=3), prepared=prep, load_interval_s=0.001)
+    assert out.error is None and [r.ok for r in out.records] == [True]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import pytest
+
 from slicer.orchestrator import results as R
 from slicer.orchestrator.runner import run_inprocess
 from slicer.orchestrator.validation import check_against_model, model_max_positions
@@ -91,21 +92,22 @@ def test_one_requests_kv_is_kept_for_each_idle_device(model_dir):
     assert server_config(wl).kv_kept_per_idle_device == 0  # no model known: nothing kept
 
 
-def test_max_kv_too_small_for_the_first_session_and_its_batched_step(model_dir):
-    """The server admits a session only when its KV, the KV kept for every other device
-    and the worst batched step's memory fit ``max_kv_mib``: validation asks the same
-    before any run, naming the figure needed; just above it the run admits every session."""
+def test_max_kv_too_small_for_a_session_per_device_and_their_batched_step(model_dir):
+    """Every device keeps a request in flight, and the server admits a session only when
+    the KV reserved, its own and the worst batched step's memory fit ``max_kv_mib``:
+    validation asks that of one session per device before any run, naming the figure
+    needed; just above it the run admits every session."""
     from slicer.actors.models import profile_from_config
-    from slicer.orchestrator.validation import first_session_bytes, model_config
+    from slicer.orchestrator.validation import all_sessions_bytes, model_config
 
     wl = _wl(model_dir, max_new_tokens=8, devices=[{"class": "raspberry-pi-5", "count": 4}])
-    kv, step = first_session_bytes(wl, profile_from_config(str(model_dir)), model_config(str(model_dir)), 3)
+    kv, step = all_sessions_bytes(wl, profile_from_config(str(model_dir)), model_config(str(model_dir)), 3)
     assert kv > 0 and step > 0
     need_mib = (kv + step) / 2**20
     short = _wl(model_dir, max_new_tokens=8, devices=[{"class": "raspberry-pi-5", "count": 4}],
                 server={"max_kv_mib": round(0.97 * need_mib, 4)})
-    with pytest.raises(WorkloadError, match=r"server\.max_kv_mib=.* cannot admit the run's first session: .* "
-                                            r"worst batched step; allowed server\.max_kv_mib >= "):
+    with pytest.raises(WorkloadError, match=r"server\.max_kv_mib=.* cannot hold one session per device at once: "
+                                            r".* worst batched step .*; allowed server\.max_kv_mib >= "):
         run_inprocess(short)
     enough = _wl(model_dir, max_new_tokens=8, devices=[{"class": "raspberry-pi-5", "count": 4}],
                  server={"max_kv_mib": round(1.01 * need_mib, 4)}, policy="cloud-only")

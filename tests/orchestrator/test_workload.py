@@ -5,6 +5,7 @@ import copy
 from pathlib import Path
 
 import pytest
+
 from slicer.codec import CodecConfig
 from slicer.orchestrator.workload import (
     WorkloadError,
@@ -12,7 +13,6 @@ from slicer.orchestrator.workload import (
     load_workload,
     parse_workload,
 )
-
 from tests.orchestrator.conftest import with_field
 
 REPO = Path(__file__).resolve().parents[2]

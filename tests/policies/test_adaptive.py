@@ -14,10 +14,10 @@ from slicer.actors.edge import EdgeConfig, EdgeDevice, InProcessPolicy, InProces
 from slicer.actors.policy_actor import Policy, PolicyConfig
 from slicer.actors.protocol import BudgetSpec, EmulationSpec, LinkSpec, Plan, Request
 from slicer.actors.server import Server, ServerConfig
+from slicer.codec import CodecConfig
 from slicer.orchestrator.workload import WorkloadError, parse_workload
 from slicer.policies import Budgets, LinkState, SearchSpace, plan
 from slicer.policies.api import PolicyState
-from slicer.codec import CodecConfig
 from slicer.policies.link import RateTrace, comm_latency_s, goodput_bps, load_rate_trace
 
 TINY_LLAMA = {
@@ -266,7 +266,7 @@ def test_codec_changes_between_steps_of_one_request(tiny):
     switch = [e for e in rec.replans if e.applies == "next step"]
     assert switch, rec.replans
     at = switch[0].step
-    assert switch[0].before[3] == "lossless" and switch[0].after[3].startswith("slicer")
+    assert switch[0].before.codec_spec == "lossless" and switch[0].after.codec_spec.startswith("slicer")
     from slicer.codec import CodecConfig, encode
 
     lossless_token = len(encode(torch.randn(1, 1, 32), CodecConfig(method="raw")))  # one token's feature
