@@ -199,3 +199,16 @@ def test_no_torch_to_parse_a_workload_or_build_the_run_flags():
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@dataclasses.dataclass(frozen=True)
+class _Counted:
+    n: int = F.spec_field(1, lo=0)
+    """A count."""
+
+
+def test_an_int_field_is_whole_even_without_integer_in_its_spec():
+    """A field typed ``int`` refuses 2.5 and stores 2.0 as 2, whatever its spec says."""
+    assert F.check(_Counted, "n", 2.0) == 2 and isinstance(F.check(_Counted, "n", 2.0), int)
+    with pytest.raises(F.FieldError, match="an integer >= 0"):
+        F.check(_Counted, "n", 2.5)
