@@ -42,7 +42,12 @@ from typing import Any
 import torch
 
 from slicer.actors import telemetry as tel
-from slicer.actors.models.generate import PayloadError, ServerSession, step_peak_bytes
+from slicer.actors.models.generate import (
+    PayloadError,
+    ServerSession,
+    step_peak_bytes,
+    worst_batch,
+)
 from slicer.actors.models.weights import process_rss_bytes
 from slicer.actors.protocol import AdmissionError, StepResult, now_s
 
@@ -403,8 +408,8 @@ class Server:
         ``slicer.actors.models.generate.step_peak_bytes``)."""
         if self.model.kind != "causal_lm":
             return 0
-        toks = sorted([s.max_tokens for s in self._sessions.values()] + list(extra), reverse=True)
-        return step_peak_bytes(self.model, toks[: self.cfg.max_batch if self.cfg.batching else 1])
+        ctxs = [s.max_tokens for s in self._sessions.values()] + list(extra)
+        return step_peak_bytes(self.model, worst_batch(ctxs, self.cfg.max_batch, self.cfg.batching))
 
     def _kv_bytes_locked(self) -> int:
         return sum(s.cache.nbytes for s in self._sessions.values())

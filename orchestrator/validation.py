@@ -63,12 +63,12 @@ def all_sessions_bytes(wl: Workload, profile: Any, hf_config: Any, longest_promp
     kv = request_kv_bytes(wl, profile, longest_prompt_tokens) * n_dev
     if hf_config is None or profile.kind != "causal_lm":
         return kv, 0
-    from slicer.actors.models.generate import step_peak_bytes_of_config
+    from slicer.actors.models.generate import step_peak_bytes_of_config, worst_batch
 
     elem = {"float16": 2, "bfloat16": 2}.get(wl.server.dtype or "", 4)
-    batch = min(n_dev, wl.server.max_batch) if wl.server.batching else 1
     ctx = int(longest_prompt_tokens) + int(wl.max_new_tokens)
-    return kv, step_peak_bytes_of_config(hf_config, elem, [ctx] * batch)
+    return kv, step_peak_bytes_of_config(hf_config, elem, worst_batch([ctx] * n_dev, wl.server.max_batch,
+                                                                     wl.server.batching))
 
 
 def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, *, max_positions: int | None = None,

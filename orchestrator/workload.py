@@ -293,7 +293,10 @@ def _spec_values(path: str, d: dict[str, Any], cls: type) -> dict[str, Any]:
 
 
 def _section(path: str, raw: Any, cls: type) -> Any:
-    """A YAML mapping parsed straight into the config dataclass ``cls``."""
+    """A YAML mapping parsed straight into the config dataclass ``cls`` (every YAML field
+    of which is declared with ``spec_field``: one that is not would be accepted, then dropped)."""
+    undeclared = [f.name for f in yaml_fields(cls) if not has_spec(f)]
+    assert not undeclared, f"{cls.__name__}: fields {undeclared} need spec_field (or yaml=False)"
     return cls(**_spec_values(path, _mapping(path, raw, cls), cls))
 
 
@@ -319,7 +322,8 @@ def _field_names(cls: type) -> list[str]:
     return ["class" if f.name == "device_class" else f.name for f in yaml_fields(cls)]
 
 
-_LINK_FIGURES = ("rate_mbps", "snr_db", "epsilon", "bandwidth_hz")
+#: What a link change may change: every YAML field of ``LinkChange`` but its request index.
+_LINK_FIGURES = tuple(f.name for f in yaml_fields(LinkChange) if f.name != "at_request")
 
 
 def _link_change(path: str, raw: Any) -> LinkChange:

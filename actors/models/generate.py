@@ -276,6 +276,12 @@ class ServerSession:
         return [int(o[0, -1].argmax()) for o in outs]
 
 
+def worst_batch(contexts, max_batch: int, batching: bool = True) -> list[int]:
+    """The sessions' contexts of the worst batched step admission reserves for: the
+    ``max_batch`` largest (one when batching is off), each a whole-context prefill."""
+    return sorted((int(c) for c in contexts), reverse=True)[: max_batch if batching else 1]
+
+
 def step_peak_bytes(model, new_tokens, contexts=None) -> int:
     """An upper bound on the memory a batched server step allocates for a moment beyond
     its sessions' KV caches (``ServerSession.forward`` with ``last_only``): the packed
