@@ -383,7 +383,7 @@ class EdgeDevice:
 
     def _force_mode(self, mode: Mode, plan: Plan) -> Plan:
         n = self.num_units
-        inner = max(1, min(n - 1, plan.split)) if not 0 < plan.split < n else plan.split
+        inner = max(1, min(n - 1, plan.split))
         if mode == Mode.CLOUD_ONLY:
             return replace(plan, split=0, offload_step=1)
         if mode == Mode.EDGE_ONLY:

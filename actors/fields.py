@@ -171,7 +171,7 @@ def check(cls: type, name: str, value: Any, path: str | None = None) -> Any:
     """``value`` for field ``name`` of ``cls`` as the field holds it (an integer field's
     ``2.0`` is 2, a float field's ``2`` is 2.0), or ``FieldError``. Numbers are never
     booleans (``true`` is not 1), never NaN or ±Inf; ``None`` only where the type allows."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    f = _field(cls, name)
     spec = spec_of(f)
     typ, nullable = _base_type(_hint(cls, name))
     if typ is int and not spec.integer:  # an int field is whole whether or not its spec says so

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from slicer.actors import telemetry as tel
@@ -70,11 +70,7 @@ class _Device:
     link: LinkSpec
     budgets: BudgetSpec
     memory_cap_mib: float | None
-    node: str = ""
-    emulated: bool = False
     plan: Plan | None = None
-    measured: list[tuple[float, Measured]] = field(default_factory=list)
-    """(time, figures) of the latest reports."""
     state: Any = None
     """The planner's own per-device state (``policies.PolicyState``: hysteresis)."""
 
@@ -112,7 +108,7 @@ def default_planner(cfg: PolicyConfig, profile: Any, dev: "_Device") -> Plan:
             name = "fixed-split"
             opts["split"] = cfg.split
             if cfg.codec is not None:
-                opts["codec"] = cfg.codec if isinstance(cfg.codec, CodecConfig) else CodecConfig.parse(cfg.codec)
+                opts["codec"] = CodecConfig.parse(cfg.codec)
         if cfg.front_precision is not None:
             opts["front_precision"] = cfg.front_precision
         dev.state = PolicyState(name, profile, device, budgets, options=opts)
@@ -171,8 +167,7 @@ class Policy:
 
     def _register(self, device_id: str, info: DeviceInfo) -> Plan:
         with self._lock:
-            dev = _Device(device_id, info.device_class, info.link, info.budgets, info.memory_cap_mib, info.node,
-                          info.emulated)
+            dev = _Device(device_id, info.device_class, info.link, info.budgets, info.memory_cap_mib)
             self._devices[device_id] = dev
             return self._decide(dev, "first plan of the device", "register")
 
@@ -188,8 +183,6 @@ class Policy:
             if dev is None:
                 raise KeyError(f"device {device_id!r} never registered with the policy")
             if report.measured is not None:
-                dev.measured.append((now_s(), report.measured))
-                del dev.measured[:-64]  # the latest figures are what a planner would use
                 if self.cfg.adapt and self.cfg.replan and dev.state is not None and hasattr(dev.state, "observe"):
                     adapted = self._observe(dev, report.measured)
                     if adapted is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import sys
 import time
@@ -53,7 +54,7 @@ __all__ = [
     "AdmissionError", "BudgetSpec", "Budgets", "DeviceInfo", "EmulationSpec", "LinkChange", "LinkSpec", "LinkState",
     "Measured", "Mode", "Plan", "Replan", "Report", "Request", "RequestRecord", "SessionRebuild", "StepRecord",
     "StepResult",
-    "decode_tokens", "from_json", "now_s", "to_json",
+    "from_json", "now_s", "to_json",
 ]
 
 
@@ -66,23 +67,6 @@ def now_s() -> float:
     """Wall-clock seconds (comparable across processes of one machine: per-hop
     timestamps in records use it, so the tracing view can order hops)."""
     return time.time()
-
-
-def decode_tokens(payload: bytes, vocab_size: int):
-    """Token ids ``(1, T)`` from an ``encode_ids`` payload; ``CodecError`` for a
-    malformed payload, no ids, or an id outside ``[0, vocab_size)``."""
-    from slicer.actors.models.generate import decode_ids
-    from slicer.codec import CodecError
-
-    try:
-        x = decode_ids(bytes(payload))  # (1, T)
-    except ValueError as e:
-        raise CodecError(str(e)) from e
-    if x.shape[1] < 1:
-        raise CodecError("token payload holds no id")
-    if bool((x < 0).any()) or bool((x >= vocab_size).any()):
-        raise CodecError(f"token payload holds an id outside [0, {vocab_size})")
-    return x
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: the id codec without importing torch up front
@@ -448,6 +432,12 @@ def from_json(cls: type, data: Any) -> Any:
     return _from(cls, data)
 
 
+@functools.cache
+def _hints(tp: type) -> dict[str, Any]:
+    """A protocol class's evaluated field types (once per class, not per row read)."""
+    return typing.get_type_hints(tp, vars(sys.modules[tp.__module__]))
+
+
 def _from(tp: Any, v: Any) -> Any:
     if v is None:
         return None
@@ -470,7 +460,7 @@ def _from(tp: Any, v: Any) -> Any:
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(v, dict):
             raise TypeError(f"{tp.__name__} from {type(v).__name__}")
-        hints = typing.get_type_hints(tp, vars(sys.modules[tp.__module__]))
+        hints = _hints(tp)
         kw = {f.name: _from(hints.get(f.name, Any), v[f.name]) for f in dataclasses.fields(tp)
               if f.init and f.name in v}
         return tp(**kw)

@@ -74,6 +74,7 @@ from slicer.codec.baselines import rows_cols
 from slicer.codec.config import CodecConfig
 from slicer.codec.errors import CodecError
 from slicer.codec.reference import entropy, hadamard
+from slicer.codec.reference.rans import _njit
 from slicer.codec.wire import Cursor, Frame, header_nbytes, varint
 
 #: Rounding offsets r (zero bin |x| < (1-r)Δ), in 1/256 units; see the module docstring.
@@ -114,17 +115,6 @@ def _quantize(x: torch.Tensor, delta: float, r: float) -> torch.Tensor:
     return (torch.sign(xd) * torch.floor(xd.abs() / delta + r)).to(torch.int64)
 
 
-try:  # a declared dependency (the rANS coder needs it too)
-    import numba as _numba
-except ImportError:  # pragma: no cover
-    _numba = None
-
-
-def _grid_histogram_py(xf: np.ndarray, inv: float, grid: int) -> np.ndarray:
-    w = np.minimum(np.floor(np.abs(xf) * inv + 0.5), grid).astype(np.int64) * np.sign(xf).astype(np.int64)
-    return np.concatenate([[0], np.cumsum(np.bincount(w + grid, minlength=2 * grid + 1))])
-
-
 def _grid_histogram_nb(xf, inv, grid):  # pragma: no cover - compiled
     # cum[k] = number of values with w < k - grid, k = 0..2·grid+1
     cum = np.zeros(2 * grid + 2, dtype=np.int32)  # int32: half the cache footprint of int64
@@ -137,10 +127,7 @@ def _grid_histogram_nb(xf, inv, grid):  # pragma: no cover - compiled
     return cum
 
 
-_grid_histogram = (
-    _numba.njit(cache=True, nogil=True)(_grid_histogram_nb) if _numba is not None else _grid_histogram_py
-)
-_grid_entropy = None  # compiled below (or the numpy version)
+_grid_histogram = _njit(_grid_histogram_nb)
 
 
 def _quantize_fused_nb(xf, inv, r, qb):  # pragma: no cover - compiled
@@ -185,33 +172,16 @@ def _grid_entropy_nb(cum, grid, m, n):  # pragma: no cover - compiled
     return bits, last - first + 1, max(abs(first), abs(last))
 
 
-def _grid_entropy_py(cum, grid, m, n):
-    h = (m - 1) // 2
-    qmax = (grid + h) // m
-    qs = np.arange(-qmax, qmax + 1)
-    lo = np.clip(qs * m - h, -grid, grid + 1) + grid
-    hi = np.clip(qs * m + h + 1, -grid, grid + 1) + grid
-    c = cum[hi].astype(np.int64) - cum[lo]
-    used = np.flatnonzero(c)
-    cu = c[used].astype(np.float64)
-    first, last = int(qs[used[0]]), int(qs[used[-1]])
-    return float((cu * np.log2(n / cu)).sum()), last - first + 1, max(abs(first), abs(last))
-
-
-if _numba is not None:
-    _grid_entropy = _numba.njit(cache=True, nogil=True)(_grid_entropy_nb)
-    _quantize_fused_jit = _numba.njit(cache=True, nogil=True)(_quantize_fused_nb)
-
-
-if _grid_entropy is None:
-    _grid_entropy = _grid_entropy_py
+# compiled with the rANS coder's settings (numba is a declared dependency)
+_grid_entropy = _njit(_grid_entropy_nb)
+_quantize_fused_jit = _njit(_quantize_fused_nb)
 
 
 def _quantize_fused(x2: torch.Tensor, delta: float, r: float, amax: float):
     """One compiled pass where ``_quantize`` runs in float32 (normal Δ, float32 input on
     the CPU); None elsewhere (the torch path serves those). ``amax``: max|x2|, which the
     encoder has already (float32 rounding is monotone, so it is the float32 data's max)."""
-    if _numba is None or not 2.0**-125 <= delta <= 2.0**125 or x2.device.type != "cpu" or x2.numel() < 1024:
+    if _quantize_fused_jit is None or not 2.0**-125 <= delta <= 2.0**125 or x2.device.type != "cpu" or x2.numel() < 1024:
         return None
     xf = np.ascontiguousarray(x2.reshape(-1).numpy(), dtype=np.float32)
     inv, r32 = np.float32(1.0 / delta), np.float32(r)
@@ -520,11 +490,12 @@ class _ECSQ:
                     break
             target *= cap_total / max(e, 1)
             lo, hi = max(1, int(m / 1.1) | 1), min(top, int(m * 1.1) | 1)
-            if crude(lo) <= target:
-                lo = 1
-            if crude(hi) > target:
-                hi = top
-            m = solve(target, lo, hi)
+            f_lo, f_hi = crude(lo) - target, crude(hi) - target  # solve() reuses them
+            if f_lo <= 0:
+                lo, f_lo = 1, None
+            if f_hi > 0:
+                hi, f_hi = top, None
+            m = solve(target, lo, hi, f_lo, f_hi)
         return (best if best is not None else m) * step0
 
     def _delta_from_sparsity(self, x2: torch.Tensor, amax: float, r_code: int, cfg: CodecConfig) -> float:

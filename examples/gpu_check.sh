@@ -45,7 +45,6 @@ import torch
 from slicer.actors.models import load_model
 from slicer.actors.models.generate import EdgeSession, ServerSession, generate, reference_generate
 from slicer.actors.models.testing import generate_batched
-from slicer.actors.server import Server, ServerConfig
 from slicer.codec import CodecConfig, encode
 
 dev, dt = "cuda", torch.bfloat16
@@ -62,8 +61,8 @@ for p in prompts:
     for split in (1, 3, n - 1):
         got = generate(full, p, 12, split=split, codec_cfg=lossless)
         assert got.tokens == ref, (split, got.tokens, ref)
-# the batched server on CUDA, sessions of different lengths, halves holding only their units
-server = Server(back, ServerConfig(max_batch=16))
+# batched ServerSession steps (the server's compute path) on CUDA, sessions of different
+# lengths, halves holding only their units
 refs = [reference_generate(full, p, 10)[0] for p in prompts]
 edges = [EdgeSession(front, 3, lossless) for _ in prompts]
 sess = [ServerSession(back, 3, capacity=64) for _ in prompts]

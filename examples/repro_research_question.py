@@ -345,7 +345,7 @@ def measure_humaneval(names: list[str], args) -> list[dict]:
     """HumanEval pass@1 and tokens/s per plan of ``eval_grid`` for each model (see part 3)."""
     from slicer.actors.models import load_model
     from slicer.codec import CodecConfig
-    from slicer.orchestrator.evaluation.harness import evaluate_task
+    from slicer.orchestrator.evaluation.harness import agreement, evaluate_task
     from slicer.orchestrator.evaluation.pareto import pareto_mask
     from slicer.orchestrator.evaluation.sandbox import SandboxLimits
     from slicer.orchestrator.evaluation.scorers import (
@@ -393,7 +393,7 @@ def measure_humaneval(names: list[str], args) -> list[dict]:
             st = scorer.stats
             out.append({**base, "plan": f"split {ell}/{n}", "split": ell, "rel_depth": round(ell / n, 4), "codec": spec,
                         "precision": prec, "pass_at_1": r.metrics["pass_at_1"],
-                        "completion_agreement": sum(a == b for a, b in zip(run.outputs, r.outputs)) / max(1, len(r.outputs)),
+                        "completion_agreement": agreement(run, r).get("output_agreement", 0.0),
                         "token_agreement": same / max(1, ref_tokens), "tokens": toks,
                         "tokens_per_s": toks / max(cnt.gen_s, 1e-9),
                         "bits_per_element": None if math.isnan(st.bits_per_element) else st.bits_per_element,

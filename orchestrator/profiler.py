@@ -29,15 +29,7 @@ def _median_s(fn, reps: int, clock=time.perf_counter, disturb=None) -> float:
     (caches and branch predictors as cold as in the pipeline): timed back to back, SLICER
     encode of a stories260k feature took 0.77 ms against 1.24 ms inside a real split
     decode loop."""
-    fn()  # warm-up (allocator, lazy init)
-    ts = []
-    for _ in range(reps):
-        if disturb is not None:
-            disturb()
-        t0 = clock()
-        fn()
-        ts.append(clock() - t0)
-    return statistics.median(ts)
+    return _round_robin_medians([fn], reps, clock, disturb)[0]
 
 
 def _prefix_cache(model, full, ell: int):

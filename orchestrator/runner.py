@@ -228,7 +228,7 @@ def _check_model_fit(wl: Workload, profile, model_ref: str, requests: dict[str, 
 
     cfg = model_config(model_ref)
     check_against_model(wl, profile, longest_prompt(requests), hf_config=cfg,
-                        max_positions=model_max_positions(cfg if cfg is not None else model_ref))
+                        max_positions=model_max_positions(cfg) if cfg is not None else None)
 
 
 # ----------------------------------------------------------------------------- one driver
@@ -465,7 +465,7 @@ class RayBackend:
 
         self.RA = RA
         where_to = self.where_to or place(wl)
-        self.timeout_s = timeout_s = wl.server.step_timeout_s
+        timeout_s = wl.server.step_timeout_s
         devices = resolve_devices(wl, _cluster_gpus())  # before any actor starts: `cuda` without a GPU fails here
         configs = edge_configs(wl, devices)  # a missing link-trace file fails here too
         self.policy = RA.make_policy(policy_config(wl, prep.requests), prep.profile, trace=trace, **where_to["policy"])
@@ -581,10 +581,8 @@ class RayBackend:
         return Collected(stats, decisions, load, devices, info, spans, load_replaces=replaces)
 
     def close(self) -> None:
-        from slicer.actors import ray_actors as RA
-
         for h in self.handles:  # on a shared cluster nothing of this run stays behind
-            RA.kill(h)
+            self.RA.kill(h)
 
 
 def _start_cluster(wl: Workload):

@@ -64,8 +64,9 @@ def all_sessions_bytes(wl: Workload, profile: Any, hf_config: Any, longest_promp
     if hf_config is None or profile.kind != "causal_lm":
         return kv, 0
     from slicer.actors.models.generate import step_peak_bytes_of_config, worst_batch
+    from slicer.policies.schema import PRECISION_BYTES
 
-    elem = {"float16": 2, "bfloat16": 2}.get(wl.server.dtype or "", 4)
+    elem = int(PRECISION_BYTES[wl.server.dtype or "float32"])
     ctx = int(longest_prompt_tokens) + int(wl.max_new_tokens)
     return kv, step_peak_bytes_of_config(hf_config, elem, worst_batch([ctx] * n_dev, wl.server.max_batch,
                                                                      wl.server.batching))
@@ -102,15 +103,15 @@ def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, 
     if kv > wl.server.max_kv_bytes_per_device:
         raise WorkloadError(f"workload field server.max_kv_mib_per_device={wl.server.max_kv_mib_per_device:g} cannot hold "
                             f"one request: its KV cache needs up to {kv} bytes ({kv / 2**20:.3f} MiB)")
+    n_dev = sum(g.count for g in wl.devices)
     kv_all, step = all_sessions_bytes(wl, profile, hf_config, longest_prompt_tokens)
     if kv_all + step > wl.server.max_kv_bytes:
         raise WorkloadError(
             f"workload field server.max_kv_mib={wl.server.max_kv_mib:g} cannot hold one session per device at once: "
-            f"one request's KV for each of the {sum(g.count for g in wl.devices)} devices "
+            f"one request's KV for each of the {n_dev} devices "
             f"({kv_all / 2**20:.3f} MiB) and the worst batched step they could form ({step / 2**20:.3f} MiB); "
             f"allowed server.max_kv_mib >= {(kv_all + step) / 2**20:.3f} (or fewer devices, a smaller "
             "server.max_batch or max_new_tokens)")
-    n_dev = sum(g.count for g in wl.devices)
     if wl.server.max_sessions < n_dev:
         raise WorkloadError(f"workload field server.max_sessions={wl.server.max_sessions} is fewer than the {n_dev} "
                             "devices, each of which keeps one request (session) open: allowed >= the device count")

@@ -44,37 +44,4 @@ def __dir__():
     return sorted(set(globals()) | set(_WHERE))
 
 
-__all__ = [
-    "POLICIES",
-    "PRECISION_BYTES",
-    "AccuracyTable",
-    "Budgets",
-    "CostModel",
-    "DeviceProfile",
-    "Estimate",
-    "LayerProfile",
-    "LinkState",
-    "MeasuredTimings",
-    "ModelProfile",
-    "PolicyState",
-    "SearchSpace",
-    "SplitPlan",
-    "accuracy_of",
-    "canonical_precision",
-    "cloud_only_plan",
-    "comm_latency_s",
-    "db_to_linear",
-    "edge_only_plan",
-    "fixed_split_plan",
-    "get_device",
-    "load_device_catalog",
-    "neurosurgeon_plan",
-    "opsc_plan",
-    "outage_probability",
-    "plan",
-    "policy_names",
-    "prior_accuracy",
-    "reassess",
-    "slicer_plan",
-    "transmissions",
-]
+__all__ = sorted(_WHERE)

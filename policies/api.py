@@ -132,6 +132,9 @@ class PolicyState:
     compute_scale: float | None = None
     """Smoothed measured / predicted edge compute (None before the first measurement)."""
     base_device: DeviceProfile | None = None
+    _base_cm: CostModel | None = None
+    """The cost model of ``base_device`` (``observe`` predicts compute with it every
+    measured step; its range cache makes repeats free)."""
 
     def update(self, link: LinkState | None = None, memory_bytes: float | None = None,
                budgets: Budgets | None = None) -> SplitPlan:
@@ -196,8 +199,9 @@ class PolicyState:
             self.goodput_est = g if self.goodput_est is None else self.alpha * g + (1 - self.alpha) * self.goodput_est
         if compute_s is not None and cur.split > 0:
             ctx = context if context is not None else self.budgets.context_tokens
-            cm = CostModel(self.model, self.base_device, self.link, self.budgets)
-            predicted = cm.range_s(self.base_device, 0, cur.split if cur.offloads else self.model.num_layers,
+            if self._base_cm is None:  # range_s reads neither the link nor the budgets
+                self._base_cm = CostModel(self.model, self.base_device, self.link, self.budgets)
+            predicted = self._base_cm.range_s(self.base_device, 0, cur.split if cur.offloads else self.model.num_layers,
                                    cur.front_precision, int(ctx), 1)
             if predicted > 0:
                 r = float(compute_s) / predicted
@@ -270,5 +274,4 @@ def _fit_link(samples: list[tuple[float, float]], alpha: float) -> tuple[float, 
 
 
 def _same(a: SplitPlan, b: SplitPlan) -> bool:
-    return (a.split, a.offload_step, a.codec_spec, a.front_precision, a.feasible) == (
-        b.split, b.offload_step, b.codec_spec, b.front_precision, b.feasible)
+    return a.key == b.key and a.feasible == b.feasible

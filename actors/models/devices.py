@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import torch
 
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from slicer.actors.server_config import DEVICES  # noqa: F401  (the names the workload allows)
+from slicer.actors.server_config import DTYPES as _DTYPE_NAMES
+
+DTYPES = {name: getattr(torch, name) for name in _DTYPE_NAMES}
 
 
 class DeviceUnavailableError(ValueError):

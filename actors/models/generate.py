@@ -54,6 +54,20 @@ def decode_ids(payload: bytes) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(payload[9:], dtype="<i4").astype("int64")).reshape(1, n)
 
 
+def decode_tokens(payload: bytes, vocab_size: int) -> torch.Tensor:
+    """Token ids ``(1, T)`` from an ``encode_ids`` payload; ``CodecError`` for a
+    malformed payload, no ids, or an id outside ``[0, vocab_size)``."""
+    try:
+        x = decode_ids(bytes(payload))  # (1, T)
+    except ValueError as e:
+        raise codec.CodecError(str(e)) from e
+    if x.shape[1] < 1:
+        raise codec.CodecError("token payload holds no id")
+    if bool((x < 0).any()) or bool((x >= vocab_size).any()):
+        raise codec.CodecError(f"token payload holds an id outside [0, {vocab_size})")
+    return x
+
+
 @dataclass
 class EdgeStep:
     """What the edge produced for one decoding step."""
@@ -218,8 +232,6 @@ class ServerSession:
             raise PayloadError(f"step at position {position} but the session holds {self.cache.length} tokens")
         room = self.room
         if self.split == 0:
-            from slicer.actors.protocol import decode_tokens
-
             x = decode_tokens(payload, self.vocab_size)  # (1, T) ids; CodecError for an id outside the vocabulary
         else:
             hdr = codec.wire.unpack(payload)

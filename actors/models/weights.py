@@ -150,8 +150,8 @@ class SegmentLoader:
                     done[tkey] = t
                     nbytes += t.numel() * t.element_size()
                 _set(owner, attr, t)
-        # non-persistent buffers (rotary inv_freq) are functions of the config: rebuild
-        # the modules that hold them on the target device
+        # non-persistent buffers (rotary inv_freq) are functions of the config, rebuilt by
+        # SplitModel.ensure_units (fix_rotary): check none is left on meta
         for mod in modules:
             for _, sub in mod.named_modules():
                 self._fix_nonpersistent(sub)

@@ -370,8 +370,6 @@ def decode_symbols(buf: bytes | memoryview, n: int, alphabet_size: int, modes=V1
         if int(out.max()) >= alphabet_size:
             raise CodecError(f"entropy stream: symbol {int(out.max())} outside the alphabet 0..{alphabet_size - 1}")
         return out
-    if mode != 2:
-        raise CodecError(f"entropy stream mode {mode} unknown: allowed {', '.join(map(str, modes))}")
     lo, span, b = _rans_header(cur, alphabet_size, TABLE_BITS, "table width")
     codes = unpack_bits(cur.take(packed_nbytes(span + 1, b), "model table"), span + 1, b)
     w = _weights(codes, b)

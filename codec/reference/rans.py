@@ -121,7 +121,7 @@ def _encode_loop(sym, off, remap, esc, nesc, tab, rcp):  # pragma: no cover - co
             if remap[sym[j] - off] == esc and k < nesc:
                 raw[k] = sym[j] - off
                 k += 1
-    return state, out[pos:].copy(), raw
+    return state, out[pos:].copy(), raw[:k]
 
 
 @_njit

@@ -84,11 +84,11 @@ def _prepare_models(names: list[str], folder: str) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- one process
-def _prompts(n: int, length: int = 8, vocab: int = 256, seed: int = 0) -> list[list[int]]:
-    import torch
+def _prompts(n: int, vocab: int) -> list[list[int]]:
+    """``n`` seeded 8-token prompts (``actors.models.testing.random_prompts``)."""
+    from slicer.actors.models.testing import random_prompts
 
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, vocab, (length,), generator=g).tolist() for _ in range(n)]
+    return [p[0].tolist() for p in random_prompts(vocab, [8] * n)]
 
 
 def _segment_tokens_s(model, a: int, n_sessions: int, steps: int, context: int = 8, repeats: int = 3) -> float:

@@ -19,11 +19,9 @@ from slicer.orchestrator.workload import WorkloadError, parse_workload
 from slicer.policies import Budgets, LinkState, SearchSpace, plan
 from slicer.policies.api import PolicyState
 from slicer.policies.link import RateTrace, comm_latency_s, goodput_bps, load_rate_trace
+from tests.actors.conftest import TINY_LLAMA
+from tests.actors.conftest import greedy_reference as greedy
 
-TINY_LLAMA = {
-    "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97, "max_position_embeddings": 128,
-}
 PROMPT = [1, 5, 9, 13, 2]
 
 
@@ -35,15 +33,6 @@ def tiny():
     torch.set_num_threads(1)
     yield load_model(dict(TINY_LLAMA), seed=3)
     torch.set_num_threads(n)
-
-
-def greedy(model, prompt, n):
-    cache = model.new_cache(0, model.num_units)
-    x, out = torch.tensor([prompt]), []
-    for _ in range(n):
-        out.append(int(model.run(0, model.num_units, x, cache)[0, -1].argmax()))
-        x = torch.tensor([[out[-1]]])
-    return out
 
 
 # -- the pure part: smoothing and hysteresis --------------------------------------------------
