@@ -89,8 +89,13 @@ class SessionExpiredError(AdmissionError):
     ``session_ttl_s``); its KV cache is gone. The edge reopens and replays it."""
 
 
-#: Most a queued step waits for live sessions that have not sent, however long batches take.
-_MAX_WAIT_S = 0.05
+#: Most a queued step waits for sessions expected to send, however slow their edges are.
+_MAX_WAIT_S = 0.5
+#: Share of the fleet's usual turnaround (median over sessions) a batch may wait for the
+#: sessions due within it (``Server._batch_loop``).
+_WAIT_SHARE = 1.0
+#: A session quiet for this many of its own usual turnarounds is out of its token loop.
+_QUIET_GAPS = 3.0
 
 #: Expired sessions remembered (by id) so their holder gets "expired", not "unknown".
 _EXPIRED_MEMORY = 4096
@@ -614,28 +619,38 @@ class Server:
             except RuntimeError:
                 pass
 
-    def _yet_to_send(self, now: float) -> list[Session]:
-        """Open sessions in a token loop that have not sent their step yet: not busy (no
-        step queued or computing) and done with their last step (or opened) less than
-        ``_live_s`` ago. A session quiet for longer (an edge in its local phase, a stalled
+    def _yet_to_send(self, now: float) -> list[tuple[Session, float]]:
+        """Open sessions in a token loop that have not sent their step yet, each with the
+        time its step is due (its last result + its usual turnaround ``gap_s``; a session
+        with no turnaround yet is due now). Not busy (no step queued or computing) and
+        quiet for less than the longer of ``_live_s`` and ``_QUIET_GAPS`` of its own
+        turnarounds: a session quiet for longer (an edge in its local phase, a stalled
         device) is not waited for."""
-        live = now - self._live_s
         with self._lock:
-            return [s for s in self._sessions.values() if not s.busy and s.last_t >= live]
+            return [(s, s.last_t + s.gap_s) for s in self._sessions.values()
+                    if not s.busy and now - s.last_t <= max(self._live_s, _QUIET_GAPS * s.gap_s)]
 
-    def _may_send_more(self, now: float) -> bool:
-        return bool(self._yet_to_send(now))
+    def _wait_s(self, window_s: float) -> float:
+        """How long a batch may wait for the sessions yet to send: at least the window;
+        beyond it, the longer of the last batch's compute (when the server is the
+        bottleneck, one batch of 2k costs less than two of k) and ``_WAIT_SHARE`` of the
+        fleet's median turnaround (when the edges are: a split near the end), at most
+        ``_MAX_WAIT_S``. The median, so that one slow device does not set everyone's wait."""
+        with self._lock:
+            gaps = sorted(s.gap_s for s in self._sessions.values() if s.gap_s > 0)
+        median_gap = gaps[len(gaps) // 2] if gaps else 0.0
+        return max(window_s, min(max(self._last_batch_s, _WAIT_SHARE * median_gap), _MAX_WAIT_S))
 
-    def _expected_gap_s(self) -> float:
-        """The longest usual turnaround of the sessions yet to send."""
-        return max((s.gap_s for s in self._yet_to_send(now_s())), default=0.0)
+    def _awaited(self, now: float, until: float) -> bool:
+        """Is any session that has not sent due before ``until``? (A slow device due
+        later does not hold the batch; it joins it if it sends in time.)"""
+        return any(due <= until for _, due in self._yet_to_send(now))
 
     async def _batch_loop(self) -> None:
-        """Continuous batching: a batch is computed as soon as every open session that
-        can send has sent (so one device never waits a window for nobody), or when
-        the longer of ``batch_window_ms`` and the last batch's compute time (at most
-        ``_MAX_WAIT_S``) has passed since its first step, or at ``max_batch`` steps.
-        Sessions of every split go in one batch (``_compute`` groups them by split).
+        """Continuous batching: a batch is computed as soon as every open session due to
+        send before its deadline has sent (so one device never waits a window for
+        nobody), at its deadline (``_wait_s`` after its first step), or at ``max_batch``
+        steps. Sessions of every split go in one batch (``_compute`` groups them by split).
 
         The batch is computed on the event loop's own thread: the step coroutines only
         queue, so nothing is lost by blocking it, and it saves the thread hand-off of an
@@ -649,14 +664,11 @@ class Server:
             if first is None:  # a nudge with nothing queued
                 continue
             batch = [first]
-            # Waiting for a live session is worth up to one batch's compute (the steps it
-            # would otherwise miss wait that long anyway, and one batch of 2k costs less
-            # than two of k) or its edge's usual turnaround (the server would idle
-            # meanwhile when the edges are the bottleneck). With a 2 ms window alone, N
-            # devices split into two alternating cohorts (README, "The serving engine").
-            wait_s = max(window_s, min(max(self._last_batch_s, self._expected_gap_s()), _MAX_WAIT_S)) \
-                if self.cfg.batching else 0.0
+            # With a 2 ms window alone, N devices split into two alternating cohorts
+            # (README, "The serving engine"); waiting for the sessions due soon merges them.
+            wait_s = self._wait_s(window_s) if self.cfg.batching else 0.0
             deadline = loop.time() + wait_s
+            until = now_s() + wait_s
             while len(batch) < max_batch:
                 try:
                     item = self._queue.get_nowait()
@@ -666,7 +678,7 @@ class Server:
                 except asyncio.QueueEmpty:
                     pass
                 left = deadline - loop.time()
-                if left <= 0 or not self._may_send_more(now_s()):
+                if left <= 0 or not self._awaited(now_s(), until):
                     break
                 try:
                     item = await asyncio.wait_for(self._queue.get(), left)

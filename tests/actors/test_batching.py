@@ -87,17 +87,20 @@ def test_window_bounds_the_wait_for_a_live_session(tiny_model):
 
 
 
-def _run_four_devices(server, model, *, start_s, gap_s) -> None:
-    """Four devices of 8 steps each: device ``i`` starts after ``start_s(i)`` and takes
-    ``gap_s(i)`` between its token and its next step (its edge's round trip)."""
+def _run_four_devices(server, model, *, start_s, gap_s, steps: int = 8) -> dict[int, list]:
+    """Four devices of ``steps`` steps each: device ``i`` starts after ``start_s(i)`` and
+    takes ``gap_s(i)`` between its token and its next step (its edge's round trip).
+    Returns each device's step results."""
+    out: dict[int, list] = {i: [] for i in range(4)}
 
     async def device(i):
-        sid = server.open_session(f"dev-{i}", "r", SPLIT, 20)
+        sid = server.open_session(f"dev-{i}", "r", SPLIT, 2 + 2 * steps)
         x = model.run(0, SPLIT, torch.tensor([[3 + i, 4]]))
         pos = 0
         await asyncio.sleep(start_s(i))
-        for _ in range(8):
+        for _ in range(steps):
             res = await server.step(sid, encode(x, LOSSLESS), pos)
+            out[i].append(res)
             pos += x.shape[1]
             await asyncio.sleep(gap_s(i))
             x = model.run(0, SPLIT, torch.tensor([[res.token]]), position=pos)
@@ -107,6 +110,8 @@ def _run_four_devices(server, model, *, start_s, gap_s) -> None:
         await asyncio.gather(*(device(i) for i in range(4)))
 
     asyncio.run(main())
+    return out
+
 
 def test_cohorts_merge_when_a_batch_takes_longer_than_a_round_trip(tiny_model):
     """Devices whose next step comes a few ms after their token (an edge's round trip)
@@ -134,3 +139,26 @@ def test_live_sessions_are_waited_for_up_to_their_usual_turnaround(tiny_model):
     _run_four_devices(server, tiny_model, start_s=lambda i: 0.0, gap_s=lambda i: 0.005 * (i + 1))  # different speeds
     assert sum(server.batch_sizes) == 32
     assert server.batch_sizes.count(4) >= 5 and len(server.batch_sizes) <= 12, server.batch_sizes
+
+
+def test_slow_edges_beyond_the_old_liveness_still_batch_together(tiny_model):
+    """A split near the end: every edge takes 100-130 ms per token, far beyond a fixed
+    50 ms liveness horizon (the engine before this one batched them about N/2). Each
+    session's liveness and due time follow its own turnaround, so they batch as 4."""
+    server = Server(tiny_model, ServerConfig(batch_window_ms=2.0, max_batch=16))
+    _run_four_devices(server, tiny_model, start_s=lambda i: 0.01 * i, gap_s=lambda i: 0.1 + 0.01 * i, steps=6)
+    assert sum(server.batch_sizes) == 24
+    assert server.batch_sizes.count(4) >= 4, server.batch_sizes
+
+
+def test_one_slow_device_does_not_slow_the_others(tiny_model):
+    """Three edges with a 5 ms turnaround and one with 400 ms: the batch waits for the
+    sessions due within the fleet's median turnaround, so the fast ones never wait for
+    the slow one (waiting for the slowest would hold each fast step about 400 ms)."""
+    server = Server(tiny_model, ServerConfig(batch_window_ms=2.0, max_batch=16))
+    out = _run_four_devices(server, tiny_model, start_s=lambda i: 0.0,
+                            gap_s=lambda i: 0.4 if i == 3 else 0.005, steps=6)
+    fast_waits = sorted(r.queue_s for i in range(3) for r in out[i][1:])
+    assert fast_waits[len(fast_waits) // 2] < 0.1, fast_waits
+    assert sum(server.batch_sizes) == 24
+
