@@ -13,7 +13,9 @@ safetensors; and slicer-tiny with its position limit raised to 1024, weights unc
   model's batched greedy generation of 8 sequences in one process;
 - ``saving_ratio``: the server-compute saving of that deep split at 8 devices against
   cloud-only on the cluster (CPU seconds of the server's compute thread) / the same
-  saving in one process (``[0, n)`` batched 8 against ``[n-2, n)`` batched 8);
+  saving of the same generation in one process (CPU seconds of ``[n-2, n)`` batched 8
+  with each session's front run between its steps, against ``[0, n)`` batched 8;
+  ``deep_saving_ratio_hot_loop``: against the back segments' hot loops instead);
 - ``context_ratio``: one batched server step of 16 sessions at context 1024 / at 64 (in one
   process: the KV cache's cost), and for slicer-tiny the cluster's per-token time of 8
   devices at 384 new tokens / at 32;
@@ -156,6 +158,39 @@ def _full_generate_once(model, n_seq: int, new_tokens: int) -> float:
     return n_seq * new_tokens / (time.perf_counter() - t0)
 
 
+def _split_generation_cpu_s(model, a: int, n_seq: int, new_tokens: int, repeats: int = 2) -> float:
+    """Server CPU seconds per new token of the same split generated in one process (the
+    best of ``repeats``): the cluster run's prompts, every step each session's front
+    ``[0, a)`` then the back ``[a, n)`` batched ``n_seq`` (``a = 0``: the whole model on
+    token ids, cloud-only), greedy, CPU time of this thread over the back only. A hot loop
+    of the back alone is not this: the fronts running between back steps evict its
+    weights from the caches (slicer-tiny, split 6 of 8: 0.16 ms a token hot, 0.19-0.23
+    after the fronts), as the edge processes do on the cluster's shared cores."""
+    return min(_split_generation_once(model, a, n_seq, new_tokens) for _ in range(repeats))
+
+
+def _split_generation_once(model, a: int, n_seq: int, new_tokens: int) -> float:
+    import torch
+
+    from slicer.actors.server import _thread_cpu_s
+
+    n = model.num_units
+    prompts = [torch.tensor([p]) for p in _prompts(n_seq, vocab=int(model.config.vocab_size))]
+    cap = max(p.shape[1] for p in prompts) + new_tokens + 1
+    fronts = [model.new_cache(0, a, cap) for _ in prompts] if a else []
+    backs = [model.new_cache(a, n, cap) for _ in prompts]
+    xs, cpu = prompts, 0.0
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            if a:
+                xs = [model.run(0, a, x, f) for x, f in zip(xs, fronts)]
+            c0 = _thread_cpu_s()
+            outs = model.run_batch(a, n, xs, backs, last_only=True)
+            cpu += _thread_cpu_s() - c0
+            xs = [o[:, -1:].argmax(-1) for o in outs]  # (1, 1) ids
+    return cpu / (n_seq * new_tokens)
+
+
 def hop_costs(n: int = 2000) -> dict:
     """Median seconds of the server's per-step mechanism with nothing to compute: a step
     queued (asyncio queue + future) and its batch computed through a one-thread executor,
@@ -263,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
             limit = {c: _segment_tokens_s(model, ell, c, steps) for c in my_counts}
             limit_deep = _segment_tokens_s(model, deep, 8, steps)
             limit_cloud = _segment_tokens_s(model, 0, 8, steps)
+            gen_cpu = {k: _split_generation_cpu_s(model, a, 8, args.tokens) for k, a in (("deep", deep), ("cloud", 0))}
             ctx_ratio = _step_cost_ratio(model, ell)
             _full_generate_tokens_s(model, 8, 2)  # warm-up
             full8 = _full_generate_tokens_s(model, 8, args.tokens)
@@ -281,6 +317,8 @@ def run(args: argparse.Namespace) -> int:
             limit = {c: max(v, _segment_tokens_s(model, ell, c, steps)) for c, v in limit.items()}
             limit_deep = max(limit_deep, _segment_tokens_s(model, deep, 8, steps))
             limit_cloud = max(limit_cloud, _segment_tokens_s(model, 0, 8, steps))
+            gen_cpu = {k: min(v, _split_generation_cpu_s(model, deep if k == "deep" else 0, 8, args.tokens))
+                       for k, v in gen_cpu.items()}
             full8 = max(full8, _full_generate_tokens_s(model, 8, args.tokens))
             torch.set_num_threads(threads)
             rows = [_run_row(o) for o in outs]
@@ -292,7 +330,8 @@ def run(args: argparse.Namespace) -> int:
             m = {"model": name, "units": n, "split": ell, "deep_split": deep, "rows": {str(c): r for c, r in by_n.items()},
                  "deep8": deep_row, "cloud8": cloud_row, "inprocess1": inproc,
                  "limit_tokens_s": {str(c): v for c, v in limit.items()}, "limit_deep8_tokens_s": limit_deep,
-                 "limit_cloud8_tokens_s": limit_cloud, "full_generate8_tokens_s": full8, "ratios": {}}
+                 "limit_cloud8_tokens_s": limit_cloud, "full_generate8_tokens_s": full8,
+                 "split_generation8_cpu_s_per_token": gen_cpu, "ratios": {}}
             R = m["ratios"]
             if 1 in by_n and by_n[1]["latency_per_token_s"] and inproc["latency_per_token_s"]:
                 R["latency_cluster_over_inprocess"] = by_n[1]["latency_per_token_s"] / inproc["latency_per_token_s"]
@@ -303,10 +342,12 @@ def run(args: argparse.Namespace) -> int:
             if deep_row["server_compute_cpu_s"] > 0:
                 saving_cluster = cloud_row["server_compute_cpu_s"] / deep_row["server_compute_cpu_s"]
                 R["deep_saving_cluster_wall"] = cloud_row["server_compute_s"] / max(deep_row["server_compute_s"], 1e-12)
-                saving_one = limit_deep / limit_cloud
+                saving_one = gen_cpu["cloud"] / gen_cpu["deep"]
                 R["deep_saving_cluster"] = saving_cluster
                 R["deep_saving_one_process"] = saving_one
                 R["deep_saving_ratio"] = saving_cluster / saving_one
+                # the same against the back segment's hot loop (no fronts between its steps)
+                R["deep_saving_ratio_hot_loop"] = saving_cluster / (limit_deep / limit_cloud)
             R["step_ctx1024_over_ctx64"] = ctx_ratio
             if long:
                 lr = rows[-1]
@@ -355,7 +396,8 @@ def _print(m: dict) -> None:
           f"{m['full_generate8_tokens_s']:.1f} = {f(R['deep8_tokens_s_over_full_generate8'])}; mean batch "
           f"{m['deep8']['batch_mean']:.2f}")
     print(f"server-compute saving of split {m['deep_split']} vs cloud-only at 8: cluster {f(R.get('deep_saving_cluster'))}, "
-          f"one process {f(R.get('deep_saving_one_process'))}, ratio {f(R.get('deep_saving_ratio'))}")
+          f"one process {f(R.get('deep_saving_one_process'))}, ratio {f(R.get('deep_saving_ratio'))} "
+          f"(against the back segments' hot loops {f(R.get('deep_saving_ratio_hot_loop'))})")
     print(f"server step, 16 sessions, context 1024 / 64: {f(R['step_ctx1024_over_ctx64'])}")
     if "per_token_long_over_short" in R:
         print(f"8 devices, per-token time at long / short run: {f(R['per_token_long_over_short'])}")
