@@ -25,9 +25,10 @@ class ServerConfig:
     max_batch: int = spec_field(16, lo=1, hi=1024, integer=True)
     """Most decode steps run together in one batch (1..1024)."""
     batch_window_ms: float = spec_field(2.0, lo=0, hi=1000)
-    """Most a queued step waits for open sessions that have not sent yet (0..1000 ms); it
-    never waits once every live session has sent, and waits up to one batch's compute
-    (at most 50 ms) when that is longer (``slicer.actors.server.Server._batch_loop``)."""
+    """Least a queued step may wait for open sessions due to send (0..1000 ms); it never
+    waits once every session due has sent, and waits up to one batch's compute or the
+    fleet's median turnaround (at most 0.5 s) when that is longer
+    (``slicer.actors.server.Server._batch_loop``)."""
     batching: bool = spec_field(True)
     """False runs every step alone (the batching benchmark's baseline)."""
     max_sessions: int = spec_field(64, lo=1, hi=100000, integer=True)
