@@ -56,11 +56,13 @@ from slicer.actors.server_config import ServerConfig  # noqa: E402,F401
 
 
 def _thread_cpu_s() -> float:
-    """CPU seconds of the calling thread. ``getrusage(RUSAGE_THREAD)`` where there is one
-    (Linux): the same figure as ``time.thread_time`` to the microsecond, but
-    ``time.thread_time`` took 2.0 ms per read on average (p90 6.5 ms) right after compute
-    on a loaded 2-core VM against 0.04 ms for this (400 reads; commit 0e6b100), and it is
-    read twice per batch."""
+    """CPU seconds of the calling thread from ``getrusage(RUSAGE_THREAD)`` where there is
+    one (Linux). ``time.thread_time`` took 2.0 ms per read on average (p90 6.5 ms) right
+    after compute on a loaded 2-core VM against 0.04 ms for this (400 reads; commit
+    0e6b100), and it is read twice per batch. Its resolution is the kernel's accounting
+    tick (4 ms on this VM: 1997 of 2000 reads around a 5 µs loop saw no change): a
+    single batch's figure is 0 or a tick, a sum over many batches is an unbiased sample
+    of the thread's CPU time (a tick is charged to the thread it lands in)."""
     r = resource.getrusage(resource.RUSAGE_THREAD)
     return r.ru_utime + r.ru_stime
 
@@ -89,13 +91,16 @@ class SessionExpiredError(AdmissionError):
     ``session_ttl_s``); its KV cache is gone. The edge reopens and replays it."""
 
 
-#: Most a queued step waits for sessions expected to send, however slow their edges are.
+#: Most a queued step waits for sessions due to send, however slow their edges are.
 _MAX_WAIT_S = 0.5
-#: Share of the fleet's usual turnaround (median over sessions) a batch may wait for the
-#: sessions due within it (``Server._batch_loop``).
-_WAIT_SHARE = 1.0
-#: A session quiet for this many of its own usual turnarounds is out of its token loop.
-_QUIET_GAPS = 3.0
+#: A batch waits for sessions due within this many of its own steps' usual turnarounds
+#: (the longest among them; ``Server._batch_loop``).
+_WAIT_SHARE = 1.5
+#: Least time a session with a known turnaround is waited for past its due time.
+_MIN_OVERDUE_S = 0.05
+#: Longest turnaround sample a session's ``gap_s`` takes in (an edge back from a long
+#: local phase or a stall is not a slow edge).
+_MAX_GAP_S = 2.0
 
 #: Expired sessions remembered (by id) so their holder gets "expired", not "unknown".
 _EXPIRED_MEMORY = 4096
@@ -118,11 +123,13 @@ class Session:
     tokens: int = 0
     compute_s: float = 0.0
     opened_t: float = field(default_factory=now_s)
-    last_t: float = field(default_factory=now_s)
+    last_t: float = field(default_factory=time.monotonic)
+    """Monotonic clock at the open or at the end of its last step (batch scheduling)."""
     busy: bool = False
     gap_s: float = 0.0
     """Smoothed time from this session's last result to its next step (its edge's round
-    trip and compute): how long a batch may wait for it (``Server._batch_loop``)."""
+    trip and compute; samples capped at ``_MAX_GAP_S``): when its next step is due and how
+    long a batch it joins may wait for others (``Server._batch_loop``)."""
     secret: str = ""
     """The token's secret part (the token is ``f"{session_id}.{secret}"``)."""
     active_t: float = 0.0
@@ -500,7 +507,7 @@ class Server:
             n_tokens = 0
             for st in steps:
                 s = st.session
-                s.last_t = now_s()
+                s.last_t = time.monotonic()
                 with self._lock:
                     self.decode_s_by_device[s.device_id] += st.decode_s
                 span_attrs = {tel.ATTR_SESSION: s.session_id, tel.ATTR_DEVICE: s.device_id, tel.ATTR_STEP: s.steps,
@@ -563,7 +570,7 @@ class Server:
                                      "send a session's steps one after another")
             s.busy = True
             if s.steps:  # the edge's turnaround since its last result
-                gap = max(0.0, now_s() - s.last_t)
+                gap = min(max(0.0, time.monotonic() - s.last_t), _MAX_GAP_S)
                 s.gap_s = gap if s.gap_s == 0.0 else 0.7 * s.gap_s + 0.3 * gap
         return _Step(s, payload, int(position), now_s(), _clean_ctx(trace_ctx))
 
@@ -619,43 +626,39 @@ class Server:
             except RuntimeError:
                 pass
 
-    def _yet_to_send(self, now: float) -> list[tuple[Session, float]]:
-        """Open sessions in a token loop that have not sent their step yet, each with the
-        time its step is due (its last result + its usual turnaround ``gap_s``; a session
-        with no turnaround yet is due now). Not busy (no step queued or computing) and
-        quiet for less than the longer of ``_live_s`` and ``_QUIET_GAPS`` of its own
-        turnarounds: a session quiet for longer (an edge in its local phase, a stalled
-        device) is not waited for."""
-        with self._lock:
-            return [(s, s.last_t + s.gap_s) for s in self._sessions.values()
-                    if not s.busy and now - s.last_t <= max(self._live_s, _QUIET_GAPS * s.gap_s)]
-
-    def _wait_s(self, window_s: float) -> float:
-        """How long a batch may wait for the sessions yet to send: at least the window;
-        beyond it, the longer of the last batch's compute (when the server is the
-        bottleneck, one batch of 2k costs less than two of k) and ``_WAIT_SHARE`` of the
-        fleet's median turnaround (when the edges are: a split near the end), at most
-        ``_MAX_WAIT_S``. The median, so that one slow device does not set everyone's wait."""
-        with self._lock:
-            gaps = sorted(s.gap_s for s in self._sessions.values() if s.gap_s > 0)
-        median_gap = gaps[len(gaps) // 2] if gaps else 0.0
-        return max(window_s, min(max(self._last_batch_s, _WAIT_SHARE * median_gap), _MAX_WAIT_S))
+    def _wait_s(self, window_s: float, batch: list) -> float:
+        """How long a batch may wait for the sessions yet to send, from its first step: at
+        least the window; beyond it, the longer of the last batch's compute (when the
+        server is the bottleneck, one batch of 2k costs less than two of k) and
+        ``_WAIT_SHARE`` of the longest usual turnaround among the batch's own steps (when
+        the edges are: a split near the end), at most ``_MAX_WAIT_S``. The steps that
+        wait set the bound, so fast devices never wait for a slow one; a slower one that
+        joins extends it for the rest of the fleet."""
+        own = max((st.session.gap_s for st, _ in batch), default=0.0)
+        return max(window_s, min(max(self._last_batch_s, _WAIT_SHARE * own), _MAX_WAIT_S))
 
     def _awaited(self, now: float, until: float) -> bool:
-        """Is any session that has not sent due before ``until``? (A slow device due
-        later does not hold the batch; it joins it if it sends in time.)"""
-        return any(due <= until for _, due in self._yet_to_send(now))
+        """Is any open session that has not sent due by ``until`` (monotonic seconds)?
+        A session is due at its last result plus its usual turnaround ``gap_s`` and is
+        waited for until it is overdue by one more turnaround (at least 50 ms); one with
+        no turnaround yet is due at once and waited for ``_live_s`` after its open or
+        last result. An edge in its local phase or a stalled device is not waited for.
+        A session due later than ``until`` does not hold the batch; it joins it if it
+        sends in time."""
+        with self._lock:
+            return any(not s.busy and s.last_t + s.gap_s <= until
+                       and now <= s.last_t + (s.gap_s + max(s.gap_s, _MIN_OVERDUE_S) if s.gap_s else self._live_s)
+                       for s in self._sessions.values())
 
     async def _batch_loop(self) -> None:
         """Continuous batching: a batch is computed as soon as every open session due to
         send before its deadline has sent (so one device never waits a window for
-        nobody), at its deadline (``_wait_s`` after its first step), or at ``max_batch``
-        steps. Sessions of every split go in one batch (``_compute`` groups them by split).
+        nobody), at its deadline (``_wait_s`` after its first step, recomputed as steps
+        join), or at ``max_batch`` steps. Sessions of every split go in one batch (``_compute`` groups them by split).
 
         The batch is computed on the event loop's own thread: the step coroutines only
         queue, so nothing is lost by blocking it, and it saves the thread hand-off of an
         executor per batch (see ``slicer bench serve`` for the measured per-token cost)."""
-        loop = asyncio.get_running_loop()
         max_batch = self.cfg.max_batch if self.cfg.batching else 1
         window_s = self.cfg.batch_window_ms / 1000.0 if self.cfg.batching else 0.0
         self._live_s = max(20 * window_s, 0.05)
@@ -666,9 +669,7 @@ class Server:
             batch = [first]
             # With a 2 ms window alone, N devices split into two alternating cohorts
             # (README, "The serving engine"); waiting for the sessions due soon merges them.
-            wait_s = self._wait_s(window_s) if self.cfg.batching else 0.0
-            deadline = loop.time() + wait_s
-            until = now_s() + wait_s
+            t_first = time.monotonic()  # the clock of last_t (not loop.time(): uvloop's differs)
             while len(batch) < max_batch:
                 try:
                     item = self._queue.get_nowait()
@@ -677,8 +678,10 @@ class Server:
                     continue
                 except asyncio.QueueEmpty:
                     pass
-                left = deadline - loop.time()
-                if left <= 0 or not self._awaited(now_s(), until):
+                now = time.monotonic()
+                deadline = t_first + self._wait_s(window_s, batch)
+                left = deadline - now
+                if left <= 0 or not self._awaited(now, deadline):
                     break
                 try:
                     item = await asyncio.wait_for(self._queue.get(), left)

@@ -164,15 +164,15 @@ def _split_generation_cpu_s(model, a: int, n_seq: int, new_tokens: int, repeats:
     ``[0, a)`` then the back ``[a, n)`` batched ``n_seq`` (``a = 0``: the whole model on
     token ids, cloud-only), greedy, CPU time of this thread over the back only. A hot loop
     of the back alone is not this: the fronts running between back steps evict its
-    weights from the caches (slicer-tiny, split 6 of 8: 0.16 ms a token hot, 0.19-0.23
-    after the fronts), as the edge processes do on the cluster's shared cores."""
+    weights from the caches (slicer-tiny, split 6 of 8, 200 steps of 8: 0.14-0.15 ms of
+    CPU a token hot, 0.20-0.26 after the fronts), as the edge processes do on the
+    cluster's shared cores. CPU time by ``time.thread_time``: the server's getrusage
+    clock counts in 4 ms ticks here, too coarse for 50 ms of work."""
     return min(_split_generation_once(model, a, n_seq, new_tokens) for _ in range(repeats))
 
 
 def _split_generation_once(model, a: int, n_seq: int, new_tokens: int) -> float:
     import torch
-
-    from slicer.actors.server import _thread_cpu_s
 
     n = model.num_units
     prompts = [torch.tensor([p]) for p in _prompts(n_seq, vocab=int(model.config.vocab_size))]
@@ -184,9 +184,9 @@ def _split_generation_once(model, a: int, n_seq: int, new_tokens: int) -> float:
         for _ in range(new_tokens):
             if a:
                 xs = [model.run(0, a, x, f) for x, f in zip(xs, fronts)]
-            c0 = _thread_cpu_s()
+            c0 = time.thread_time()
             outs = model.run_batch(a, n, xs, backs, last_only=True)
-            cpu += _thread_cpu_s() - c0
+            cpu += time.thread_time() - c0
             xs = [o[:, -1:].argmax(-1) for o in outs]  # (1, 1) ids
     return cpu / (n_seq * new_tokens)
 
@@ -342,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
             R["batch_mean_over_n"] = {str(c): by_n[c]["batch_mean"] / c for c in my_counts}
             R["deep8_tokens_s_over_full_generate8"] = deep_row["tokens_s"] / full8
             R["deep8_batch_mean"] = deep_row["batch_mean"]
-            if deep_row["server_compute_cpu_s"] > 0:
+            if deep_row["server_compute_cpu_s"] > 0 and gen_cpu["deep"] > 0 and limit_cloud > 0:
                 saving_cluster = cloud_row["server_compute_cpu_s"] / deep_row["server_compute_cpu_s"]
                 R["deep_saving_cluster_wall"] = cloud_row["server_compute_s"] / max(deep_row["server_compute_s"], 1e-12)
                 saving_one = gen_cpu["cloud"] / gen_cpu["deep"]

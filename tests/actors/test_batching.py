@@ -87,11 +87,11 @@ def test_window_bounds_the_wait_for_a_live_session(tiny_model):
 
 
 
-def _run_four_devices(server, model, *, start_s, gap_s, steps: int = 8) -> dict[int, list]:
-    """Four devices of ``steps`` steps each: device ``i`` starts after ``start_s(i)`` and
+def _run_devices(server, model, *, start_s, gap_s, steps: int = 8, n: int = 4) -> dict[int, list]:
+    """``n`` devices of ``steps`` steps each: device ``i`` starts after ``start_s(i)`` and
     takes ``gap_s(i)`` between its token and its next step (its edge's round trip).
     Returns each device's step results."""
-    out: dict[int, list] = {i: [] for i in range(4)}
+    out: dict[int, list] = {i: [] for i in range(n)}
 
     async def device(i):
         sid = server.open_session(f"dev-{i}", "r", SPLIT, 2 + 2 * steps)
@@ -107,7 +107,7 @@ def _run_four_devices(server, model, *, start_s, gap_s, steps: int = 8) -> dict[
         server.close_session(sid)
 
     async def main():
-        await asyncio.gather(*(device(i) for i in range(4)))
+        await asyncio.gather(*(device(i) for i in range(n)))
 
     asyncio.run(main())
     return out
@@ -126,7 +126,7 @@ def test_cohorts_merge_when_a_batch_takes_longer_than_a_round_trip(tiny_model):
 
     server._compute = slow_compute
     # staggered starts, then each edge's round trip of 5 ms
-    _run_four_devices(server, tiny_model, start_s=lambda i: 0.004 * i, gap_s=lambda i: 0.005)
+    _run_devices(server, tiny_model, start_s=lambda i: 0.004 * i, gap_s=lambda i: 0.005)
     assert sum(server.batch_sizes) == 32
     assert server.batch_sizes.count(4) >= 5 and len(server.batch_sizes) <= 12, server.batch_sizes
 
@@ -136,7 +136,7 @@ def test_live_sessions_are_waited_for_up_to_their_usual_turnaround(tiny_model):
     batch waits for the live sessions up to their usual turnaround, so 4 devices whose
     next steps arrive 5-20 ms apart still batch as 4."""
     server = Server(tiny_model, ServerConfig(batch_window_ms=0.0, max_batch=16))
-    _run_four_devices(server, tiny_model, start_s=lambda i: 0.0, gap_s=lambda i: 0.005 * (i + 1))  # different speeds
+    _run_devices(server, tiny_model, start_s=lambda i: 0.0, gap_s=lambda i: 0.005 * (i + 1))  # different speeds
     assert sum(server.batch_sizes) == 32
     assert server.batch_sizes.count(4) >= 5 and len(server.batch_sizes) <= 12, server.batch_sizes
 
@@ -144,21 +144,38 @@ def test_live_sessions_are_waited_for_up_to_their_usual_turnaround(tiny_model):
 def test_slow_edges_beyond_the_old_liveness_still_batch_together(tiny_model):
     """A split near the end: every edge takes 100-130 ms per token, far beyond a fixed
     50 ms liveness horizon (the engine before this one batched them about N/2). Each
-    session's liveness and due time follow its own turnaround, so they batch as 4."""
+    session's due time follows its own turnaround, so after the first rounds (no
+    turnaround known yet) they batch as 4."""
     server = Server(tiny_model, ServerConfig(batch_window_ms=2.0, max_batch=16))
-    _run_four_devices(server, tiny_model, start_s=lambda i: 0.01 * i, gap_s=lambda i: 0.1 + 0.01 * i, steps=6)
-    assert sum(server.batch_sizes) == 24
+    _run_devices(server, tiny_model, start_s=lambda i: 0.01 * i, gap_s=lambda i: 0.1 + 0.01 * i, steps=8)
+    assert sum(server.batch_sizes) == 32
     assert server.batch_sizes.count(4) >= 4, server.batch_sizes
 
 
-def test_one_slow_device_does_not_slow_the_others(tiny_model):
-    """Three edges with a 5 ms turnaround and one with 400 ms: the batch waits for the
-    sessions due within the fleet's median turnaround, so the fast ones never wait for
-    the slow one (waiting for the slowest would hold each fast step about 400 ms)."""
+@pytest.mark.parametrize("n_fast", [1, 3])
+def test_one_slow_device_does_not_slow_the_others(tiny_model, n_fast):
+    """Edges with a 5 ms turnaround beside one with 400 ms: a batch waits only for the
+    sessions due within its own steps' turnarounds, so the fast ones never wait for the
+    slow one (waiting for it would hold each fast step up to 400 ms), also when they are
+    as many as the slow ones (a median over the fleet would be the slow one's)."""
     server = Server(tiny_model, ServerConfig(batch_window_ms=2.0, max_batch=16))
-    out = _run_four_devices(server, tiny_model, start_s=lambda i: 0.0,
-                            gap_s=lambda i: 0.4 if i == 3 else 0.005, steps=6)
-    fast_waits = sorted(r.queue_s for i in range(3) for r in out[i][1:])
-    assert fast_waits[len(fast_waits) // 2] < 0.1, fast_waits
-    assert sum(server.batch_sizes) == 24
+    slow = n_fast
+    out = _run_devices(server, tiny_model, start_s=lambda i: 0.0, gap_s=lambda i: 0.4 if i == slow else 0.005,
+                       steps=6, n=n_fast + 1)
+    fast_waits = sorted(r.queue_s for i in range(n_fast) for r in out[i][1:])
+    assert fast_waits[len(fast_waits) // 2] < 0.05, fast_waits
+    assert sum(server.batch_sizes) == 6 * (n_fast + 1)
 
+
+def test_a_stalled_session_is_waited_for_at_most_one_turnaround_late(tiny_model):
+    """A session whose edge stopped sending (a stall, a long local phase) is waited for
+    until it is overdue by one of its turnarounds, then no more: later batches of the
+    others are computed at once, even with a long window (waited for, it would hold
+    each step the whole 300 ms)."""
+    server = Server(tiny_model, ServerConfig(batch_window_ms=300.0, max_batch=16))
+    server.open_session("stalled", "r", SPLIT, 10)
+    for s in server._sessions.values():
+        s.gap_s, s.last_t = 0.2, s.last_t - 0.5  # due 0.3 s ago, overdue by more than 0.2 s
+    res: list = []
+    asyncio.run(_device(server, tiny_model, 1, 4, res))
+    assert all(r.queue_s < 0.1 for r in res), [r.queue_s for r in res]
