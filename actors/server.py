@@ -654,7 +654,8 @@ class Server:
         """Continuous batching: a batch is computed as soon as every open session due to
         send before its deadline has sent (so one device never waits a window for
         nobody), at its deadline (``_wait_s`` after its first step, recomputed as steps
-        join), or at ``max_batch`` steps. Sessions of every split go in one batch (``_compute`` groups them by split).
+        join), or at ``max_batch`` steps. Sessions of every split go in one batch
+        (``_compute`` groups them by split).
 
         The batch is computed on the event loop's own thread: the step coroutines only
         queue, so nothing is lost by blocking it, and it saves the thread hand-off of an
@@ -669,7 +670,7 @@ class Server:
             batch = [first]
             # With a 2 ms window alone, N devices split into two alternating cohorts
             # (README, "The serving engine"); waiting for the sessions due soon merges them.
-            t_first = time.monotonic()  # the clock of last_t (not loop.time(): uvloop's differs)
+            t_first = time.monotonic()  # the clock of last_t (loop.time() is the event loop's own)
             while len(batch) < max_batch:
                 try:
                     item = self._queue.get_nowait()
