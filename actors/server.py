@@ -91,7 +91,8 @@ class SessionExpiredError(AdmissionError):
     ``session_ttl_s``); its KV cache is gone. The edge reopens and replays it."""
 
 
-#: Most a queued step waits for sessions due to send, however slow their edges are.
+#: Most a batch waits beyond the window for sessions due to send, however slow their
+#: edges are (counted from when the loop takes up its first step).
 _MAX_WAIT_S = 0.5
 #: A batch waits for sessions due within this many of its own steps' usual turnarounds
 #: (the longest among them; ``Server._batch_loop``).
@@ -637,18 +638,24 @@ class Server:
         own = max((st.session.gap_s for st, _ in batch), default=0.0)
         return max(window_s, min(max(self._last_batch_s, _WAIT_SHARE * own), _MAX_WAIT_S))
 
-    def _awaited(self, now: float, until: float) -> bool:
-        """Is any open session that has not sent due by ``until`` (monotonic seconds)?
-        A session is due at its last result plus its usual turnaround ``gap_s`` and is
-        waited for until it is overdue by one more turnaround (at least 50 ms); one with
-        no turnaround yet is due at once and waited for ``_live_s`` after its open or
-        last result. An edge in its local phase or a stalled device is not waited for.
-        A session due later than ``until`` does not hold the batch; it joins it if it
-        sends in time."""
+    def _awaited_until(self, now: float, until: float) -> float | None:
+        """When the last open session that has not sent and is due by ``until``
+        (monotonic seconds) stops being waited for; None when there is none. A session
+        is due at its last result plus its usual turnaround ``gap_s`` and is waited for
+        until it is overdue by one more turnaround (at least ``_MIN_OVERDUE_S``); one
+        with no turnaround yet is due at once and waited for ``_live_s`` after its open
+        or last result. An edge in its local phase or a stalled device is not waited
+        for. A session due later than ``until`` does not hold the batch; it joins it if
+        it sends in time."""
+        latest = None
         with self._lock:
-            return any(not s.busy and s.last_t + s.gap_s <= until
-                       and now <= s.last_t + (s.gap_s + max(s.gap_s, _MIN_OVERDUE_S) if s.gap_s else self._live_s)
-                       for s in self._sessions.values())
+            for s in self._sessions.values():
+                if s.busy or s.last_t + s.gap_s > until:
+                    continue
+                end = s.last_t + (s.gap_s + max(s.gap_s, _MIN_OVERDUE_S) if s.gap_s else self._live_s)
+                if now <= end and (latest is None or end > latest):
+                    latest = end
+        return latest
 
     async def _batch_loop(self) -> None:
         """Continuous batching: a batch is computed as soon as every open session due to
@@ -681,13 +688,13 @@ class Server:
                     pass
                 now = time.monotonic()
                 deadline = t_first + self._wait_s(window_s, batch)
-                left = deadline - now
-                if left <= 0 or not self._awaited(now, deadline):
+                awaited = self._awaited_until(now, deadline) if now < deadline else None
+                if awaited is None:
                     break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), left)
+                try:  # until a step comes, or the deadline, or the last awaited session drops out
+                    item = await asyncio.wait_for(self._queue.get(), min(deadline, awaited) - now)
                 except asyncio.TimeoutError:
-                    break
+                    continue  # look again: the deadline has passed or no one is awaited
                 if item is not None:
                     batch.append(item)
             self.meter.queued(self._queue.qsize())

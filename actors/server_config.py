@@ -25,9 +25,9 @@ class ServerConfig:
     max_batch: int = spec_field(16, lo=1, hi=1024, integer=True)
     """Most decode steps run together in one batch (1..1024)."""
     batch_window_ms: float = spec_field(2.0, lo=0, hi=1000)
-    """Least a queued step may wait for open sessions due to send (0..1000 ms); it never
-    waits once every session due has sent, and waits up to one batch's compute or 1.5x
-    its batch's longest edge turnaround (at most 0.5 s) when that is longer
+    """Least a batch may wait for open sessions due to send (0..1000 ms); it never waits
+    once no session that has not sent is awaited, and waits up to one batch's compute or
+    1.5x its steps' longest edge turnaround (at most 0.5 s) when that is longer
     (``slicer.actors.server.Server._batch_loop``)."""
     batching: bool = spec_field(True)
     """False runs every step alone (the batching benchmark's baseline)."""

@@ -179,3 +179,21 @@ def test_a_stalled_session_is_waited_for_at_most_one_turnaround_late(tiny_model)
     res: list = []
     asyncio.run(_device(server, tiny_model, 1, 4, res))
     assert all(r.queue_s < 0.1 for r in res), [r.queue_s for r in res]
+
+
+def test_the_wait_ends_when_the_last_awaited_session_drops_out(tiny_model):
+    """A slow step (turnaround 0.4 s) sets its batch a 0.5 s deadline; the only other
+    session, just opened and never heard from, is waited for 50 ms (``_live_s``), so the
+    batch is computed then, not at the deadline."""
+    server = Server(tiny_model, ServerConfig(batch_window_ms=2.0, max_batch=16))
+    server.open_session("new", "r", SPLIT, 10)
+    res: list = []
+
+    async def slow_edge():
+        sid = server.open_session("slow", "r", SPLIT, 10)
+        server._lookup_locked(sid).gap_s = 0.4  # its edge usually takes 0.4 s a token
+        x = tiny_model.run(0, SPLIT, torch.tensor([[3, 4, 5]]))
+        res.append(await server.step(sid, encode(x, LOSSLESS), 0))
+
+    asyncio.run(slow_edge())
+    assert res[0].queue_s < 0.25, res[0].queue_s
