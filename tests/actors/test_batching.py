@@ -197,3 +197,35 @@ def test_the_wait_ends_when_the_last_awaited_session_drops_out(tiny_model):
 
     asyncio.run(slow_edge())
     assert res[0].queue_s < 0.25, res[0].queue_s
+
+
+@pytest.mark.parametrize("cfg, most", [(dict(batching=False), 1), (dict(max_batch=2), 2)])
+def test_batches_never_exceed_the_configured_size(tiny_model, cfg, most):
+    """With batching off every step runs alone; with ``max_batch`` 2, four devices in
+    lockstep never share a batch of more than 2."""
+    server = Server(tiny_model, ServerConfig(batch_window_ms=300.0, **cfg))
+    res: list = []
+
+    async def main():
+        await asyncio.gather(*(_device(server, tiny_model, i, 3, res) for i in range(4)))
+
+    asyncio.run(main())
+    assert max(server.batch_sizes) == most and sum(server.batch_sizes) == 12, server.batch_sizes
+
+
+def test_closing_the_awaited_session_wakes_the_batch(tiny_model):
+    """A just-opened session is awaited (here for 20 windows: 6 s); closing it ends the
+    wait of a queued step at once instead of at the 300 ms window."""
+    server = Server(tiny_model, ServerConfig(batch_window_ms=300.0))
+    other = server.open_session("other", "r", SPLIT, 10)
+    res: list = []
+
+    async def main():
+        async def close_soon():
+            await asyncio.sleep(0.03)
+            server.close_session(other)
+
+        await asyncio.gather(_device(server, tiny_model, 1, 1, res), close_soon())
+
+    asyncio.run(main())
+    assert 0.02 <= res[0].queue_s < 0.2, res[0].queue_s
