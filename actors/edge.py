@@ -181,7 +181,7 @@ class EdgeDevice:
         self.num_units = base.num_units
         self.profile = base.profile
         info = DeviceInfo(device_class=cfg.device_class, link=self.link, budgets=cfg.budgets,
-                          memory_cap_mib=self.emu.memory_mib, node=cfg.node, emulated=self.emulated)
+                          memory_cap_mib=self.emu.memory_mib)
         self.plan: Plan = policy.register(cfg.device_id, info, {})
 
     @property

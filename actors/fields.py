@@ -162,7 +162,7 @@ def allowed_text(spec: Spec, typ: Any) -> str:
         hi = MAX_NUMBER if spec.hi is None else spec.hi
         if spec.lo_open and spec.hi_open:
             return f"a number in ({_fmt(lo)}, {_fmt(hi)})"
-        return ("an integer" if spec.integer or typ is int else "a finite number") + \
+        return ("an integer" if spec.integer else "a finite number") + \
             f" {'>' if spec.lo_open else '>='} {_fmt(lo)} and {'<' if spec.hi_open else '<='} {_fmt(hi)}"
     return f"a {getattr(typ, '__name__', 'value')}"
 

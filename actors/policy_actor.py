@@ -1,6 +1,6 @@
-"""`Policy`: the central planner's state. Devices register and report (link, memory,
-measured times); it asks ``slicer.policies.plan`` (pure functions over snapshots) for each
-device's ``SplitPlan`` and re-plans a device when its link or memory changes. Every
+"""`Policy`: the central planner's state. Devices register (class, link, budgets, memory
+cap) and report (link, measured times); it asks ``slicer.policies.plan`` (pure functions
+over snapshots) for each device's ``SplitPlan`` and re-plans a device when its link changes. Every
 decision is logged with its tier and reason (``decisions()`` -> ``policy.jsonl``).
 
 Devices register with a ``DeviceInfo`` and report with a ``Report``; plans travel as
@@ -44,7 +44,7 @@ class PolicyConfig:
     offload_step: int | None = spec_field(None, lo=1, hi=100000, integer=True)
     """``fixed`` only: the offload step w (1 = per-token split from the first step; 1..100000)."""
     replan: bool = spec_field(True)
-    """Re-plan a device when its reported link or memory changes."""
+    """Re-plan a device when its reported link changes."""
     adapt: bool = spec_field(False)
     """Re-plan from what the devices measure (goodput, compute per token), smoothed with
     hysteresis (``policies.PolicyState.observe``), also between two steps of a request

@@ -188,8 +188,6 @@ class DeviceInfo:
     budgets: BudgetSpec = field(default_factory=BudgetSpec)
     memory_cap_mib: float | None = None
     """The emulated memory cap (``EmulationSpec.memory_mib``), if any."""
-    node: str = ""
-    emulated: bool = False
 
 
 @dataclass(frozen=True)
@@ -450,8 +448,6 @@ def _from(tp: Any, v: Any) -> Any:
             except (TypeError, ValueError):
                 continue
         return v
-    if tp in (list, tuple):
-        return tp(v) if isinstance(v, (list, tuple)) else v
     if origin in (list, tuple):
         args = typing.get_args(tp)
         inner = args[0] if args else Any

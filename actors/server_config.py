@@ -34,7 +34,8 @@ class ServerConfig:
     max_sessions: int = spec_field(64, lo=1, hi=100000, integer=True)
     """Most sessions (requests in flight) held at once; more are refused (1..100000)."""
     max_kv_mib: float = spec_field(512.0, lo=0, hi=1 << 20, lo_open=True)
-    """Most KV-cache MiB held over all sessions; a session that would exceed it is refused
+    """Most MiB held over all sessions for their KV caches plus the worst batched step they
+    can form (``generate.step_peak_bytes``); a session that would exceed it is refused
     (> 0, at most 1048576 = 1 TiB)."""
     max_payload_bytes: int = spec_field(8 << 20, lo=64, hi=1 << 31, integer=True)
     """Largest payload accepted in one step (64..2**31)."""

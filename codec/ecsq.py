@@ -181,7 +181,7 @@ def _quantize_fused(x2: torch.Tensor, delta: float, r: float, amax: float):
     """One compiled pass where ``_quantize`` runs in float32 (normal Δ, float32 input on
     the CPU); None elsewhere (the torch path serves those). ``amax``: max|x2|, which the
     encoder has already (float32 rounding is monotone, so it is the float32 data's max)."""
-    if _quantize_fused_jit is None or not 2.0**-125 <= delta <= 2.0**125 or x2.device.type != "cpu" or x2.numel() < 1024:
+    if not 2.0**-125 <= delta <= 2.0**125 or x2.device.type != "cpu" or x2.numel() < 1024:
         return None
     xf = np.ascontiguousarray(x2.reshape(-1).numpy(), dtype=np.float32)
     inv, r32 = np.float32(1.0 / delta), np.float32(r)

@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, TextIO
 from slicer.actors.protocol import Mode, Request, RequestRecord
 from slicer.orchestrator import results as R
 from slicer.orchestrator.workload import Workload, WorkloadError, load_prompts
+from slicer.orchestrator.yamlload import short
 from slicer.policies.link import RateTrace
 
 if TYPE_CHECKING:  # the edge's module imports torch
     from slicer.actors.edge import EdgeConfig
-from slicer.orchestrator.yamlload import short
 
 
 @dataclass

@@ -22,18 +22,13 @@ from slicer.orchestrator.yamlload import short
 
 
 def model_max_positions(model_ref: Any) -> int | None:
-    """The model's ``max_position_embeddings`` (its config), or None when unknown."""
-    try:
-        if isinstance(model_ref, dict):
-            return int(model_ref.get("max_position_embeddings") or 0) or None
-        from transformers import AutoConfig, PretrainedConfig
+    """The model's ``max_position_embeddings``, from a config already read
+    (``model_config``) or from a name or folder; None when unknown (the check is
+    skipped, the run decides)."""
+    from transformers import PretrainedConfig
 
-        if isinstance(model_ref, PretrainedConfig):  # already read (``model_config``)
-            return int(getattr(model_ref, "max_position_embeddings", 0) or 0) or None
-
-        return int(getattr(AutoConfig.from_pretrained(str(model_ref)), "max_position_embeddings", 0) or 0) or None
-    except Exception:  # noqa: BLE001 (no readable config: the check is skipped, the run decides)
-        return None
+    cfg = model_ref if isinstance(model_ref, PretrainedConfig) else model_config(model_ref)
+    return int(getattr(cfg, "max_position_embeddings", 0) or 0) or None
 
 
 def request_kv_bytes(wl: Workload, profile: Any, longest_prompt_tokens: int) -> int:
@@ -73,14 +68,13 @@ def all_sessions_bytes(wl: Workload, profile: Any, hf_config: Any, longest_promp
 
 
 def check_against_model(wl: Workload, profile: Any, longest_prompt_tokens: int, *, max_positions: int | None = None,
-                        max_tokens_per_session: int | None = None, hf_config: Any = None) -> None:
+                        hf_config: Any = None) -> None:
     """Raise ``WorkloadError`` naming the field when the workload cannot run on the model
     described by ``profile`` (``slicer.policies.profile.ModelProfile``: its split units are
-    ``profile.layers``) with ``max_positions`` tokens of context (None: unknown).
-    ``max_tokens_per_session``: the server's (None: ``wl.server``'s). ``hf_config``: the
-    model's config, for the batched step's memory (None: not checked)."""
-    if max_tokens_per_session is None:
-        max_tokens_per_session = wl.server.max_tokens_per_session
+    ``profile.layers``) with ``max_positions`` tokens of context (None: unknown) and the
+    server of ``wl.server``. ``hf_config``: the model's config, for the batched step's
+    memory (None: not checked)."""
+    max_tokens_per_session = wl.server.max_tokens_per_session
     n = int(profile.num_layers)
     if wl.policy.split is not None and not 1 <= wl.policy.split <= n - 1:
         raise WorkloadError(f"workload field policy.split={wl.policy.split} is invalid for model {short(wl.model)}: "

@@ -137,12 +137,12 @@ class BatchStep:
     Nothing is padded; no history is copied."""
 
     def __init__(self, caches: list[SegmentCache], layer_ids: tuple[int, ...], new_lens: list[int],
-                 base_impl: str, window_of):
+                 offsets: list[int], base_impl: str, window_of):
         self.caches = caches
         self.layer_ids = layer_ids
         self.past_lens = [c.length for c in caches]
         self.new_lens = new_lens
-        self.offsets = [sum(new_lens[:i]) for i in range(len(new_lens))]
+        self.offsets = offsets
         """Session i's first row in the packed step."""
         self.base_impl = base_impl
         self.window_of = window_of

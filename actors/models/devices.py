@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from slicer.actors.server_config import DEVICES  # noqa: F401  (the names the workload allows)
+from slicer.actors.server_config import DEVICES  # the names the workload allows
 from slicer.actors.server_config import DTYPES as _DTYPE_NAMES
 
 DTYPES = {name: getattr(torch, name) for name in _DTYPE_NAMES}

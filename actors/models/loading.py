@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from slicer.actors.models.families import (
     FAMILIES,
     UnsupportedModelError,
@@ -151,9 +152,10 @@ def load_model(name_or_path_or_config, *, dtype: torch.dtype | None = torch.floa
     checkpoint's own dtype (float32 for configs).
 
     Raises ``UnsupportedModelError`` (listing the supported architectures) for others."""
+    from transformers import PretrainedConfig
+
     from slicer.actors.models.split import SplitModel
     from slicer.actors.models.weights import Checkpoint, SegmentLoader
-    from transformers import PretrainedConfig
 
     src = name_or_path_or_config
     from_config = isinstance(src, (PretrainedConfig, dict))

@@ -2,6 +2,7 @@
 with its own KV cache, alone or batched over sessions of different lengths."""
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -192,8 +193,8 @@ class SplitModel:
         ``a == 0``), ``caches[i]`` its own cache (extended in place), ``positions[i]``
         its absolute position (default ``caches[i].length``). Sessions may differ in
         history and in new-token count: the new tokens are packed into one row
-        ``(1, sum T_i, H)`` for the projections and MLPs (nothing is padded: a prefill
-        and seven decodes cost 1 + 7 rows, not 8 x T_max), while attention runs per
+        ``(1, sum T_i, H)`` for the projections and MLPs (nothing is padded: a T-token
+        prefill and seven decodes cost T + 7 rows, not 8 x T), while attention runs per
         session on its slice of the row and views of its own preallocated cache (no
         history is copied). Returns one output per
         session, ``(1, T_i, ...)``, equal (to float tolerance) to running them one by
@@ -232,8 +233,8 @@ class SplitModel:
         xb = torch.cat([x.to(self.device) for x in xs], 1)  # (1, sum T_i[, H]): the new tokens only, packed
         dev = xb.device
         position_ids = torch.cat([torch.arange(p, p + t, device=dev) for p, t in zip(positions, new_lens)])[None]
-        ends = torch.tensor(new_lens, device=dev).cumsum(0)  # one past each session's last row
-        last_rows = ends - 1 if last_only and b == self.num_units else None
+        offsets = list(itertools.accumulate(new_lens, initial=0))  # session i's rows: [offsets[i], offsets[i+1])
+        last_rows = torch.tensor(offsets[1:], device=dev) - 1 if last_only and b == self.num_units else None
         if not layer_ids:
             out = self._forward(a, b, xb, None, past_lens=None, past_max=0, new_lens=None, positions=None,
                                 position_ids=position_ids, last_rows=last_rows)
@@ -241,15 +242,14 @@ class SplitModel:
                 c.length = p + t
         else:
             base = base_impl(self.config)
-            step = BatchStep(list(caches), layer_ids, new_lens, base, self.adapter.window_of)  # block i holds layer i
+            step = BatchStep(list(caches), layer_ids, new_lens, offsets[:-1], base, self.adapter.window_of)  # block i holds layer i
             with active_batch(self.config, step):
                 out = self._forward(a, b, xb, step, past_lens=None, past_max=None, new_lens=None, positions=None,
                                     position_ids=position_ids, last_rows=last_rows)
             step.finish()
         if last_rows is not None:
             return [out[:, i : i + 1] for i in range(n)]  # out: (1, n, V)
-        starts = [int(e) - t for e, t in zip(ends.tolist(), new_lens)]
-        return [out[:, o : o + t] for o, t in zip(starts, new_lens)]
+        return [out[:, o : o + t] for o, t in zip(offsets, new_lens)]
 
     def _check_positions(self, position: int, T: int) -> None:
         limit = self.adapter.max_positions

@@ -73,28 +73,28 @@ def predicted_over_measured(model, *, split: int = 3, cfg=None, contexts=(8, 64)
 
     cfg = cfg or CodecConfig(method="slicer")
     first, last = contexts[0], contexts[-1]
+    budgets = Budgets(latency_s=1.0, memory_bytes=1e9, new_tokens=last - first)
+    fast_link = LinkState(rate_bps=1e9, bandwidth_hz=1e12)  # too fast to matter: only compute and codec compared
     edge_ratios, step_ratios = [], []
     for r in range(rounds):
-        def profile():
+        def measure():
             return measure_profile(model, contexts=contexts, prefill_tokens=0, reps=5,
                                    codec_specs=(cfg.spec(),), clock=clock)
 
-        def run():
+        def decode_loop():
             return split_run(model, split, cfg, first, last - first, seed=r, clock=CLOCKS[clock])
 
         if r % 2 == 0:
-            (prof, dev), (ctxs, edge, server) = profile(), run()
+            (prof, dev), (ctxs, edge, server) = measure(), decode_loop()
         else:
-            (ctxs, edge, server), (prof, dev) = run(), profile()
-        b = Budgets(latency_s=1.0, memory_bytes=1e9, new_tokens=last - first)
-        # A link too fast to matter: only compute and codec are compared.
-        cm = CostModel(prof, dev, LinkState(rate_bps=1e9, bandwidth_hz=1e12), b, server=dev)
+            (ctxs, edge, server), (prof, dev) = decode_loop(), measure()
+        cm = CostModel(prof, dev, fast_link, budgets, server=dev)
         pred_edge = [cm.range_s(dev, 0, split, prof.dtype, c, 1) + cm.codec_s(split, 1, cfg) for c in ctxs]
         pred_srv = [cm.range_s(dev, split, prof.num_layers, prof.dtype, c, 1)
                     + cm.codec_s(split, 1, cfg, decode=True) for c in ctxs]
         edge_ratios.append(statistics.median(pred_edge) / statistics.median(edge))
-        step_ratios.append(statistics.median([a + b for a, b in zip(pred_edge, pred_srv)])
-                           / statistics.median([a + b for a, b in zip(edge, server)]))
+        step_ratios.append(statistics.median([e + s for e, s in zip(pred_edge, pred_srv)])
+                           / statistics.median([e + s for e, s in zip(edge, server)]))
     return {"edge_rounds": edge_ratios, "step_rounds": step_ratios,
             "edge": statistics.median(edge_ratios), "step": statistics.median(step_ratios)}
 

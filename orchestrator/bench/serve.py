@@ -248,7 +248,7 @@ def _workload(model_dir: str, n_devices: int, split: int | None, tokens: int, wi
 
 def _run_row(out) -> dict:
     recs = [r for r in out.records if r.ok]
-    warm = [r for r in recs if r.index >= 1] or recs  # each device's second request: warm
+    warm = [r for r in recs if r.index >= 1] or recs  # all but each device's first request: warm
     s = out.summary
     t0 = min((r.t_start for r in recs), default=0.0)
     t1 = max((r.t_end for r in recs), default=0.0)
@@ -303,7 +303,8 @@ def run(args: argparse.Namespace) -> int:
             limit = {c: _segment_tokens_s(model, ell, c, steps) for c in my_counts}
             limit_deep = _segment_tokens_s(model, deep, 8, steps)
             limit_cloud = _segment_tokens_s(model, 0, 8, steps)
-            gen_cpu = {k: _split_generation_cpu_s(model, a, 8, args.tokens) for k, a in (("deep", deep), ("cloud", 0))}
+            gen_splits = {"deep": deep, "cloud": 0}
+            gen_cpu = {k: _split_generation_cpu_s(model, a, 8, args.tokens) for k, a in gen_splits.items()}
             ctx_ratio = _step_cost_ratio(model, ell)
             _full_generate_tokens_s(model, 8, 2)  # warm-up
             full8 = _full_generate_tokens_s(model, 8, args.tokens)
@@ -330,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
             limit = {c: max(v, _segment_tokens_s(model, ell, c, steps)) for c, v in limit.items()}
             limit_deep = max(limit_deep, _segment_tokens_s(model, deep, 8, steps))
             limit_cloud = max(limit_cloud, _segment_tokens_s(model, 0, 8, steps))
-            gen_cpu = {k: min(v, _split_generation_cpu_s(model, deep if k == "deep" else 0, 8, args.tokens))
+            gen_cpu = {k: min(v, _split_generation_cpu_s(model, gen_splits[k], 8, args.tokens))
                        for k, v in gen_cpu.items()}
             full8 = max(full8, _full_generate_tokens_s(model, 8, args.tokens))
             torch.set_num_threads(threads)

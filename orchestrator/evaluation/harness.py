@@ -194,7 +194,7 @@ class EvalSetting:
     note: str = ""
 
 
-def plan_from_policy(args, model) -> tuple[dict, object]:
+def plan_from_policy(args, model) -> tuple[EvalSetting, Any]:
     """``--policy``: the plan a policy picks for this model on ``--device`` over
     ``--link-mbps`` (``slicer.policies.plan``), as (settings for the run, the SplitPlan)."""
     from slicer.policies import Budgets, LinkState, get_device, plan

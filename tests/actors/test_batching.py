@@ -64,7 +64,7 @@ def test_n_devices_batch_together_and_leave_no_one_waiting(tiny_model):
 
 def test_a_quiet_session_is_not_waited_for(tiny_model):
     """A session opened long ago that never steps (an edge in its local phase) does not
-    hold up the others beyond its liveness horizon; closing a session wakes the loop."""
+    hold up the others beyond its liveness horizon."""
     server = Server(tiny_model, ServerConfig(batch_window_ms=300.0))
     server.open_session("quiet", "r", SPLIT, 10)
     for s in server._sessions.values():
@@ -168,10 +168,10 @@ def test_one_slow_device_does_not_slow_the_others(tiny_model, n_fast):
 
 
 def test_a_stalled_session_is_waited_for_at_most_one_turnaround_late(tiny_model):
-    """A session whose edge stopped sending (a stall, a long local phase) is waited for
-    until it is overdue by one of its turnarounds, then no more: later batches of the
-    others are computed at once, even with a long window (waited for, it would hold
-    each step the whole 300 ms)."""
+    """A session whose edge stopped sending (a stall, a long local phase) and is overdue
+    by more than one of its turnarounds is no longer waited for: the others' steps are
+    computed at once, even with a long window (waited for, it would hold each step the
+    whole 300 ms)."""
     server = Server(tiny_model, ServerConfig(batch_window_ms=300.0, max_batch=16))
     server.open_session("stalled", "r", SPLIT, 10)
     for s in server._sessions.values():

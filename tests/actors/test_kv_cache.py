@@ -10,7 +10,13 @@ import torch
 
 from slicer.actors.models import load_model
 from slicer.actors.models.cache import CacheFullError
-from slicer.actors.models.generate import EdgeSession, encode_ids, reference_generate
+from slicer.actors.models.generate import (
+    EdgeSession,
+    ServerSession,
+    encode_ids,
+    reference_generate,
+    step_peak_bytes,
+)
 from slicer.actors.models.testing import TINY_LM, random_prompts
 from slicer.actors.protocol import AdmissionError
 from slicer.actors.server import Server, ServerConfig
@@ -228,7 +234,6 @@ def _transient_peak(fn) -> int:
 def test_step_peak_bytes_bounds_what_a_batched_step_allocates(lm, pasts, news):
     """``step_peak_bytes`` (what admission reserves beside the KV caches) is at least
     what the torch profiler sees a batched server step allocate beyond its caches."""
-    from slicer.actors.models.generate import ServerSession, step_peak_bytes
 
     split = 1
     H = lm.config.hidden_size
@@ -251,7 +256,6 @@ def test_admission_reserves_the_worst_batched_step(tiny_model):
     """A second session whose KV fits is refused when the batched prefill of both would
     not fit beside the caches; with room for that step it is admitted, and the step it
     can form really fits in ``max_kv_bytes`` (measured)."""
-    from slicer.actors.models.generate import step_peak_bytes
 
     m, split, T = tiny_model, 2, 24
     kv = int(m.profile.kv_bytes_per_token(split, m.num_units)) * T
@@ -268,7 +272,6 @@ def test_admission_reserves_the_worst_batched_step(tiny_model):
     halves = [server._sessions[t.rpartition(".")[0]].half for t in toks]
     H = m.config.hidden_size
     xs = [torch.randn(1, T, H), torch.randn(1, T, H)]
-    from slicer.actors.models.generate import ServerSession
 
     peak = _transient_peak(lambda: ServerSession.forward(halves, xs, last_only=True))
     assert sum(h.cache.nbytes for h in halves) == 2 * kv

@@ -256,7 +256,7 @@ def test_codec_changes_between_steps_of_one_request(tiny):
     assert switch, rec.replans
     at = switch[0].step
     assert switch[0].before.codec_spec == "lossless" and switch[0].after.codec_spec.startswith("slicer")
-    from slicer.codec import CodecConfig, encode
+    from slicer.codec import encode
 
     lossless_token = len(encode(torch.randn(1, 1, 32), CodecConfig(method="raw")))  # one token's feature
     after = [s.payload_bytes for s in rec.steps if s.kind == "decode" and s.step > at]
