@@ -87,6 +87,8 @@ class InProcessServer:
     """A ``Server`` called directly (unit tests, the in-process runner). ``credential``:
     the device's, when the server checks identities."""
 
+    transport = ("in-process", None)
+
     def __init__(self, server, credential: str | None = None):
         self.server = server
         self.credential = credential
@@ -338,6 +340,8 @@ class EdgeDevice:
         rec.steps, rec.tokens, rec.new_tokens = steps, tokens, len(tokens)
         rec.latency_s = round(rec.t_end - t_start, 6)
         rec.add_totals()
+        if rec.payloads:
+            rec.transport, rec.transport_note = getattr(self.server, "transport", (None, None))
         rec.edge_rss_bytes, rec.edge_weight_bytes = self.memory()
         if self.policy is not None:
             measured = Measured(request_id=rec.request_id, edge_compute_s=rec.edge_compute_s, transfer_s=rec.transfer_s,

@@ -366,6 +366,11 @@ class RequestRecord:
     """The edge process's resident memory after the request (measured)."""
     edge_weight_bytes: int | None = None
     """Bytes of the weights the edge loaded (segment-only: the units its plans ran)."""
+    transport: str | None = None
+    """How its steps reached the server: ``direct`` (the step channel), ``ray`` (actor
+    calls; ``transport_note`` says why), ``in-process``; None when none was sent."""
+    transport_note: str | None = None
+    """Why a cluster edge's steps went as Ray calls."""
     server_recoveries: list[SessionRebuild] = field(default_factory=list)
     """Sessions the edge rebuilt by replay after a server restart (``actors.recovery``)."""
     attempts: int = 1

@@ -72,10 +72,16 @@ def _init_tracing(service: str, enabled: bool, attributes: dict) -> None:
 
 class RayServerClient:
     """The edge's view of the server actor (``slicer.actors.edge.ServerClient``);
-    ``credential``: the device's, issued by the driver at placement."""
+    ``credential``: the device's, issued by the driver at placement. Steps go over the
+    server's step channel where it offers one (``slicer.actors.channel``), else as Ray
+    calls; opens and closes are Ray calls."""
 
     def __init__(self, handle, timeout_s: float, credential: str | None = None):
+        from slicer.actors.channel import ChannelSteps
+
         self.h, self.timeout_s, self.credential = handle, timeout_s, credential
+        self.steps = ChannelSteps(lambda: get(self.h.channel.remote(), self.timeout_s, "server.channel"),
+                                  self._ray_step, timeout_s=timeout_s)
 
     def open_session(self, device_id, request_id, split, max_tokens, trace_ctx=None, supersedes=None):
         return get(self.h.open_session.remote(device_id, request_id, split, max_tokens, trace_ctx or {},
@@ -83,7 +89,15 @@ class RayServerClient:
                    self.timeout_s, "server.open_session")
 
     def step(self, session_id, payload, position, trace_ctx=None):
-        return get(self.h.step.remote(session_id, payload, position, trace_ctx or {}), self.timeout_s,
+        return self.steps.step(session_id, payload, position, trace_ctx or {})
+
+    @property
+    def transport(self) -> tuple[str | None, str | None]:
+        """How the last step went (``direct``/``ray``) and why not direct."""
+        return self.steps.transport, self.steps.fallback_reason
+
+    def _ray_step(self, session_id, payload, position, trace_ctx):
+        return get(self.h.step.remote(session_id, payload, position, trace_ctx), self.timeout_s,
                    f"server.step of {session_id}")
 
     def close_session(self, session_id, trace_ctx=None):
@@ -165,6 +179,26 @@ class ServerShell:
         model = load_model(model_ref, units=(0, 0), device=dev, dtype=resolve_dtype(dtype, dev))
         self.metrics = ServerMetrics(**(metrics_tags or {}))
         self.server = Server(model, cfg, metrics=self.metrics, identities=identities)
+        self._channel = None  # the step channel's start (a task), at the first edge's ask
+
+    async def channel(self, trace_ctx: dict | None = None) -> dict | None:
+        """The step channel's ``{host, port, key}`` (started at the first call, on this
+        node's address), or None with ``server.transport: ray``."""
+        if self.server.cfg.transport != "direct":
+            return None
+        if self._channel is None:
+            import asyncio
+
+            from ray.util import get_node_ip_address
+
+            from slicer.actors.channel import ChannelServer
+
+            chan = ChannelServer(self.step, max_payload_bytes=self.server.cfg.max_payload_bytes)
+            self._channel = (chan, asyncio.ensure_future(chan.start(get_node_ip_address())))
+        try:
+            return dict(await self._channel[1])
+        except OSError:  # no port to listen on: the edges fall back to Ray calls
+            return None
 
     async def where(self, trace_ctx: dict | None = None) -> dict:
         return dict(self.info)
@@ -189,7 +223,9 @@ class ServerShell:
         return self.server.close_session(session_id, trace_ctx or {})
 
     async def stats(self, trace_ctx: dict | None = None) -> dict:
-        return self.server.stats()
+        out = self.server.stats()
+        out["channel"] = self._channel[0].stats() if self._channel is not None else None
+        return out
 
     async def load_sample(self, trace_ctx: dict | None = None) -> dict:
         return self.server.load_sample()

@@ -136,6 +136,11 @@ class RecoveringServerClient:
                 return {}  # the session went with the server
             raise
 
+    @property
+    def transport(self) -> tuple[str | None, str | None]:
+        """The inner client's (how steps travel, and why not directly)."""
+        return getattr(self.inner, "transport", (None, None))
+
     def drain_events(self) -> list[SessionRebuild]:
         out, self.events = self.events, []
         return out

@@ -16,6 +16,8 @@ from slicer.actors.fields import spec_field
 DEVICES = ("auto", "cpu", "cuda")
 #: Weights/activations dtypes of a float model.
 DTYPES = ("float32", "bfloat16", "float16")
+#: How steps travel from edges to the server.
+TRANSPORTS = ("direct", "ray")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,11 @@ class ServerConfig:
     dtype: str | None = spec_field(None, choices=DTYPES, flag="--server-dtype")
     """The server's weights/activations dtype: ``float32``, ``bfloat16``, ``float16``;
     None: float32 on CPU, the checkpoint's dtype on CUDA."""
+    transport: str = spec_field("direct", choices=TRANSPORTS, flag="--server-transport")
+    """How edges send their steps: ``direct`` over one TCP connection each to the server
+    (``slicer.actors.channel``; Ray hands out its address and key, and an edge that
+    cannot reach it falls back to Ray calls) or ``ray``, every step a Ray actor call
+    (about 1 ms more a round trip on loopback)."""
     max_tokens_per_session: int = spec_field(4096, lo=1, integer=True, yaml=False)
     """Largest context a session may declare (not a workload field)."""
     kv_kept_per_idle_device: int = spec_field(0, lo=0, integer=True, yaml=False)
