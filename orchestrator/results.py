@@ -137,6 +137,9 @@ def build_summary(workload: dict, records: list[RequestRecord], server_stats: di
             "edge_compute_s": round(sum(r.edge_compute_s for r in recs), 6),
             "server_compute_s": round(server_stats.get("compute_s_by_device", {}).get(dev_id, 0.0), 6),
             "emulated": bool(info.get("emulated")),
+            # how its steps reached the server (direct: the step channel), and why not directly
+            "transport": next((r.transport for r in reversed(recs) if r.transport), None),
+            "transport_note": next((r.transport_note for r in reversed(recs) if r.transport_note), None),
             "errors": [r.error for r in recs if r.error][:5],
         }
     ok_all = [r for r in records if r.ok]
@@ -174,6 +177,8 @@ def build_summary(workload: dict, records: list[RequestRecord], server_stats: di
             "rss_bytes": server_stats.get("rss_bytes"),
             "weight_bytes": server_stats.get("weight_bytes"),
             "loaded_units": server_stats.get("loaded_units"),
+            # the step channel's counters (None: server.transport ray)
+            "channel": server_stats.get("channel"),
         },
         "policy": {"decisions": len(decisions), "replans": sum(1 for d in decisions if d.get("trigger") != "register")},
         "totals": {

@@ -41,13 +41,28 @@ def test_eight_devices_lossless_split_on_labelled_nodes(local_cluster, tiny_mode
         assert r.ok, r.error
         assert r.mode == "split" and r.split == 3
         assert r.tokens == tiny_reference(PROMPTS[r.index % len(PROMPTS)], 6)
+        assert (r.transport, r.transport_note) == ("direct", None)  # the step channel
     s = out.summary
+    assert s["server"]["channel"]["steps"] == sum(r.payloads for r in out.records)  # every step over it
     assert s["totals"]["completed"] == 16 and s["server"]["requests"] == 16
     assert s["server"]["batch_size_max"] >= 2  # steps of several devices were batched
     for d in s["devices"].values():
         assert d["bytes_sent"] > 0 and d["bits_per_element"] > 32 and d["latency_p50_ms"] > 0
         assert d["server_compute_s"] > 0
     assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / "requests.jsonl").exists()
+
+
+def test_ray_transport_gives_the_same_tokens(local_cluster, tiny_model_dir, tiny_reference):
+    """``server.transport: ray``: every step a Ray actor call, the server offers no
+    channel, the records say why, and the tokens are the unsplit model's."""
+    wl = _wl(tiny_model_dir, policy={"name": "fixed", "split": 2, "offload_step": 1}, codec="lossless",
+             precision="float32", max_new_tokens=4, server={"transport": "ray", "step_timeout_s": 60})
+    out = run_workload(wl, progress=None, write=False)
+    for r in out.records:
+        assert r.ok, r.error
+        assert r.tokens == tiny_reference(PROMPTS[r.index % len(PROMPTS)], 4)
+        assert r.transport == "ray" and "server.transport: ray" in r.transport_note
+    assert out.summary["server"]["channel"] is None
 
 
 def test_link_change_replans_and_shows_in_records(local_cluster, tiny_model_dir):
@@ -96,5 +111,6 @@ def test_run_with_address_uses_the_existing_cluster(local_cluster, tiny_model_di
         assert r["mode"] == "cloud-only" and r["codec"] == "tokens"
         assert r["tokens"] == tiny_reference(PROMPTS[r["index"]], 3)
         assert r["bytes_sent"] == (9 + 4 * len(PROMPTS[r["index"]])) + 2 * (9 + 4)  # SLTK token ids
+        assert r["transport"] == "direct"
     assert s["devices"]["jetson-orin-nano-0"]["node"] in before  # ran on this cluster's nodes
     assert {n.node_id for n in local_cluster.nodes()} == before  # and left it running
