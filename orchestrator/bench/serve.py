@@ -6,7 +6,8 @@ safetensors; and slicer-tiny with its position limit raised to 1024, weights unc
 
 - ``latency_ratio``: per-token latency of one device on the cluster / the same workload
   run in one process (``--in-process``: the plain classes, no Ray), over its last 4 of 5
-  requests;
+  requests; and the same with ``server.transport: ray`` (every step a Ray call instead of
+  the step channel);
 - ``tokens_s_ratio[N]``: the cluster's generation tokens/s with N devices (split ``ell``)
   / the back segment ``[ell, n)`` batched N in one process (the limit), and
   ``batch_ratio[N]``: the server's mean batch / N;
@@ -232,7 +233,7 @@ def hop_costs(n: int = 2000) -> dict:
 
 # ----------------------------------------------------------------------------- cluster runs
 def _workload(model_dir: str, n_devices: int, split: int | None, tokens: int, window_ms: float, name: str,
-              vocab: int, requests: int = 2):
+              vocab: int, requests: int = 2, transport: str = "direct"):
     from slicer.orchestrator.workload import parse_workload
 
     policy = {"name": "cloud-only"} if split is None else {"name": "fixed", "split": split, "offload_step": 1}
@@ -242,7 +243,8 @@ def _workload(model_dir: str, n_devices: int, split: int | None, tokens: int, wi
         "inputs": {"prompts": _prompts(n_devices, vocab=vocab)}, "policy": policy,
         "codec": "lossless", "precision": "float32", "mode": "split" if split is not None else "cloud-only",
         "requests": requests, "max_new_tokens": tokens,
-        "server": {"max_batch": 16, "batch_window_ms": window_ms, "max_kv_mib": 4096, "max_kv_mib_per_device": 1024},
+        "server": {"max_batch": 16, "batch_window_ms": window_ms, "max_kv_mib": 4096, "max_kv_mib_per_device": 1024,
+                   "transport": transport},
     }, base_dir=".")
 
 
@@ -318,6 +320,9 @@ def run(args: argparse.Namespace) -> int:
             for rep in ("a", "b"):
                 wls.append(_workload(d, 8, deep, args.tokens, args.window_ms, f"serve-{name}-deep8{rep}", vocab))
                 wls.append(_workload(d, 8, None, args.tokens, args.window_ms, f"serve-{name}-cloud8{rep}", vocab))
+            if 1 in my_counts:  # the same one-device run with every step a Ray call
+                wls.append(_workload(d, 1, ell, args.tokens, args.window_ms, f"serve-{name}-1ray", vocab,
+                                     requests=LATENCY_REQUESTS, transport="ray"))
             long = name == "tiny" and args.long_tokens > 0
             if long:
                 wls.append(_workload(d, 8, ell, args.long_tokens, args.window_ms, f"serve-{name}-long8", vocab))
@@ -350,6 +355,11 @@ def run(args: argparse.Namespace) -> int:
             R = m["ratios"]
             if 1 in by_n and by_n[1]["latency_per_token_s"] and inproc["latency_per_token_s"]:
                 R["latency_cluster_over_inprocess"] = by_n[1]["latency_per_token_s"] / inproc["latency_per_token_s"]
+            if 1 in by_n and inproc["latency_per_token_s"]:
+                ray1 = rows[len(my_counts) + 4]
+                m["ray_transport1"] = ray1
+                if ray1["latency_per_token_s"]:
+                    R["latency_ray_transport_over_inprocess"] = ray1["latency_per_token_s"] / inproc["latency_per_token_s"]
             R["tokens_s_over_limit"] = {str(c): by_n[c]["tokens_s"] / limit[c] for c in my_counts}
             R["batch_mean_over_n"] = {str(c): by_n[c]["batch_mean"] / c for c in my_counts}
             R["deep8_tokens_s_over_full_generate8"] = (deep_row["tokens_s"] + deep_b["tokens_s"]) / 2 / full8
@@ -404,7 +414,8 @@ def _print(m: dict) -> None:
     R = m["ratios"]
     f = lambda v: "n/a" if v is None else f"{v:.3g}"
     print(f"\n== {m['model']} ({m['units']} units; split {m['split']}, deep split {m['deep_split']}) ==")
-    print(f"per-token latency, 1 device, cluster / in-process: {f(R.get('latency_cluster_over_inprocess'))}")
+    print(f"per-token latency, 1 device, cluster / in-process: {f(R.get('latency_cluster_over_inprocess'))} "
+          f"(steps as Ray calls, server.transport ray: {f(R.get('latency_ray_transport_over_inprocess'))})")
     print(f"{'N':>3} {'cluster tok/s':>13} {'limit tok/s':>11} {'ratio':>6} {'mean batch':>10} {'batch/N':>7} done")
     for c, row in m["rows"].items():
         print(f"{c:>3} {row['tokens_s']:>13.1f} {m['limit_tokens_s'][c]:>11.1f} {R['tokens_s_over_limit'][c]:>6.3f} "
