@@ -265,3 +265,16 @@ def test_a_lost_channel_reconnects_at_the_next_step(running, tiny_model):
     assert steps.client is None
     assert steps.step(sid, encode(x[:, :1], RAW), 3, {}).position == 3  # a new connection
     assert len(asked) == 2
+
+
+def test_an_oversized_payload_is_refused_and_the_next_step_reconnects(running, tiny_model):
+    """A payload over ``max_payload_bytes`` (64 KiB here) is refused by name, its
+    connection closed; the device's next step goes over a new connection."""
+    steps = ChannelSteps(lambda: running.addr, None, timeout_s=5)
+    sid = running.server.open_session("dev-0", "r", SPLIT, 8)
+    with pytest.raises(AdmissionError, match="payload of 70000 bytes declared: at most max_payload_bytes=65536"):
+        steps.step(sid, b"\x00" * 70000, 0, {})
+    assert steps.client is None
+    x = tiny_model.run(0, SPLIT, torch.tensor([[3, 4, 5]]))
+    assert steps.step(sid, encode(x, RAW), 0, {}).position == 0
+    assert steps.transport == "direct"
