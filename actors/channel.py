@@ -13,7 +13,8 @@ device's credential), restarts, and handing out the channel's address and key.
 Wire format (little-endian; one step in flight per connection):
 
 - hello: the client sends the server's 32-byte key (``ServerShell.channel`` gives it to
-  Ray callers only) within ``hello_timeout_s`` of connecting, or is dropped;
+  Ray callers only) within ``hello_timeout_s`` of connecting; the server answers one byte,
+  0 (accepted) or 1 (full: the edge sends over Ray for a while), or closes (a wrong key);
 - request: ``<BqHHI`` (op = 1, position, token length, trace length, payload length),
   then the session token (utf-8), the trace carrier (JSON object, may be empty) and the
   payload;
@@ -24,9 +25,12 @@ Wire format (little-endian; one step in flight per connection):
 
 The server checks every length before it reads the bytes (a token over 512 bytes, a
 trace over 8 KiB, a payload over ``max_payload_bytes`` or an unknown op is answered with
-the reason and the connection closed: the stream cannot be trusted after it), bounds
-the time to finish a frame once begun (``frame_timeout_s``), and caps connections; a
-step's own errors are the same ``Server.step`` answers over Ray.
+the reason and the connection closed: the stream cannot be trusted after it; the client
+checks the same limits, which come with the address, before it sends), bounds the time
+to finish a frame once begun and to take its answer (``frame_timeout_s``) and the time a
+connection may sit idle (``idle_timeout_s``), and caps connections, counting those
+still to send their key; a step's own errors are the same ``Server.step`` answers over
+Ray.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ import json
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,6 +50,7 @@ from slicer.actors.recovery import ServerRestarted
 KEY_BYTES = 32
 OP_STEP = 1
 OK, REFUSED, EXPIRED, FAILED, CLOSING = 0, 1, 2, 3, 4
+ACCEPTED, BUSY = b"\x00", b"\x01"
 _REQ = struct.Struct("<BqHHI")
 _ANS = struct.Struct("<BI")
 _RESULT = struct.Struct("<qqdddddqd")
@@ -54,6 +60,11 @@ MAX_TOKEN_BYTES = 512
 MAX_TRACE_BYTES = 8192
 #: Longest answer a client reads (an error message; a result is 72 bytes).
 MAX_ANSWER_BYTES = 1 << 16
+
+
+class ChannelUnavailable(ConnectionError):
+    """The channel cannot be used now (unreachable, full, a refused key): the edge sends
+    over Ray and tries the channel again later."""
 
 
 class ChannelLost(ServerRestarted):
@@ -89,21 +100,24 @@ class ChannelServer:
     ``step`` (``Server.step``'s signature, same answers)."""
 
     def __init__(self, step: Callable[[str, bytes, int, dict], Awaitable[StepResult]], *, max_payload_bytes: int,
-                 max_connections: int = 1024, max_pending: int = 64, hello_timeout_s: float = 5.0,
-                 frame_timeout_s: float = 30.0):
+                 max_connections: int = 1024, max_pending: int = 256, hello_timeout_s: float = 2.0,
+                 frame_timeout_s: float = 30.0, idle_timeout_s: float = 900.0):
         self.step = step
         self.key = secrets.token_bytes(KEY_BYTES)
         self.max_payload_bytes = int(max_payload_bytes)
         self.max_connections, self.max_pending = int(max_connections), int(max_pending)
         self.hello_timeout_s, self.frame_timeout_s = float(hello_timeout_s), float(frame_timeout_s)
+        self.idle_timeout_s = float(idle_timeout_s)
         self.connections = self.pending = 0
         self.counts = {"steps": 0, "refused_hellos": 0, "refused_frames": 0, "dropped_connections": 0}
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int = 0) -> dict[str, Any]:
-        """Listen on ``host`` (the node's address); returns ``{host, port, key}``."""
+        """Listen on ``host`` (the node's address); returns ``{host, port, key}`` and the
+        frame limits the client checks before sending."""
         self._server = await asyncio.start_server(self._handle, host, port)
-        return {"host": host, "port": self._server.sockets[0].getsockname()[1], "key": self.key}
+        return {"host": host, "port": self._server.sockets[0].getsockname()[1], "key": self.key,
+                "max_payload_bytes": self.max_payload_bytes}
 
     def close(self) -> None:
         if self._server is not None:
@@ -113,8 +127,9 @@ class ChannelServer:
         return {"connections": self.connections, **self.counts}
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        if self.pending >= self.max_pending or self.connections >= self.max_connections:
+        if self.pending >= self.max_pending or self.connections + self.pending >= self.max_connections:
             self.counts["dropped_connections"] += 1
+            w.write(BUSY)  # the edge sends over Ray for a while (not a lost server)
             w.close()
             return
         sock = w.get_extra_info("socket")
@@ -133,9 +148,10 @@ class ChannelServer:
             return
         self.connections += 1
         try:
+            w.write(ACCEPTED)
             while True:
-                try:
-                    head = await r.readexactly(_REQ.size)  # an idle edge may wait here between requests
+                try:  # an edge may sit idle here between requests (it reconnects after a close)
+                    head = await asyncio.wait_for(r.readexactly(_REQ.size), self.idle_timeout_s)
                 except asyncio.IncompleteReadError:
                     break  # the client closed
                 op, position, n_token, n_trace, n_payload = _REQ.unpack(head)
@@ -143,15 +159,17 @@ class ChannelServer:
                 if bad is not None:
                     self.counts["refused_frames"] += 1
                     w.write(_ANS.pack(CLOSING, len(bad)) + bad)
-                    await w.drain()
+                    await asyncio.wait_for(w.drain(), self.frame_timeout_s)
                     break
                 body = await asyncio.wait_for(r.readexactly(n_token + n_trace), self.frame_timeout_s)
                 payload = await asyncio.wait_for(r.readexactly(n_payload), self.frame_timeout_s)
                 w.write(await self._answer(body[:n_token].decode("utf-8", "replace"), payload, position,
                                            _trace(body[n_token:])))
-                await w.drain()
+                await asyncio.wait_for(w.drain(), self.frame_timeout_s)  # a client that never reads
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass  # a stalled or vanished client: only its connection goes
+            pass  # a stalled, idle or vanished client: only its connection goes
+        except asyncio.CancelledError:
+            pass  # the loop is shutting down: this task is the connection's root, it just ends
         finally:
             self.connections -= 1
             w.close()
@@ -185,14 +203,26 @@ class ChannelServer:
 
 
 class ChannelClient:
-    """The edge end: one blocking connection, one step at a time."""
+    """The edge end: one blocking connection, one step at a time. Raises
+    ``ChannelUnavailable`` (an ``OSError``) when the server refuses or cannot take the
+    connection; ``max_payload_bytes``: the server's limit, checked before sending."""
 
-    def __init__(self, host: str, port: int, key: bytes, *, timeout_s: float, connect_timeout_s: float = 5.0):
+    def __init__(self, host: str, port: int, key: bytes, *, timeout_s: float, connect_timeout_s: float = 5.0,
+                 max_payload_bytes: int | None = None):
+        self.timeout_s, self.max_payload_bytes = timeout_s, max_payload_bytes
         self.sock = socket.create_connection((host, int(port)), timeout=connect_timeout_s)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.settimeout(timeout_s)
-        self.timeout_s = timeout_s
-        self.sock.sendall(bytes(key))
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.sendall(bytes(key))
+            ack = self.sock.recv(1)
+            if ack == BUSY:
+                raise ChannelUnavailable("the server's channel is full")
+            if ack != ACCEPTED:
+                raise ChannelUnavailable("the server closed the connection at the hello (a wrong key?)")
+            self.sock.settimeout(timeout_s)
+        except BaseException:
+            self.sock.close()
+            raise
 
     def close(self) -> None:
         try:
@@ -200,11 +230,40 @@ class ChannelClient:
         except OSError:
             pass
 
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() < 0
+
+    def peer_closed(self) -> bool:
+        """True when the server has closed this connection (idle too long, restarted): a
+        non-blocking peek, so the next step reconnects rather than failing mid-step."""
+        if self.closed:
+            return True
+        self.sock.settimeout(0.0)
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            if not self.closed:
+                self.sock.settimeout(self.timeout_s)
+
     def step(self, token: str, payload: bytes, position: int, trace_ctx: dict | None = None) -> StepResult:
-        """One step; raises ``AdmissionError``/``SessionExpiredError`` as the server does,
-        ``TimeoutError`` after ``timeout_s``, ``ChannelLost`` when the connection broke."""
+        """One step; raises ``AdmissionError``/``SessionExpiredError`` as the server does
+        (a frame over the limits is refused here, before it is sent), ``TimeoutError``
+        after ``timeout_s``, ``ChannelLost`` when the connection broke."""
         tb = str(token).encode("utf-8")
         trb = json.dumps(trace_ctx).encode() if trace_ctx else b""
+        if len(trb) > MAX_TRACE_BYTES:
+            trb = b""  # tracing is an add-on: the step goes without it
+        if len(tb) > MAX_TOKEN_BYTES:
+            raise AdmissionError(f"session token of {len(tb)} bytes: at most {MAX_TOKEN_BYTES}")
+        if self.max_payload_bytes is not None and len(payload) > self.max_payload_bytes:
+            raise AdmissionError(f"payload of {len(payload)} bytes: at most max_payload_bytes={self.max_payload_bytes}")
+        if not -(2**63) <= int(position) < 2**63:
+            raise AdmissionError(f"position of {int(position).bit_length()} bits: at most a signed 64-bit integer")
         head = _REQ.pack(OP_STEP, int(position), len(tb), len(trb), len(payload))
         try:
             self.sock.sendall(b"".join((head, tb, trb, payload)))
@@ -242,19 +301,22 @@ class ChannelClient:
 
 
 class ChannelSteps:
-    """An edge's steps over the channel where the server offers one, else (or where it
-    cannot be reached) through ``fallback`` (the Ray call). ``address()``: the server's
-    ``{host, port, key}`` or None (asked once per connection). ``transport`` says which
-    path the last step took and ``fallback_reason`` why the channel is not used."""
+    """An edge's steps over the channel where the server offers one, else through
+    ``fallback`` (the Ray call). ``address()``: the server's ``{host, port, key, ...}``,
+    ``{error}`` when its channel did not start, or None (``server.transport: ray``);
+    asked at each (re)connect. Where the channel cannot be used now (unreachable, full)
+    steps go over Ray and the channel is tried again after ``retry_s``. ``transport``
+    says which path the last step took and ``fallback_reason`` why not the channel."""
 
     def __init__(self, address: Callable[[], dict | None],
                  fallback: Callable[[str, bytes, int, dict], StepResult], *, timeout_s: float,
-                 connect_timeout_s: float = 5.0):
+                 connect_timeout_s: float = 5.0, retry_s: float = 30.0):
         self.address, self.fallback = address, fallback
-        self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
+        self.timeout_s, self.connect_timeout_s, self.retry_s = timeout_s, connect_timeout_s, retry_s
         self.client: ChannelClient | None = None
         self.transport: str | None = None
         self.fallback_reason: str | None = None
+        self._retry_at: float | None = 0.0  # None: never (the server offers no channel)
 
     def step(self, token: str, payload: bytes, position: int, trace_ctx: dict) -> StepResult:
         client = self._client()
@@ -268,21 +330,30 @@ class ChannelSteps:
             self.close()  # the stream's state is unknown: the next step reconnects
             raise
         except AdmissionError:
-            if client.sock.fileno() < 0:  # a refused frame: the server closed the connection
+            if client.closed:  # a refused frame: the server closed the connection
                 self.close()
             raise
 
     def _client(self) -> ChannelClient | None:
-        if self.client is None and self.fallback_reason is None:
-            addr = self.address()
-            if addr is None:
-                self.fallback_reason = "the server offers no channel (server.transport: ray)"
-                return None
-            try:
-                self.client = ChannelClient(addr["host"], addr["port"], addr["key"], timeout_s=self.timeout_s,
-                                            connect_timeout_s=self.connect_timeout_s)
-            except OSError as e:  # unreachable from this node (a firewall): Ray calls from now on
-                self.fallback_reason = f"channel {addr['host']}:{addr['port']} unreachable: {type(e).__name__}: {e}"
+        if self.client is not None and self.client.peer_closed():
+            self.close()
+        if self.client is not None or self._retry_at is None or time.monotonic() < self._retry_at:
+            return self.client
+        addr = self.address()
+        if addr is None or "error" in addr:
+            self._retry_at = None
+            self.fallback_reason = ("the server offers no channel (server.transport: ray)" if addr is None
+                                    else f"the server's channel did not start: {addr['error']}")
+            return None
+        try:
+            self.client = ChannelClient(addr["host"], addr["port"], addr["key"], timeout_s=self.timeout_s,
+                                        connect_timeout_s=self.connect_timeout_s,
+                                        max_payload_bytes=addr.get("max_payload_bytes"))
+            self.fallback_reason = None
+        except OSError as e:  # unreachable from this node (a firewall), full: Ray calls for a while
+            self._retry_at = time.monotonic() + self.retry_s
+            self.fallback_reason = (f"channel {addr['host']}:{addr['port']} not usable ({type(e).__name__}: {e}); "
+                                    f"Ray calls, the channel tried again after {self.retry_s:g} s")
         return self.client
 
     def close(self) -> None:

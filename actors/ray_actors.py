@@ -184,8 +184,9 @@ class ServerShell:
         self._channel = None  # the step channel's start (a task), at the first edge's ask
 
     async def channel(self, trace_ctx: dict | None = None) -> dict | None:
-        """The step channel's ``{host, port, key}`` (started at the first call, on this
-        node's address), or None with ``server.transport: ray``."""
+        """The step channel's ``{host, port, key, max_payload_bytes}`` (started at the
+        first call, on this node's address), ``{error}`` when it could not listen, or
+        None with ``server.transport: ray``."""
         if self.server.cfg.transport != "direct":
             return None
         if self._channel is None:
@@ -199,8 +200,9 @@ class ServerShell:
             self._channel = (chan, asyncio.ensure_future(chan.start(get_node_ip_address())))
         try:
             return dict(await self._channel[1])
-        except OSError:  # no port to listen on: the edges fall back to Ray calls
-            return None
+        except OSError as e:  # no port to listen on: the edges send over Ray (the next ask retries)
+            self._channel = None
+            return {"error": f"{type(e).__name__}: {e}"}
 
     async def where(self, trace_ctx: dict | None = None) -> dict:
         return dict(self.info)

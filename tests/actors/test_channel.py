@@ -15,6 +15,8 @@ import torch
 
 from slicer.actors.channel import (
     _REQ,
+    ACCEPTED,
+    BUSY,
     CLOSING,
     KEY_BYTES,
     OP_STEP,
@@ -22,6 +24,7 @@ from slicer.actors.channel import (
     ChannelLost,
     ChannelServer,
     ChannelSteps,
+    ChannelUnavailable,
 )
 from slicer.actors.protocol import AdmissionError
 from slicer.actors.recovery import server_lost
@@ -51,8 +54,11 @@ class Running:
         return ChannelClient(self.addr["host"], self.addr["port"], self.addr["key"], timeout_s=kw.get("timeout_s", 30))
 
     def raw(self, hello: bytes | None = None) -> socket.socket:
+        """A socket that sent ``hello`` (default the key, whose one-byte answer it reads)."""
         s = socket.create_connection((self.addr["host"], self.addr["port"]), timeout=10)
         s.sendall(self.addr["key"] if hello is None else hello)
+        if hello is None:
+            assert s.recv(1) == ACCEPTED
         return s
 
     def stop(self):
@@ -170,8 +176,11 @@ def test_connection_cap(tiny_model):
         _generate(a.step, tiny_model, r.server, n=1)
         _generate(b.step, tiny_model, r.server, n=1)  # both authenticated and counted
         assert r.chan.stats()["connections"] == 2
-        assert _closed(r.raw())  # the third is dropped
-        assert r.chan.stats()["dropped_connections"] == 1
+        third = r.raw(b"")
+        assert third.recv(1) == BUSY and _closed(third)  # the third is told the server is full
+        with pytest.raises(ChannelUnavailable, match="full"):
+            r.client()
+        assert r.chan.stats()["dropped_connections"] == 2
         a.close()
         deadline = time.monotonic() + 5
         while r.chan.stats()["connections"] > 1 and time.monotonic() < deadline:
@@ -239,16 +248,21 @@ def test_steps_fall_back_to_the_ray_call_when_the_channel_is_unreachable(running
     steps = ChannelSteps(lambda: {"host": "127.0.0.1", "port": port, "key": b"k" * KEY_BYTES}, fallback, timeout_s=5)
     assert _generate(steps.step, tiny_model, running.server, n=3) == _generate(running.server.step_now, tiny_model,
                                                                                 running.server, n=3)
-    assert len(calls) == 3 and steps.transport == "ray" and "unreachable" in steps.fallback_reason
+    assert len(calls) == 3 and steps.transport == "ray" and "not usable" in steps.fallback_reason
     off = ChannelSteps(lambda: None, fallback, timeout_s=5)
     _generate(off.step, tiny_model, running.server, n=1)
     assert off.transport == "ray" and "server.transport: ray" in off.fallback_reason
+    failed = ChannelSteps(lambda: {"error": "OSError: no port"}, fallback, timeout_s=5, retry_s=0)
+    _generate(failed.step, tiny_model, running.server, n=1)
+    assert failed.transport == "ray" and "did not start: OSError: no port" in failed.fallback_reason
     on = ChannelSteps(lambda: running.addr, fallback, timeout_s=5)
     _generate(on.step, tiny_model, running.server, n=2)
-    assert on.transport == "direct" and on.fallback_reason is None and len(calls) == 4
+    assert on.transport == "direct" and on.fallback_reason is None and len(calls) == 5
 
 
-def test_a_lost_channel_reconnects_at_the_next_step(running, tiny_model):
+def test_a_broken_connection_reconnects_at_the_next_step(running, tiny_model):
+    """A connection found broken before a step is replaced (the address asked again),
+    and the step goes over the new one."""
     asked = []
 
     def address():
@@ -259,12 +273,10 @@ def test_a_lost_channel_reconnects_at_the_next_step(running, tiny_model):
     sid = running.server.open_session("dev-0", "r", SPLIT, 8)
     x = tiny_model.run(0, SPLIT, torch.tensor([[3, 4, 5]]))
     steps.step(sid, encode(x, RAW), 0, {})
-    steps.client.sock.shutdown(socket.SHUT_RDWR)  # the connection breaks
-    with pytest.raises(ChannelLost):
-        steps.step(sid, encode(x[:, :1], RAW), 3, {})
-    assert steps.client is None
-    assert steps.step(sid, encode(x[:, :1], RAW), 3, {}).position == 3  # a new connection
-    assert len(asked) == 2
+    old = steps.client
+    old.sock.shutdown(socket.SHUT_RDWR)  # the connection breaks
+    assert steps.step(sid, encode(x[:, :1], RAW), 3, {}).position == 3  # over a new connection
+    assert len(asked) == 2 and steps.client is not old and old.closed
 
 
 def test_an_oversized_payload_is_refused_and_the_next_step_reconnects(running, tiny_model):
@@ -272,9 +284,56 @@ def test_an_oversized_payload_is_refused_and_the_next_step_reconnects(running, t
     connection closed; the device's next step goes over a new connection."""
     steps = ChannelSteps(lambda: running.addr, None, timeout_s=5)
     sid = running.server.open_session("dev-0", "r", SPLIT, 8)
+    with pytest.raises(AdmissionError, match="payload of 70000 bytes: at most max_payload_bytes=65536"):
+        steps.step(sid, b"\x00" * 70000, 0, {})  # refused before it is sent: the connection stays
+    assert steps.client is not None
+    steps.client.max_payload_bytes = None  # a client that does not check: the server refuses and closes
     with pytest.raises(AdmissionError, match="payload of 70000 bytes declared: at most max_payload_bytes=65536"):
         steps.step(sid, b"\x00" * 70000, 0, {})
     assert steps.client is None
     x = tiny_model.run(0, SPLIT, torch.tensor([[3, 4, 5]]))
     assert steps.step(sid, encode(x, RAW), 0, {}).position == 0
     assert steps.transport == "direct"
+
+
+def test_the_channel_is_tried_again_after_a_fallback(running, tiny_model):
+    """An edge that could not connect sends over Ray, then goes back to the channel once
+    it can (after ``retry_s``)."""
+    calls, dead = [], socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    addrs = iter([{**running.addr, "port": port}, running.addr])
+
+    def fallback(*a):
+        calls.append(a)
+        return running.server.step_now(*a)
+
+    steps = ChannelSteps(lambda: next(addrs), fallback, timeout_s=5, retry_s=0.2)
+    sid = running.server.open_session("dev-0", "r", SPLIT, 8)
+    x = tiny_model.run(0, SPLIT, torch.tensor([[3, 4, 5]]))
+    steps.step(sid, encode(x, RAW), 0, {})
+    assert steps.transport == "ray" and len(calls) == 1
+    time.sleep(0.3)
+    steps.step(sid, encode(x[:, :1], RAW), 3, {})
+    assert steps.transport == "direct" and steps.fallback_reason is None and len(calls) == 1
+
+
+def test_an_idle_connection_closed_by_the_server_reconnects_without_loss(tiny_model):
+    """The server drops a connection idle past ``idle_timeout_s``; the edge's next step
+    sees the close before sending and reconnects (no lost step, no replay)."""
+    r = Running(Server(tiny_model, ServerConfig()), idle_timeout_s=0.2)
+    try:
+        asked = []
+        steps = ChannelSteps(lambda: asked.append(1) or r.addr, None, timeout_s=5)
+        sid = r.server.open_session("dev-0", "r", SPLIT, 8)
+        x = tiny_model.run(0, SPLIT, torch.tensor([[3, 4, 5]]))
+        steps.step(sid, encode(x, RAW), 0, {})
+        deadline = time.monotonic() + 5
+        while r.chan.stats()["connections"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.chan.stats()["connections"] == 0  # dropped for idleness
+        assert steps.step(sid, encode(x[:, :1], RAW), 3, {}).position == 3
+        assert len(asked) == 2 and steps.transport == "direct"
+    finally:
+        r.stop()
