@@ -760,5 +760,5 @@ class Server:
                            "max_sessions_per_device": self.cfg.max_sessions_per_device,
                            "max_kv_bytes_per_device": self.cfg.max_kv_bytes_per_device,
                            "session_ttl_s": self.cfg.session_ttl_s, "open_rate_per_s": self.cfg.open_rate_per_s,
-                           "open_burst": self.cfg.open_burst},
+                           "open_burst": self.cfg.open_burst, "transport": self.cfg.transport},
             }

@@ -251,6 +251,8 @@ def format_table(summary: dict) -> str:
             if p.get("feasible") is False:
                 out.append(f"{dev}: no plan meets its budgets; binding constraint {p.get('binding') or '?'}: "
                            f"{p.get('reason') or ''}".rstrip(": "))
+        if d.get("transport") == "ray" and s.get("config", {}).get("transport") == "direct":
+            out.append(f"{dev}: steps went as Ray calls, not over the step channel: {d.get('transport_note')}")
     out.append("")
     out.append(f"requests {t['completed']}/{t['requests']} completed, {t['tokens']} tokens in {summary['wall_s']:.1f} s "
                f"({t['tokens_per_s']} tok/s); latency p50 {t['latency_p50_ms']} ms, p95 {t['latency_p95_ms']} ms")

@@ -69,6 +69,23 @@ def test_summary_from_typed_records():
     assert "binding constraint memory: too big" in R.format_table(s)
 
 
+def test_summary_says_which_devices_sent_over_ray_calls():
+    recs = _records()
+    for r in recs[:2]:
+        r.transport = "direct"
+    recs[3].transport, recs[3].transport_note = "ray", "channel 10.0.0.1:4000 not usable (ConnectionRefusedError)"
+    devices = {"a": {"device_class": "pi"}, "b": {"device_class": "jetson"}}
+    stats = {"config": {"transport": "direct"}, "channel": {"steps": 4, "connections": 0}}
+    s = R.build_summary({"name": "w"}, recs, stats, [], devices, 2.0)
+    assert (s["devices"]["a"]["transport"], s["devices"]["a"]["transport_note"]) == ("direct", None)
+    assert s["devices"]["b"]["transport"] == "ray" and s["server"]["channel"]["steps"] == 4
+    table = R.format_table(s)
+    assert "b: steps went as Ray calls, not over the step channel: channel 10.0.0.1:4000 not usable" in table
+    assert "a: steps went" not in table
+    s_ray = R.build_summary({"name": "w"}, recs, {"config": {"transport": "ray"}}, [], devices, 2.0)
+    assert "steps went as Ray calls" not in R.format_table(s_ray)  # asked for: nothing to say
+
+
 def test_progress_line_reads_attributes():
     recs = _records()
     buf = io.StringIO()
