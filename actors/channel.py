@@ -38,6 +38,7 @@ import asyncio
 import hmac
 import json
 import secrets
+import select
 import socket
 import struct
 import time
@@ -130,6 +131,10 @@ class ChannelServer:
         if self.pending >= self.max_pending or self.connections + self.pending >= self.max_connections:
             self.counts["dropped_connections"] += 1
             w.write(BUSY)  # the edge sends over Ray for a while (not a lost server)
+            try:  # take its key first: closing with unread bytes would reset, losing the answer
+                await asyncio.wait_for(r.read(KEY_BYTES), 0.5)
+            except (asyncio.TimeoutError, ConnectionError):
+                pass
             w.close()
             return
         sock = w.get_extra_info("socket")
@@ -151,9 +156,10 @@ class ChannelServer:
             w.write(ACCEPTED)
             while True:
                 try:  # an edge may sit idle here between requests (it reconnects after a close)
-                    head = await asyncio.wait_for(r.readexactly(_REQ.size), self.idle_timeout_s)
+                    head = await asyncio.wait_for(r.readexactly(1), self.idle_timeout_s)
                 except asyncio.IncompleteReadError:
                     break  # the client closed
+                head += await asyncio.wait_for(r.readexactly(_REQ.size - 1), self.frame_timeout_s)
                 op, position, n_token, n_trace, n_payload = _REQ.unpack(head)
                 bad = self._bad_frame(op, n_token, n_trace, n_payload)
                 if bad is not None:
@@ -189,7 +195,7 @@ class ChannelServer:
 
     async def _answer(self, token: str, payload: bytes, position: int, trace: dict) -> bytes:
         try:
-            res = await self.step(token, payload, position, trace)
+            body = _pack_result(await self.step(token, payload, position, trace))
         except AdmissionError as e:
             status = EXPIRED if type(e).__name__ == "SessionExpiredError" else REFUSED
             msg = str(e).encode("utf-8", "replace")[:MAX_ANSWER_BYTES]
@@ -198,7 +204,6 @@ class ChannelServer:
             msg = f"{type(e).__name__}: {e}".encode("utf-8", "replace")[:MAX_ANSWER_BYTES]
             return _ANS.pack(FAILED, len(msg)) + msg
         self.counts["steps"] += 1
-        body = _pack_result(res)
         return _ANS.pack(OK, len(body)) + body
 
 
@@ -220,9 +225,13 @@ class ChannelClient:
             if ack != ACCEPTED:
                 raise ChannelUnavailable("the server closed the connection at the hello (a wrong key?)")
             self.sock.settimeout(timeout_s)
+            self._poll = select.poll()
+            self._poll.register(self.sock, select.POLLIN)
         except BaseException:
             self.sock.close()
             raise
+        self.in_flight = False
+        """A step was sent and its whole answer not read (the stream is out of step)."""
 
     def close(self) -> None:
         try:
@@ -234,21 +243,12 @@ class ChannelClient:
     def closed(self) -> bool:
         return self.sock.fileno() < 0
 
-    def peer_closed(self) -> bool:
-        """True when the server has closed this connection (idle too long, restarted): a
-        non-blocking peek, so the next step reconnects rather than failing mid-step."""
-        if self.closed:
-            return True
-        self.sock.settimeout(0.0)
-        try:
-            return self.sock.recv(1, socket.MSG_PEEK) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        finally:
-            if not self.closed:
-                self.sock.settimeout(self.timeout_s)
+    def usable(self) -> bool:
+        """False when this connection cannot carry the next step: closed here, a step's
+        answer never fully read, or anything readable between steps (the server closed
+        it, idle too long or restarted, or stray bytes): one ``poll`` with no wait, so
+        the next step reconnects rather than failing mid-step or reading a stale answer."""
+        return not (self.closed or self.in_flight or self._poll.poll(0))
 
     def step(self, token: str, payload: bytes, position: int, trace_ctx: dict | None = None) -> StepResult:
         """One step; raises ``AdmissionError``/``SessionExpiredError`` as the server does
@@ -266,11 +266,13 @@ class ChannelClient:
             raise AdmissionError(f"position of {int(position).bit_length()} bits: at most a signed 64-bit integer")
         head = _REQ.pack(OP_STEP, int(position), len(tb), len(trb), len(payload))
         try:
+            self.in_flight = True
             self.sock.sendall(b"".join((head, tb, trb, payload)))
             status, n = _ANS.unpack(self._recv(_ANS.size))
-            if n > MAX_ANSWER_BYTES:
-                raise ChannelLost(f"answer of {n} bytes (at most {MAX_ANSWER_BYTES}): not a slicer server")
+            if status > CLOSING or n > MAX_ANSWER_BYTES or (status == OK and n != _RESULT.size):
+                raise ChannelLost(f"answer of status {status} and {n} bytes: not a slicer step channel")
             body = self._recv(n)
+            self.in_flight = False
         except socket.timeout as e:
             raise TimeoutError(f"server step did not answer within {self.timeout_s:g} s") from e
         except OSError as e:
@@ -326,24 +328,24 @@ class ChannelSteps:
         self.transport = "direct"
         try:
             return client.step(token, payload, position, trace_ctx)
-        except (ChannelLost, TimeoutError):
-            self.close()  # the stream's state is unknown: the next step reconnects
-            raise
-        except AdmissionError:
-            if client.closed:  # a refused frame: the server closed the connection
+        except BaseException:
+            if client.closed or client.in_flight:  # refused frame, lost or timed-out step: reconnect next
                 self.close()
             raise
 
     def _client(self) -> ChannelClient | None:
-        if self.client is not None and self.client.peer_closed():
+        if self.client is not None and not self.client.usable():
             self.close()
         if self.client is not None or self._retry_at is None or time.monotonic() < self._retry_at:
             return self.client
         addr = self.address()
-        if addr is None or "error" in addr:
+        if addr is None:
             self._retry_at = None
-            self.fallback_reason = ("the server offers no channel (server.transport: ray)" if addr is None
-                                    else f"the server's channel did not start: {addr['error']}")
+            self.fallback_reason = "the server offers no channel (server.transport: ray)"
+            return None
+        if "error" in addr:
+            self._retry_at = time.monotonic() + self.retry_s
+            self.fallback_reason = f"the server's channel did not start: {addr['error']}; tried again after {self.retry_s:g} s"
             return None
         try:
             self.client = ChannelClient(addr["host"], addr["port"], addr["key"], timeout_s=self.timeout_s,

@@ -198,10 +198,12 @@ class ServerShell:
 
             chan = ChannelServer(self.step, max_payload_bytes=self.server.cfg.max_payload_bytes)
             self._channel = (chan, asyncio.ensure_future(chan.start(get_node_ip_address())))
+        entry = self._channel
         try:
-            return dict(await self._channel[1])
+            return dict(await entry[1])
         except OSError as e:  # no port to listen on: the edges send over Ray (the next ask retries)
-            self._channel = None
+            if self._channel is entry:
+                self._channel = None
             return {"error": f"{type(e).__name__}: {e}"}
 
     async def where(self, trace_ctx: dict | None = None) -> dict:

@@ -252,12 +252,17 @@ def test_steps_fall_back_to_the_ray_call_when_the_channel_is_unreachable(running
     off = ChannelSteps(lambda: None, fallback, timeout_s=5)
     _generate(off.step, tiny_model, running.server, n=1)
     assert off.transport == "ray" and "server.transport: ray" in off.fallback_reason
-    failed = ChannelSteps(lambda: {"error": "OSError: no port"}, fallback, timeout_s=5, retry_s=0)
+    failed = ChannelSteps(lambda: {"error": "OSError: no port"}, fallback, timeout_s=5, retry_s=60)
     _generate(failed.step, tiny_model, running.server, n=1)
     assert failed.transport == "ray" and "did not start: OSError: no port" in failed.fallback_reason
     on = ChannelSteps(lambda: running.addr, fallback, timeout_s=5)
     _generate(on.step, tiny_model, running.server, n=2)
     assert on.transport == "direct" and on.fallback_reason is None and len(calls) == 5
+    # a listener that failed to start is asked for again after retry_s
+    addrs = iter([{"error": "OSError: no port"}, running.addr])
+    later = ChannelSteps(lambda: next(addrs), fallback, timeout_s=5, retry_s=0)
+    _generate(later.step, tiny_model, running.server, n=2)
+    assert later.transport == "direct" and len(calls) == 6
 
 
 def test_a_broken_connection_reconnects_at_the_next_step(running, tiny_model):
@@ -337,3 +342,40 @@ def test_an_idle_connection_closed_by_the_server_reconnects_without_loss(tiny_mo
         assert len(asked) == 2 and steps.transport == "direct"
     finally:
         r.stop()
+
+
+def test_stray_bytes_or_an_unread_answer_mean_a_new_connection(running, tiny_model):
+    """The stream is out of step when bytes wait before a step is sent, or when a step's
+    answer was never read (an exception mid-step): the next step goes over a new
+    connection, never reading a stale answer as its own."""
+    steps = ChannelSteps(lambda: running.addr, None, timeout_s=5)
+    sid = running.server.open_session("dev-0", "r", SPLIT, 8)
+    x = tiny_model.run(0, SPLIT, torch.tensor([[3, 4, 5]]))
+    first = steps.step(sid, encode(x, RAW), 0, {})
+    c = steps.client
+    assert c.usable()
+    c.in_flight = True  # as if interrupted after its send
+    y = encode(tiny_model.run(0, SPLIT, torch.tensor([[first.token]]), position=3), RAW)
+    assert steps.step(sid, y, 3, {}).position == 3 and steps.client is not c and c.closed
+    # a server that sends a byte nobody asked for: the connection is not used again
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.recv(KEY_BYTES)
+        conn.sendall(ACCEPTED)
+        time.sleep(0.2)
+        conn.sendall(b"\x07")
+        time.sleep(2)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    c3 = ChannelClient("127.0.0.1", srv.getsockname()[1], b"k" * KEY_BYTES, timeout_s=5)
+    deadline = time.monotonic() + 5
+    while c3.usable() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not c3.usable() and not c3.closed
+    c3.close()
+    srv.close()
