@@ -69,8 +69,8 @@ class ServerConfig:
     transport: str = spec_field("direct", choices=TRANSPORTS, flag="--server-transport")
     """How edges send their steps: ``direct`` over one TCP connection each to the server
     (``slicer.actors.channel``; Ray hands out its address and key, and an edge that
-    cannot reach it falls back to Ray calls) or ``ray``, every step a Ray actor call
-    (about 1 ms more a round trip on loopback)."""
+    cannot reach it or finds it full sends over Ray calls, trying it again 30 s later)
+    or ``ray``, every step a Ray actor call (about 1 ms more a round trip on loopback)."""
     max_tokens_per_session: int = spec_field(4096, lo=1, integer=True, yaml=False)
     """Largest context a session may declare (not a workload field)."""
     kv_kept_per_idle_device: int = spec_field(0, lo=0, integer=True, yaml=False)
