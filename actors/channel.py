@@ -230,8 +230,7 @@ class ChannelClient:
         except BaseException:
             self.sock.close()
             raise
-        self.in_flight = False
-        """A step was sent and its whole answer not read (the stream is out of step)."""
+        self.in_flight = False  # a step was sent and its whole answer not read: the stream is out of step
 
     def close(self) -> None:
         try:

@@ -340,26 +340,25 @@ def run(args: argparse.Namespace) -> int:
                        for k, v in gen_cpu.items()}
             full8 = max(full8, _full_generate_tokens_s(model, 8, args.tokens))
             torch.set_num_threads(threads)
-            rows = [_run_row(o) for o in outs]
+            row = {w.name.removeprefix(f"serve-{name}-"): _run_row(o) for w, o in zip(wls, outs)}
             torch.set_num_threads(1)  # as each actor
             inproc = _run_row(run_inprocess(_workload(d, 1, ell, args.tokens, args.window_ms, "serve-inproc", vocab,
                                                       requests=LATENCY_REQUESTS)))
             torch.set_num_threads(threads)
-            by_n = dict(zip(my_counts, rows[: len(my_counts)]))
-            deep_row, cloud_row, deep_b, cloud_b = rows[len(my_counts): len(my_counts) + 4]
+            by_n = {c: row[str(c)] for c in my_counts}
+            deep_row, cloud_row, deep_b, cloud_b = row["deep8a"], row["cloud8a"], row["deep8b"], row["cloud8b"]
             m = {"model": name, "units": n, "split": ell, "deep_split": deep, "rows": {str(c): r for c, r in by_n.items()},
                  "deep8": deep_row, "cloud8": cloud_row, "deep8_b": deep_b, "cloud8_b": cloud_b, "inprocess1": inproc,
                  "limit_tokens_s": {str(c): v for c, v in limit.items()}, "limit_deep8_tokens_s": limit_deep,
                  "limit_cloud8_tokens_s": limit_cloud, "full_generate8_tokens_s": full8,
                  "split_generation8_cpu_s_per_token": gen_cpu, "ratios": {}}
             R = m["ratios"]
-            if 1 in by_n and by_n[1]["latency_per_token_s"] and inproc["latency_per_token_s"]:
-                R["latency_cluster_over_inprocess"] = by_n[1]["latency_per_token_s"] / inproc["latency_per_token_s"]
-            if 1 in by_n and inproc["latency_per_token_s"]:
-                ray1 = rows[len(my_counts) + 4]
-                m["ray_transport1"] = ray1
-                if ray1["latency_per_token_s"]:
-                    R["latency_ray_transport_over_inprocess"] = ray1["latency_per_token_s"] / inproc["latency_per_token_s"]
+            if 1 in by_n:
+                m["ray_transport1"] = row["1ray"]
+                for key, r in (("latency_cluster_over_inprocess", by_n[1]),
+                               ("latency_ray_transport_over_inprocess", row["1ray"])):
+                    if r["latency_per_token_s"] and inproc["latency_per_token_s"]:
+                        R[key] = r["latency_per_token_s"] / inproc["latency_per_token_s"]
             R["tokens_s_over_limit"] = {str(c): by_n[c]["tokens_s"] / limit[c] for c in my_counts}
             R["batch_mean_over_n"] = {str(c): by_n[c]["batch_mean"] / c for c in my_counts}
             R["deep8_tokens_s_over_full_generate8"] = (deep_row["tokens_s"] + deep_b["tokens_s"]) / 2 / full8
@@ -377,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
                 R["deep_saving_ratio_hot_loop"] = saving_cluster / (limit_deep / limit_cloud)
             R["step_ctx1024_over_ctx64"] = ctx_ratio
             if long:
-                lr = rows[-1]
+                lr = row["long8"]
                 m["long8"] = lr
                 if 8 in by_n and by_n[8]["per_token_s"]:
                     R["per_token_long_over_short"] = lr["per_token_s"] / by_n[8]["per_token_s"]
